@@ -1,0 +1,27 @@
+"""The exceptions patchwork raises on purpose.
+
+Every error a user can cause derives from :class:`PatchworkError`; the CLI prints its message as
+one line and exits with code 2. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class PatchworkError(Exception):
+    """Base of every error a user can cause and fix."""
+
+
+class StudyError(PatchworkError):
+    """A study file is malformed: the message names the file, the line and the field path."""
+
+
+class DataError(PatchworkError):
+    """A dataset, manifest or media file is missing, unreadable or inconsistent."""
+
+
+class ModelError(PatchworkError):
+    """A model cannot be loaded, or its inputs do not fit it (e.g. placeholder counts)."""
+
+
+class StoreError(PatchworkError):
+    """A result store is missing, belongs to another study, or would be written out of bounds."""

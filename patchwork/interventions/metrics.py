@@ -1,0 +1,52 @@
+"""Metrics of one forward, read at the answer position.
+
+- ``logit_diff``: logit(audio answer) − logit(visual answer); > 0 means the sound wins.
+- ``audio_probability``: softmax probability of the audio answer.
+- ``normalized_effect``: (patched − conflict) / (clean − conflict) of ``logit_diff``; 0 = no
+  change from the conflict run, 1 = the clean run's preference fully restored.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from patchwork.study.schema import METRICS
+
+#: Denominators of normalized_effect smaller than this give NaN rather than a huge ratio.
+MIN_GAP = 1e-6
+
+
+def answer_metrics(
+    answer_logits: torch.Tensor, audio_id: int, visual_id: int
+) -> dict[str, torch.Tensor]:
+    """``logit_diff`` and ``audio_probability`` of logits (batch, vocab), each of shape (batch,)."""
+    logits = answer_logits.float()
+    return {
+        "logit_diff": logits[:, audio_id] - logits[:, visual_id],
+        "audio_probability": torch.softmax(logits, dim=-1)[:, audio_id],
+    }
+
+
+def normalized_effect(
+    patched: torch.Tensor, clean: torch.Tensor, conflict: torch.Tensor
+) -> torch.Tensor:
+    """(patched − conflict) / (clean − conflict), NaN where the clean–conflict gap is ~0."""
+    gap = clean - conflict
+    safe_gap = torch.where(gap.abs() < MIN_GAP, torch.ones_like(gap), gap)
+    ratio = (patched - conflict) / safe_gap
+    return torch.where(gap.abs() < MIN_GAP, torch.full_like(ratio, float("nan")), ratio)
+
+
+def metric_table(
+    logit_diff: torch.Tensor,
+    audio_probability: torch.Tensor,
+    clean_logit_diff: torch.Tensor,
+    conflict_logit_diff: torch.Tensor,
+) -> torch.Tensor:
+    """Stack the three metrics in ``METRICS`` order along a last axis: shape (..., 3)."""
+    values = {
+        "logit_diff": logit_diff,
+        "audio_probability": audio_probability,
+        "normalized_effect": normalized_effect(logit_diff, clean_logit_diff, conflict_logit_diff),
+    }
+    return torch.stack([values[name] for name in METRICS], dim=-1)

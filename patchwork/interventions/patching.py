@@ -1,0 +1,104 @@
+"""Activation patching through nnsight: record a source run, patch it into a target run.
+
+A *condition* is one cell of the sweep — (layer window, position group, component). Many
+conditions travel as rows of one batched forward of the target run: at every layer and component
+a precomputed (rows, positions) mask selects where the source activation replaces the target's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from nnsight import NNsight
+
+from patchwork.data.sample import ModelInputs
+from patchwork.models.adapter import ModelAdapter
+
+#: Order in which a decoder layer produces its components' outputs (nnsight needs forward order).
+FORWARD_ORDER = ("attention", "mlp", "residual")
+
+Activations = dict[tuple[int, str], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One patched cell: source activations of ``component`` at the positions of
+    ``position_group`` replace the target's, in every layer of ``layers``."""
+
+    layer: int
+    layers: tuple[int, ...]
+    position_group: str
+    component: str
+
+
+def sweep_conditions(
+    layers: Sequence[int],
+    window: int,
+    num_layers: int,
+    position_groups: Sequence[str],
+    components: Sequence[str],
+) -> list[Condition]:
+    """Every (layer, position group, component) cell; a window covers ``layer … layer+window−1``
+    clipped at the last layer."""
+    return [
+        Condition(layer, tuple(range(layer, min(layer + window, num_layers))), group, component)
+        for layer in layers
+        for group in position_groups
+        for component in components
+    ]
+
+
+class Patcher:
+    """Runs traces of one model through nnsight, in the adapter's vocabulary."""
+
+    def __init__(self, adapter: ModelAdapter) -> None:
+        self.adapter = adapter
+        self.traced = NNsight(adapter.root)
+
+    def record(
+        self, inputs: ModelInputs, sites: Iterable[tuple[int, str]]
+    ) -> tuple[torch.Tensor, Activations]:
+        """One run: answer logits (1, vocab) and the activations (seq, hidden) at ``sites``."""
+        wanted = sorted(set(sites), key=lambda site: (site[0], FORWARD_ORDER.index(site[1])))
+        saved = {}
+        with torch.no_grad(), self.traced.trace(**inputs):
+            for layer, component in wanted:
+                module = self.adapter.component(self.traced, layer, component)
+                saved[(layer, component)] = self.adapter.output_tensor(
+                    component, module.output
+                ).save()
+            logits = self.traced.output.logits.save()
+        activations = {site: value[0].detach().clone() for site, value in saved.items()}
+        return self.adapter.answer_logits(logits), activations
+
+    def patched(
+        self,
+        target: ModelInputs,
+        source: Activations,
+        conditions: Sequence[Condition],
+        group_masks: Mapping[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Answer logits (len(conditions), vocab) of the target run, patched once per row."""
+        rows = len(conditions)
+        masks: dict[tuple[int, str], torch.Tensor] = {}
+        for row, condition in enumerate(conditions):
+            for layer in condition.layers:
+                site = (layer, condition.component)
+                if site not in masks:
+                    seq_len = group_masks[condition.position_group].numel()
+                    masks[site] = torch.zeros(rows, seq_len, 1, dtype=torch.bool)
+                masks[site][row, :, 0] = group_masks[condition.position_group]
+        order = sorted(masks, key=lambda site: (site[0], FORWARD_ORDER.index(site[1])))
+        batch = self.adapter.repeat_inputs(target, rows)
+        with torch.no_grad(), self.traced.trace(**batch):
+            for layer, component in order:
+                module = self.adapter.component(self.traced, layer, component)
+                output = module.output
+                hidden = self.adapter.output_tensor(component, output)
+                mask = masks[(layer, component)].to(hidden.device)
+                replaced = torch.where(mask, source[(layer, component)].to(hidden.dtype), hidden)
+                module.output = (replaced, *output[1:]) if isinstance(output, tuple) else replaced
+            logits = self.traced.output.logits.save()
+        return self.adapter.answer_logits(logits)

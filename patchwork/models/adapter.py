@@ -1,0 +1,113 @@
+"""What patchwork needs to know about an architecture family, in one place per family.
+
+An adapter maps a loaded model onto one shared vocabulary — decoder layers, attention, MLP, final
+norm, unembedding — and reads which token positions belong to which position group. Everything
+architecture-specific lives in the adapter; the engine and interventions only speak this vocabulary.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from patchwork.data.sample import ModelInputs
+
+POSITION_GROUPS = ("audio", "video", "image", "text", "answer", "all")
+
+
+def _attribute(root: Any, dotted: str) -> Any:
+    node = root
+    for part in dotted.split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
+
+
+class ModelAdapter(ABC):
+    """One architecture family. Subclasses set the module paths and the position reading.
+
+    Paths are dotted attribute paths from :attr:`root` (the module that is traced): they work on the
+    plain torch module and on an nnsight wrapper of it alike.
+    """
+
+    family: ClassVar[str]
+    layers_path: ClassVar[str]
+    attention_name: ClassVar[str] = "self_attn"
+    mlp_name: ClassVar[str] = "mlp"
+    final_norm_path: ClassVar[str]
+    unembed_path: ClassVar[str]
+
+    def __init__(self, model: nn.Module) -> None:
+        self.root = self.resolve_root(model)
+
+    @classmethod
+    def resolve_root(cls, model: nn.Module) -> nn.Module:
+        """The module to trace (e.g. the thinker inside a full omni model)."""
+        return model
+
+    @property
+    def config(self) -> Any:
+        return self.root.config
+
+    @property
+    def num_layers(self) -> int:
+        return len(_attribute(self.root, self.layers_path))
+
+    def layer(self, root: Any, index: int) -> Any:
+        """Decoder layer ``index`` of ``root`` (the torch module or its nnsight envoy)."""
+        return _attribute(root, self.layers_path)[index]
+
+    def component(self, root: Any, index: int, component: str) -> Any:
+        """The module whose output is ``component`` ('residual', 'attention', 'mlp')."""
+        layer = self.layer(root, index)
+        if component == "residual":
+            return layer
+        if component == "attention":
+            return getattr(layer, self.attention_name)
+        if component == "mlp":
+            return getattr(layer, self.mlp_name)
+        raise ValueError(f"unknown component {component!r}")
+
+    @staticmethod
+    def output_tensor(component: str, output: Any) -> torch.Tensor:
+        """The hidden-state tensor (batch, seq, hidden) inside a component's output."""
+        return output[0] if isinstance(output, tuple) else output
+
+    @abstractmethod
+    def position_groups(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Boolean masks of shape (seq,) for every name in POSITION_GROUPS, for one sample."""
+
+    @abstractmethod
+    def check_inputs(self, inputs: ModelInputs, label: str) -> None:
+        """Raise ModelError when inputs would be silently misread by the model."""
+
+    def answer_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, vocab) predicting the answer: those of the last prompt position."""
+        return logits[:, -1, :]
+
+    @staticmethod
+    def repeat_inputs(inputs: ModelInputs, rows: int) -> dict[str, torch.Tensor]:
+        """A batch of ``rows`` identical copies of a one-sample run.
+
+        Every tensor's first dimension lists that sample's items (tokens' row, audios, video patches,
+        grids), so concatenating copies along it is the batched layout.
+        """
+        return {key: torch.cat([value] * rows) for key, value in inputs.items()}
+
+
+def text_and_answer(groups: Mapping[str, torch.Tensor], seq_len: int) -> dict[str, torch.Tensor]:
+    """Complete modality masks with 'answer' (last position), 'text' (the rest) and 'all'."""
+    answer = torch.zeros(seq_len, dtype=torch.bool)
+    answer[-1] = True
+    modality = torch.zeros(seq_len, dtype=torch.bool)
+    for mask in groups.values():
+        modality |= mask
+    return {
+        **groups,
+        "text": ~modality & ~answer,
+        "answer": answer,
+        "all": torch.ones(seq_len, dtype=torch.bool),
+    }

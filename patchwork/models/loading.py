@@ -1,0 +1,157 @@
+"""Load the model a study names: the shipped testbed, a local checkpoint, or a random-init config.
+
+Checkpoints load from local directories only (``local_files_only``), from safetensors only, and
+run remote code only when the study sets ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from patchwork.errors import ModelError
+from patchwork.models.adapter import ModelAdapter
+from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter
+from patchwork.study.schema import ModelSpec, RandomInit
+
+ADAPTERS: dict[str, type[ModelAdapter]] = {Qwen25OmniAdapter.family: Qwen25OmniAdapter}
+
+#: Token ids of a random-init thinker: specials at the top of its vocabulary.
+RANDOM_SPECIALS = {
+    "audio": 1,
+    "image": 2,
+    "video": 3,
+    "audio_start": 4,
+    "audio_end": 5,
+    "vision_start": 6,
+    "vision_end": 7,
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for tracing, its adapter, its tokenizer (if any) and a name for the store."""
+
+    model: nn.Module
+    adapter: ModelAdapter
+    name: str
+    tokenizer: Any = None
+
+
+def load_model(spec: ModelSpec, study_where: str = "model") -> LoadedModel:
+    """Load what ``spec`` describes, in eval mode, on its device and dtype."""
+    adapter_class = ADAPTERS[spec.family]
+    dtype = getattr(torch, spec.dtype)
+    tokenizer = None
+    if spec.random_init is not None:
+        model: nn.Module = random_thinker(spec.random_init, spec.attention)
+        name = "random_init"
+    elif spec.checkpoint is not None and spec.checkpoint.startswith("testbed"):
+        from patchwork import testbed
+
+        model, tokenizer = testbed.load(testbed.checkpoint_path(spec.checkpoint))
+        name = spec.checkpoint
+    else:
+        model = _from_directory(Path(spec.checkpoint or ""), spec, study_where)
+        name = Path(spec.checkpoint or "").name
+    try:
+        model = model.to(device=torch.device(spec.device), dtype=dtype).eval()
+    except (RuntimeError, AssertionError) as error:
+        raise ModelError(f"{study_where}.device: cannot use device {spec.device!r} ({error})") from None
+    _set_attention(model, spec.attention)
+    return LoadedModel(model=model, adapter=adapter_class(model), name=name, tokenizer=tokenizer)
+
+
+def random_thinker(spec: RandomInit, attention: str = "sdpa") -> nn.Module:
+    """A tiny random-init ``Qwen2_5OmniThinkerForConditionalGeneration`` (seeded).
+
+    Audio: 32 mel bins; vision: 3×2×4×4 patches merged 2×2; specials as in ``RANDOM_SPECIALS``.
+    """
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    head_dim = spec.hidden_size // spec.heads
+    quarter = head_dim // 2 // 4
+    mrope_section = [head_dim // 2 - 2 * quarter * 3 // 2, quarter * 3 // 2, quarter * 3 // 2]
+    config = Qwen2_5OmniThinkerConfig(
+        audio_config=dict(
+            num_mel_bins=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
+            d_model=32, output_dim=spec.hidden_size, n_window=50, max_source_positions=1500,
+        ),
+        vision_config=dict(
+            depth=1, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3,
+            patch_size=4, spatial_merge_size=2, temporal_patch_size=2, window_size=16,
+            out_hidden_size=spec.hidden_size, fullatt_block_indexes=[0],
+        ),
+        text_config=dict(
+            vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
+            intermediate_size=2 * spec.hidden_size, num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
+            max_position_embeddings=2048,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                             "mrope_section": mrope_section},
+        ),
+        audio_token_index=RANDOM_SPECIALS["audio"],
+        image_token_index=RANDOM_SPECIALS["image"],
+        video_token_index=RANDOM_SPECIALS["video"],
+        audio_start_token_id=RANDOM_SPECIALS["audio_start"],
+        audio_end_token_id=RANDOM_SPECIALS["audio_end"],
+        user_token_id=0,
+    )
+    config.vision_start_token_id = RANDOM_SPECIALS["vision_start"]
+    config.vision_end_token_id = RANDOM_SPECIALS["vision_end"]
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(spec.seed)
+    try:
+        model = Qwen2_5OmniThinkerForConditionalGeneration(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model
+
+
+def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
+    if not path.is_dir():
+        raise ModelError(f"{where}.checkpoint: no checkpoint directory at {path}")
+    if (path / "patchwork_testbed.json").exists():
+        from patchwork import testbed
+
+        return testbed.load(path)[0]
+    if not any(path.glob("*.safetensors")):
+        raise ModelError(
+            f"{where}.checkpoint: {path} holds no *.safetensors weights (pickled weights are "
+            "refused)"
+        )
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            path, local_files_only=True, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{where}.checkpoint: cannot read {path}/config.json ({error})") from None
+    classes = {
+        "qwen2_5_omni": transformers.Qwen2_5OmniForConditionalGeneration,
+        "qwen2_5_omni_thinker": transformers.Qwen2_5OmniThinkerForConditionalGeneration,
+    }
+    model_class = classes.get(config.model_type)
+    if model_class is None:
+        raise ModelError(
+            f"{where}.family: {path} is a {config.model_type!r} model, not one the "
+            f"{spec.family!r} adapter reads ({sorted(classes)})"
+        )
+    return model_class.from_pretrained(
+        path,
+        local_files_only=True,
+        use_safetensors=True,
+        trust_remote_code=spec.trust_remote_code,
+        attn_implementation=spec.attention,
+        dtype=getattr(torch, spec.dtype),
+    )
+
+
+def _set_attention(model: nn.Module, attention: str) -> None:
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(attention)

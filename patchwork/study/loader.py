@@ -1,0 +1,146 @@
+"""Read a study file safely and validate it, with errors that name file, line and field.
+
+YAML is read by ruamel's *safe* loader (no Python tags; duplicate keys refused). A second, node-level
+pass records the line of every key so that schema errors — and later model-dependent errors — can
+point at the line a user has to edit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML, MappingNode, Node, SequenceNode
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from patchwork.errors import StudyError
+from patchwork.study.schema import Study
+
+FieldPath = tuple[str | int, ...]
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study file; raise :class:`StudyError` naming file, line and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StudyError(f"{path}: study file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise StudyError(f"{path}: cannot read study file ({error})") from None
+    return parse_study(text, source=path)
+
+
+def parse_study(text: str, source: Path | None = None) -> Study:
+    """Validate a study given as YAML text (``source`` only labels messages)."""
+    label = str(source) if source else "<study>"
+    try:
+        data = YAML(typ="safe", pure=True).load(text)
+        lines = _key_lines(YAML(typ="safe", pure=True).compose(text))
+    except MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = error.problem or error.context or "malformed YAML"
+        raise StudyError(f"{label}{line}: malformed YAML: {problem.strip()}") from None
+    except YAMLError as error:
+        raise StudyError(f"{label}: malformed YAML: {error}") from None
+    if not isinstance(data, Mapping):
+        raise StudyError(f"{label}:1: a study file is a mapping of keys (name, model, …)")
+    if source is not None:
+        data = _resolve_relative(dict(data), source.parent)
+    try:
+        study = Study.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field_path = _data_path(data, tuple(first["loc"]))
+        where = format_location(source, lines, field_path)
+        raise StudyError(f"{where}: {_describe(first)}") from None
+    study._source = source
+    study._text = text
+    study._lines = lines
+    return study
+
+
+def study_hash(study: Study) -> str:
+    """SHA-256 of the validated study (not of its formatting): what a resumed run must match."""
+    canonical = study.model_dump_json(by_alias=True, exclude={"description"})
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def format_location(
+    source: Path | None, lines: Mapping[FieldPath, int], field_path: Iterable[str | int]
+) -> str:
+    """'file:line: a.b[0].c' using the deepest prefix of the path whose line is known."""
+    field_path = tuple(field_path)
+    line = None
+    for depth in range(len(field_path), -1, -1):
+        line = lines.get(field_path[:depth])
+        if line is not None:
+            break
+    label = str(source) if source else "<study>"
+    location = f"{label}:{line}" if line is not None else label
+    return f"{location}: {_dotted(field_path)}" if field_path else location
+
+
+def _dotted(field_path: FieldPath) -> str:
+    text = ""
+    for part in field_path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _describe(error: Mapping) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check its spelling against the study-file reference)"
+    if error["type"] == "missing":
+        return "required field is missing"
+    given = error.get("input")
+    if isinstance(given, str | int | float | bool) or given is None:
+        return f"{message}; got {given!r}"
+    return message
+
+
+def _data_path(data: object, loc: FieldPath) -> FieldPath:
+    """Drop parts of a pydantic location that are not in the data (union tags such as a kind)."""
+    path: list[str | int] = []
+    node = data
+    for depth, part in enumerate(loc):
+        last = depth == len(loc) - 1
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif not last:
+            continue
+        path.append(part)
+    return tuple(path)
+
+
+def _key_lines(node: Node | None, prefix: FieldPath = ()) -> dict[FieldPath, int]:
+    """1-based line of every mapping key and sequence item, keyed by field path."""
+    lines: dict[FieldPath, int] = {}
+    if node is None:
+        return lines
+    lines.setdefault(prefix, node.start_mark.line + 1)
+    if isinstance(node, MappingNode):
+        for key, value in node.value:
+            path = (*prefix, key.value)
+            lines[path] = key.start_mark.line + 1
+            lines.update({k: v for k, v in _key_lines(value, path).items() if k != path})
+    elif isinstance(node, SequenceNode):
+        for index, item in enumerate(node.value):
+            lines.update(_key_lines(item, (*prefix, index)))
+    return lines
+
+
+def _resolve_relative(data: dict, base: Path) -> dict:
+    """Make the manifest path relative to the study file, as users expect."""
+    dataset = data.get("dataset")
+    if isinstance(dataset, Mapping) and isinstance(dataset.get("manifest"), str):
+        manifest = Path(dataset["manifest"])
+        if not manifest.is_absolute():
+            data["dataset"] = {**dataset, "manifest": str(base / manifest)}
+    return data

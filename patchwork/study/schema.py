@@ -1,0 +1,232 @@
+"""The study file's schema: a YAML study validated into typed, immutable objects.
+
+Unknown keys are errors everywhere (``extra="forbid"``). Checks that need the model (layer counts)
+happen later, in :mod:`patchwork.engine.plan`, and still name the study file's line through
+:meth:`Study.where`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+Component = Literal["residual", "attention", "mlp"]
+PositionGroup = Literal["audio", "video", "image", "text", "answer", "all"]
+Metric = Literal["logit_diff", "audio_probability", "normalized_effect"]
+
+COMPONENTS: tuple[Component, ...] = ("residual", "attention", "mlp")
+METRICS: tuple[Metric, ...] = ("logit_diff", "audio_probability", "normalized_effect")
+
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:-|:|\.\.)\s*(\d+)\s*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RandomInit(_Strict):
+    """A tiny random-init Qwen2.5-Omni thinker, for tests and smoke runs (no weights needed)."""
+
+    layers: int = Field(4, ge=1, le=64, description="Decoder layers.")
+    hidden_size: int = Field(64, ge=16, description="Text hidden size (multiple of heads × 8).")
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(2, ge=1)
+    vocab_size: int = Field(64, ge=16)
+    seed: int = Field(0, description="Seed of the weight initialisation.")
+
+    @model_validator(mode="after")
+    def _heads_fit(self) -> RandomInit:
+        if self.hidden_size % self.heads or (self.hidden_size // self.heads) % 8:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be heads ({self.heads}) × a multiple of 8"
+            )
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads")
+        return self
+
+
+class ModelSpec(_Strict):
+    """Which model, and how to load it."""
+
+    family: Literal["qwen2_5_omni"] = Field(
+        "qwen2_5_omni", description="The adapter: which architecture family this model is."
+    )
+    checkpoint: str | None = Field(
+        None,
+        description="'testbed', 'testbed-base', a local checkpoint directory (safetensors), "
+        "or omitted when random_init is given.",
+    )
+    random_init: RandomInit | None = Field(None, description="Build a tiny random-init model.")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = Field("cpu", description="torch device, e.g. 'cpu', 'cuda', 'cuda:1'.")
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    trust_remote_code: bool = Field(
+        False, description="Let transformers run code shipped with the checkpoint. Off by default."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.checkpoint is None) == (self.random_init is None):
+            raise ValueError("give exactly one of 'checkpoint' or 'random_init'")
+        return self
+
+
+class DatasetSpec(_Strict):
+    """Where the samples come from: a named generator or a manifest of media files."""
+
+    generator: Literal["random", "testbed"] | None = Field(
+        None, description="'random': random features (random-init models); 'testbed': the "
+        "synthetic audio-visual world of the default model."
+    )
+    manifest: Path | None = Field(
+        None, description="A JSONL or CSV file listing samples (paths relative to the study file)."
+    )
+    samples: int = Field(16, ge=1, description="How many samples (generators only).")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if (self.generator is None) == (self.manifest is None):
+            raise ValueError("give exactly one of 'generator' or 'manifest'")
+        return self
+
+
+class RunSpec(_Strict):
+    """How one run of a sample is built from its media (generators only)."""
+
+    audio: Literal["own", "silence"] = "own"
+    picture: Literal["own", "blank", "other_category"] = "own"
+
+
+def _parse_layers(value: object) -> object:
+    """Turn 'all', ints and 'a-b' ranges into a sorted tuple of layer indices (or 'all')."""
+    if value == "all":
+        return "all"
+    items = value if isinstance(value, list | tuple) else [value]
+    layers: set[int] = set()
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"expected a layer index or range, got {item!r}")
+        if isinstance(item, int):
+            layers.add(item)
+            continue
+        match = _RANGE.match(str(item))
+        if not match:
+            raise ValueError(
+                f"expected 'all', a layer index or a range like '4-7', got {item!r}"
+            )
+        first, last = int(match[1]), int(match[2])
+        if last < first:
+            raise ValueError(f"range {item!r} ends before it starts")
+        layers.update(range(first, last + 1))
+    if any(layer < 0 for layer in layers):
+        raise ValueError("layer indices start at 0")
+    if not layers:
+        raise ValueError("no layers given")
+    return tuple(sorted(layers))
+
+
+class ActivationPatching(_Strict):
+    """Patch activations of one run into another, layer window × position group × component."""
+
+    kind: Literal["activation_patching"]
+    source: str = Field("clean", alias="from", description="The run activations are taken from.")
+    target: str = Field("conflict", alias="into", description="The run they are patched into.")
+    components: tuple[Component, ...] = Field(
+        COMPONENTS,
+        min_length=1,
+        description="residual: decoder layer output; attention: self-attention output; "
+        "mlp: MLP output.",
+    )
+    layers: Literal["all"] | tuple[int, ...] = Field(
+        "all", description="'all', or a list of layer indices and ranges like '4-7'."
+    )
+    window: int = Field(1, ge=1, description="Consecutive layers patched together.")
+    position_groups: tuple[PositionGroup, ...] = Field(
+        ("audio", "video", "text", "answer"), min_length=1
+    )
+    noise_floor: Literal["mismatched", "none"] = Field(
+        "mismatched",
+        description="'mismatched' also patches from the next sample's source run, a noise floor "
+        "stored as null_effect.",
+    )
+
+    _layers = field_validator("layers", mode="before")(_parse_layers)
+
+    @field_validator("components", "position_groups")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"listed twice: {sorted({v for v in value if value.count(v) > 1})}")
+        return value
+
+
+Intervention = Annotated[ActivationPatching, Field(discriminator="kind")]
+
+
+class Execution(_Strict):
+    """How the sweep runs: batch of patched conditions per forward, samples per stored unit."""
+
+    batch_size: int = Field(16, ge=1, description="Patched conditions per batched forward.")
+    unit_size: int = Field(8, ge=1, description="Samples per work unit (= one store chunk).")
+    seed: int = 0
+
+
+class Study(_Strict):
+    """A whole study file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    description: str = ""
+    model: ModelSpec
+    dataset: DatasetSpec
+    runs: dict[str, RunSpec] = Field(
+        default_factory=lambda: {
+            "clean": RunSpec(audio="own", picture="blank"),
+            "conflict": RunSpec(audio="own", picture="other_category"),
+        }
+    )
+    question: str = "what do you hear"
+    interventions: tuple[Intervention, ...] = Field(min_length=1, max_length=1)
+    metrics: tuple[Metric, ...] = Field(METRICS, min_length=1)
+    execution: Execution = Execution()
+    store: Path | None = Field(
+        None, description="Where the store goes, under the store root; default <name>.zarr."
+    )
+
+    _source: Path | None = PrivateAttr(None)
+    _text: str = PrivateAttr("")
+    _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _runs_exist(self) -> Study:
+        for intervention in self.interventions:
+            for run in (intervention.source, intervention.target):
+                if run not in self.runs:
+                    raise ValueError(f"intervention names run {run!r}, not one of {list(self.runs)}")
+            if intervention.source == intervention.target:
+                raise ValueError("an intervention's 'from' and 'into' runs must differ")
+        return self
+
+    @property
+    def patching(self) -> ActivationPatching:
+        """The study's activation-patching intervention."""
+        return self.interventions[0]
+
+    @property
+    def source_path(self) -> Path | None:
+        """The file the study was read from (None when built in code)."""
+        return self._source
+
+    @property
+    def text(self) -> str:
+        """The study file's text, verbatim (stored as provenance)."""
+        return self._text
+
+    def where(self, *field_path: str | int) -> str:
+        """'file:line: field.path' for messages; the line of the nearest enclosing key known."""
+        from patchwork.study.loader import format_location
+
+        return format_location(self._source, self._lines, field_path)
