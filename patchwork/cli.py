@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from patchwork.errors import PatchworkError
 
 app = typer.Typer(
     name="patchwork",
@@ -11,17 +23,132 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+console = Console()
+errors = Console(stderr=True)
+
+#: Modules that add their own commands (they live beside the code they drive).
+SUBCOMMAND_MODULES = ("patchwork.analysis.commands", "patchwork.testbed.commands")
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a :class:`PatchworkError` into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except PatchworkError as error:
+            errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def validate(study: Annotated[Path, typer.Argument(help="A study YAML file.")]) -> None:
+    """Check a study file against the schema (no model is loaded)."""
+    from patchwork.study import load_study
+
+    loaded = load_study(study)
+    console.print(f"[green]ok[/] {study}: study {loaded.name!r} is valid")
+
+
+@app.command()
+@user_errors
+def run(
+    study: Annotated[Path, typer.Argument(help="A study YAML file.")],
+    store: Annotated[
+        Path, typer.Option("--store", help="Store root: results go under it (default: store/).")
+    ] = Path("store"),
+) -> None:
+    """Run a study's sweep and write its results store; re-running resumes."""
+    from patchwork.engine.runner import run_study
+    from patchwork.study import load_study
+
+    loaded = load_study(study)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("samples"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(f"{loaded.name}", total=None)
+        summary = run_study(
+            loaded,
+            store_root=store,
+            on_start=lambda total: progress.update(task, total=total),
+            on_unit=lambda count: progress.advance(task, count),
+        )
+    table = Table(title=f"{loaded.name}: mean normalized effect by position group")
+    table.add_column("position group")
+    table.add_column("mean normalized effect", justify="right")
+    for group, value in summary.mean_normalized_effect.items():
+        table.add_row(group, f"{value:+.3f}")
+    console.print(table)
+    console.print(
+        f"{summary.samples} samples × {summary.conditions_per_sample} conditions on "
+        f"{summary.model}: {summary.units_run} units run, {summary.units_skipped} already done, "
+        f"{summary.seconds:.1f} s → [bold]{summary.store}[/]"
+    )
+
+
+@app.command()
+@user_errors
+def status(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).")]) -> None:
+    """Show what a store holds and how far its run got."""
+    import zarr
+
+    from patchwork.store.zarr_store import open_results
+
+    first = open_results_any(store)
+    root = zarr.open_group(store, mode="r", zarr_format=3)
+    console.print(
+        f"[bold]{store}[/]: study {first.attrs.get('study_name')!r}, "
+        f"config {str(first.attrs.get('config_sha256'))[:12]}, created {first.attrs.get('created')}"
+    )
+    for model, _ in sorted(root.groups()):
+        results = open_results(store, model)
+        done = int(results["done"].sum())
+        total = results.sizes["sample"]
+        state = "complete" if done == total else "partial"
+        console.print(
+            f"  {model}: {done}/{total} samples done ({state}); layers "
+            f"{results.sizes['layer']}, groups {list(map(str, results.position_group.values))}, "
+            f"components {list(map(str, results.component.values))}"
+        )
+
+
+def open_results_any(store: Path) -> Any:
+    import zarr
+
+    from patchwork.store.zarr_store import open_results
+
+    models = []
+    if (store / "zarr.json").exists():
+        models = sorted(name for name, _ in zarr.open_group(store, mode="r").groups())
+    return open_results(store, models[0] if models else None)
 
 
 def _register_subcommands() -> None:
-    """Commands that live beside the code they drive (analysis, testbed) add themselves here."""
-    from patchwork.analysis import commands as analysis_commands
-    from patchwork.testbed import commands as testbed_commands
-
-    analysis_commands.register(app)
-    testbed_commands.register(app)
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:
+                raise
+            continue
+        module.register(app)
 
 
 def main() -> None:
+    """Entry point of the ``patchwork`` command."""
     _register_subcommands()
-    app()
+    app(prog_name="patchwork")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
