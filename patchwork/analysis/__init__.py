@@ -1,0 +1,51 @@
+"""Analysis of a patching sweep: per-layer profiles, the noise floor, located windows, figures.
+
+Pure functions over the :class:`xarray.Dataset` that :func:`patchwork.open_results` returns, and
+the same verbs as an accessor on the dataset (``results.patchwork.locate()``), registered when this
+package is imported.
+"""
+
+from __future__ import annotations
+
+from patchwork.analysis.accessor import PatchworkAccessor
+from patchwork.analysis.bootstrap import bootstrap_mean, bootstrap_weights, resampled_means
+from patchwork.analysis.plots import (
+    plot_components,
+    plot_heatmap,
+    plot_layer_profile,
+    save_figure,
+    save_figures,
+)
+from patchwork.analysis.profile import (
+    DEFAULT_FIXED_FLOOR,
+    layer_changes,
+    layer_profile,
+    noise_floor,
+)
+from patchwork.analysis.results import AnalysisError, check_results, done_samples, select_metric
+from patchwork.analysis.synthetic import synthetic_results
+from patchwork.analysis.windows import TABLE_COLUMNS, locate, locate_table
+
+__all__ = [
+    "DEFAULT_FIXED_FLOOR",
+    "TABLE_COLUMNS",
+    "AnalysisError",
+    "PatchworkAccessor",
+    "bootstrap_mean",
+    "bootstrap_weights",
+    "check_results",
+    "done_samples",
+    "layer_changes",
+    "layer_profile",
+    "locate",
+    "locate_table",
+    "noise_floor",
+    "plot_components",
+    "plot_heatmap",
+    "plot_layer_profile",
+    "resampled_means",
+    "save_figure",
+    "save_figures",
+    "select_metric",
+    "synthetic_results",
+]

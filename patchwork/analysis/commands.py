@@ -1,0 +1,188 @@
+"""``patchwork locate`` and ``patchwork plot``: the analysis on the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from patchwork.analysis.results import AnalysisError
+
+
+class OutputFormat(StrEnum):
+    """How ``patchwork locate`` prints its answer."""
+
+    table = "table"
+    json = "json"
+
+
+StoreArgument = Annotated[Path, typer.Argument(help="A results store (*.zarr).")]
+ModelOption = Annotated[
+    str | None, typer.Option("--model", help="Model group, when the store holds several.")
+]
+MetricOption = Annotated[
+    str, typer.Option("--metric", help="logit_diff, audio_probability or normalized_effect.")
+]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")]
+ResamplesOption = Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")]
+
+
+def open_store(path: Path, model: str | None = None) -> Any:
+    """Open a results store as an :class:`xarray.Dataset` (raises ``StoreError`` if missing)."""
+    from patchwork.store.zarr_store import open_results
+
+    return open_results(path, model)
+
+
+def parse_floor(text: str) -> float | str:
+    """``"auto"``, ``"null"`` or a number ≥ 0, as :func:`patchwork.analysis.locate` takes it."""
+    if text in ("auto", "null"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise AnalysisError(f"--floor must be auto, null or a number; got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise AnalysisError(f"--floor must be a finite number ≥ 0; got {text!r}")
+    return value
+
+
+def located_as_json(located: Any) -> str:
+    """The answer of :func:`~patchwork.analysis.locate` as a JSON document (NaN → null)."""
+    from patchwork.analysis.windows import locate_table
+
+    table = locate_table(located)
+    rows = [
+        {key: _plain(value) for key, value in row.items()}
+        for row in table.to_dict(orient="records")
+    ]
+    keys = ("study_name", "model_name", "metric", "confidence", "n_resamples", "seed")
+    header = {key: _plain(located.attrs.get(key)) for key in keys}
+    header["floor_source"] = located.attrs.get("floor_source")
+    return json.dumps({**header, "windows": rows}, indent=2, ensure_ascii=False)
+
+
+def _plain(value: Any) -> Any:
+    if value is None:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is not None and type(value).__name__ == "NAType":
+        return None
+    return value
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``locate`` and ``plot`` to the ``patchwork`` command line."""
+    from patchwork.cli import user_errors
+
+    @app.command()
+    @user_errors
+    def locate(
+        store: StoreArgument,
+        output: Annotated[
+            OutputFormat, typer.Option("--format", help="table or json.")
+        ] = OutputFormat.table,
+        model: ModelOption = None,
+        metric: MetricOption = "normalized_effect",
+        floor: Annotated[
+            str,
+            typer.Option(
+                "--floor",
+                help="Noise floor: auto (null patches if stored, else 0.1), null, or a number.",
+            ),
+        ] = "auto",
+        confidence: Annotated[float, typer.Option(help="Coverage of the intervals.")] = 0.95,
+        resamples: ResamplesOption = 1000,
+        seed: SeedOption = 0,
+    ) -> None:
+        """Print, per position group and component, the layer window where the effect changes."""
+        from patchwork.analysis.windows import locate as locate_windows
+
+        results = open_store(store, model)
+        located = locate_windows(
+            results,
+            metric=metric,
+            floor=parse_floor(floor),
+            confidence=confidence,
+            n_resamples=resamples,
+            seed=seed,
+        )
+        if output is OutputFormat.json:
+            typer.echo(located_as_json(located))
+        else:
+            _print_table(located)
+
+    @app.command()
+    @user_errors
+    def plot(
+        store: StoreArgument,
+        out: Annotated[Path, typer.Option("--out", help="Directory for the figures.")],
+        model: ModelOption = None,
+        metric: MetricOption = "normalized_effect",
+        image_format: Annotated[
+            list[str] | None,
+            typer.Option("--image-format", help="png, svg or pdf; repeat for several."),
+        ] = None,
+        resamples: ResamplesOption = 1000,
+        seed: SeedOption = 0,
+    ) -> None:
+        """Write the heatmap, per-component profiles and small multiples of a store."""
+        import patchwork.analysis  # noqa: F401  (registers the accessor)
+
+        results = open_store(store, model)
+        formats = image_format or ["png", "svg"]
+        paths = results.patchwork.save_figures(
+            out, metric=metric, formats=formats, seed=seed, n_resamples=resamples
+        )
+        for path in paths:
+            typer.echo(str(path))
+
+
+def _print_table(located: Any) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from patchwork.analysis.windows import locate_table
+
+    table_data = locate_table(located)
+    attrs = located.attrs
+    title = (
+        f"{attrs.get('study_name', 'study')} · {attrs.get('model_name', 'model')}\n"
+        f"where {attrs['metric']} changes most across layers "
+        f"({attrs['confidence']:.0%} CI, floor: {attrs['floor_source']})"
+    )
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in ("group", "component", "window", "peak [CI]"):
+        table.add_column(column, no_wrap=True)
+    for column in ("change [CI]", "floor", "n"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in table_data.itertuples():
+        if row.status != "located":
+            table.add_row(
+                row.position_group,
+                row.component,
+                f"[dim]{row.window}[/]",
+                "",
+                "",
+                f"{row.floor:.3f}",
+                str(row.n_samples),
+            )
+            continue
+        table.add_row(
+            row.position_group,
+            row.component,
+            f"[bold]{row.window}[/]",
+            f"{row.peak_layer} [{row.peak_layer_low}–{row.peak_layer_high}]",
+            f"{row.change:+.2f} [{row.change_low:.2f}, {row.change_high:.2f}]",
+            f"{row.floor:.3f}",
+            str(row.n_samples),
+        )
+    Console().print(table)

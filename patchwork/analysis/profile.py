@@ -1,0 +1,114 @@
+"""Per-layer profiles of a patching sweep and the noise floor they are judged against."""
+
+from __future__ import annotations
+
+import xarray as xr
+
+from patchwork.analysis.bootstrap import bootstrap_mean, bootstrap_weights, resampled_means
+from patchwork.analysis.results import (
+    AnalysisError,
+    done_samples,
+    select_metric,
+)
+
+#: Floor used when the store has no ``null_effect``: a change of one tenth of the gap between the
+#: clean and the conflict run (in normalized-effect units).
+DEFAULT_FIXED_FLOOR = 0.1
+
+
+def layer_profile(
+    results: xr.Dataset,
+    metric: str = "normalized_effect",
+    confidence: float = 0.95,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    variable: str = "effect",
+) -> xr.Dataset:
+    """Mean effect per layer, position group and component, with bootstrap intervals.
+
+    Only samples marked done are used. Resampling draws whole samples, so every cell of one
+    resample uses the same samples.
+
+    Args:
+        results: a result dataset (see :mod:`patchwork.analysis.results`).
+        metric: which stored metric to average.
+        confidence: coverage of the intervals.
+        n_resamples: bootstrap resamples.
+        seed: seed of the resampling; equal seeds give equal intervals.
+        variable: ``"effect"``, or ``"null_effect"`` for the mismatched-patch profile.
+
+    Returns:
+        Dataset with dims ``(layer, position_group, component)`` holding ``mean``, ``ci_low``,
+        ``ci_high`` (units of the metric) and ``n_samples``; attrs name the metric, study and model.
+    """
+    done = done_samples(results)
+    values = select_metric(done, metric, variable)
+    profile = bootstrap_mean(values, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    profile = profile.transpose("layer", "position_group", "component")
+    profile.attrs.update(_provenance(results), metric=metric, variable=variable)
+    return profile
+
+
+def layer_changes(values: xr.DataArray) -> xr.DataArray:
+    """Per-sample change of an effect between consecutive stored layers.
+
+    Args:
+        values: DataArray with dims including ``sample`` and ``layer`` (layers ascending).
+
+    Returns:
+        ``values[layer=l_k] − values[layer=l_(k−1)]`` labelled with the later layer ``l_k``: same
+        dims, one layer fewer, units of ``values``. A change labelled ``l`` is what patching at
+        ``l`` adds over patching at the layer stored before it.
+    """
+    if values.sizes.get("layer", 0) < 2:
+        raise AnalysisError("a layer profile needs at least two layers to show a change")
+    return values.sortby("layer").diff("layer", label="upper")
+
+
+def noise_floor(
+    results: xr.Dataset,
+    metric: str = "normalized_effect",
+    quantile: float = 0.95,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> xr.DataArray:
+    """How large a layer-to-layer change of the mean profile gets without the right content.
+
+    Uses ``null_effect``: the same patches, taken from a *mismatched* sample's clean run. For each
+    position group and component, the largest absolute change of the null's mean profile between
+    consecutive layers is bootstrapped over samples; the floor is its ``quantile``. A change of the
+    real profile must clear this floor before :func:`patchwork.analysis.locate` reports it.
+
+    Args:
+        results: a result dataset with a ``null_effect`` variable.
+        metric: which stored metric.
+        quantile: which quantile of the bootstrapped maximum, in (0, 1).
+        n_resamples: bootstrap resamples.
+        seed: seed of the resampling.
+
+    Returns:
+        DataArray with dims ``(position_group, component)``, ≥ 0, in units of the metric.
+
+    Raises:
+        AnalysisError: when the results hold no ``null_effect``.
+    """
+    if "null_effect" not in results.data_vars:
+        raise AnalysisError(
+            "the store has no null_effect (patches from mismatched samples); "
+            f"pass a fixed floor instead (e.g. floor={DEFAULT_FIXED_FLOOR})"
+        )
+    if not 0.0 < quantile < 1.0:
+        raise AnalysisError(f"quantile must lie strictly between 0 and 1; got {quantile}")
+    done = done_samples(results)
+    null_changes = layer_changes(select_metric(done, metric, "null_effect"))
+    weights = bootstrap_weights(done.sizes["sample"], n_resamples, seed)
+    largest = abs(resampled_means(null_changes, weights)).max("layer", skipna=True)
+    floor = largest.quantile(quantile, dim="resample", skipna=True).drop_vars("quantile")
+    floor.name = "floor"
+    floor.attrs.update(metric=metric, quantile=quantile, source="null")
+    return floor.transpose("position_group", "component")
+
+
+def _provenance(results: xr.Dataset) -> dict[str, str]:
+    keys = ("study_name", "model_name")
+    return {key: str(results.attrs[key]) for key in keys if key in results.attrs}
