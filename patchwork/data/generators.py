@@ -18,9 +18,10 @@ import torch
 
 from patchwork.data.sample import Sample
 from patchwork.models.loading import RANDOM_SPECIALS, LoadedModel
+from patchwork.models.qwen2_5_omni import audio_token_count
 from patchwork.study.schema import RunSpec, Study
 
-MEL_BINS, MEL_FRAMES = 32, 40  # -> 10 audio tokens
+MEL_BINS, MEL_FRAMES = 32, 40  # -> 10 audio tokens (random_init has 32 mel bins)
 FRAME_SIZE, PATCH, TEMPORAL, MERGE = 16, 4, 2, 2  # -> grid (1, 4, 4), 4 video tokens
 
 
@@ -36,13 +37,12 @@ def generate_samples(study: Study, loaded: LoadedModel, media_root: Path | None 
             return testbed.make_samples(
                 checkpoint, spec.samples, spec.seed, runs, study.question, Path(media)
             )
-    vocab = loaded.adapter.config.text_config.vocab_size
-    return [random_sample(index, spec.seed, study.runs, study.question, vocab)
+    return [random_sample(index, spec.seed, study.runs, study.question, loaded)
             for index in range(spec.samples)]
 
 
 def random_sample(
-    index: int, seed: int, runs: Mapping[str, RunSpec], question: str, vocab_size: int
+    index: int, seed: int, runs: Mapping[str, RunSpec], question: str, loaded: LoadedModel
 ) -> Sample:
     """One sample of the ``random`` generator (see module docstring)."""
 
@@ -50,23 +50,18 @@ def random_sample(
         generator = torch.Generator().manual_seed(_stable_seed(seed, index, role))
         return torch.randn(*shape, generator=generator)
 
+    vocab_size = loaded.adapter.config.text_config.vocab_size
     first_word = max(RANDOM_SPECIALS.values()) + 1
-    question_ids = [first_word + sum(map(ord, word)) % (vocab_size - first_word)
-                    for word in question.split()]
     answers = torch.randperm(
         vocab_size - first_word,
         generator=torch.Generator().manual_seed(_stable_seed(seed, index, "answers")),
     )[:2] + first_word
-    audio_tokens = ((MEL_FRAMES - 1) // 2 + 1 - 2) // 2 + 1
     grid = (1, FRAME_SIZE // PATCH, FRAME_SIZE // PATCH)
-    video_tokens = grid[0] * grid[1] * grid[2] // MERGE**2
-    ids = (
-        [RANDOM_SPECIALS["audio_start"]] + [RANDOM_SPECIALS["audio"]] * audio_tokens
-        + [RANDOM_SPECIALS["audio_end"], RANDOM_SPECIALS["vision_start"]]
-        + [RANDOM_SPECIALS["video"]] * video_tokens
-        + [RANDOM_SPECIALS["vision_end"]] + question_ids
+    input_ids = loaded.adapter.prompt_ids(
+        loaded.token_ids(question),
+        [audio_token_count(MEL_FRAMES)],
+        [grid[0] * grid[1] * grid[2] // MERGE**2],
     )
-    input_ids = torch.tensor([ids])
     patches = grid[0] * grid[1] * grid[2]
     patch_dim = 3 * TEMPORAL * PATCH * PATCH
     sound = draw("sound", 1, MEL_BINS, MEL_FRAMES)

@@ -8,7 +8,8 @@ architecture-specific lives in the adapter; the engine and interventions only sp
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -42,6 +43,11 @@ class ModelAdapter(ABC):
 
     def __init__(self, model: nn.Module) -> None:
         self.root = self.resolve_root(model)
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, path: Path, config: Any, **options: Any) -> nn.Module:
+        """Load a local checkpoint of this family (``options`` go to transformers)."""
 
     @classmethod
     def resolve_root(cls, model: nn.Module) -> nn.Module:
@@ -83,6 +89,15 @@ class ModelAdapter(ABC):
     @abstractmethod
     def check_inputs(self, inputs: ModelInputs, label: str) -> None:
         """Raise ModelError when inputs would be silently misread by the model."""
+
+    @abstractmethod
+    def prompt_ids(
+        self, text_ids: Sequence[int], audio_tokens: Sequence[int], video_tokens: Sequence[int]
+    ) -> torch.Tensor:
+        """input_ids (1, seq) of a prompt: each audio's and video's placeholders, then the text.
+
+        The last text token is the answer position: its next-token prediction is the answer.
+        """
 
     def answer_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (batch, vocab) predicting the answer: those of the last prompt position."""

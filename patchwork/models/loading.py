@@ -41,6 +41,26 @@ class LoadedModel:
     name: str
     tokenizer: Any = None
 
+    def token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens (random-init models: one id per word)."""
+        if self.tokenizer is None:
+            vocab = self.adapter.config.text_config.vocab_size
+            first = max(RANDOM_SPECIALS.values()) + 1
+            return [first + sum(map(ord, word)) % (vocab - first) for word in text.split()]
+        if hasattr(self.tokenizer, "encode") and not callable(self.tokenizer):
+            return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def answer_id(self, word: str) -> int:
+        """The single token id of an answer word; ModelError when it is not one token."""
+        ids = self.token_ids(word)
+        if len(ids) != 1:
+            raise ModelError(
+                f"answer {word!r} is {len(ids)} tokens for this model's tokenizer; answers must "
+                "be single tokens"
+            )
+        return ids[0]
+
 
 def load_model(spec: ModelSpec, study_where: str = "model") -> LoadedModel:
     """Load what ``spec`` describes, in eval mode, on its device and dtype."""
@@ -132,24 +152,18 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
         )
     except (OSError, ValueError) as error:
         raise ModelError(f"{where}.checkpoint: cannot read {path}/config.json ({error})") from None
-    classes = {
-        "qwen2_5_omni": transformers.Qwen2_5OmniForConditionalGeneration,
-        "qwen2_5_omni_thinker": transformers.Qwen2_5OmniThinkerForConditionalGeneration,
-    }
-    model_class = classes.get(config.model_type)
-    if model_class is None:
-        raise ModelError(
-            f"{where}.family: {path} is a {config.model_type!r} model, not one the "
-            f"{spec.family!r} adapter reads ({sorted(classes)})"
+    try:
+        return ADAPTERS[spec.family].from_pretrained(
+            path,
+            config,
+            local_files_only=True,
+            use_safetensors=True,
+            trust_remote_code=spec.trust_remote_code,
+            attn_implementation=spec.attention,
+            dtype=getattr(torch, spec.dtype),
         )
-    return model_class.from_pretrained(
-        path,
-        local_files_only=True,
-        use_safetensors=True,
-        trust_remote_code=spec.trust_remote_code,
-        attn_implementation=spec.attention,
-        dtype=getattr(torch, spec.dtype),
-    )
+    except ModelError as error:
+        raise ModelError(f"{where}.family: {error}") from None
 
 
 def _set_attention(model: nn.Module, attention: str) -> None:

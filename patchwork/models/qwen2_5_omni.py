@@ -13,6 +13,10 @@ Facts this adapter guards (transformers 5.x):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -33,6 +37,27 @@ class Qwen25OmniAdapter(ModelAdapter):
     unembed_path = "lm_head"
 
     @classmethod
+    def from_pretrained(cls, path: Path, config: Any, **options: Any) -> nn.Module:
+        """The thinker from a thinker checkpoint or from a full omni checkpoint.
+
+        A full checkpoint's talker and vocoder are not needed for patching, and its
+        ``from_pretrained`` would unpickle ``spk_dict.pt``; the thinker's weights are read from the
+        safetensors instead (keys ``thinker.*``).
+        """
+        from transformers import Qwen2_5OmniThinkerForConditionalGeneration as Thinker
+
+        if config.model_type == "qwen2_5_omni":
+            return Thinker.from_pretrained(
+                path, config=config.thinker_config, key_mapping={r"^thinker\.": ""}, **options
+            )
+        if config.model_type == "qwen2_5_omni_thinker":
+            return Thinker.from_pretrained(path, config=config, **options)
+        raise ModelError(
+            f"{path} is a {config.model_type!r} model, not a Qwen2.5-Omni one "
+            "('qwen2_5_omni' or 'qwen2_5_omni_thinker')"
+        )
+
+    @classmethod
     def resolve_root(cls, model: nn.Module) -> nn.Module:
         thinker = getattr(model, "thinker", None)
         return thinker if thinker is not None else model
@@ -49,6 +74,19 @@ class Qwen25OmniAdapter(ModelAdapter):
         ids = input_ids.reshape(-1)
         modality = {name: ids == token for name, token in self._token_ids().items()}
         return text_and_answer(modality, ids.numel())
+
+    def prompt_ids(
+        self, text_ids: Sequence[int], audio_tokens: Sequence[int], video_tokens: Sequence[int]
+    ) -> torch.Tensor:
+        config = self.config
+        ids: list[int] = []
+        for count in audio_tokens:
+            ids += [config.audio_start_token_id, *[config.audio_token_index] * count,
+                    config.audio_end_token_id]
+        for count in video_tokens:
+            ids += [config.vision_start_token_id, *[config.video_token_index] * count,
+                    config.vision_end_token_id]
+        return torch.tensor([[*ids, *text_ids]])
 
     def check_inputs(self, inputs: ModelInputs, label: str) -> None:
         if "input_ids" not in inputs:

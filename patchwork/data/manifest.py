@@ -1,0 +1,138 @@
+"""Samples from a manifest of media files (JSONL or CSV), one row per sample.
+
+JSONL rows::
+
+    {"id": "dog-vs-cat", "audio_answer": "bark", "visual_answer": "meow",
+     "runs": {"clean":    {"audio": "media/dog.wav", "frames": ["media/blank.png"]},
+              "conflict": {"audio": "media/dog.wav", "frames": ["media/cat.png"]}}}
+
+CSV has the same fields flattened: ``id,audio_answer,visual_answer,clean.audio,clean.frames,…``
+with frame paths separated by ``;``. An optional ``question`` overrides the study's. Paths are
+relative to the manifest; a run may give ``fps`` of its frames (default 2). Every run of a row must yield the same token layout. Errors name the
+manifest line, the sample and the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from patchwork.data import media
+from patchwork.data.sample import Sample
+from patchwork.errors import DataError, PatchworkError
+from patchwork.models.loading import LoadedModel
+from patchwork.models.qwen2_5_omni import audio_token_count
+from patchwork.study.schema import Study
+
+REQUIRED = ("id", "audio_answer", "visual_answer", "runs")
+#: Frames per second assumed for a run's frames unless the row gives ``fps`` (Qwen's default).
+DEFAULT_FPS = 2.0
+
+
+def load_manifest(study: Study, loaded: LoadedModel) -> list[Sample]:
+    """Read every row of the study's manifest into a :class:`Sample`."""
+    path = study.dataset.manifest
+    assert path is not None
+    if not path.is_file():
+        raise DataError(f"{study.where('dataset', 'manifest')}: manifest not found: {path}")
+    samples = []
+    seen: dict[str, int] = {}
+    for line, row in _rows(path):
+        label = f"{path}:{line}"
+        missing = [key for key in REQUIRED if not row.get(key)]
+        if missing:
+            raise DataError(f"{label}: row lacks field(s) {missing}")
+        sample_id = str(row["id"])
+        if sample_id in seen:
+            raise DataError(f"{label}: sample id {sample_id!r} repeats line {seen[sample_id]}")
+        seen[sample_id] = line
+        try:
+            samples.append(_sample(row, path.parent, study, loaded))
+        except PatchworkError as error:
+            raise type(error)(f"{label}: sample {sample_id}: {error}") from None
+    if not samples:
+        raise DataError(f"{path}: the manifest lists no samples")
+    return samples
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        for row in reader:
+            yield reader.line_num, _unflatten(row)
+        return
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{number}: not a JSON object ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: not a JSON object")
+        yield number, row
+
+
+def _unflatten(row: Mapping[str, str]) -> dict[str, Any]:
+    nested: dict[str, Any] = {"runs": {}}
+    for key, value in row.items():
+        if key is None or value is None or value == "":
+            continue
+        if "." in key:
+            run, field = key.split(".", 1)
+            parts = value.split(";") if field == "frames" else value
+            nested["runs"].setdefault(run, {})[field] = parts
+        else:
+            nested[key] = value
+    return nested
+
+
+def _sample(row: Mapping[str, Any], base: Path, study: Study, loaded: LoadedModel) -> Sample:
+    config = loaded.adapter.config
+    vision = config.vision_config
+    question = str(row.get("question") or study.question)
+    text_ids = loaded.token_ids(question)
+    runs = {}
+    for name, spec in row["runs"].items():
+        if not isinstance(spec, Mapping) or "audio" not in spec or "frames" not in spec:
+            raise DataError(f"run {name!r} needs 'audio' and 'frames'")
+        waveform = media.load_audio(base / spec["audio"])
+        frames = [base / frame for frame in
+                  (spec["frames"] if isinstance(spec["frames"], list) else [spec["frames"]])]
+        mel_frames = max(1, -(-len(waveform) // media.HOP_LENGTH))
+        audio = media.audio_features(
+            [waveform], n_mels=config.audio_config.num_mel_bins, mel_frames=mel_frames
+        )
+        video = media.video_patches(
+            media.load_frames(frames),
+            patch_size=vision.patch_size,
+            temporal_patch_size=vision.temporal_patch_size,
+            merge_size=vision.spatial_merge_size,
+        )
+        video_tokens = int(video["video_grid_thw"].prod()) // vision.spatial_merge_size**2
+        input_ids = loaded.adapter.prompt_ids(
+            text_ids, [audio_token_count(mel_frames)], [video_tokens]
+        )
+        runs[name] = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            **audio,
+            **video,
+            "video_second_per_grid": torch.tensor(
+                [vision.temporal_patch_size / float(spec.get("fps", DEFAULT_FPS))]
+            ),
+        }
+    return Sample(
+        sample_id=str(row["id"]),
+        runs=runs,
+        audio_answer=str(row["audio_answer"]),
+        visual_answer=str(row["visual_answer"]),
+        audio_answer_id=loaded.answer_id(str(row["audio_answer"])),
+        visual_answer_id=loaded.answer_id(str(row["visual_answer"])),
+    )

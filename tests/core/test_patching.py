@@ -1,0 +1,138 @@
+"""Patching is exact: the stored sweep equals an independent plain-torch computation, and the
+invariants of activation patching hold (property tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from patchwork import open_results, parse_study, run_study
+from patchwork.data.generators import random_sample
+from patchwork.interventions.metrics import answer_metrics
+from patchwork.interventions.patching import Patcher, sweep_conditions
+from patchwork.models.loading import load_model
+from patchwork.study.schema import ModelSpec, RandomInit, RunSpec
+
+from . import reference
+from .helpers import study_text
+
+RUNS = {
+    "clean": RunSpec(audio="own", picture="blank"),
+    "conflict": RunSpec(audio="own", picture="other_category"),
+}
+
+
+@pytest.mark.parametrize(("window", "attention"), [(1, "sdpa"), (2, "eager")])
+def test_stored_effects_equal_plain_torch_hooks(tmp_path: Path, window: int, attention: str) -> None:
+    study = parse_study(study_text(layers=3, samples=3, window=window, attention=attention))
+    summary = run_study(study, store_root=tmp_path)
+    results = open_results(summary.store).load()
+    assert bool(results["done"].all())
+
+    loaded = load_model(study.model)
+    thinker = loaded.model
+    num_layers = 3
+    sites = [(layer, c) for layer in range(num_layers) for c in ("residual", "attention", "mlp")]
+    for sample_id in results["sample"].values:
+        index = int(str(sample_id)[1:])
+        sample = random_sample(index, 3, study.runs, study.question, loaded)
+        clean, conflict = sample.runs["clean"], sample.runs["conflict"]
+        source = reference.capture(thinker, dict(clean), sites)
+        ids = (sample.audio_answer_id, sample.visual_answer_id)
+        with torch.no_grad():
+            clean_ld = reference.logit_diff(thinker(**clean).logits[0, -1], *ids)
+            conflict_ld = reference.logit_diff(thinker(**conflict).logits[0, -1], *ids)
+        groups = loaded.adapter.position_groups(conflict["input_ids"])
+        cell = results["effect"].sel(sample=sample_id)
+        for layer in range(num_layers):
+            layers = range(layer, min(layer + window, num_layers))
+            for group in results["position_group"].values:
+                for component in ("residual", "attention", "mlp"):
+                    logits = reference.patched_answer_logits(
+                        thinker, dict(conflict), source, layers, component, groups[str(group)]
+                    )
+                    expected_ld = reference.logit_diff(logits, *ids)
+                    stored = cell.sel(layer=layer, position_group=group, component=component)
+                    assert float(stored.sel(metric="logit_diff")) == pytest.approx(
+                        expected_ld, abs=1e-5
+                    )
+                    probability = float(torch.softmax(logits, -1)[ids[0]])
+                    assert float(stored.sel(metric="audio_probability")) == pytest.approx(
+                        probability, abs=1e-5
+                    )
+                    normalized = (expected_ld - conflict_ld) / (clean_ld - conflict_ld)
+                    assert float(stored.sel(metric="normalized_effect")) == pytest.approx(
+                        normalized, rel=1e-4, abs=1e-4
+                    )
+        base = results["baseline"].sel(sample=sample_id)
+        assert float(base.sel(run="clean", metric="logit_diff")) == pytest.approx(clean_ld, abs=1e-5)
+        assert float(base.sel(run="conflict", metric="normalized_effect")) == 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    spec = ModelSpec(random_init=RandomInit(layers=3, hidden_size=32, heads=2, kv_heads=1, seed=2))
+    return load_model(spec)
+
+
+GROUPS = ("audio", "video", "text", "answer", "all")
+COMPONENTS = ("residual", "attention", "mlp")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 10_000),
+    layers=st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True),
+    groups=st.lists(st.sampled_from(GROUPS), min_size=1, max_size=5, unique=True),
+    components=st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=3, unique=True),
+    window=st.integers(1, 3),
+)
+def test_self_patching_changes_nothing(tiny_model, seed, layers, groups, components, window) -> None:
+    sample = random_sample(0, seed, RUNS, "what do you hear", tiny_model)
+    conflict = sample.runs["conflict"]
+    patcher = Patcher(tiny_model.adapter)
+    conditions = sweep_conditions(sorted(layers), window, 3, groups, components)
+    sites = {(layer, c.component) for c in conditions for layer in c.layers}
+    logits, own = patcher.record(conflict, sites)
+    patched = patcher.patched(
+        conflict, own, conditions, tiny_model.adapter.position_groups(conflict["input_ids"])
+    )
+    ids = (sample.audio_answer_id, sample.visual_answer_id)
+    for name, values in answer_metrics(patched, *ids).items():
+        expected = answer_metrics(logits, *ids)[name].expand_as(values)
+        torch.testing.assert_close(values, expected, atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), layer=st.integers(0, 2))
+def test_patching_every_position_restores_the_clean_run(tiny_model, seed, layer) -> None:
+    sample = random_sample(0, seed, RUNS, "what do you hear", tiny_model)
+    patcher = Patcher(tiny_model.adapter)
+    conditions = sweep_conditions([layer], 1, 3, ["all"], ["residual"])
+    clean_logits, clean = patcher.record(sample.runs["clean"], {(layer, "residual")})
+    conflict = sample.runs["conflict"]
+    patched = patcher.patched(
+        conflict, clean, conditions, tiny_model.adapter.position_groups(conflict["input_ids"])
+    )
+    ids = (sample.audio_answer_id, sample.visual_answer_id)
+    for name, values in answer_metrics(patched, *ids).items():
+        torch.testing.assert_close(values, answer_metrics(clean_logits, *ids)[name],
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_batched_conditions_equal_one_at_a_time(tiny_model) -> None:
+    sample = random_sample(1, 0, RUNS, "what do you hear", tiny_model)
+    patcher = Patcher(tiny_model.adapter)
+    conditions = sweep_conditions(range(3), 1, 3, GROUPS, COMPONENTS)
+    sites = {(layer, c.component) for c in conditions for layer in c.layers}
+    _, clean = patcher.record(sample.runs["clean"], sites)
+    conflict = sample.runs["conflict"]
+    masks = tiny_model.adapter.position_groups(conflict["input_ids"])
+    batched = patcher.patched(conflict, clean, conditions, masks)
+    single = torch.cat([patcher.patched(conflict, clean, [c], masks) for c in conditions])
+    np.testing.assert_allclose(batched.numpy(), single.numpy(), atol=1e-5)

@@ -1,0 +1,110 @@
+"""The store: round trip, chunk alignment, resume, refusal of foreign stores and paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from patchwork import StoreError, open_results, parse_study, run_study
+from patchwork.store.zarr_store import ResultStore, StoreCoords, resolve_store_path, template
+
+from .helpers import study_text
+
+METRICS = ("logit_diff", "audio_probability", "normalized_effect")
+
+
+def coords(samples: int, layers: int) -> StoreCoords:
+    return StoreCoords(
+        samples=[f"s{i}" for i in range(samples)],
+        audio_answers=[f"a{i}" for i in range(samples)],
+        visual_answers=[f"v{i}" for i in range(samples)],
+        layers=list(range(layers)),
+        position_groups=["audio", "answer"],
+        components=["residual"],
+        metrics=METRICS,
+        runs=["clean", "conflict"],
+    )
+
+
+PROVENANCE = {"config_sha256": "abc", "study": "name: x", "study_name": "x"}
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    samples=st.integers(1, 9),
+    unit_size=st.integers(1, 4),
+    data=st.data(),
+)
+def test_written_units_read_back_equal(tmp_path_factory, samples, unit_size, data) -> None:
+    path = tmp_path_factory.mktemp("store") / "s.zarr"
+    store = ResultStore.create_or_resume(
+        path, "m", template(coords(samples, 2), unit_size, True), unit_size, PROVENANCE
+    )
+    finite = st.floats(-1e6, 1e6, width=32, allow_nan=False)
+    effect = data.draw(hnp.arrays(np.float32, (samples, 2, 2, 1, 3), elements=finite))
+    null = data.draw(hnp.arrays(np.float32, (samples, 2, 2, 1, 3), elements=finite))
+    baseline = data.draw(hnp.arrays(np.float32, (samples, 2, 3), elements=finite))
+    for start in range(0, samples, unit_size):
+        stop = min(start + unit_size, samples)
+        store.write_unit(start, {"effect": effect[start:stop], "null_effect": null[start:stop],
+                                 "baseline": baseline[start:stop]})
+    results = open_results(path).load()
+    np.testing.assert_array_equal(results["effect"].values, effect)
+    np.testing.assert_array_equal(results["null_effect"].values, null)
+    np.testing.assert_array_equal(results["baseline"].values, baseline)
+    assert results["done"].values.all()
+    assert list(results["audio_answer"].values) == [f"a{i}" for i in range(samples)]
+    assert results["effect"].dims == ("sample", "layer", "position_group", "component", "metric")
+    assert results.attrs["config_sha256"] == "abc"
+
+
+def test_misaligned_unit_is_refused(tmp_path: Path) -> None:
+    store = ResultStore.create_or_resume(
+        tmp_path / "s.zarr", "m", template(coords(8, 1), 4, False), 4, PROVENANCE
+    )
+    block = np.zeros((4, 1, 2, 1, 3), np.float32)
+    with pytest.raises(StoreError, match="not aligned"):
+        store.write_unit(2, {"effect": block})
+    assert not store.done().any()
+
+
+def test_unfinished_cells_read_as_missing(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    store = ResultStore.create_or_resume(path, "m", template(coords(6, 1), 3, False), 3, PROVENANCE)
+    store.write_unit(0, {"effect": np.ones((3, 1, 2, 1, 3), np.float32)})
+    results = open_results(path)
+    assert results["done"].values.tolist() == [True] * 3 + [False] * 3
+    assert np.isnan(results["effect"].isel(sample=slice(3, None)).values).all()
+    assert (results["effect"].isel(sample=slice(0, 3)).values == 1).all()
+
+
+def test_store_path_must_stay_under_the_root(tmp_path: Path) -> None:
+    assert resolve_store_path(tmp_path, Path("a.zarr")) == (tmp_path / "a.zarr").resolve()
+    for escape in ("../a.zarr", "/tmp/a.zarr", "x/../../a.zarr", "."):
+        with pytest.raises(StoreError, match="outside the store root"):
+            resolve_store_path(tmp_path, Path(escape))
+
+
+def test_rerun_skips_finished_units_and_refuses_another_study(tmp_path: Path) -> None:
+    study = parse_study(study_text(samples=4, unit_size=2))
+    first = run_study(study, store_root=tmp_path)
+    assert (first.units_run, first.units_skipped) == (2, 0)
+    before = open_results(first.store).load()
+    second = run_study(study, store_root=tmp_path)
+    assert (second.units_run, second.units_skipped) == (0, 2)
+    after = open_results(second.store).load()
+    np.testing.assert_array_equal(before["effect"].values, after["effect"].values)
+
+    other = parse_study(study_text(samples=5, unit_size=2))
+    with pytest.raises(StoreError, match="different study configuration"):
+        run_study(other, store_root=tmp_path)
+
+
+def test_open_results_on_a_missing_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no patchwork store"):
+        open_results(tmp_path / "missing.zarr")

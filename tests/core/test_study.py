@@ -1,0 +1,111 @@
+"""Study files: valid ones load; every malformed one names file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from patchwork import StudyError, load_study, parse_study
+from patchwork.study import study_hash
+
+from .helpers import SMOKE, study_text
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    with pytest.raises(StudyError) as caught:
+        load_study(write(tmp_path, text))
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_smoke_study_loads_with_defaults() -> None:
+    study = load_study(SMOKE)
+    assert study.name == "smoke"
+    assert study.patching.source == "clean" and study.patching.target == "conflict"
+    assert study.patching.layers == "all"
+    assert study.model.trust_remote_code is False
+    assert study.text.startswith("# A smoke run")
+
+
+def test_layer_lists_and_ranges_are_expanded(tmp_path: Path) -> None:
+    text = study_text().replace("layers: all", "layers: [0, '2-4', 7]")
+    assert load_study(write(tmp_path, text)).patching.layers == (0, 2, 3, 4, 7)
+
+
+def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:
+    text = study_text().replace("samples: 3", "samples: [3")
+    message = error_of(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'study.yaml'}:")
+    assert "malformed YAML" in message
+
+
+def test_unknown_key_names_line_and_field(tmp_path: Path) -> None:
+    text = study_text().replace("    noise_floor:", "    colour: red\n    noise_floor:")
+    message = error_of(tmp_path, text)
+    line = text.splitlines().index("    colour: red") + 1
+    assert f"study.yaml:{line}: interventions[0].colour: unknown key" in message
+
+
+def test_wrong_type_names_line_field_and_value(tmp_path: Path) -> None:
+    text = study_text().replace("window: 1", "window: two")
+    message = error_of(tmp_path, text)
+    line = text.splitlines().index("    window: two") + 1
+    assert f":{line}: interventions[0].window:" in message
+    assert "'two'" in message
+
+
+def test_missing_required_section(tmp_path: Path) -> None:
+    text = study_text().split("dataset:")[0]
+    assert "dataset: required field is missing" in error_of(tmp_path, text)
+
+
+def test_bad_layer_range(tmp_path: Path) -> None:
+    text = study_text().replace("layers: all", "layers: ['5-2']")
+    assert "ends before it starts" in error_of(tmp_path, text)
+
+
+def test_unknown_run_is_refused(tmp_path: Path) -> None:
+    text = study_text().replace("from: clean", "from: pristine")
+    assert "pristine" in error_of(tmp_path, text)
+
+
+def test_python_tags_are_refused(tmp_path: Path) -> None:
+    text = study_text().replace("name: tiny", "name: !!python/object/apply:os.system ['true']")
+    message = error_of(tmp_path, text)
+    assert ":1:" in message and "python/object" in message
+
+
+def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    text = study_text() + "name: again\n"
+    assert "duplicate key" in error_of(tmp_path, text)
+
+
+def test_missing_study_file(tmp_path: Path) -> None:
+    with pytest.raises(StudyError, match="study file not found"):
+        load_study(tmp_path / "nope.yaml")
+
+
+def test_checkpoint_xor_random_init(tmp_path: Path) -> None:
+    text = study_text().replace("  attention:", "  checkpoint: testbed\n  attention:")
+    assert "exactly one of 'checkpoint' or 'random_init'" in error_of(tmp_path, text)
+
+
+def test_hash_ignores_formatting_but_not_content() -> None:
+    base = parse_study(study_text())
+    reformatted = parse_study("# comment\n" + study_text().replace("seed: 3", "seed:   3"))
+    changed = parse_study(study_text(samples=4))
+    assert study_hash(base) == study_hash(reformatted)
+    assert study_hash(base) != study_hash(changed)
+
+
+def test_manifest_path_is_relative_to_the_study(tmp_path: Path) -> None:
+    text = study_text().replace("generator: random", "manifest: data/m.jsonl")
+    assert load_study(write(tmp_path, text)).dataset.manifest == tmp_path / "data" / "m.jsonl"
