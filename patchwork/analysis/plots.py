@@ -7,6 +7,7 @@ pyplot, so nothing depends on the interactive backend; :func:`save_figure` write
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,20 +77,23 @@ def plot_heatmap(
     axes = np.atleast_1d(figure.subplots(len(components), 1, sharex=True, squeeze=False)[:, 0])
     for ax, component in zip(axes, components, strict=True):
         grid = profile["mean"].sel(component=component).transpose("position_group", "layer")
-        sns.heatmap(
-            grid.to_pandas(),
-            ax=ax,
-            cmap="vlag",
-            center=0.0,
-            vmin=-limit,
-            vmax=limit,
-            annot=annotate,
-            fmt=".2f",
-            annot_kws={"fontsize": 8},
-            linewidths=0.5,
-            linecolor="white",
-            cbar=False,
-        )
+        with warnings.catch_warnings():
+            # seaborn 0.13 calls Colormap.set_bad, which matplotlib ≥ 3.11 marks as pending removal.
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            sns.heatmap(
+                grid.to_pandas(),
+                ax=ax,
+                cmap="vlag",
+                center=0.0,
+                vmin=-limit,
+                vmax=limit,
+                annot=annotate,
+                fmt=".2f",
+                annot_kws={"fontsize": 8},
+                linewidths=0.5,
+                linecolor="white",
+                cbar=False,
+            )
         ax.set_title(component, loc="left", fontsize=10)
         ax.set_ylabel("position group")
         ax.set_xlabel("")

@@ -1,0 +1,144 @@
+"""``locate`` on synthetic sweeps with a known step."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from patchwork.analysis import (
+    TABLE_COLUMNS,
+    AnalysisError,
+    locate,
+    locate_table,
+    synthetic_results,
+)
+
+CELL = {"position_group": "answer", "component": "residual"}
+
+
+@st.composite
+def stepped_sweeps(draw: st.DrawFn, well_above_noise: bool = True) -> tuple[xr.Dataset, int]:
+    """A sweep whose answer/residual effect steps at a random layer, ≥ 12 standard errors."""
+    n_layers = draw(st.integers(2, 16))
+    step_layer = draw(st.integers(1, n_layers - 1))
+    n_samples = draw(st.integers(5, 48))
+    noise = draw(st.floats(0.01, 0.4))
+    standard_error = noise * math.sqrt(2 / n_samples)
+    height = draw(st.floats(12.0, 40.0)) * standard_error * draw(st.sampled_from([-1, 1]))
+    results = synthetic_results(
+        n_samples=n_samples,
+        n_layers=n_layers,
+        step_layer=step_layer,
+        steps={("answer", "residual"): (0.2, 0.2 + height)},
+        noise=noise,
+        position_groups=("audio", "answer"),
+        components=("residual", "mlp"),
+        seed=draw(st.integers(0, 2**16)),
+    )
+    return results, step_layer
+
+
+@given(sweep=stepped_sweeps())
+@settings(max_examples=30, deadline=None, derandomize=True)
+def test_a_step_well_above_noise_is_located_in_its_window(sweep: tuple[xr.Dataset, int]) -> None:
+    results, step_layer = sweep
+    found = locate(results, n_resamples=200).sel(CELL)
+    assert str(found["status"].values) == "located"
+    assert found["start_layer"] <= step_layer <= found["end_layer"]
+    assert found["peak_layer_low"] <= step_layer <= found["peak_layer_high"]
+    assert found["change_low"] <= found["change"] <= found["change_high"]
+
+
+@given(
+    n_layers=st.integers(2, 16),
+    n_samples=st.integers(5, 48),
+    noise=st.floats(0.01, 0.5),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=30, deadline=None, derandomize=True)
+def test_no_step_means_none_everywhere(n_layers, n_samples, noise, seed) -> None:
+    results = synthetic_results(
+        n_samples=n_samples,
+        n_layers=n_layers,
+        steps={},
+        noise=noise,
+        seed=seed,
+        position_groups=("audio", "answer"),
+        components=("residual", "mlp"),
+    )
+    found = locate(results, n_resamples=200, seed=seed)
+    assert (found["status"] == "none").all()
+    assert found["start_layer"].isnull().all()
+
+
+def test_default_sweep_finds_both_steps_and_nothing_else(results: xr.Dataset) -> None:
+    found = locate(results, n_resamples=300)
+    assert found.attrs["floor_source"] == "null"
+    located = found.where(found["status"] == "located", drop=True)
+    table = locate_table(found).set_index(["position_group", "component"])
+    assert table.loc[("answer", "residual"), "window"] == "5"
+    assert table.loc[("answer", "residual"), "direction"] == "rise"
+    assert table.loc[("video", "residual"), "direction"] == "fall"
+    assert int((found["status"] == "located").sum()) == 2, located
+
+
+def test_window_spans_a_two_layer_rise() -> None:
+    """Levels 0 → 0.4 → 1.0 across layers 4 and 5: the window is 4–5, the change about 1."""
+    results = synthetic_results(
+        n_samples=40, step_layer=5, steps={("answer", "residual"): (0.0, 1.0)}, noise=0.05, seed=2
+    )
+    at_four = dict(CELL, layer=4, metric="normalized_effect")
+    results["effect"].loc[at_four] = results["effect"].loc[at_four] + 0.4
+    found = locate(results, n_resamples=300).sel(CELL)
+    assert (int(found["start_layer"]), int(found["end_layer"])) == (4, 5)
+    assert int(found["peak_layer"]) == 5
+    assert found["change_low"] <= found["change"] <= found["change_high"]
+    assert abs(float(found["change"]) - 1.0) < 0.1
+    assert abs(float(found["before"])) < 0.1 and abs(float(found["after"]) - 1.0) < 0.1
+
+
+def test_fixed_floor_without_null_and_explicit_floors() -> None:
+    results = synthetic_results(null=False, noise=0.05, seed=4)
+    found = locate(results, n_resamples=200)
+    assert found.attrs["floor_source"] == "fixed"
+    assert float(found["floor"].max()) == pytest.approx(0.1)
+    assert str(found.sel(CELL)["status"].values) == "located"
+    too_high = locate(results, floor=2.0, n_resamples=200)
+    assert (too_high["status"] == "none").all()
+    with pytest.raises(AnalysisError, match="no null_effect"):
+        locate(results, floor="null")
+    with pytest.raises(AnalysisError, match="floor must be"):
+        locate(results, floor="loud")
+    with pytest.raises(AnalysisError, match="≥ 0"):
+        locate(results, floor=-1.0)
+    with pytest.raises(AnalysisError, match="confidence"):
+        locate(results, confidence=2.0)
+
+
+def test_cells_never_computed_say_so() -> None:
+    results = synthetic_results(seed=5)
+    results["effect"].loc[{"component": "mlp"}] = np.nan
+    found = locate(results, n_resamples=100)
+    assert (found["status"].sel(component="mlp") == "not computed").all()
+
+
+def test_table_is_tidy_with_nullable_layers(results: xr.Dataset) -> None:
+    table = locate_table(locate(results, n_resamples=100))
+    assert tuple(table.columns) == TABLE_COLUMNS
+    assert len(table) == results.sizes["position_group"] * results.sizes["component"]
+    assert str(table["start_layer"].dtype) == "Int64"
+    assert set(table["window"]) == {"none", "5"}
+
+
+def test_other_metrics_and_seeds_are_honoured(results: xr.Dataset) -> None:
+    by_logit = locate(results, metric="logit_diff", floor=0.5, n_resamples=100)
+    assert by_logit.attrs["metric"] == "logit_diff"
+    assert str(by_logit.sel(CELL)["status"].values) == "located"
+    xr.testing.assert_identical(
+        locate(results, seed=3, n_resamples=100), locate(results, seed=3, n_resamples=100)
+    )
