@@ -25,7 +25,9 @@ MEL_BINS, MEL_FRAMES = 32, 40  # -> 10 audio tokens (random_init has 32 mel bins
 FRAME_SIZE, PATCH, TEMPORAL, MERGE = 16, 4, 2, 2  # -> grid (1, 4, 4), 4 video tokens
 
 
-def generate_samples(study: Study, loaded: LoadedModel, media_root: Path | None = None) -> list[Sample]:
+def generate_samples(
+    study: Study, loaded: LoadedModel, media_root: Path | None = None
+) -> list[Sample]:
     """The study's samples from its named generator."""
     spec = study.dataset
     if spec.generator == "testbed":
@@ -37,8 +39,10 @@ def generate_samples(study: Study, loaded: LoadedModel, media_root: Path | None 
             return testbed.make_samples(
                 checkpoint, spec.samples, spec.seed, runs, study.question, Path(media)
             )
-    return [random_sample(index, spec.seed, study.runs, study.question, loaded)
-            for index in range(spec.samples)]
+    return [
+        random_sample(index, spec.seed, study.runs, study.question, loaded)
+        for index in range(spec.samples)
+    ]
 
 
 def random_sample(
@@ -52,10 +56,13 @@ def random_sample(
 
     vocab_size = loaded.adapter.config.text_config.vocab_size
     first_word = max(RANDOM_SPECIALS.values()) + 1
-    answers = torch.randperm(
-        vocab_size - first_word,
-        generator=torch.Generator().manual_seed(_stable_seed(seed, index, "answers")),
-    )[:2] + first_word
+    answers = (
+        torch.randperm(
+            vocab_size - first_word,
+            generator=torch.Generator().manual_seed(_stable_seed(seed, index, "answers")),
+        )[:2]
+        + first_word
+    )
     grid = (1, FRAME_SIZE // PATCH, FRAME_SIZE // PATCH)
     input_ids = loaded.adapter.prompt_ids(
         loaded.token_ids(question),

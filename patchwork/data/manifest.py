@@ -8,8 +8,8 @@ JSONL rows::
 
 CSV has the same fields flattened: ``id,audio_answer,visual_answer,clean.audio,clean.frames,…``
 with frame paths separated by ``;``. An optional ``question`` overrides the study's. Paths are
-relative to the manifest; a run may give ``fps`` of its frames (default 2). Every run of a row must yield the same token layout. Errors name the
-manifest line, the sample and the file.
+relative to the manifest; a run may give ``fps`` of its frames (default 2). Every run of a
+row must yield the same token layout. Errors name the manifest line, the sample and the file.
 """
 
 from __future__ import annotations
@@ -103,8 +103,10 @@ def _sample(row: Mapping[str, Any], base: Path, study: Study, loaded: LoadedMode
         if not isinstance(spec, Mapping) or "audio" not in spec or "frames" not in spec:
             raise DataError(f"run {name!r} needs 'audio' and 'frames'")
         waveform = media.load_audio(base / spec["audio"])
-        frames = [base / frame for frame in
-                  (spec["frames"] if isinstance(spec["frames"], list) else [spec["frames"]])]
+        frames = [
+            base / frame
+            for frame in (spec["frames"] if isinstance(spec["frames"], list) else [spec["frames"]])
+        ]
         mel_frames = max(1, -(-len(waveform) // media.HOP_LENGTH))
         audio = media.audio_features(
             [waveform], n_mels=config.audio_config.num_mel_bins, mel_frames=mel_frames

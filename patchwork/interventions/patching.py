@@ -66,9 +66,8 @@ class Patcher:
         with torch.no_grad(), self.traced.trace(**inputs):
             for layer, component in wanted:
                 module = self.adapter.component(self.traced, layer, component)
-                saved[(layer, component)] = self.adapter.output_tensor(
-                    component, module.output
-                ).save()
+                output = self.adapter.output_tensor(component, module.output)
+                saved[(layer, component)] = output.save()  # type: ignore[attr-defined]
             logits = self.traced.output.logits.save()
         activations = {site: value[0].detach().clone() for site, value in saved.items()}
         return self.adapter.answer_logits(logits), activations

@@ -107,8 +107,8 @@ class ModelAdapter(ABC):
     def repeat_inputs(inputs: ModelInputs, rows: int) -> dict[str, torch.Tensor]:
         """A batch of ``rows`` identical copies of a one-sample run.
 
-        Every tensor's first dimension lists that sample's items (tokens' row, audios, video patches,
-        grids), so concatenating copies along it is the batched layout.
+        Every tensor's first dimension lists that sample's items (tokens' row, audios, video
+        patches, grids), so concatenating copies along it is the batched layout.
         """
         return {key: torch.cat([value] * rows) for key, value in inputs.items()}
 

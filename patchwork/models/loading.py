@@ -81,7 +81,9 @@ def load_model(spec: ModelSpec, study_where: str = "model") -> LoadedModel:
     try:
         model = model.to(device=torch.device(spec.device), dtype=dtype).eval()
     except (RuntimeError, AssertionError) as error:
-        raise ModelError(f"{study_where}.device: cannot use device {spec.device!r} ({error})") from None
+        raise ModelError(
+            f"{study_where}.device: cannot use device {spec.device!r} ({error})"
+        ) from None
     _set_attention(model, spec.attention)
     return LoadedModel(model=model, adapter=adapter_class(model), name=name, tokenizer=tokenizer)
 
@@ -98,21 +100,41 @@ def random_thinker(spec: RandomInit, attention: str = "sdpa") -> nn.Module:
     mrope_section = [head_dim // 2 - 2 * quarter * 3 // 2, quarter * 3 // 2, quarter * 3 // 2]
     config = Qwen2_5OmniThinkerConfig(
         audio_config=dict(
-            num_mel_bins=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
-            d_model=32, output_dim=spec.hidden_size, n_window=50, max_source_positions=1500,
+            num_mel_bins=32,
+            encoder_layers=1,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            d_model=32,
+            output_dim=spec.hidden_size,
+            n_window=50,
+            max_source_positions=1500,
         ),
         vision_config=dict(
-            depth=1, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3,
-            patch_size=4, spatial_merge_size=2, temporal_patch_size=2, window_size=16,
-            out_hidden_size=spec.hidden_size, fullatt_block_indexes=[0],
+            depth=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            in_channels=3,
+            patch_size=4,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=16,
+            out_hidden_size=spec.hidden_size,
+            fullatt_block_indexes=[0],
         ),
         text_config=dict(
-            vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
-            intermediate_size=2 * spec.hidden_size, num_hidden_layers=spec.layers,
-            num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
+            vocab_size=spec.vocab_size,
+            hidden_size=spec.hidden_size,
+            intermediate_size=2 * spec.hidden_size,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads,
+            num_key_value_heads=spec.kv_heads,
             max_position_embeddings=2048,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                             "mrope_section": mrope_section},
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": mrope_section,
+            },
         ),
         audio_token_index=RANDOM_SPECIALS["audio"],
         image_token_index=RANDOM_SPECIALS["image"],
@@ -167,5 +189,6 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
 
 
 def _set_attention(model: nn.Module, attention: str) -> None:
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(attention)
+    setter = getattr(model, "set_attn_implementation", None)
+    if callable(setter):
+        setter(attention)

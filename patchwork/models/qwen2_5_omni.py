@@ -81,11 +81,17 @@ class Qwen25OmniAdapter(ModelAdapter):
         config = self.config
         ids: list[int] = []
         for count in audio_tokens:
-            ids += [config.audio_start_token_id, *[config.audio_token_index] * count,
-                    config.audio_end_token_id]
+            ids += [
+                config.audio_start_token_id,
+                *[config.audio_token_index] * count,
+                config.audio_end_token_id,
+            ]
         for count in video_tokens:
-            ids += [config.vision_start_token_id, *[config.video_token_index] * count,
-                    config.vision_end_token_id]
+            ids += [
+                config.vision_start_token_id,
+                *[config.video_token_index] * count,
+                config.vision_end_token_id,
+            ]
         return torch.tensor([[*ids, *text_ids]])
 
     def check_inputs(self, inputs: ModelInputs, label: str) -> None:

@@ -66,16 +66,23 @@ def template(coords: StoreCoords, unit_size: int, null_effect: bool) -> xr.Datas
     """The empty (lazy, NaN-filled) dataset whose metadata the store is created from."""
     n = len(coords.samples)
     chunk = min(unit_size, n)
-    shape = (n, len(coords.layers), len(coords.position_groups), len(coords.components),
-             len(coords.metrics))
+    shape = (
+        n,
+        len(coords.layers),
+        len(coords.position_groups),
+        len(coords.components),
+        len(coords.metrics),
+    )
+
     def lazy_nan(*dims_shape: int) -> da.Array:
-        return da.full(dims_shape, np.nan, dtype="float32",
-                       chunks=(chunk, *dims_shape[1:]))
+        return da.full(dims_shape, np.nan, dtype="float32", chunks=(chunk, *dims_shape[1:]))
 
     variables = {
         "effect": (EFFECT_DIMS, lazy_nan(*shape)),
-        "baseline": (("sample", "run", "metric"),
-                     lazy_nan(n, len(coords.runs), len(coords.metrics))),
+        "baseline": (
+            ("sample", "run", "metric"),
+            lazy_nan(n, len(coords.runs), len(coords.metrics)),
+        ),
         "done": (("sample",), da.zeros(n, dtype=bool, chunks=chunk)),
     }
     if null_effect:
@@ -101,7 +108,15 @@ class ResultStore:
     def __init__(self, path: Path, model: str) -> None:
         self.path = Path(path)
         self.model = model
-        self._group = zarr.open_group(self.path, mode="r+", zarr_format=3)[model]
+        group = zarr.open_group(self.path, mode="r+", zarr_format=3)[model]
+        assert isinstance(group, zarr.Group)
+        self._group = group
+
+    def _array(self, name: str) -> zarr.Array:
+        array = self._group[name]
+        if not isinstance(array, zarr.Array):
+            raise StoreError(f"{self.path}/{self.model}/{name} is not an array")
+        return array
 
     @classmethod
     def create_or_resume(
@@ -127,26 +142,29 @@ class ResultStore:
                 return store
         else:
             root = zarr.open_group(path, mode="w", zarr_format=3)
-            root.attrs.update({**provenance, "created": _now(), "schema_version": SCHEMA_VERSION})
+            root.attrs.update(
+                {**provenance, "created": _now(), "schema_version": SCHEMA_VERSION}  # type: ignore[dict-item]
+            )
         empty.attrs["model_name"] = model
-        empty.to_zarr(path, group=model, mode="w", compute=False, zarr_format=3,
-                      consolidated=False)
+        empty.to_zarr(path, group=model, mode="w", compute=False, zarr_format=3, consolidated=False)
         return cls(path, model)
 
     def check_layout(self, empty: xr.Dataset, unit_size: int) -> None:
-        chunks = self._group["effect"].chunks
-        if self._group["effect"].shape != empty["effect"].shape or chunks[0] != min(
+        chunks = self._array("effect").chunks
+        if self._array("effect").shape != empty["effect"].shape or chunks[0] != min(
             unit_size, empty.sizes["sample"]
         ):
-            raise StoreError(f"{self.path}/{self.model}: stored array layout differs from the study")
+            raise StoreError(
+                f"{self.path}/{self.model}: stored array layout differs from the study"
+            )
 
     @property
     def unit_size(self) -> int:
-        return int(self._group["effect"].chunks[0])
+        return int(self._array("effect").chunks[0])
 
     def done(self) -> np.ndarray:
         """Boolean mask (sample,) of samples whose unit finished."""
-        return np.asarray(self._group["done"][:], dtype=bool)
+        return np.asarray(self._array("done")[:], dtype=bool)
 
     def write_unit(self, start: int, arrays: dict[str, np.ndarray]) -> None:
         """Write one unit's arrays at ``sample = start …``, then its done mark.
@@ -155,14 +173,14 @@ class ResultStore:
         """
         count = len(next(iter(arrays.values())))
         stop = start + count
-        total = self._group["done"].shape[0]
+        total = self._array("done").shape[0]
         if start % self.unit_size or (stop % self.unit_size and stop != total):
             raise StoreError(
                 f"unit [{start}, {stop}) is not aligned to chunks of {self.unit_size} samples"
             )
         for name, values in arrays.items():
-            self._group[name][start:stop] = values.astype(self._group[name].dtype)
-        self._group["done"][start:stop] = True
+            self._array(name)[start:stop] = values.astype(self._array(name).dtype)
+        self._array("done")[start:stop] = True
 
 
 def open_results(path: str | Path, model: str | None = None) -> xr.Dataset:
@@ -225,8 +243,12 @@ def _root_attrs(path: Path) -> dict[str, object]:
 def _git_commit() -> str:
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-            text=True, timeout=5, check=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
         return result.stdout.strip()
     except (OSError, subprocess.SubprocessError):

@@ -1,8 +1,8 @@
 """Read a study file safely and validate it, with errors that name file, line and field.
 
-YAML is read by ruamel's *safe* loader (no Python tags; duplicate keys refused). A second, node-level
-pass records the line of every key so that schema errors — and later model-dependent errors — can
-point at the line a user has to edit.
+YAML is read by ruamel's *safe* loader (no Python tags; duplicate keys refused). A second,
+node-level pass records the line of every key so that schema errors — and later
+model-dependent errors — can point at the line a user has to edit.
 """
 
 from __future__ import annotations

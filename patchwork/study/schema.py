@@ -78,8 +78,9 @@ class DatasetSpec(_Strict):
     """Where the samples come from: a named generator or a manifest of media files."""
 
     generator: Literal["random", "testbed"] | None = Field(
-        None, description="'random': random features (random-init models); 'testbed': the "
-        "synthetic audio-visual world of the default model."
+        None,
+        description="'random': random features (random-init models); 'testbed': the "
+        "synthetic audio-visual world of the default model.",
     )
     manifest: Path | None = Field(
         None, description="A JSONL or CSV file listing samples (paths relative to the study file)."
@@ -115,9 +116,7 @@ def _parse_layers(value: object) -> object:
             continue
         match = _RANGE.match(str(item))
         if not match:
-            raise ValueError(
-                f"expected 'all', a layer index or a range like '4-7', got {item!r}"
-            )
+            raise ValueError(f"expected 'all', a layer index or a range like '4-7', got {item!r}")
         first, last = int(match[1]), int(match[2])
         if last < first:
             raise ValueError(f"range {item!r} ends before it starts")
@@ -191,7 +190,7 @@ class Study(_Strict):
     question: str = "what do you hear"
     interventions: tuple[Intervention, ...] = Field(min_length=1, max_length=1)
     metrics: tuple[Metric, ...] = Field(METRICS, min_length=1)
-    execution: Execution = Execution()
+    execution: Execution = Field(default_factory=Execution)
     store: Path | None = Field(
         None, description="Where the store goes, under the store root; default <name>.zarr."
     )
@@ -205,7 +204,9 @@ class Study(_Strict):
         for intervention in self.interventions:
             for run in (intervention.source, intervention.target):
                 if run not in self.runs:
-                    raise ValueError(f"intervention names run {run!r}, not one of {list(self.runs)}")
+                    raise ValueError(
+                        f"intervention names run {run!r}, not one of {list(self.runs)}"
+                    )
             if intervention.source == intervention.target:
                 raise ValueError("an intervention's 'from' and 'into' runs must differ")
         return self

@@ -48,12 +48,20 @@ def tiny_full_omni(thinker_config: object) -> object:
 
     thinker = thinker_config.to_dict()  # type: ignore[attr-defined]
     talker = dict(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, embedding_size=32,
-        text_vocab_size=64, audio_config=thinker["audio_config"],
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        embedding_size=32,
+        text_vocab_size=64,
+        audio_config=thinker["audio_config"],
         vision_config=thinker["vision_config"],
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
     )
-    config = Qwen2_5OmniConfig(thinker_config=thinker, talker_config=talker,
-                               enable_audio_output=False)
+    config = Qwen2_5OmniConfig(
+        thinker_config=thinker, talker_config=talker, enable_audio_output=False
+    )
     return Qwen2_5OmniForConditionalGeneration(config)

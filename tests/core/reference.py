@@ -31,8 +31,10 @@ def capture(thinker: nn.Module, inputs: dict, sites: Sequence[tuple[int, str]]) 
     saved: dict = {}
     handles = []
     for layer, component in sites:
+
         def keep(module, args, output, key=(layer, component)):
             saved[key] = hidden(output)[0].detach().clone()
+
         handles.append(module_of(thinker, layer, component).register_forward_hook(keep))
     try:
         with torch.no_grad():
@@ -54,10 +56,12 @@ def patched_answer_logits(
     """Answer logits (vocab,) of ``inputs`` with ``source`` activations at ``positions``."""
     handles = []
     for layer in layers:
+
         def replace(module, args, output, layer=layer):
             tensor = hidden(output).clone()
             tensor[0, positions] = source[(layer, component)][positions]
             return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
         handles.append(module_of(thinker, layer, component).register_forward_hook(replace))
     try:
         with torch.no_grad():

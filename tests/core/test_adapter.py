@@ -16,8 +16,9 @@ RUNS = {"clean": RunSpec(picture="blank"), "conflict": RunSpec(picture="other_ca
 
 @pytest.fixture(scope="module")
 def loaded():
-    return load_model(ModelSpec(random_init=RandomInit(layers=2, hidden_size=32, heads=2,
-                                                       kv_heads=1)))
+    return load_model(
+        ModelSpec(random_init=RandomInit(layers=2, hidden_size=32, heads=2, kv_heads=1))
+    )
 
 
 def test_position_groups_follow_the_token_ids(loaded) -> None:
@@ -38,9 +39,11 @@ def test_a_missing_audio_placeholder_is_refused(loaded) -> None:
     run = dict(random_sample(0, 0, RUNS, "what do you hear", loaded).runs["conflict"])
     ids = run["input_ids"].clone()
     first_audio = int((ids[0] == RANDOM_SPECIALS["audio"]).nonzero()[0])
-    run["input_ids"] = torch.cat([ids[:, :first_audio], ids[:, first_audio + 1:]], dim=1)
+    run["input_ids"] = torch.cat([ids[:, :first_audio], ids[:, first_audio + 1 :]], dim=1)
     run["attention_mask"] = torch.ones_like(run["input_ids"])
-    with pytest.raises(ModelError, match="9 audio placeholder tokens but the audio features need 10"):
+    with pytest.raises(
+        ModelError, match="9 audio placeholder tokens but the audio features need 10"
+    ):
         loaded.adapter.check_inputs(run, "sample s0")
 
 
@@ -74,7 +77,9 @@ def test_pickled_weights_are_refused(tmp_path) -> None:
         load_model(ModelSpec(checkpoint=str(tmp_path)))
 
 
-def test_local_checkpoints_of_full_model_and_thinker_load_the_same_thinker(loaded, tmp_path) -> None:
+def test_local_checkpoints_of_full_model_and_thinker_load_the_same_thinker(
+    loaded, tmp_path
+) -> None:
     import numpy as np
 
     from patchwork import open_results, parse_study, run_study

@@ -21,14 +21,22 @@ runner = CliRunner()
 def test_smoke_study_runs_end_to_end(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "patchwork.cli", "run", str(SMOKE), "--store", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "8 samples" in result.stdout and "smoke.zarr" in result.stdout
     results = open_results(tmp_path / "smoke.zarr").load()
     assert results["effect"].dims == ("sample", "layer", "position_group", "component", "metric")
-    assert results.sizes == {"sample": 8, "layer": 4, "position_group": 4, "component": 3,
-                             "metric": 3, "run": 2}
+    assert results.sizes == {
+        "sample": 8,
+        "layer": 4,
+        "position_group": 4,
+        "component": 3,
+        "metric": 3,
+        "run": 2,
+    }
     assert np.isfinite(results["effect"].values).all()
     assert np.isfinite(results["null_effect"].values).all()
     assert results.attrs["study"] == SMOKE.read_text()

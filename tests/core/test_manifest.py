@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from patchwork import DataError, open_results, parse_study, run_study
+from patchwork import DataError, open_results, run_study
 from patchwork.data.media import save_audio, save_frame
 
 from .helpers import study_text
@@ -25,9 +25,15 @@ def make_media(folder: Path) -> None:
 
 def manifest_rows() -> list[dict]:
     return [
-        {"id": f"{sound}-vs-{picture}", "audio_answer": "woof", "visual_answer": "meow",
-         "runs": {"clean": {"audio": f"media/{sound}.wav", "frames": ["media/blank.png"]},
-                  "conflict": {"audio": f"media/{sound}.wav", "frames": [f"media/{picture}.png"]}}}
+        {
+            "id": f"{sound}-vs-{picture}",
+            "audio_answer": "woof",
+            "visual_answer": "meow",
+            "runs": {
+                "clean": {"audio": f"media/{sound}.wav", "frames": ["media/blank.png"]},
+                "conflict": {"audio": f"media/{sound}.wav", "frames": [f"media/{picture}.png"]},
+            },
+        }
         for sound, picture in (("dog", "cat"), ("bird", "fish"))
     ]
 
@@ -37,17 +43,28 @@ def study_with_manifest(tmp_path: Path, rows: list[dict], suffix: str = "jsonl")
     if suffix == "jsonl":
         manifest.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     else:
-        header = "id,audio_answer,visual_answer,clean.audio,clean.frames,conflict.audio,conflict.frames"
+        header = (
+            "id,audio_answer,visual_answer,clean.audio,clean.frames,conflict.audio,conflict.frames"
+        )
         lines = [header] + [
-            ",".join([r["id"], r["audio_answer"], r["visual_answer"],
-                      r["runs"]["clean"]["audio"], ";".join(r["runs"]["clean"]["frames"]),
-                      r["runs"]["conflict"]["audio"], ";".join(r["runs"]["conflict"]["frames"])])
+            ",".join(
+                [
+                    r["id"],
+                    r["audio_answer"],
+                    r["visual_answer"],
+                    r["runs"]["clean"]["audio"],
+                    ";".join(r["runs"]["clean"]["frames"]),
+                    r["runs"]["conflict"]["audio"],
+                    ";".join(r["runs"]["conflict"]["frames"]),
+                ]
+            )
             for r in rows
         ]
         manifest.write_text("\n".join(lines) + "\n")
     study = tmp_path / "study.yaml"
-    study.write_text(study_text(layers=2, samples=2).replace(
-        "generator: random", f"manifest: samples.{suffix}"))
+    study.write_text(
+        study_text(layers=2, samples=2).replace("generator: random", f"manifest: samples.{suffix}")
+    )
     return study
 
 
@@ -84,7 +101,9 @@ def test_a_row_missing_a_field_is_named(tmp_path: Path) -> None:
     rows = manifest_rows()
     del rows[0]["visual_answer"]
     study = load_study(study_with_manifest(tmp_path, rows))
-    with pytest.raises(DataError, match=r"samples.jsonl:1: row lacks field\(s\) \['visual_answer'\]"):
+    with pytest.raises(
+        DataError, match=r"samples.jsonl:1: row lacks field\(s\) \['visual_answer'\]"
+    ):
         run_study(study, tmp_path / "store")
 
 
@@ -110,5 +129,5 @@ def test_a_row_question_overrides_the_study_question(tmp_path: Path) -> None:
     loaded = load_model(study.model)
     first, second = (s.runs["conflict"]["input_ids"] for s in load_manifest(study, loaded))
     question = loaded.token_ids("what do you see now")
-    assert second[0, -len(question):].tolist() == question
+    assert second[0, -len(question) :].tolist() == question
     assert first.shape[1] == second.shape[1] - 1

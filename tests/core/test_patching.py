@@ -28,7 +28,9 @@ RUNS = {
 
 
 @pytest.mark.parametrize(("window", "attention"), [(1, "sdpa"), (2, "eager")])
-def test_stored_effects_equal_plain_torch_hooks(tmp_path: Path, window: int, attention: str) -> None:
+def test_stored_effects_equal_plain_torch_hooks(
+    tmp_path: Path, window: int, attention: str
+) -> None:
     study = parse_study(study_text(layers=3, samples=3, window=window, attention=attention))
     summary = run_study(study, store_root=tmp_path)
     results = open_results(summary.store).load()
@@ -70,7 +72,9 @@ def test_stored_effects_equal_plain_torch_hooks(tmp_path: Path, window: int, att
                         normalized, rel=1e-4, abs=1e-4
                     )
         base = results["baseline"].sel(sample=sample_id)
-        assert float(base.sel(run="clean", metric="logit_diff")) == pytest.approx(clean_ld, abs=1e-5)
+        assert float(base.sel(run="clean", metric="logit_diff")) == pytest.approx(
+            clean_ld, abs=1e-5
+        )
         assert float(base.sel(run="conflict", metric="normalized_effect")) == 0.0
 
 
@@ -84,7 +88,9 @@ GROUPS = ("audio", "video", "text", "answer", "all")
 COMPONENTS = ("residual", "attention", "mlp")
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     seed=st.integers(0, 10_000),
     layers=st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True),
@@ -92,7 +98,9 @@ COMPONENTS = ("residual", "attention", "mlp")
     components=st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=3, unique=True),
     window=st.integers(1, 3),
 )
-def test_self_patching_changes_nothing(tiny_model, seed, layers, groups, components, window) -> None:
+def test_self_patching_changes_nothing(
+    tiny_model, seed, layers, groups, components, window
+) -> None:
     sample = random_sample(0, seed, RUNS, "what do you hear", tiny_model)
     conflict = sample.runs["conflict"]
     patcher = Patcher(tiny_model.adapter)
@@ -108,7 +116,9 @@ def test_self_patching_changes_nothing(tiny_model, seed, layers, groups, compone
         torch.testing.assert_close(values, expected, atol=1e-5, rtol=1e-5)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(seed=st.integers(0, 10_000), layer=st.integers(0, 2))
 def test_patching_every_position_restores_the_clean_run(tiny_model, seed, layer) -> None:
     sample = random_sample(0, seed, RUNS, "what do you hear", tiny_model)
@@ -121,8 +131,9 @@ def test_patching_every_position_restores_the_clean_run(tiny_model, seed, layer)
     )
     ids = (sample.audio_answer_id, sample.visual_answer_id)
     for name, values in answer_metrics(patched, *ids).items():
-        torch.testing.assert_close(values, answer_metrics(clean_logits, *ids)[name],
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            values, answer_metrics(clean_logits, *ids)[name], atol=1e-5, rtol=1e-5
+        )
 
 
 def test_batched_conditions_equal_one_at_a_time(tiny_model) -> None:

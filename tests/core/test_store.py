@@ -51,8 +51,14 @@ def test_written_units_read_back_equal(tmp_path_factory, samples, unit_size, dat
     baseline = data.draw(hnp.arrays(np.float32, (samples, 2, 3), elements=finite))
     for start in range(0, samples, unit_size):
         stop = min(start + unit_size, samples)
-        store.write_unit(start, {"effect": effect[start:stop], "null_effect": null[start:stop],
-                                 "baseline": baseline[start:stop]})
+        store.write_unit(
+            start,
+            {
+                "effect": effect[start:stop],
+                "null_effect": null[start:stop],
+                "baseline": baseline[start:stop],
+            },
+        )
     results = open_results(path).load()
     np.testing.assert_array_equal(results["effect"].values, effect)
     np.testing.assert_array_equal(results["null_effect"].values, null)
