@@ -117,8 +117,10 @@ def run_study(
         units_skipped=units_skipped,
         conditions_per_sample=len(plan.conditions),
         seconds=time.perf_counter() - started,
-        mean_normalized_effect={str(g): float(v) for g, v in zip(
-            means["position_group"].values, means.values, strict=True)},
+        mean_normalized_effect={
+            str(g): float(v)
+            for g, v in zip(means["position_group"].values, means.values, strict=True)
+        },
     )
 
 
@@ -170,8 +172,14 @@ def compute_unit(
         return {key: value.to(device) for key, value in sample.runs[run].items()}
 
     sources = [patcher.record(on_device(s, patching.source), plan.sites) for s in samples]
-    index = {c: (plan.layers.index(c.layer), groups.index(c.position_group),
-                 components.index(c.component)) for c in plan.conditions}
+    index = {
+        c: (
+            plan.layers.index(c.layer),
+            groups.index(c.position_group),
+            components.index(c.component),
+        )
+        for c in plan.conditions
+    }
     batch = study.execution.batch_size
     for row, sample in enumerate(samples):
         target = on_device(sample, patching.target)
@@ -181,24 +189,40 @@ def compute_unit(
         clean = answer_metrics(clean_logits, *ids)
         conflict = answer_metrics(target_logits, *ids)
         for run_index, base in enumerate((clean, conflict)):
-            baseline[row, run_index] = metric_table(
-                base["logit_diff"], base["audio_probability"],
-                clean["logit_diff"], conflict["logit_diff"],
-            )[0].cpu().numpy()
+            baseline[row, run_index] = (
+                metric_table(
+                    base["logit_diff"],
+                    base["audio_probability"],
+                    clean["logit_diff"],
+                    conflict["logit_diff"],
+                )[0]
+                .cpu()
+                .numpy()
+            )
         masks = patcher.adapter.position_groups(sample.runs[patching.target]["input_ids"])
         mismatched = (row + 1) % len(samples)
         runs = [(effect, sources[row][1])]
-        if with_null and mismatched != row and _same_layout(samples[row], samples[mismatched], patching.target):
+        if (
+            with_null
+            and mismatched != row
+            and _same_layout(samples[row], samples[mismatched], patching.target)
+        ):
             runs.append((null_effect, sources[mismatched][1]))
         for destination, activations in runs:
             for first in range(0, len(plan.conditions), batch):
-                chunk = plan.conditions[first:first + batch]
+                chunk = plan.conditions[first : first + batch]
                 logits = patcher.patched(target, activations, chunk, masks)
                 patched = answer_metrics(logits, *ids)
-                table = metric_table(
-                    patched["logit_diff"], patched["audio_probability"],
-                    clean["logit_diff"], conflict["logit_diff"],
-                ).cpu().numpy()
+                table = (
+                    metric_table(
+                        patched["logit_diff"],
+                        patched["audio_probability"],
+                        clean["logit_diff"],
+                        conflict["logit_diff"],
+                    )
+                    .cpu()
+                    .numpy()
+                )
                 for condition, values in zip(chunk, table, strict=True):
                     destination[(row, *index[condition])] = values
     arrays = {"effect": effect, "baseline": baseline}
