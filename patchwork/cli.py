@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 from collections.abc import Callable
@@ -60,27 +61,49 @@ def run(
     store: Annotated[
         Path, typer.Option("--store", help="Store root: results go under it (default: store/).")
     ] = Path("store"),
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Remove the study's existing store first (says so).")
+    ] = False,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", min=0, help="Run units on a local Dask cluster of N processes."),
+    ] = 0,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Run units on the Dask cluster at ADDRESS.")
+    ] = None,
 ) -> None:
     """Run a study's sweep and write its results store; re-running resumes."""
     from patchwork.engine.runner import run_study
     from patchwork.study import load_study
 
     loaded = load_study(study)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("samples"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task(f"{loaded.name}", total=None)
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if workers or scheduler:
+            from patchwork.engine.distributed import dask_executor
+
+            executor = stack.enter_context(
+                dask_executor(workers or None, scheduler, loaded.execution.resources)
+            )
+        progress = stack.enter_context(
+            Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("samples"),
+                TimeElapsedColumn(),
+                console=console,
+            )
+        )
+        task = progress.add_task(loaded.name, total=None)
         summary = run_study(
             loaded,
             store_root=store,
+            executor=executor,
+            fresh=fresh,
             on_start=lambda total: progress.update(task, total=total),
             on_unit=lambda count: progress.advance(task, count),
+            on_note=lambda note: progress.console.print(f"[yellow]{note}[/]"),
         )
     table = Table(title=f"{loaded.name}: mean normalized effect by position group")
     table.add_column("position group")
@@ -92,6 +115,26 @@ def run(
         f"{summary.samples} samples × {summary.conditions_per_sample} conditions on "
         f"{summary.model}: {summary.units_run} units run, {summary.units_skipped} already done, "
         f"{summary.seconds:.1f} s → [bold]{summary.store}[/]"
+    )
+
+
+@app.command()
+@user_errors
+def verify(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).")]) -> None:
+    """Remove crash leftovers and unmark any finished unit whose data are incomplete."""
+    from patchwork.store.verify import verify_store
+
+    report = verify_store(store)
+    for leftover in report.partial_files_removed:
+        console.print(f"removed leftover {leftover}")
+    for model, units in report.units_cleared.items():
+        for start, stop in units:
+            console.print(f"{model}: samples {start}–{stop - 1} incomplete; unmarked for re-run")
+    verdict = "[green]ok[/]" if report.ok else "[yellow]repaired[/]"
+    console.print(
+        f"{verdict} {store}: {report.units_checked} finished units checked, "
+        f"{sum(map(len, report.units_cleared.values()))} unmarked, "
+        f"{len(report.partial_files_removed)} leftovers removed"
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from patchwork.data.sample import Sample
+from patchwork.data.source import SampleInfo, SampleSource
 from patchwork.models.loading import RANDOM_SPECIALS, LoadedModel
 from patchwork.models.qwen2_5_omni import audio_token_count
 from patchwork.study.schema import RunSpec, Study
@@ -27,7 +28,7 @@ FRAME_SIZE, PATCH, TEMPORAL, MERGE = 16, 4, 2, 2  # -> grid (1, 4, 4), 4 video t
 
 def generate_samples(
     study: Study, loaded: LoadedModel, media_root: Path | None = None
-) -> list[Sample]:
+) -> SampleSource:
     """The study's samples from its named generator."""
     spec = study.dataset
     if spec.generator == "testbed":
@@ -36,13 +37,37 @@ def generate_samples(
         runs = {name: run.model_dump() for name, run in study.runs.items()}
         checkpoint = testbed.checkpoint_path(study.model.checkpoint or "testbed")
         with tempfile.TemporaryDirectory(prefix="patchwork-media-", dir=media_root) as media:
-            return testbed.make_samples(
-                checkpoint, spec.samples, spec.seed, runs, study.question, Path(media)
+            return SampleSource.from_list(
+                testbed.make_samples(
+                    checkpoint, spec.samples, spec.seed, runs, study.question, Path(media)
+                )
             )
-    return [
-        random_sample(index, spec.seed, study.runs, study.question, loaded)
-        for index in range(spec.samples)
-    ]
+
+    def load(start: int, stop: int) -> list[Sample]:
+        return [
+            random_sample(index, spec.seed, study.runs, study.question, loaded)
+            for index in range(start, stop)
+        ]
+
+    infos = [random_info(index, spec.seed, loaded) for index in range(spec.samples)]
+    return SampleSource(infos, load)
+
+
+def _answer_ids(index: int, seed: int, loaded: LoadedModel) -> tuple[int, int]:
+    vocab_size = loaded.adapter.config.text_config.vocab_size
+    first_word = max(RANDOM_SPECIALS.values()) + 1
+    generator = torch.Generator().manual_seed(_stable_seed(seed, index, "answers"))
+    audio_id, visual_id = (
+        int(i) + first_word
+        for i in torch.randperm(vocab_size - first_word, generator=generator)[:2]
+    )
+    return audio_id, visual_id
+
+
+def random_info(index: int, seed: int, loaded: LoadedModel) -> SampleInfo:
+    """Metadata of sample ``index`` of the ``random`` generator, without building its tensors."""
+    audio_id, visual_id = _answer_ids(index, seed, loaded)
+    return SampleInfo(f"s{index:05d}", f"tok{audio_id}", f"tok{visual_id}")
 
 
 def random_sample(
@@ -54,15 +79,6 @@ def random_sample(
         generator = torch.Generator().manual_seed(_stable_seed(seed, index, role))
         return torch.randn(*shape, generator=generator)
 
-    vocab_size = loaded.adapter.config.text_config.vocab_size
-    first_word = max(RANDOM_SPECIALS.values()) + 1
-    answers = (
-        torch.randperm(
-            vocab_size - first_word,
-            generator=torch.Generator().manual_seed(_stable_seed(seed, index, "answers")),
-        )[:2]
-        + first_word
-    )
     grid = (1, FRAME_SIZE // PATCH, FRAME_SIZE // PATCH)
     input_ids = loaded.adapter.prompt_ids(
         loaded.token_ids(question),
@@ -88,7 +104,7 @@ def random_sample(
             "video_grid_thw": torch.tensor([grid]),
             "video_second_per_grid": torch.tensor([1.0]),
         }
-    audio_id, visual_id = (int(a) for a in answers)
+    audio_id, visual_id = _answer_ids(index, seed, loaded)
     return Sample(
         sample_id=f"s{index:05d}",
         runs=built,

@@ -1,36 +1,36 @@
-"""Run a study: load, plan, compute unit by unit, write each unit to the store as it finishes.
+"""Run a study: validate everything, create the store, then compute and write unit by unit.
 
-Data flows one way: study → plan → traces → store. Units already marked done in the store are
-skipped, so re-running an interrupted study resumes it.
+Data flows one way: study → plan → traces → store. A *unit* is a block of samples that owns whole
+chunks of the store; it writes its data, then its ``done`` mark. Units already marked done are
+skipped, so re-running an interrupted study resumes it. Units run in this process, or as tasks of
+any :class:`concurrent.futures.Executor` (e.g. Dask's): each task loads the model once per worker
+process, writes its own unit and returns only a small report.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from concurrent.futures import Executor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from patchwork.data.sample import Sample
+from patchwork.data.source import SampleSource
+from patchwork.engine.compute import compute_unit, make_template
+from patchwork.engine.lock import store_lock
 from patchwork.engine.plan import SweepPlan, plan_sweep
-from patchwork.errors import DataError
-from patchwork.interventions.metrics import answer_metrics, metric_table
+from patchwork.errors import DataError, StoreError
 from patchwork.interventions.patching import Patcher
 from patchwork.models.loading import LoadedModel, load_model
-from patchwork.store.zarr_store import (
-    ResultStore,
-    StoreCoords,
-    provenance,
-    resolve_store_path,
-    template,
-)
-from patchwork.study.loader import study_hash
-from patchwork.study.schema import METRICS, Study
+from patchwork.store.zarr_store import ResultStore, open_results, provenance, resolve_store_path
+from patchwork.study.loader import describe_changes, parse_study, study_hash
+from patchwork.study.schema import Study
 
-Progress = Callable[[int], None]
+Report = Callable[[int], None]
+Note = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -47,95 +47,132 @@ class RunSummary:
     mean_normalized_effect: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A study checked against its model and data, ready to run."""
+
+    study: Study
+    store: Path
+    loaded: LoadedModel
+    samples: SampleSource
+    plan: SweepPlan
+
+    def unit(self, start: int, stop: int) -> dict:
+        """Compute one unit's arrays (in this process)."""
+        return compute_unit(
+            self.study, self.plan, _patcher(self.loaded), self.samples.load(start, stop)
+        )
+
+
+def prepare(study: Study, store_root: Path | None = None) -> Prepared:
+    """Load the model and samples and check everything a run needs; writes nothing."""
+    torch.manual_seed(study.execution.seed)
+    root = Path(store_root) if store_root is not None else Path("store")
+    store = resolve_store_path(root, study.store or Path(f"{study.name}.zarr"))
+    loaded = load_model(study.model, study.where("model"))
+    samples = load_samples(study, loaded, media_root=root)
+    plan = plan_sweep(study, loaded.adapter.num_layers, len(samples))
+    check_samples(study, loaded, samples.load(0, 1))
+    return Prepared(study, store, loaded, samples, plan)
+
+
 def run_study(
     study: Study,
     store_root: Path | None = None,
-    on_start: Callable[[int], None] | None = None,
-    on_unit: Progress | None = None,
+    *,
+    executor: Executor | None = None,
+    fresh: bool = False,
+    on_start: Report | None = None,
+    on_unit: Report | None = None,
+    on_note: Note | None = None,
 ) -> RunSummary:
     """Run ``study``; results go to ``store_root / study.store`` (default ``store/<name>.zarr``).
 
-    ``on_start(total_samples)`` and ``on_unit(samples_done_in_unit)`` report progress.
-    Everything that can be checked is checked before the store is created.
+    ``executor`` runs units as tasks (serial in this process when None). ``fresh`` removes an
+    existing store first (saying so through ``on_note``). ``on_start(total_samples)`` and
+    ``on_unit(samples_in_unit)`` report progress. Nothing is written before every check passed.
     """
     started = time.perf_counter()
-    torch.manual_seed(study.execution.seed)
-    root = Path(store_root) if store_root is not None else Path("store")
-    path = resolve_store_path(root, study.store or Path(f"{study.name}.zarr"))
-    loaded = load_model(study.model, study.where("model"))
-    root.mkdir(parents=True, exist_ok=True)
-    samples = load_samples(study, loaded, media_root=root)
-    plan = plan_sweep(study, loaded.adapter.num_layers, len(samples))
-    check_samples(study, loaded, samples)
-
-    patching = study.patching
-    coords = StoreCoords(
-        samples=[s.sample_id for s in samples],
-        audio_answers=[s.audio_answer for s in samples],
-        visual_answers=[s.visual_answer for s in samples],
-        layers=plan.layers,
-        position_groups=patching.position_groups,
-        components=patching.components,
-        metrics=METRICS,
-        runs=(patching.source, patching.target),
-    )
-    with_null = patching.noise_floor == "mismatched"
-    store = ResultStore.create_or_resume(
-        path,
-        loaded.name,
-        template(coords, study.execution.unit_size, with_null),
-        study.execution.unit_size,
-        provenance(study.text, study.name, study_hash(study)),
-    )
-    done = store.done()
-    if on_start:
-        on_start(len(samples))
-    patcher = Patcher(loaded.adapter)
-    units_run = units_skipped = 0
-    for start, stop in plan.units:
-        if done[start:stop].all():
-            units_skipped += 1
-            if on_unit:
-                on_unit(stop - start)
-            continue
-        arrays = compute_unit(study, plan, patcher, samples[start:stop], with_null)
-        store.write_unit(start, arrays)
-        units_run += 1
-        if on_unit:
-            on_unit(stop - start)
-
-    from patchwork.store.zarr_store import open_results
-
-    results = open_results(path, loaded.name)
-    effect = results["effect"].sel(metric="normalized_effect")
-    means = effect.mean(dim=("sample", "layer", "component")).compute()
-    return RunSummary(
-        store=path,
-        model=loaded.name,
-        samples=len(samples),
-        units_run=units_run,
-        units_skipped=units_skipped,
-        conditions_per_sample=len(plan.conditions),
-        seconds=time.perf_counter() - started,
-        mean_normalized_effect={
-            str(g): float(v)
-            for g, v in zip(means["position_group"].values, means.values, strict=True)
-        },
-    )
+    prepared = prepare(study, store_root)
+    store_path = prepared.store
+    with store_lock(store_path):
+        if fresh and store_path.exists():
+            _remove_store(store_path, on_note)
+        store = ResultStore.create_or_resume(
+            store_path,
+            prepared.loaded.name,
+            make_template(prepared),
+            study.execution.unit_size,
+            provenance(study.text, study.name, study_hash(study)),
+            describe=lambda stored_text: describe_changes(stored_text, study),
+        )
+        done = store.done()
+        if on_start:
+            on_start(len(prepared.samples))
+        pending = []
+        for start, stop in prepared.plan.units:
+            if done[start:stop].all():
+                if on_unit:
+                    on_unit(stop - start)
+            else:
+                pending.append((start, stop))
+        if executor is None:
+            for start, stop in pending:
+                store.write_unit(start, prepared.unit(start, stop))
+                if on_unit:
+                    on_unit(stop - start)
+        else:
+            task = UnitTask(study.text, _source_label(study), str(store_root or "store"))
+            futures = [executor.submit(run_unit_task, task, start, stop) for start, stop in pending]
+            for future in as_completed(futures):
+                start, stop = future.result()
+                if on_unit:
+                    on_unit(stop - start)
+    return _summary(prepared, len(pending), len(prepared.plan.units) - len(pending), started)
 
 
-def load_samples(study: Study, loaded: LoadedModel, media_root: Path | None = None) -> list[Sample]:
+@dataclass(frozen=True)
+class UnitTask:
+    """What a worker needs to rebuild the run: the study text, its file, the store root."""
+
+    study_text: str
+    study_source: str | None
+    store_root: str
+
+
+_WORKER_CACHE: dict[tuple[str, str], tuple[Prepared, ResultStore]] = {}
+
+
+def run_unit_task(task: UnitTask, start: int, stop: int) -> tuple[int, int]:
+    """Executor task: compute samples ``start … stop-1`` and write them to the store.
+
+    The model and samples are loaded once per worker process. Writing the unit's whole chunks,
+    then its mark, makes a retried task (a worker killed mid-unit) harmless.
+    """
+    key = (task.study_text, task.store_root)
+    if key not in _WORKER_CACHE:
+        study = parse_study(task.study_text, Path(task.study_source) if task.study_source else None)
+        prepared = prepare(study, Path(task.store_root))
+        _WORKER_CACHE.clear()
+        _WORKER_CACHE[key] = (prepared, ResultStore(prepared.store, prepared.loaded.name))
+    prepared, store = _WORKER_CACHE[key]
+    if not store.done()[start:stop].all():
+        store.write_unit(start, prepared.unit(start, stop))
+    return start, stop
+
+
+def load_samples(study: Study, loaded: LoadedModel, media_root: Path | None = None) -> SampleSource:
     """The study's samples, from its generator or its manifest."""
     if study.dataset.manifest is not None:
         from patchwork.data.manifest import load_manifest
 
-        return load_manifest(study, loaded)
+        return SampleSource.from_list(load_manifest(study, loaded))
     from patchwork.data.generators import generate_samples
 
     return generate_samples(study, loaded, media_root=media_root)
 
 
-def check_samples(study: Study, loaded: LoadedModel, samples: Sequence[Sample]) -> None:
+def check_samples(study: Study, loaded: LoadedModel, samples: list) -> None:
     """Every run fits the model, and the runs of a sample share one token layout."""
     patching = study.patching
     for sample in samples:
@@ -152,85 +189,49 @@ def check_samples(study: Study, loaded: LoadedModel, samples: Sequence[Sample]) 
             )
 
 
-def compute_unit(
-    study: Study,
-    plan: SweepPlan,
-    patcher: Patcher,
-    samples: Sequence[Sample],
-    with_null: bool,
-) -> dict[str, np.ndarray]:
-    """Effects of every condition for a block of samples, shaped as the store's arrays."""
-    patching = study.patching
-    groups, components = patching.position_groups, patching.components
-    shape = (len(samples), len(plan.layers), len(groups), len(components), len(METRICS))
-    effect = np.full(shape, np.nan, dtype=np.float32)
-    null_effect = np.full(shape, np.nan, dtype=np.float32)
-    baseline = np.full((len(samples), 2, len(METRICS)), np.nan, dtype=np.float32)
-    device = next(patcher.adapter.root.parameters()).device
-
-    def on_device(sample: Sample, run: str) -> dict[str, torch.Tensor]:
-        return {key: value.to(device) for key, value in sample.runs[run].items()}
-
-    sources = [patcher.record(on_device(s, patching.source), plan.sites) for s in samples]
-    index = {
-        c: (
-            plan.layers.index(c.layer),
-            groups.index(c.position_group),
-            components.index(c.component),
-        )
-        for c in plan.conditions
-    }
-    batch = study.execution.batch_size
-    for row, sample in enumerate(samples):
-        target = on_device(sample, patching.target)
-        target_logits, _ = patcher.record(target, ())
-        clean_logits = sources[row][0]
-        ids = (sample.audio_answer_id, sample.visual_answer_id)
-        clean = answer_metrics(clean_logits, *ids)
-        conflict = answer_metrics(target_logits, *ids)
-        for run_index, base in enumerate((clean, conflict)):
-            baseline[row, run_index] = (
-                metric_table(
-                    base["logit_diff"],
-                    base["audio_probability"],
-                    clean["logit_diff"],
-                    conflict["logit_diff"],
-                )[0]
-                .cpu()
-                .numpy()
-            )
-        masks = patcher.adapter.position_groups(sample.runs[patching.target]["input_ids"])
-        mismatched = (row + 1) % len(samples)
-        runs = [(effect, sources[row][1])]
-        if (
-            with_null
-            and mismatched != row
-            and _same_layout(samples[row], samples[mismatched], patching.target)
-        ):
-            runs.append((null_effect, sources[mismatched][1]))
-        for destination, activations in runs:
-            for first in range(0, len(plan.conditions), batch):
-                chunk = plan.conditions[first : first + batch]
-                logits = patcher.patched(target, activations, chunk, masks)
-                patched = answer_metrics(logits, *ids)
-                table = (
-                    metric_table(
-                        patched["logit_diff"],
-                        patched["audio_probability"],
-                        clean["logit_diff"],
-                        conflict["logit_diff"],
-                    )
-                    .cpu()
-                    .numpy()
-                )
-                for condition, values in zip(chunk, table, strict=True):
-                    destination[(row, *index[condition])] = values
-    arrays = {"effect": effect, "baseline": baseline}
-    if with_null:
-        arrays["null_effect"] = null_effect
-    return arrays
+_PATCHERS: dict[int, Patcher] = {}
 
 
-def _same_layout(first: Sample, second: Sample, run: str) -> bool:
-    a, b = first.runs[run]["input_ids"], second.runs[run]["input_ids"]
-    return a.shape == b.shape and bool(torch.equal(a, b))
+def _patcher(loaded: LoadedModel) -> Patcher:
+    if id(loaded.model) not in _PATCHERS:
+        _PATCHERS.clear()
+        _PATCHERS[id(loaded.model)] = Patcher(loaded.adapter)
+    return _PATCHERS[id(loaded.model)]
+
+
+def _source_label(study: Study) -> str | None:
+    return str(study.source_path.resolve()) if study.source_path else None
+
+
+def _remove_store(path: Path, on_note: Note | None) -> None:
+    if not (path / "zarr.json").exists():
+        raise StoreError(f"{path} exists but is not a patchwork store; not removing it")
+    done = sum(int(open_results(path, model)["done"].sum()) for model in _models(path))
+    if on_note:
+        on_note(f"--fresh: removing the existing store {path} ({done} finished samples)")
+    shutil.rmtree(path)
+
+
+def _models(path: Path) -> list[str]:
+    import zarr
+
+    return sorted(name for name, _ in zarr.open_group(path, mode="r").groups())
+
+
+def _summary(prepared: Prepared, run: int, skipped: int, started: float) -> RunSummary:
+    results = open_results(prepared.store, prepared.loaded.name)
+    effect = results["effect"].sel(metric="normalized_effect")
+    means = effect.mean(dim=("sample", "layer", "component")).compute()
+    return RunSummary(
+        store=prepared.store,
+        model=prepared.loaded.name,
+        samples=len(prepared.samples),
+        units_run=run,
+        units_skipped=skipped,
+        conditions_per_sample=len(prepared.plan.conditions),
+        seconds=time.perf_counter() - started,
+        mean_normalized_effect={
+            str(group): float(value)
+            for group, value in zip(means["position_group"].values, means.values, strict=True)
+        },
+    )

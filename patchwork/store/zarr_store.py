@@ -8,6 +8,7 @@ Layout (``store/<study>.zarr``)::
       effect      (sample, layer, position_group, component, metric) float32, NaN = not computed
       null_effect (same)  the same patches from a mismatched sample's source run (noise floor)
       baseline    (sample, run, metric)                           float32
+      checksum    (sample,)                                       int64, CRC-32 of a sample's data
       done        (sample,)                                       bool, set after the unit's data
 
 The template (metadata and coordinates, no data) is written once before any unit runs. A unit
@@ -21,7 +22,8 @@ import datetime as dt
 import platform
 import subprocess
 import warnings
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +85,7 @@ def template(coords: StoreCoords, unit_size: int, null_effect: bool) -> xr.Datas
             ("sample", "run", "metric"),
             lazy_nan(n, len(coords.runs), len(coords.metrics)),
         ),
+        "checksum": (("sample",), da.zeros(n, dtype=np.int64, chunks=chunk)),
         "done": (("sample",), da.zeros(n, dtype=bool, chunks=chunk)),
     }
     if null_effect:
@@ -126,15 +129,20 @@ class ResultStore:
         empty: xr.Dataset,
         unit_size: int,
         provenance: dict[str, object],
+        describe: Callable[[str], str] | None = None,
     ) -> ResultStore:
-        """Create the store from its template, or reopen it when it belongs to the same study."""
+        """Create the store from its template, or reopen it when it belongs to the same study.
+
+        ``describe(stored_study_text)`` says what changed when the study hash differs.
+        """
         if path.exists():
             existing = _root_attrs(path)
             if existing.get("config_sha256") != provenance["config_sha256"]:
+                changes = describe(str(existing.get("study", ""))) if describe else ""
                 raise StoreError(
-                    f"{path} holds results of a different study configuration "
-                    f"(stored {str(existing.get('config_sha256'))[:12]}…, this study "
-                    f"{str(provenance['config_sha256'])[:12]}…): choose another store or remove it"
+                    f"{path} holds results of a different study configuration"
+                    f"{' (' + changes + ')' if changes else ''}; run with --fresh to start over "
+                    "(it removes the old results) or choose another store"
                 )
             if model in zarr.open_group(path, mode="r", zarr_format=3):
                 store = cls(path, model)
@@ -180,7 +188,34 @@ class ResultStore:
             )
         for name, values in arrays.items():
             self._array(name)[start:stop] = values.astype(self._array(name).dtype)
+        self._array("checksum")[start:stop] = sample_checksums(arrays)
         self._array("done")[start:stop] = True
+
+    def read_unit(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """The data variables of samples ``start … stop-1`` as written (no marks)."""
+        return {name: self._array(name)[start:stop] for name in self.data_variables()}
+
+    def data_variables(self) -> list[str]:
+        return sorted(name for name in ("effect", "null_effect", "baseline") if name in self._group)
+
+    def checksums(self) -> np.ndarray:
+        return np.asarray(self._array("checksum")[:], dtype=np.int64)
+
+    def clear_done(self, start: int, stop: int) -> None:
+        """Unmark a unit so that the next run computes it again."""
+        self._array("done")[start:stop] = False
+
+
+def sample_checksums(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """CRC-32 per sample (first axis) over the float32 bytes of every array, by name order."""
+    count = len(next(iter(arrays.values())))
+    sums = np.zeros(count, dtype=np.int64)
+    for index in range(count):
+        crc = 0
+        for name in sorted(arrays):
+            crc = zlib.crc32(np.ascontiguousarray(arrays[name][index], np.float32).tobytes(), crc)
+        sums[index] = crc
+    return sums
 
 
 def open_results(path: str | Path, model: str | None = None) -> xr.Dataset:

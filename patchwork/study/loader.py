@@ -69,6 +69,34 @@ def study_hash(study: Study) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def describe_changes(stored_text: str, study: Study) -> str:
+    """'changed: a.b, c' — the fields where ``study`` differs from a study given as YAML text."""
+    try:
+        stored = parse_study(stored_text)
+    except StudyError:
+        return "the stored study no longer validates"
+    old = stored.model_dump(mode="json", by_alias=True, exclude={"description"})
+    new = study.model_dump(mode="json", by_alias=True, exclude={"description"})
+    changed = _differences(old, new, ())
+    return "changed: " + ", ".join(_dotted(path) for path in changed) if changed else ""
+
+
+def _differences(old: object, new: object, path: FieldPath) -> list[FieldPath]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            difference
+            for key in sorted(set(old) | set(new), key=str)
+            for difference in _differences(old.get(key), new.get(key), (*path, key))
+        ]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [
+            d
+            for i, (a, b) in enumerate(zip(old, new, strict=True))
+            for d in _differences(a, b, (*path, i))
+        ]
+    return [] if old == new else [path]
+
+
 def format_location(
     source: Path | None, lines: Mapping[FieldPath, int], field_path: Iterable[str | int]
 ) -> str:

@@ -172,6 +172,10 @@ class Execution(_Strict):
     batch_size: int = Field(16, ge=1, description="Patched conditions per batched forward.")
     unit_size: int = Field(8, ge=1, description="Samples per work unit (= one store chunk).")
     seed: int = 0
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Dask worker resources each unit needs, e.g. {GPU: 1} (distributed runs).",
+    )
 
 
 class Study(_Strict):

@@ -1,0 +1,53 @@
+"""Scale-out on Dask distributed: a local cluster of worker processes, or an existing scheduler.
+
+Dask is an existing engine: patchwork only hands it unit tasks through its
+:class:`concurrent.futures.Executor` interface. A worker killed mid-task is retried by the
+scheduler on another worker; units write whole chunks and then their mark, so a retry is harmless.
+On SLURM, start a ``dask_jobqueue.SLURMCluster`` whose workers declare ``--resources GPU=1`` and
+pass its scheduler address with ``--scheduler``; a study's ``execution.resources: {GPU: 1}``
+then places one unit per GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Executor
+from contextlib import contextmanager
+
+from patchwork.errors import PatchworkError
+
+
+@contextmanager
+def dask_executor(
+    workers: int | None = None,
+    scheduler: str | None = None,
+    resources: Mapping[str, float] | None = None,
+) -> Iterator[Executor]:
+    """An executor on ``workers`` local processes, or on the cluster at ``scheduler``."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise PatchworkError(
+            "Dask distributed is not installed: pip install 'patchwork[dask]'"
+        ) from None
+    cluster = None
+    try:
+        if scheduler is not None:
+            client = Client(scheduler, timeout="30s")
+        else:
+            cluster = LocalCluster(
+                n_workers=workers or 1,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+            )
+            client = Client(cluster)
+    except OSError as error:
+        raise PatchworkError(f"cannot reach the Dask scheduler {scheduler}: {error}") from None
+    try:
+        yield client.get_executor(resources=dict(resources)) if resources else client.get_executor()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
