@@ -90,7 +90,7 @@ def noise_floor(
         DataArray with dims ``(position_group, component)``, ≥ 0, in units of the metric.
 
     Raises:
-        AnalysisError: when the results hold no ``null_effect``.
+        patchwork.analysis.AnalysisError: when the results hold no ``null_effect``.
     """
     if "null_effect" not in results.data_vars:
         raise AnalysisError(

@@ -72,7 +72,7 @@ def done_samples(results: xr.Dataset) -> xr.Dataset:
         ``results`` restricted along ``sample``; other dimensions are untouched.
 
     Raises:
-        AnalysisError: when no sample is done yet.
+        patchwork.analysis.AnalysisError: when no sample is done yet.
     """
     check_results(results)
     if "done" in results.data_vars:
@@ -87,7 +87,7 @@ def select_metric(results: xr.Dataset, metric: str, variable: str = "effect") ->
     component).
 
     Raises:
-        AnalysisError: when the variable is absent or the metric is not stored.
+        patchwork.analysis.AnalysisError: when the variable is absent or the metric is not stored.
     """
     check_results(results, variable)
     stored = [str(m) for m in results[variable]["metric"].values]

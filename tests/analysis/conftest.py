@@ -8,6 +8,13 @@ import xarray as xr
 from patchwork.analysis import synthetic_results
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "notebook: executes a documentation notebook in a Jupyter kernel (seconds, runs by default)",
+    )
+
+
 @pytest.fixture(scope="session")
 def results() -> xr.Dataset:
     """Default synthetic results: 32 samples (24 done), 8 layers, steps at layer 5."""
