@@ -2,10 +2,12 @@
 
 For each position group and component, :func:`locate` looks at how the mean effect changes from
 one stored layer to the next. The largest change is reported when its bootstrap interval clears the
-noise floor; the window then grows over neighbouring layers whose change goes the same way and
-also clears the floor. A rising window (patching at or after it restores the audio answer, patching
-before it does not) is where the conflict run's picture takes over; a falling one is where the
-patched positions stop carrying what matters.
+noise floor; the window then grows over neighbouring layers whose change goes the same way, is
+credibly non-zero (its interval excludes 0) and is at least a fraction of the largest one.
+
+A rising window (patching at or after it restores the audio answer, patching before it does not) is
+where the conflict run's picture takes over; a falling one is where the patched positions stop
+carrying what matters.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def locate(
     confidence: float = 0.95,
     n_resamples: int = 1000,
     seed: int = 0,
+    extend_fraction: float = 0.1,
 ) -> xr.Dataset:
     """The layer window where the effect changes most, per position group and component.
 
@@ -80,6 +83,8 @@ def locate(
         confidence: coverage of every interval, in (0, 1).
         n_resamples: bootstrap resamples (of samples).
         seed: seed of the resampling; equal seeds give equal answers.
+        extend_fraction: a neighbouring layer joins the window when its change goes the same way,
+            its interval excludes 0, and it is at least this fraction of the largest change.
 
     Returns:
         Dataset with dims ``(position_group, component)``:
@@ -96,6 +101,8 @@ def locate(
     """
     if not 0.0 < confidence < 1.0:
         raise AnalysisError(f"confidence must lie strictly between 0 and 1; got {confidence}")
+    if not 0.0 <= extend_fraction <= 1.0:
+        raise AnalysisError(f"extend_fraction must lie in [0, 1]; got {extend_fraction}")
     done = done_samples(results)
     effect = select_metric(done, metric).sortby("layer")
     floors = _resolve_floor(results, floor, metric, confidence, n_resamples, seed)
@@ -120,6 +127,7 @@ def locate(
                 all_layers,
                 float(floors.sel(cell)),
                 confidence,
+                extend_fraction,
             )
             found["n_samples"] = int(effect.sel(cell).notnull().all("layer").sum())
             found["floor"] = float(floors.sel(cell))
@@ -138,6 +146,7 @@ def locate(
         confidence=confidence,
         n_resamples=n_resamples,
         seed=seed,
+        extend_fraction=extend_fraction,
         floor_source=floors.attrs.get("source", "fixed"),
         layers=[int(layer) for layer in all_layers],
     )
@@ -199,6 +208,7 @@ def _locate_cell(
     all_layers: np.ndarray,
     floor: float,
     confidence: float,
+    extend_fraction: float,
 ) -> dict[str, Any]:
     """One cell; index k of the changes is the change into ``all_layers[k + 1]``."""
     answer: dict[str, Any] = dict.fromkeys(_FLOAT_FIELDS, np.nan)
@@ -210,20 +220,26 @@ def _locate_cell(
     peak = int(np.nanargmax(np.abs(mean_change)))
     sign = 1.0 if mean_change[peak] > 0 else -1.0
 
-    def clears_floor(k: int) -> bool:
+    def beyond(k: int, margin: float) -> bool:
+        """Change k goes the peak's way and its whole interval lies beyond ``margin``."""
         if k < 0 or k >= len(mean_change) or not np.isfinite(mean_change[k]):
             return False
         if np.sign(mean_change[k]) != sign:
             return False
         low, high = np.nanquantile(boot_change[:, k], [alpha / 2, 1 - alpha / 2])
-        return bool(low > floor) if sign > 0 else bool(high < -floor)
+        return bool(low > margin) if sign > 0 else bool(high < -margin)
 
-    if not clears_floor(peak):
+    def joins(k: int) -> bool:
+        if not beyond(k, 0.0):
+            return False
+        return bool(abs(mean_change[k]) >= extend_fraction * abs(mean_change[peak]))
+
+    if not beyond(peak, floor):
         return answer
     start = end = peak
-    while clears_floor(start - 1):
+    while joins(start - 1):
         start -= 1
-    while clears_floor(end + 1):
+    while joins(end + 1):
         end += 1
 
     window_change = boot_change[:, start : end + 1].sum(axis=1)

@@ -11,7 +11,7 @@ from patchwork.analysis import synthetic_results
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "notebook: executes a documentation notebook in a Jupyter kernel (seconds, runs by default)",
+        "notebook: runs a documentation notebook in a Jupyter kernel (seconds; in the default run)",
     )
 
 

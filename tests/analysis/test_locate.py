@@ -142,3 +142,27 @@ def test_other_metrics_and_seeds_are_honoured(results: xr.Dataset) -> None:
     xr.testing.assert_identical(
         locate(results, seed=3, n_resamples=100), locate(results, seed=3, n_resamples=100)
     )
+
+
+def _planted_like(extra_null_step: float = 0.4) -> xr.Dataset:
+    """The testbed's planted answer profile: 0.10 (layers 0-3), 0.23 (4), 0.90 (5-7); the
+    mismatched patches also move the answer from layer 5 on, which raises the floor."""
+    results = synthetic_results(
+        n_samples=64, step_layer=5, steps={("answer", "residual"): (0.10, 0.90)}, noise=0.1, seed=6
+    )
+    normalized = {"metric": "normalized_effect"}
+    at_four = dict(CELL, layer=4, **normalized)
+    results["effect"].loc[at_four] = results["effect"].loc[at_four] + 0.13
+    late = dict(CELL, layer=[5, 6, 7], **normalized)
+    results["null_effect"].loc[late] = results["null_effect"].loc[late] + extra_null_step
+    return results
+
+
+def test_a_planted_two_layer_window_is_found_whole() -> None:
+    found = locate(_planted_like(), n_resamples=300).sel(CELL)
+    assert float(found["floor"]) > 0.13  # the small first step is below the floor on its own …
+    assert (int(found["start_layer"]), int(found["end_layer"])) == (4, 5)  # … but joins the window
+    narrow = locate(_planted_like(), n_resamples=300, extend_fraction=0.5).sel(CELL)
+    assert (int(narrow["start_layer"]), int(narrow["end_layer"])) == (5, 5)
+    with pytest.raises(AnalysisError, match="extend_fraction"):
+        locate(_planted_like(), extend_fraction=2.0)
