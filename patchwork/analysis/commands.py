@@ -33,7 +33,7 @@ ResamplesOption = Annotated[int, typer.Option("--resamples", help="Bootstrap res
 
 def open_store(path: Path, model: str | None = None) -> Any:
     """Open a results store as an :class:`xarray.Dataset` (raises ``StoreError`` if missing)."""
-    from patchwork.store.zarr_store import open_results
+    from patchwork import open_results
 
     return open_results(path, model)
 

@@ -90,7 +90,8 @@ def noise_floor(
         DataArray with dims ``(position_group, component)``, ≥ 0, in units of the metric.
 
     Raises:
-        patchwork.analysis.AnalysisError: when the results hold no ``null_effect``.
+        patchwork.analysis.AnalysisError: when the results hold no (or an all-NaN)
+            ``null_effect``.
     """
     if "null_effect" not in results.data_vars:
         raise AnalysisError(
@@ -100,7 +101,13 @@ def noise_floor(
     if not 0.0 < quantile < 1.0:
         raise AnalysisError(f"quantile must lie strictly between 0 and 1; got {quantile}")
     done = done_samples(results)
-    null_changes = layer_changes(select_metric(done, metric, "null_effect"))
+    null_values = select_metric(done, metric, "null_effect")
+    if not bool(null_values.notnull().any()):
+        raise AnalysisError(
+            "the store's null_effect is empty (the study ran without mismatched patches); "
+            f"pass a fixed floor instead (e.g. floor={DEFAULT_FIXED_FLOOR})"
+        )
+    null_changes = layer_changes(null_values)
     weights = bootstrap_weights(done.sizes["sample"], n_resamples, seed)
     largest = abs(resampled_means(null_changes, weights)).max("layer", skipna=True)
     floor = largest.quantile(quantile, dim="resample", skipna=True).drop_vars("quantile")

@@ -189,7 +189,10 @@ def _resolve_floor(
         effect.isel(sample=0, layer=0, metric=0, drop=True), dtype="float64"
     ).reset_coords(drop=True)
     if isinstance(floor, str):
-        if floor == "null" or (floor == "auto" and "null_effect" in results.data_vars):
+        has_null = "null_effect" in results.data_vars and bool(
+            done_samples(results)["null_effect"].notnull().any()
+        )
+        if floor == "null" or (floor == "auto" and has_null):
             return noise_floor(results, metric, confidence, n_resamples, seed)
         if floor != "auto":
             raise AnalysisError(f"floor must be 'auto', 'null' or a number; got {floor!r}")

@@ -120,6 +120,14 @@ def test_fixed_floor_without_null_and_explicit_floors() -> None:
         locate(results, confidence=2.0)
 
 
+def test_an_empty_null_falls_back_to_the_fixed_floor() -> None:
+    results = synthetic_results(seed=7)
+    results["null_effect"][:] = np.nan
+    assert locate(results, n_resamples=100).attrs["floor_source"] == "fixed"
+    with pytest.raises(AnalysisError, match="null_effect is empty"):
+        locate(results, floor="null", n_resamples=100)
+
+
 def test_cells_never_computed_say_so() -> None:
     results = synthetic_results(seed=5)
     results["effect"].loc[{"component": "mlp"}] = np.nan
