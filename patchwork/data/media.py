@@ -1,0 +1,186 @@
+"""Read media files and turn them into the thinker's inputs: log-mel audio features, video patches.
+
+The same code serves the testbed's synthetic world and users' own data:
+
+- audio: :func:`load_audio` reads a sound file (soundfile) as mono float32 at 16 kHz;
+  :func:`audio_features` makes Whisper-style log-mel features with transformers'
+  ``WhisperFeatureExtractor`` → ``input_features`` (n_audios, n_mels, T_mel) and
+  ``feature_attention_mask`` (n_audios, T_mel), one mel frame per 10 ms (hop 160 samples).
+- frames: :func:`load_frames` reads images (Pillow) as uint8 RGB (n_frames, H, W, 3);
+  :func:`video_patches` cuts them into the Qwen2-VL patch layout → ``pixel_values_videos``
+  (t·h·w, 3·temporal·patch·patch) and ``video_grid_thw`` (1, 3).
+
+Missing or unreadable files raise :class:`patchwork.errors.DataError` naming the path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from patchwork.errors import DataError
+
+SAMPLING_RATE = 16_000
+HOP_LENGTH = 160  # samples per mel frame (10 ms at 16 kHz)
+#: Per-channel mean and standard deviation of CLIP, which Qwen2-VL's image processor uses.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_audio(path: str | Path, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """A sound file as a mono float32 waveform (n_samples,) at ``sampling_rate`` Hz.
+
+    Several channels are averaged; another file rate is resampled by linear interpolation (enough
+    for speech-band features; resample with a proper filter beforehand for high fidelity).
+    """
+    import soundfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"audio file not found: {path}")
+    try:
+        waveform, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as error:
+        raise DataError(f"cannot read audio file {path}: {error}") from None
+    mono = waveform.mean(axis=1)
+    if file_rate != sampling_rate:
+        mono = resample(mono, file_rate, sampling_rate)
+    return mono.astype(np.float32)
+
+
+def save_audio(path: str | Path, waveform: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> Path:
+    """Write a mono waveform (n_samples,), values in [-1, 1], as 16-bit PCM wav."""
+    import soundfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), np.clip(waveform, -1.0, 1.0), sampling_rate, subtype="PCM_16")
+    return path
+
+
+def resample(waveform: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Linear-interpolation resampling of a mono waveform (n_samples,)."""
+    if from_rate <= 0 or to_rate <= 0:
+        raise DataError(f"sampling rates must be positive, got {from_rate} -> {to_rate}")
+    duration = len(waveform) / from_rate
+    n_out = int(round(duration * to_rate))
+    source_times = np.arange(len(waveform)) / from_rate
+    target_times = np.arange(n_out) / to_rate
+    return np.interp(target_times, source_times, waveform).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _feature_extractor(n_mels: int, n_fft: int):
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor(
+        feature_size=n_mels,
+        sampling_rate=SAMPLING_RATE,
+        hop_length=HOP_LENGTH,
+        chunk_length=30,
+        n_fft=n_fft,
+        padding_value=0.0,
+        return_attention_mask=True,
+    )
+
+
+def audio_features(
+    waveforms: Sequence[np.ndarray], n_mels: int = 32, mel_frames: int = 40, n_fft: int = 400
+) -> dict[str, torch.Tensor]:
+    """Whisper log-mel features of 16 kHz mono waveforms, padded or cut to ``mel_frames`` frames.
+
+    Returns ``input_features`` float32 (n_audios, n_mels, mel_frames) and
+    ``feature_attention_mask`` int64 (n_audios, mel_frames), 1 where a frame holds real audio.
+    """
+    if len(waveforms) == 0:
+        raise DataError("audio_features needs at least one waveform")
+    extractor = _feature_extractor(n_mels, n_fft)
+    batch = extractor(
+        [np.asarray(w, dtype=np.float32) for w in waveforms],
+        sampling_rate=SAMPLING_RATE,
+        padding="max_length",
+        max_length=mel_frames * HOP_LENGTH,
+        truncation=True,
+        return_attention_mask=True,
+        return_tensors="np",
+    )
+    features = torch.from_numpy(np.ascontiguousarray(batch["input_features"], dtype=np.float32))
+    mask = torch.from_numpy(np.asarray(batch["attention_mask"], dtype=np.int64))
+    return {"input_features": features, "feature_attention_mask": mask[:, :mel_frames]}
+
+
+def load_frames(paths: Sequence[str | Path]) -> np.ndarray:
+    """Images as uint8 RGB frames (n_frames, H, W, 3); all must have the same size."""
+    from PIL import Image, UnidentifiedImageError
+
+    frames = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise DataError(f"image file not found: {path}")
+        try:
+            with Image.open(path) as image:
+                frames.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+        except (OSError, UnidentifiedImageError) as error:
+            raise DataError(f"cannot read image file {path}: {error}") from None
+    if not frames:
+        raise DataError("load_frames needs at least one path")
+    sizes = {frame.shape for frame in frames}
+    if len(sizes) > 1:
+        raise DataError(f"frames differ in size {sorted(sizes)}: {[str(p) for p in paths]}")
+    return np.stack(frames)
+
+
+def save_frame(path: str | Path, frame: np.ndarray) -> Path:
+    """Write one uint8 RGB frame (H, W, 3) as png."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(frame, dtype=np.uint8), mode="RGB").save(path)
+    return path
+
+
+def video_patches(
+    frames: np.ndarray, patch_size: int = 4, temporal_patch_size: int = 2, merge_size: int = 2
+) -> dict[str, torch.Tensor]:
+    """Cut uint8 RGB frames (n_frames, H, W, 3) into Qwen2-VL video patches.
+
+    Pixels are scaled to [0, 1] and normalized with the CLIP mean/std; the frame count is padded
+    to a multiple of ``temporal_patch_size`` by repeating the last frame. H and W must be
+    multiples of ``patch_size · merge_size`` (no resizing here). Patches are ordered so that each
+    ``merge_size × merge_size`` block of neighbours is contiguous, as the vision merger expects.
+
+    Returns ``pixel_values_videos`` float32 (t·h·w, 3·temporal·patch·patch) and
+    ``video_grid_thw`` int64 (1, 3) = [[t, h, w]] in patches.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise DataError(f"frames must be (n_frames, H, W, 3), got shape {frames.shape}")
+    n_frames, height, width, _ = frames.shape
+    unit = patch_size * merge_size
+    if height % unit or width % unit:
+        raise DataError(f"frame size {height}x{width} is not a multiple of {unit} (patch·merge)")
+    pixels = frames.astype(np.float32) / 255.0
+    pixels = (pixels - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+    pixels = pixels.transpose(0, 3, 1, 2)  # (n_frames, 3, H, W)
+    if n_frames % temporal_patch_size:
+        repeat = temporal_patch_size - n_frames % temporal_patch_size
+        pixels = np.concatenate([pixels, np.repeat(pixels[-1:], repeat, axis=0)])
+    grid_t = pixels.shape[0] // temporal_patch_size
+    grid_h, grid_w = height // patch_size, width // patch_size
+    blocks = pixels.reshape(
+        grid_t, temporal_patch_size, 3,
+        grid_h // merge_size, merge_size, patch_size,
+        grid_w // merge_size, merge_size, patch_size,
+    )
+    # -> (t, block_row, block_col, row_in_block, col_in_block, channel, time, py, px)
+    blocks = blocks.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    flat = blocks.reshape(grid_t * grid_h * grid_w, 3 * temporal_patch_size * patch_size**2)
+    return {
+        "pixel_values_videos": torch.from_numpy(np.ascontiguousarray(flat)),
+        "video_grid_thw": torch.tensor([[grid_t, grid_h, grid_w]], dtype=torch.long),
+    }

@@ -1,0 +1,169 @@
+"""Measure the testbed model: the behaviour table and linear probes of the sound category.
+
+Behaviour table: held-out samples from :func:`~patchwork.testbed.samples.make_samples` (media
+through files), four clip kinds × two questions. ``accuracy`` is the share of answers that name
+what is really there — for "hear": the sound (A's sound; for vision-only clips, silence, the
+pictured A's sound, as in training); for "see": what is pictured ("nothing" for a blank picture).
+For conflicting clips ``picture_share`` is the share that names the *picture's* sound (or object):
+vision dominance for "hear".
+
+Probes: multinomial logistic regression written in torch, k-fold cross-validated, on the residual
+stream (hidden states after each decoder layer; index 0 = embeddings) of conflicting clips,
+decoding the *sound's* category, at the audio positions (mean over them) and at the answer
+position.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from patchwork.data.sample import Sample
+from patchwork.testbed import world
+from patchwork.testbed.samples import collate, make_samples
+
+KINDS = {
+    "congruent": {"audio": "own", "picture": "own"},
+    "conflict": {"audio": "own", "picture": "other_category"},
+    "audio_only": {"audio": "own", "picture": "blank"},
+    "vision_only": {"audio": "silence", "picture": "own"},
+}
+EVAL_SEED = 20_000  # held-out: training draws from other streams
+
+
+def predictions(model: torch.nn.Module, runs: Sequence[dict], batch_size: int = 64) -> torch.Tensor:
+    """Argmax next-token ids (n_runs,) after each run's last prompt position."""
+    answers = []
+    with torch.no_grad():
+        for start in range(0, len(runs), batch_size):
+            logits = model(**collate(runs[start:start + batch_size])).logits[:, -1]
+            answers.append(logits.argmax(-1))
+    return torch.cat(answers)
+
+
+def behaviour_table(
+    model: torch.nn.Module, checkpoint_dir: Path, n: int = 100, seed: int = EVAL_SEED,
+    media_dir: Path | None = None, questions: Sequence[str] = world.QUESTIONS,
+) -> pd.DataFrame:
+    """One row per (question, kind): n, accuracy, picture_share (conflicts), sound_share."""
+    rows = []
+    for question in questions:
+        with tempfile.TemporaryDirectory(prefix="testbed-eval-", dir=media_dir) as folder:
+            samples = make_samples(checkpoint_dir, n, seed, KINDS, question, Path(folder))
+        nothing = _word_id(checkpoint_dir, world.NOTHING)
+        for kind in KINDS:
+            predicted = predictions(model, [s.runs[kind] for s in samples])
+            sound = torch.tensor([s.audio_answer_id for s in samples])
+            picture = torch.tensor([s.visual_answer_id for s in samples])
+            truth = _truth(kind, question, sound, picture, nothing)
+            rows.append({
+                "question": question,
+                "kind": kind,
+                "n": n,
+                "accuracy": float((predicted == truth).float().mean()),
+                "sound_share": float((predicted == sound).float().mean()),
+                "picture_share": float((predicted == picture).float().mean())
+                if kind == "conflict" else float("nan"),
+            })
+    return pd.DataFrame(rows)
+
+
+def _truth(kind: str, question: str, own: torch.Tensor, other: torch.Tensor, nothing: int):
+    if "see" in question.split():
+        if kind == "conflict":
+            return other
+        if kind == "audio_only":
+            return torch.full_like(own, nothing)
+    return own
+
+
+def _word_id(checkpoint_dir: Path, word: str) -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(Path(checkpoint_dir) / "tokenizer.json")).token_to_id(word)
+
+
+def residual_features(
+    model: torch.nn.Module, samples: Sequence[Sample], run: str = "conflict", batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual stream of ``run`` per layer: (audio_mean, answer), each (n, layers + 1, hidden)."""
+    audio_token = model.config.audio_token_index
+    audio_mean, answer = [], []
+    with torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            inputs = collate([s.runs[run] for s in samples[start:start + batch_size]])
+            hidden = torch.stack(model(**inputs, output_hidden_states=True).hidden_states, 1)
+            is_audio = (inputs["input_ids"] == audio_token).float()[:, None, :, None]
+            audio_mean.append((hidden * is_audio).sum(2) / is_audio.sum(2))
+            answer.append(hidden[:, :, -1])
+    return torch.cat(audio_mean), torch.cat(answer)
+
+
+def probe_accuracy(
+    features: torch.Tensor, labels: torch.Tensor, folds: int = 5, seed: int = 0,
+    steps: int = 200, weight_decay: float = 1e-3,
+) -> float:
+    """Cross-validated accuracy of a linear softmax classifier: features (n, d), labels (n,).
+
+    Each fold standardizes with the training part's mean/std, fits by full-batch Adam, and scores
+    the held-out part; returns the accuracy over all held-out predictions.
+    """
+    n_classes = int(labels.max()) + 1
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    correct = 0
+    for fold in range(folds):
+        test = order[fold::folds]
+        train = order[torch.isin(order, test, invert=True)]
+        mean, std = features[train].mean(0), features[train].std(0) + 1e-6
+        x_train, x_test = (features[train] - mean) / std, (features[test] - mean) / std
+        generator = torch.Generator().manual_seed(seed + fold)
+        weight = (torch.randn(features.shape[1], n_classes, generator=generator) * 0.01)
+        weight.requires_grad_(True)
+        bias = torch.zeros(n_classes, requires_grad=True)
+        optimizer = torch.optim.Adam([weight, bias], lr=0.05)
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(x_train @ weight + bias, labels[train])
+            loss = loss + weight_decay * weight.pow(2).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            correct += int(((x_test @ weight + bias).argmax(-1) == labels[test]).sum())
+    return correct / len(labels)
+
+
+def probe_table(
+    model: torch.nn.Module, checkpoint_dir: Path, n: int = 300, seed: int = EVAL_SEED + 1,
+    media_dir: Path | None = None,
+) -> pd.DataFrame:
+    """Per layer: probe accuracy for the sound's category at audio positions and at the answer
+    position of conflicting clips (chance = 1 / number of categories)."""
+    with tempfile.TemporaryDirectory(prefix="testbed-probe-", dir=media_dir) as folder:
+        samples = make_samples(checkpoint_dir, n, seed, {"conflict": KINDS["conflict"]},
+                               world.QUESTIONS[0], Path(folder))
+    names = [c.name for c in world.CATEGORIES]
+    labels = torch.tensor([names.index(s.meta["audio_category"]) for s in samples])
+    audio_mean, answer = residual_features(model, samples)
+    rows = [{"layer": layer,
+             "audio_positions": probe_accuracy(audio_mean[:, layer], labels),
+             "answer_position": probe_accuracy(answer[:, layer], labels)}
+            for layer in range(audio_mean.shape[1])]
+    return pd.DataFrame(rows)
+
+
+def summary(table: pd.DataFrame) -> dict[str, float]:
+    """The acceptance numbers from a behaviour table."""
+    hear = table[table.question == world.QUESTIONS[0]].set_index("kind")
+    return {
+        "congruent_hear": float(hear.loc["congruent", "accuracy"]),
+        "audio_only_hear": float(hear.loc["audio_only", "accuracy"]),
+        "conflict_picture_share": float(hear.loc["conflict", "picture_share"]),
+        "conflict_sound_share": float(hear.loc["conflict", "sound_share"]),
+        "vision_only_hear": float(hear.loc["vision_only", "accuracy"]),
+    }
+
+

@@ -1,0 +1,75 @@
+"""The shipped checkpoints: found by name, loaded offline, and still a model organism — the
+behaviour table on a small fixed held-out set (a change that breaks the organism fails here)."""
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from patchwork.errors import ModelError
+from patchwork.testbed import checkpoint_path, evaluate, load
+from patchwork.testbed import model as testbed_model
+from patchwork.testbed.commands import register
+
+HEAR = ("what do you hear",)
+
+
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(ModelError, match="testbed-base"):
+        checkpoint_path("tested")
+
+
+@pytest.mark.parametrize("name", ["testbed", "testbed-base"])
+def test_checkpoints_are_small_safetensors_with_the_tokenizers_ids(name):
+    directory = checkpoint_path(name)
+    weights = list(directory.glob("*.safetensors"))
+    assert weights and sum(w.stat().st_size for w in weights) <= 20 * 2**20
+    assert not list(directory.glob("*.bin"))
+    model, tokenizer = load(directory)
+    assert not model.training
+    ids = testbed_model.special_ids(tokenizer)
+    config = model.config
+    assert (config.audio_token_index, config.video_token_index, config.image_token_index) == (
+        ids["audio"], ids["video"], ids["image"])
+    assert (config.audio_start_token_id, config.audio_end_token_id) == (
+        ids["audio_start"], ids["audio_end"])
+    assert (config.vision_start_token_id, config.vision_end_token_id) == (
+        ids["vision_start"], ids["vision_end"])
+
+
+def test_stage2_model_shows_vision_dominance_and_hears(tmp_path):
+    directory = checkpoint_path("testbed")
+    model, _ = load(directory)
+    table = evaluate.behaviour_table(model, directory, n=40, seed=555, media_dir=tmp_path,
+                                     questions=HEAR)
+    numbers = evaluate.summary(table)
+    assert numbers["congruent_hear"] >= 0.95
+    assert numbers["audio_only_hear"] >= 0.85
+    assert numbers["conflict_picture_share"] >= 0.6
+
+
+def test_stage1_model_never_learned_to_hear(tmp_path):
+    directory = checkpoint_path("testbed-base")
+    model, _ = load(directory)
+    table = evaluate.behaviour_table(model, directory, n=20, seed=555, media_dir=tmp_path,
+                                     questions=HEAR)
+    numbers = evaluate.summary(table)
+    assert numbers["congruent_hear"] >= 0.95
+    assert numbers["audio_only_hear"] <= 0.3
+
+
+def test_cli_eval_prints_the_behaviour_table():
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["testbed", "eval", "testbed", "--samples", "4"])
+    assert result.exit_code == 0, result.output
+    assert "audio_only" in result.output and "conflict" in result.output
+
+
+def test_cli_train_refuses_bad_windows_before_training(tmp_path):
+    from patchwork.errors import PatchworkError
+
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["testbed", "train", "--out", str(tmp_path),
+                                      "--video-access-layers", "6:3"])
+    assert isinstance(result.exception, PatchworkError)
