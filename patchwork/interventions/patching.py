@@ -63,13 +63,17 @@ class Patcher:
         """One run: answer logits (1, vocab) and the activations (seq, hidden) at ``sites``."""
         wanted = sorted(set(sites), key=lambda site: (site[0], FORWARD_ORDER.index(site[1])))
         saved = {}
-        with torch.no_grad(), self.traced.trace(**inputs):
+        adapter = self.adapter
+        with torch.no_grad(), self.traced.trace(**adapter.forward_kwargs(inputs)):
             for layer, component in wanted:
-                module = self.adapter.component(self.traced, layer, component)
-                output = self.adapter.output_tensor(component, module.output)
+                module, where = adapter.site(self.traced, layer, component)
+                output = adapter.output_tensor(component, getattr(module, where))
                 saved[(layer, component)] = output.save()  # type: ignore[attr-defined]
             logits = self.traced.output.logits.save()
-        activations = {site: value[0].detach().clone() for site, value in saved.items()}
+        activations = {
+            site: value.select(adapter.batch_axis(site[1]), 0).detach().clone()
+            for site, value in saved.items()
+        }
         return self.adapter.answer_logits(logits), activations
 
     def patched(
@@ -90,14 +94,19 @@ class Patcher:
                     masks[site] = torch.zeros(rows, seq_len, 1, dtype=torch.bool)
                 masks[site][row, :, 0] = group_masks[condition.position_group]
         order = sorted(masks, key=lambda site: (site[0], FORWARD_ORDER.index(site[1])))
-        batch = self.adapter.repeat_inputs(target, rows)
+        adapter = self.adapter
+        batch = adapter.forward_kwargs(adapter.repeat_inputs(target, rows))
         with torch.no_grad(), self.traced.trace(**batch):
             for layer, component in order:
-                module = self.adapter.component(self.traced, layer, component)
-                output = module.output
-                hidden = self.adapter.output_tensor(component, output)
-                mask = masks[(layer, component)].to(hidden.device)
-                replaced = torch.where(mask, source[(layer, component)].to(hidden.dtype), hidden)
-                module.output = (replaced, *output[1:]) if isinstance(output, tuple) else replaced
+                module, where = adapter.site(self.traced, layer, component)
+                output = getattr(module, where)
+                hidden = adapter.output_tensor(component, output)
+                # rows sit on the batch axis; source (…, seq, hidden) gains that axis of size one
+                axis = adapter.batch_axis(component)
+                mask = masks[(layer, component)].reshape((1,) * axis + (rows, -1, 1))
+                patch = source[(layer, component)].unsqueeze(axis).to(hidden.dtype)
+                replaced = torch.where(mask.to(hidden.device), patch, hidden)
+                value = (replaced, *output[1:]) if isinstance(output, tuple) else replaced
+                setattr(module, where, value)
             logits = self.traced.output.logits.save()
-        return self.adapter.answer_logits(logits)
+        return adapter.answer_logits(logits)

@@ -9,15 +9,37 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from patchwork.data.sample import ModelInputs
+from patchwork.errors import ModelError
 
 POSITION_GROUPS = ("audio", "video", "image", "text", "answer", "all")
+
+
+@dataclass(frozen=True)
+class RunMedia:
+    """Decoded media of one run, before any model-specific feature extraction.
+
+    ``waveform``: mono float32 (n_samples,) at the adapter's ``sampling_rate``; ``frames``: uint8
+    RGB (n_frames, H, W, 3) sampled at ``fps``; ``image_features``: precomputed vision-tower
+    outputs (n_images, tokens, hidden) for families whose vision tower cannot run here.
+    """
+
+    waveform: np.ndarray | None = None
+    frames: np.ndarray | None = None
+    fps: float = 2.0
+    image_features: torch.Tensor | None = None
+    #: The soundtrack belongs to the video and is interleaved with its frames in time chunks.
+    audio_in_video: bool = False
+    #: The question as text (for adapters whose processor tokenizes the prompt itself).
+    question: str = ""
 
 
 def _attribute(root: Any, dotted: str) -> Any:
@@ -40,9 +62,13 @@ class ModelAdapter(ABC):
     mlp_name: ClassVar[str] = "mlp"
     final_norm_path: ClassVar[str]
     unembed_path: ClassVar[str]
+    #: Audio sampling rate (Hz) the model's feature extractor expects.
+    sampling_rate: ClassVar[int] = 16_000
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, source: Path | None = None) -> None:
         self.root = self.resolve_root(model)
+        #: The checkpoint directory the model came from (its processor files live there).
+        self.source = source
 
     @classmethod
     @abstractmethod
@@ -76,6 +102,27 @@ class ModelAdapter(ABC):
         if component == "mlp":
             return getattr(layer, self.mlp_name)
         raise ValueError(f"unknown component {component!r}")
+
+    def site(self, root: Any, index: int, component: str) -> tuple[Any, Literal["output", "input"]]:
+        """Where ``component`` of layer ``index`` is read and patched: a module and which of its
+        values, ``'output'`` (default) or ``'input'`` (its first positional argument).
+
+        Families that add something to the residual stream between layers (Qwen3-Omni's
+        DeepStack) read the residual at the next module's input, after the addition.
+        """
+        return self.component(root, index, component), "output"
+
+    def batch_axis(self, component: str) -> int:
+        """Axis of the batch rows in ``component``'s hidden tensor (Gemma 3n's residual: 1)."""
+        return 0
+
+    def forward_kwargs(self, inputs: ModelInputs) -> dict[str, Any]:
+        """Keyword arguments of one forward of a run (flags the tensors imply are added here)."""
+        return dict(inputs)
+
+    def build_inputs(self, text_ids: Sequence[int], media: RunMedia) -> dict[str, torch.Tensor]:
+        """A run's model inputs (batch of one) from its decoded media and question tokens."""
+        raise ModelError(f"the {self.family} adapter cannot build inputs from media files")
 
     @staticmethod
     def output_tensor(component: str, output: Any) -> torch.Tensor:

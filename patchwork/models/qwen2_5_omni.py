@@ -8,7 +8,13 @@ Facts this adapter guards (transformers 5.x):
   ``feature_attention_mask`` as audio tokens = ((T − 1) // 2 + 1 − 2) // 2 + 1 per clip, and
   video tokens = t·h·w / merge² per clip;
 - without ``attention_mask`` the model silently falls back from TMRoPE to plain positions: it is
-  required.
+  required;
+- a clip whose soundtrack is read *in* the video (``use_audio_in_video``) is laid out as
+  ``vision_start audio_start [video chunk, audio chunk]… audio_end vision_end``: chunk ``j``
+  holds the tokens whose time index (25 per second, video: frame-grid index × seconds per grid)
+  falls in ``seconds_per_chunk`` window ``j``. Position groups follow the token ids, so they
+  follow the interleaving; the forward gets ``use_audio_in_video=True`` whenever the ids show
+  this layout.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from patchwork.data import media
 from patchwork.data.sample import ModelInputs
-from patchwork.errors import ModelError
-from patchwork.models.adapter import ModelAdapter, text_and_answer
+from patchwork.errors import DataError, ModelError
+from patchwork.models.adapter import ModelAdapter, RunMedia, text_and_answer
 
 
 def audio_token_count(mel_frames: int) -> int:
@@ -30,11 +38,29 @@ def audio_token_count(mel_frames: int) -> int:
     return ((mel_frames - 1) // 2 + 1 - 2) // 2 + 1
 
 
+def chunk_bounds(values: Sequence[int], tokens_per_chunk: int) -> list[tuple[int, int]]:
+    """(start, stop) slices of increasing time indices, one per ``tokens_per_chunk`` window.
+
+    As the model reads them: a new chunk starts at the first value at or past the next window's
+    start (one window per step, as transformers' ``get_chunked_index`` does).
+    """
+    bounds, start, chunk = [], 0, 1
+    for index, value in enumerate(values):
+        if value >= chunk * tokens_per_chunk:
+            bounds.append((start, index))
+            start, chunk = index, chunk + 1
+    bounds.append((start, len(values)))
+    return bounds
+
+
 class Qwen25OmniAdapter(ModelAdapter):
     family = "qwen2_5_omni"
     layers_path = "model.language_model.layers"
     final_norm_path = "model.language_model.norm"
     unembed_path = "lm_head"
+    #: Per-channel pixel mean and standard deviation of the image processor.
+    pixel_mean: tuple[float, float, float] = media.CLIP_MEAN
+    pixel_std: tuple[float, float, float] = media.CLIP_STD
 
     @classmethod
     def from_pretrained(cls, path: Path, config: Any, **options: Any) -> nn.Module:
@@ -75,24 +101,108 @@ class Qwen25OmniAdapter(ModelAdapter):
         modality = {name: ids == token for name, token in self._token_ids().items()}
         return text_and_answer(modality, ids.numel())
 
+    def _specials(self) -> dict[str, int]:
+        config = self.config
+        return {
+            "audio_start": config.audio_start_token_id,
+            "audio_end": config.audio_end_token_id,
+            "vision_start": config.vision_start_token_id,
+            "vision_end": config.vision_end_token_id,
+        }
+
     def prompt_ids(
         self, text_ids: Sequence[int], audio_tokens: Sequence[int], video_tokens: Sequence[int]
     ) -> torch.Tensor:
-        config = self.config
+        tokens, special = self._token_ids(), self._specials()
         ids: list[int] = []
         for count in audio_tokens:
-            ids += [
-                config.audio_start_token_id,
-                *[config.audio_token_index] * count,
-                config.audio_end_token_id,
-            ]
+            ids += [special["audio_start"], *[tokens["audio"]] * count, special["audio_end"]]
         for count in video_tokens:
-            ids += [
-                config.vision_start_token_id,
-                *[config.video_token_index] * count,
-                config.vision_end_token_id,
-            ]
+            ids += [special["vision_start"], *[tokens["video"]] * count, special["vision_end"]]
         return torch.tensor([[*ids, *text_ids]])
+
+    def audio_token_count(self, mel_frames: int) -> int:
+        """Audio placeholders of one clip of ``mel_frames`` log-mel frames."""
+        return audio_token_count(mel_frames)
+
+    def interleaved_prompt_ids(
+        self,
+        text_ids: Sequence[int],
+        audio_tokens: int,
+        video_grid: Sequence[int],
+        seconds_per_grid: float,
+    ) -> torch.Tensor:
+        """input_ids (1, seq) of one clip whose soundtrack is interleaved with its frames.
+
+        ``video_grid`` is (t, h, w) in patches; audio tokens tick at ``position_id_per_seconds``.
+        """
+        config, tokens, special = self.config, self._token_ids(), self._specials()
+        per_second = config.position_id_per_seconds
+        grid_t, grid_h, grid_w = (int(v) for v in video_grid)
+        merge = config.vision_config.spatial_merge_size
+        per_frame = (grid_h // merge) * (grid_w // merge)
+        times = (torch.arange(grid_t) * seconds_per_grid * per_second).long()
+        video_times = times.repeat_interleave(per_frame).tolist()
+        window = int(per_second * config.seconds_per_chunk)
+        video_chunks = chunk_bounds(video_times, window)
+        audio_chunks = chunk_bounds(list(range(audio_tokens)), window)
+        ids = [special["vision_start"], special["audio_start"]]
+        for chunk in range(max(len(video_chunks), len(audio_chunks))):
+            if chunk < len(video_chunks):
+                ids += [tokens["video"]] * (video_chunks[chunk][1] - video_chunks[chunk][0])
+            if chunk < len(audio_chunks):
+                ids += [tokens["audio"]] * (audio_chunks[chunk][1] - audio_chunks[chunk][0])
+        ids += [special["audio_end"], special["vision_end"]]
+        return torch.tensor([[*ids, *text_ids]])
+
+    def forward_kwargs(self, inputs: ModelInputs) -> dict[str, Any]:
+        """Adds ``use_audio_in_video=True`` when a vision start is directly followed by an audio
+        start (the interleaved layout); otherwise the run's tensors as they are."""
+        ids = inputs["input_ids"]
+        special = self._specials()
+        starts = ids[..., :-1] == special["vision_start"]
+        if bool((starts & (ids[..., 1:] == special["audio_start"])).any()):
+            return {**inputs, "use_audio_in_video": True}
+        return dict(inputs)
+
+    def build_inputs(self, text_ids: Sequence[int], media_run: RunMedia) -> dict[str, torch.Tensor]:
+        """Whisper log-mel audio, Qwen-VL video patches (frames fitted to patch·merge), prompt
+        ids with each clip's placeholders — interleaved when ``media_run.audio_in_video``."""
+        config = self.config
+        vision = config.vision_config
+        if media_run.waveform is None or media_run.frames is None:
+            raise DataError(f"{self.family} runs need both audio and frames (or a video)")
+        waveform = media_run.waveform
+        mel_frames = max(1, -(-len(waveform) // media.HOP_LENGTH))
+        audio = media.audio_features(
+            [waveform], n_mels=config.audio_config.num_mel_bins, mel_frames=mel_frames
+        )
+        frames = fit_frames(media_run.frames, vision.patch_size * vision.spatial_merge_size)
+        video = media.video_patches(
+            frames,
+            patch_size=vision.patch_size,
+            temporal_patch_size=vision.temporal_patch_size,
+            merge_size=vision.spatial_merge_size,
+        )
+        video["pixel_values_videos"] = renormalize(
+            video["pixel_values_videos"], self.pixel_mean, self.pixel_std
+        )
+        seconds_per_grid = vision.temporal_patch_size / float(media_run.fps)
+        audio_tokens = self.audio_token_count(mel_frames)
+        if media_run.audio_in_video:
+            input_ids = self.interleaved_prompt_ids(
+                text_ids, audio_tokens, video["video_grid_thw"][0].tolist(), seconds_per_grid
+            )
+        else:
+            video_tokens = int(video["video_grid_thw"].prod()) // vision.spatial_merge_size**2
+            input_ids = self.prompt_ids(text_ids, [audio_tokens], [video_tokens])
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            **audio,
+            **video,
+            "video_second_per_grid": torch.tensor([seconds_per_grid]),
+        }
 
     def check_inputs(self, inputs: ModelInputs, label: str) -> None:
         if "input_ids" not in inputs:
@@ -113,7 +223,7 @@ class Qwen25OmniAdapter(ModelAdapter):
                 if mask is not None
                 else [inputs["input_features"].shape[-1]] * inputs["input_features"].shape[0]
             )
-            expected["audio"] = sum(audio_token_count(int(t)) for t in frames)
+            expected["audio"] = sum(self.audio_token_count(int(t)) for t in frames)
         for key, grid_key in (("video", "video_grid_thw"), ("image", "image_grid_thw")):
             if grid_key in inputs:
                 expected[key] = int(inputs[grid_key].prod(-1).sum()) // merge**2
@@ -124,3 +234,31 @@ class Qwen25OmniAdapter(ModelAdapter):
                     f"{label}: {found} {name} placeholder tokens but the {name} features need "
                     f"{count}; the model would silently misplace or drop them"
                 )
+
+
+def fit_frames(frames: np.ndarray, unit: int) -> np.ndarray:
+    """Frames (n, H, W, 3) resized (bicubic) to the nearest multiples of ``unit`` if needed."""
+    height, width = frames.shape[1:3]
+    fitted = (max(unit, round(height / unit) * unit), max(unit, round(width / unit) * unit))
+    if fitted == (height, width):
+        return frames
+    from PIL import Image
+
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(frame).resize(fitted[::-1], Image.Resampling.BICUBIC))
+            for frame in frames
+        ]
+    )
+
+
+def renormalize(patches: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Patches (n, 3·rest) normalized with CLIP statistics, re-normalized with ``mean``/``std``."""
+    if tuple(mean) == media.CLIP_MEAN and tuple(std) == media.CLIP_STD:
+        return patches
+    channels = patches.reshape(patches.shape[0], 3, -1)
+    clip_mean = torch.tensor(media.CLIP_MEAN).view(1, 3, 1)
+    clip_std = torch.tensor(media.CLIP_STD).view(1, 3, 1)
+    pixels = channels * clip_std + clip_mean
+    target = (pixels - torch.tensor(mean).view(1, 3, 1)) / torch.tensor(std).view(1, 3, 1)
+    return target.reshape(patches.shape).to(patches.dtype)
