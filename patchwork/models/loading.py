@@ -15,10 +15,27 @@ from torch import nn
 
 from patchwork.errors import ModelError
 from patchwork.models.adapter import ModelAdapter
+from patchwork.models.gemma3n import Gemma3nAdapter
+from patchwork.models.generic import GenericAdapter
 from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter
+from patchwork.models.qwen3_omni import Qwen3OmniAdapter
 from patchwork.study.schema import ModelSpec, RandomInit
 
-ADAPTERS: dict[str, type[ModelAdapter]] = {Qwen25OmniAdapter.family: Qwen25OmniAdapter}
+ADAPTERS: dict[str, type[ModelAdapter]] = {
+    adapter.family: adapter
+    for adapter in (Qwen25OmniAdapter, Qwen3OmniAdapter, Gemma3nAdapter, GenericAdapter)
+}
+#: Files whose presence in a checkpoint directory means it ships a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def adapter_class(spec: ModelSpec) -> type[ModelAdapter]:
+    """The adapter of ``spec.family`` (a generic one carries the study's declared paths)."""
+    if spec.family == "generic":
+        assert spec.generic is not None
+        return GenericAdapter.declare(spec.generic, spec.trust_remote_code)
+    return ADAPTERS[spec.family]
+
 
 #: Token ids of a random-init thinker: specials at the top of its vocabulary.
 RANDOM_SPECIALS = {
@@ -64,9 +81,10 @@ class LoadedModel:
 
 def load_model(spec: ModelSpec, study_where: str = "model") -> LoadedModel:
     """Load what ``spec`` describes, in eval mode, on its device and dtype."""
-    adapter_class = ADAPTERS[spec.family]
+    adapter_type = adapter_class(spec)
     dtype = getattr(torch, spec.dtype)
     tokenizer = None
+    source = None
     if spec.random_init is not None:
         model: nn.Module = random_thinker(spec.random_init, spec.attention)
         name = "random_init"
@@ -76,8 +94,10 @@ def load_model(spec: ModelSpec, study_where: str = "model") -> LoadedModel:
         model, tokenizer = testbed.load(testbed.checkpoint_path(spec.checkpoint))
         name = spec.checkpoint
     else:
-        model = _from_directory(Path(spec.checkpoint or ""), spec, study_where)
-        name = Path(spec.checkpoint or "").name
+        source = Path(spec.checkpoint or "")
+        model = _from_directory(source, spec, study_where)
+        tokenizer = _tokenizer(source, spec, study_where)
+        name = source.name
     try:
         model = model.to(device=torch.device(spec.device), dtype=dtype).eval()
     except (RuntimeError, AssertionError) as error:
@@ -85,7 +105,13 @@ def load_model(spec: ModelSpec, study_where: str = "model") -> LoadedModel:
             f"{study_where}.device: cannot use device {spec.device!r} ({error})"
         ) from None
     _set_attention(model, spec.attention)
-    return LoadedModel(model=model, adapter=adapter_class(model), name=name, tokenizer=tokenizer)
+    adapter = adapter_type(model, source)
+    if isinstance(adapter, GenericAdapter):
+        try:
+            adapter.check_paths()
+        except ModelError as error:
+            raise ModelError(f"{study_where}.{error}") from None
+    return LoadedModel(model=model, adapter=adapter, name=name, tokenizer=tokenizer)
 
 
 def random_thinker(spec: RandomInit, attention: str = "sdpa") -> nn.Module:
@@ -175,7 +201,7 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
     except (OSError, ValueError) as error:
         raise ModelError(f"{where}.checkpoint: cannot read {path}/config.json ({error})") from None
     try:
-        return ADAPTERS[spec.family].from_pretrained(
+        return adapter_class(spec).from_pretrained(
             path,
             config,
             local_files_only=True,
@@ -186,6 +212,24 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
         )
     except ModelError as error:
         raise ModelError(f"{where}.family: {error}") from None
+
+
+def _tokenizer(path: Path, spec: ModelSpec, where: str) -> Any:
+    """The checkpoint's own tokenizer when its directory has one (None otherwise)."""
+    if (path / "patchwork_testbed.json").exists() or not any(
+        (path / name).is_file() for name in TOKENIZER_FILES
+    ):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError, TypeError) as error:
+        raise ModelError(
+            f"{where}.checkpoint: cannot load the tokenizer in {path} ({error})"
+        ) from None
 
 
 def _set_attention(model: nn.Module, attention: str) -> None:

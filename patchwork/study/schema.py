@@ -48,10 +48,65 @@ class RandomInit(_Strict):
         return self
 
 
+def parse_id_ranges(items: tuple[int | str, ...]) -> list[tuple[int, int]]:
+    """Token ids and ``"a-b"`` ranges as inclusive (first, last) pairs."""
+    pairs = []
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool):
+            pairs.append((item, item))
+            continue
+        match = _RANGE.match(str(item))
+        if not match or int(match[2]) < int(match[1]):
+            raise ValueError(f"expected a token id or a range like '100-199', got {item!r}")
+        pairs.append((int(match[1]), int(match[2])))
+    return pairs
+
+
+class GenericSpec(_Strict):
+    """A model without a built-in adapter, described by its module paths and placeholder ids."""
+
+    architecture: str = Field(
+        pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+        description="The transformers model class, e.g. 'Qwen2AudioForConditionalGeneration'.",
+    )
+    root: str = Field("", description="Dotted path of the traced module ('' = the model).")
+    layers: str = Field(description="Dotted path of the decoder layers (a ModuleList).")
+    attention: str = Field("self_attn", description="Attention submodule of a layer.")
+    mlp: str = Field("mlp", description="MLP submodule of a layer.")
+    final_norm: str = Field(description="Dotted path of the final norm.")
+    unembed: str = Field(description="Dotted path of the unembedding (lm head).")
+    position_groups: dict[Literal["audio", "video", "image"], tuple[int | str, ...]] = Field(
+        default_factory=dict,
+        description="Token ids or 'a-b' id ranges of each modality's placeholders.",
+    )
+    prompt: str = Field(
+        "{question}",
+        description="Text given to the checkpoint's processor; '{question}' is replaced.",
+    )
+    media: tuple[Literal["audio", "images", "videos"], ...] = Field(
+        ("audio",), description="Which decoded media the processor receives, and as what."
+    )
+    sampling_rate: int = Field(16_000, ge=1, description="Audio rate the processor expects.")
+
+    @field_validator("position_groups")
+    @classmethod
+    def _ranges(cls, value: dict) -> dict:
+        for items in value.values():
+            parse_id_ranges(items)
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_question(cls, value: str) -> str:
+        if "{question}" not in value:
+            raise ValueError("the prompt must contain '{question}'")
+        return value
+
+
 class ModelSpec(_Strict):
     """Which model, and how to load it."""
 
-    family: Literal["qwen2_5_omni"] = Field(
+    family: Literal["qwen2_5_omni", "qwen3_omni", "gemma3n", "generic"] = Field(
         "qwen2_5_omni", description="The adapter: which architecture family this model is."
     )
     checkpoint: str | None = Field(
@@ -59,7 +114,12 @@ class ModelSpec(_Strict):
         description="'testbed', 'testbed-base', a local checkpoint directory (safetensors), "
         "or omitted when random_init is given.",
     )
-    random_init: RandomInit | None = Field(None, description="Build a tiny random-init model.")
+    random_init: RandomInit | None = Field(
+        None, description="Build a tiny random-init Qwen2.5-Omni thinker."
+    )
+    generic: GenericSpec | None = Field(
+        None, description="Module paths and placeholder ids (family 'generic' only)."
+    )
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = Field("cpu", description="torch device, e.g. 'cpu', 'cuda', 'cuda:1'.")
     attention: Literal["sdpa", "eager"] = "sdpa"
@@ -71,6 +131,13 @@ class ModelSpec(_Strict):
     def _one_source(self) -> ModelSpec:
         if (self.checkpoint is None) == (self.random_init is None):
             raise ValueError("give exactly one of 'checkpoint' or 'random_init'")
+        if self.random_init is not None and self.family != "qwen2_5_omni":
+            raise ValueError(
+                f"random_init builds a Qwen2.5-Omni thinker; family {self.family!r} needs a "
+                "checkpoint directory"
+            )
+        if (self.family == "generic") != (self.generic is not None):
+            raise ValueError("give a 'generic' block exactly when family is 'generic'")
         return self
 
 
