@@ -8,8 +8,12 @@ JSONL rows::
 
 CSV has the same fields flattened: ``id,audio_answer,visual_answer,clean.audio,clean.frames,…``
 with frame paths separated by ``;``. An optional ``question`` overrides the study's. Paths are
-relative to the manifest; a run may give ``fps`` of its frames (default 2). Every run of a
-row must yield the same token layout. Errors name the manifest line, the sample and the file.
+relative to the manifest; a run may give ``fps`` of its frames (default 2). Instead of
+``frames`` a run may name a ``video`` container (its soundtrack is the audio unless ``audio``
+names another file), and ``image_features`` precomputed for models whose vision tower cannot run
+here; see :mod:`patchwork.data.video`. The model's adapter turns decoded media into inputs.
+Every run of a row must yield the same token layout. Errors name the manifest line, the sample
+and the file; nothing is written before every row has been read.
 """
 
 from __future__ import annotations
@@ -20,18 +24,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from patchwork.data import media
+from patchwork.data import video
 from patchwork.data.sample import Sample
 from patchwork.errors import DataError, PatchworkError
 from patchwork.models.loading import LoadedModel
-from patchwork.models.qwen2_5_omni import audio_token_count
 from patchwork.study.schema import Study
 
 REQUIRED = ("id", "audio_answer", "visual_answer", "runs")
 #: Frames per second assumed for a run's frames unless the row gives ``fps`` (Qwen's default).
-DEFAULT_FPS = 2.0
+DEFAULT_FPS = video.DEFAULT_FPS
 
 
 def load_manifest(study: Study, loaded: LoadedModel) -> list[Sample]:
@@ -46,7 +47,8 @@ def load_manifest(study: Study, loaded: LoadedModel) -> list[Sample]:
         label = f"{path}:{line}"
         missing = [key for key in REQUIRED if not row.get(key)]
         if missing:
-            raise DataError(f"{label}: row lacks field(s) {missing}")
+            named = f" (sample {row['id']})" if row.get("id") else ""
+            raise DataError(f"{label}: row lacks field(s) {missing}{named}")
         sample_id = str(row["id"])
         if sample_id in seen:
             raise DataError(f"{label}: sample id {sample_id!r} repeats line {seen[sample_id]}")
@@ -94,42 +96,25 @@ def _unflatten(row: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _sample(row: Mapping[str, Any], base: Path, study: Study, loaded: LoadedModel) -> Sample:
-    config = loaded.adapter.config
-    vision = config.vision_config
+    adapter = loaded.adapter
     question = str(row.get("question") or study.question)
     text_ids = loaded.token_ids(question)
     runs = {}
+    if not isinstance(row["runs"], Mapping):
+        raise DataError("'runs' must map run names to their media")
     for name, spec in row["runs"].items():
-        if not isinstance(spec, Mapping) or "audio" not in spec or "frames" not in spec:
-            raise DataError(f"run {name!r} needs 'audio' and 'frames'")
-        waveform = media.load_audio(base / spec["audio"])
-        frames = [
-            base / frame
-            for frame in (spec["frames"] if isinstance(spec["frames"], list) else [spec["frames"]])
-        ]
-        mel_frames = max(1, -(-len(waveform) // media.HOP_LENGTH))
-        audio = media.audio_features(
-            [waveform], n_mels=config.audio_config.num_mel_bins, mel_frames=mel_frames
-        )
-        video = media.video_patches(
-            media.load_frames(frames),
-            patch_size=vision.patch_size,
-            temporal_patch_size=vision.temporal_patch_size,
-            merge_size=vision.spatial_merge_size,
-        )
-        video_tokens = int(video["video_grid_thw"].prod()) // vision.spatial_merge_size**2
-        input_ids = loaded.adapter.prompt_ids(
-            text_ids, [audio_token_count(mel_frames)], [video_tokens]
-        )
-        runs[name] = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            **audio,
-            **video,
-            "video_second_per_grid": torch.tensor(
-                [vision.temporal_patch_size / float(spec.get("fps", DEFAULT_FPS))]
-            ),
-        }
+        if not isinstance(spec, Mapping):
+            raise DataError(f"run {name!r} must be a mapping of media fields")
+        if not {"audio", "video", "frames", "image_features"} & set(spec):
+            raise DataError(
+                f"run {name!r} names no media: give 'audio', 'video', 'frames' or "
+                "'image_features'"
+            )
+        media_run = video.run_media(spec, base, adapter.sampling_rate, question)
+        try:
+            runs[name] = adapter.build_inputs(text_ids, media_run)
+        except PatchworkError as error:
+            raise type(error)(f"run {name!r}: {error}") from None
     return Sample(
         sample_id=str(row["id"]),
         runs=runs,
