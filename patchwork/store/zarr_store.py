@@ -36,6 +36,8 @@ from patchwork.errors import StoreError
 
 SCHEMA_VERSION = 1
 EFFECT_DIMS = ("sample", "layer", "position_group", "component", "metric")
+#: Arrays every complete template has (null_effect is optional).
+REQUIRED_ARRAYS = ("effect", "baseline", "checksum", "done")
 
 warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
 warnings.filterwarnings("ignore", message=".*Consolidated metadata is currently not part.*")
@@ -135,7 +137,7 @@ class ResultStore:
 
         ``describe(stored_study_text)`` says what changed when the study hash differs.
         """
-        if path.exists():
+        if (path / "zarr.json").exists():
             existing = _root_attrs(path)
             if existing.get("config_sha256") != provenance["config_sha256"]:
                 changes = describe(str(existing.get("study", ""))) if describe else ""
@@ -144,15 +146,19 @@ class ResultStore:
                     f"{' (' + changes + ')' if changes else ''}; run with --fresh to start over "
                     "(it removes the old results) or choose another store"
                 )
-            if model in zarr.open_group(path, mode="r", zarr_format=3):
+            root = zarr.open_group(path, mode="r", zarr_format=3)
+            group = root.get(model)
+            if isinstance(group, zarr.Group) and all(name in group for name in empty.variables):
                 store = cls(path, model)
                 store.check_layout(empty, unit_size)
                 return store
+            # No template, or one cut short by a crash: no unit can have run, so (re)write it.
+        elif path.exists() and any(path.iterdir()):
+            raise StoreError(f"{path} exists but is not a patchwork store; not writing into it")
         else:
-            root = zarr.open_group(path, mode="w", zarr_format=3)
-            root.attrs.update(
-                {**provenance, "created": _now(), "schema_version": SCHEMA_VERSION}  # type: ignore[dict-item]
-            )
+            # The root's metadata and attributes land in one atomic write.
+            attributes = {**provenance, "created": _now(), "schema_version": SCHEMA_VERSION}
+            zarr.open_group(path, mode="w", zarr_format=3, attributes=attributes)
         empty.attrs["model_name"] = model
         empty.to_zarr(path, group=model, mode="w", compute=False, zarr_format=3, consolidated=False)
         return cls(path, model)
@@ -237,6 +243,12 @@ def open_results(path: str | Path, model: str | None = None) -> xr.Dataset:
         model = models[0]
     if model not in models:
         raise StoreError(f"{path}: no model {model!r}; the store has {models}")
+    group = root[model]
+    if not all(name in group for name in REQUIRED_ARRAYS):
+        raise StoreError(
+            f"{path}/{model}: the store's template is incomplete (a run was cut short while "
+            "creating it); run the study again to rewrite it"
+        )
     dataset = xr.open_zarr(path, group=model, consolidated=False, zarr_format=3)
     dataset.attrs = {**dict(root.attrs), **dataset.attrs}
     return dataset

@@ -1,0 +1,125 @@
+"""Crash safety: kill -9 at random moments, resume, and the store equals an uninterrupted run's.
+
+Also: verify repairs a damaged unit, a second concurrent run is refused, --fresh says what it
+removes, and a changed study is refused with what changed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from patchwork import StoreError, open_results, parse_study, run_study
+from patchwork.engine.lock import store_lock
+from patchwork.store.verify import verify_store
+
+from ..core.helpers import study_text
+
+TEXT = study_text(layers=2, samples=12, unit_size=2, noise_floor="mismatched")
+VARIABLES = ("effect", "null_effect", "baseline", "done", "checksum")
+
+
+def arrays(store: Path) -> dict[str, np.ndarray]:
+    results = open_results(store).load()
+    return {name: results[name].values for name in VARIABLES}
+
+
+def assert_same(first: dict, second: dict) -> None:
+    for name in VARIABLES:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, np.ndarray]:
+    root = tmp_path_factory.mktemp("reference")
+    summary = run_study(parse_study(TEXT), root)
+    return {**arrays(summary.store), "seconds": summary.seconds}
+
+
+def wait_for(path: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _run_in_child(text: str, root: str) -> None:
+    run_study(parse_study(text), Path(root))
+
+
+def test_kill_9_at_random_moments_then_resume(tmp_path: Path, reference) -> None:
+    """10 runs killed by SIGKILL at random moments (forked processes, so no import delay)."""
+    context = multiprocessing.get_context("fork")
+    rng = random.Random(7)
+    killed_mid_run = 0
+    for trial in range(10):
+        root = tmp_path / f"trial{trial}"
+        store = root / "tiny.zarr"
+        child = context.Process(target=_run_in_child, args=(TEXT, str(root)))
+        child.start()
+        if trial % 3 == 0:  # anywhere, store creation included
+            time.sleep(rng.uniform(0.0, 1.0))
+        else:  # while units are being written
+            wait_for(store / "random_init" / "zarr.json", 60)
+            time.sleep(rng.uniform(0.0, reference["seconds"]))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        if (store / "zarr.json").exists():
+            verify_store(store)
+        try:
+            done_before = open_results(store)["done"].values.copy()
+        except StoreError:  # killed before the store's template was complete
+            done_before = np.zeros(12, dtype=bool)
+        killed_mid_run += 0 < done_before.sum() < 12
+        summary = run_study(parse_study(TEXT), root)
+        # Units marked done before the kill are not computed again; all others are.
+        assert summary.units_skipped == int(done_before.sum()) // 2
+        assert summary.units_run == 6 - summary.units_skipped
+        assert_same(arrays(store), reference)
+    assert killed_mid_run >= 3, "too few kills landed mid-run to test anything"
+
+
+def test_verify_unmarks_a_damaged_unit_and_removes_leftovers(tmp_path: Path, reference) -> None:
+    store = run_study(parse_study(TEXT), tmp_path).store
+    effect = zarr.open_array(store / "random_init" / "effect", mode="r+")
+    effect[4:6] = np.float32(0.5)  # data changed after the unit was marked done
+    leftover = store / "random_init" / "effect" / "c" / "0.abc.partial"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"torn")
+    report = verify_store(store)
+    assert report.units_cleared == {"random_init": [(4, 6)]}
+    assert report.partial_files_removed == [leftover] and not leftover.exists()
+    assert open_results(store)["done"].values.tolist() == [True] * 4 + [False] * 2 + [True] * 6
+    again = run_study(parse_study(TEXT), tmp_path)
+    assert (again.units_run, again.units_skipped) == (1, 5)
+    assert_same(arrays(store), reference)
+    assert verify_store(store).ok
+
+
+def test_a_second_run_on_a_busy_store_is_refused(tmp_path: Path) -> None:
+    study = parse_study(TEXT)
+    with store_lock(tmp_path / "tiny.zarr"):
+        with pytest.raises(StoreError, match=r"being written by another run \(pid \d+"):
+            run_study(study, tmp_path)
+    assert not (tmp_path / "tiny.zarr").exists()
+
+
+def test_a_changed_study_is_refused_with_what_changed_and_fresh_starts_over(tmp_path: Path) -> None:
+    run_study(parse_study(TEXT), tmp_path)
+    changed = parse_study(TEXT.replace("window: 1", "window: 2"))
+    with pytest.raises(StoreError, match=r"changed: interventions\[0\]\.window.*--fresh"):
+        run_study(changed, tmp_path)
+    notes: list[str] = []
+    summary = run_study(changed, tmp_path, fresh=True, on_note=notes.append)
+    assert notes == [
+        f"--fresh: removing the existing store {tmp_path / 'tiny.zarr'} (12 finished samples)"
+    ]
+    assert summary.units_run == 6
+    assert open_results(summary.store).attrs["study"] == changed.text
