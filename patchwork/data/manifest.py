@@ -107,14 +107,16 @@ def _sample(row: Mapping[str, Any], base: Path, study: Study, loaded: LoadedMode
             raise DataError(f"run {name!r} must be a mapping of media fields")
         if not {"audio", "video", "frames", "image_features"} & set(spec):
             raise DataError(
-                f"run {name!r} names no media: give 'audio', 'video', 'frames' or "
-                "'image_features'"
+                f"run {name!r} names no media: give 'audio', 'video', 'frames' or 'image_features'"
             )
         media_run = video.run_media(spec, base, adapter.sampling_rate, question)
+        label = f"run {name!r} ({', '.join(_files(spec, base))})"
         try:
-            runs[name] = adapter.build_inputs(text_ids, media_run)
+            inputs = adapter.build_inputs(text_ids, media_run)
         except PatchworkError as error:
-            raise type(error)(f"run {name!r}: {error}") from None
+            raise type(error)(f"{label}: {error}") from None
+        adapter.check_inputs(inputs, label)
+        runs[name] = inputs
     return Sample(
         sample_id=str(row["id"]),
         runs=runs,
@@ -123,3 +125,13 @@ def _sample(row: Mapping[str, Any], base: Path, study: Study, loaded: LoadedMode
         audio_answer_id=loaded.answer_id(str(row["audio_answer"])),
         visual_answer_id=loaded.answer_id(str(row["visual_answer"])),
     )
+
+
+def _files(spec: Mapping[str, Any], base: Path) -> list[str]:
+    """The media files a run names, as paths for messages."""
+    listed = []
+    for key in ("video", "audio", "image_features", "frames"):
+        value = spec.get(key)
+        for item in value if isinstance(value, list) else [value] if value else []:
+            listed.append(str(base / item))
+    return listed

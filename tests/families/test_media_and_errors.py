@@ -1,0 +1,156 @@
+"""Real media files into inputs, and the one-line errors users get when something is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from patchwork import DataError, ModelError, PatchworkError, StudyError, load_study, run_study
+from patchwork.data import video
+from patchwork.models.loading import load_model
+from patchwork.study.schema import ModelSpec
+
+from . import builders
+
+
+def test_frames_are_sampled_at_the_requested_rate(family_root: Path) -> None:
+    clip = family_root / "media" / "dog.mkv"
+    sampled = video.sample_frames(clip, fps=2.0)
+    assert np.array_equal(sampled, builders.frames(0, 16)[[0, 4, 8, 12]])  # lossless FFV1
+    assert len(video.sample_frames(clip, fps=8.0, max_frames=5)) == 5
+
+
+def test_soundtracks_are_decoded_and_resampled(family_root: Path) -> None:
+    media = family_root / "media"
+    soundtrack = video.decode_audio(media / "dog.mkv", 16_000)
+    assert soundtrack.shape == (32_000,)
+    assert np.allclose(soundtrack, builders.tone(220.0, 2.0), atol=1e-3)
+    resampled = video.load_sound(media / "bird.ogg", 16_000)  # Vorbis at 22.05 kHz
+    assert abs(len(resampled) - 32_000) < 400
+    spectrum = np.abs(np.fft.rfft(resampled[4000:20000]))  # 1 s: bins of 1 Hz
+    assert abs(int(np.argmax(spectrum)) - 440) < 2
+
+
+def one_line(error: BaseException) -> str:
+    message = str(error)
+    assert "\n" not in message
+    return message
+
+
+def failing_study(tmp_path: Path, family_root: Path, checkpoint, rows: list[dict]) -> Path:
+    path = builders.family_study(
+        tmp_path, "qwen3_omni", checkpoint("qwen3_omni"), family_root / "media"
+    )
+    builders.write_manifest(tmp_path / "samples.jsonl", rows)
+    return path
+
+
+def run_and_fail(path: Path, tmp_path: Path, error: type[PatchworkError]) -> str:
+    with pytest.raises(error) as caught:
+        run_study(load_study(path), store_root=tmp_path / "store")
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+    return one_line(caught.value)
+
+
+def test_a_missing_video_names_line_sample_and_file(
+    tmp_path: Path, family_root: Path, checkpoint
+) -> None:
+    rows = builders.family_rows("qwen3_omni", family_root / "media")
+    rows[1]["runs"]["conflict"]["video"] = str(tmp_path / "gone.mp4")
+    message = run_and_fail(
+        failing_study(tmp_path, family_root, checkpoint, rows), tmp_path, DataError
+    )
+    assert "samples.jsonl:2" in message and "sample cat" in message
+    assert f"video file not found: {tmp_path / 'gone.mp4'}" in message
+
+
+def test_an_undecodable_clip_names_sample_and_file(
+    tmp_path: Path, family_root: Path, checkpoint
+) -> None:
+    broken = tmp_path / "broken.mkv"
+    broken.write_bytes(b"\x1aE\xdf\xa3 definitely not a matroska stream" * 20)
+    rows = builders.family_rows("qwen3_omni", family_root / "media")
+    rows[0]["runs"]["clean"]["video"] = str(broken)
+    message = run_and_fail(
+        failing_study(tmp_path, family_root, checkpoint, rows), tmp_path, DataError
+    )
+    assert "samples.jsonl:1" in message and "sample dog" in message
+    assert f"cannot decode video {broken}" in message
+
+
+def test_a_row_missing_a_field_names_line_and_sample(
+    tmp_path: Path, family_root: Path, checkpoint
+) -> None:
+    rows = builders.family_rows("qwen3_omni", family_root / "media")
+    del rows[1]["visual_answer"]
+    message = run_and_fail(
+        failing_study(tmp_path, family_root, checkpoint, rows), tmp_path, DataError
+    )
+    assert "samples.jsonl:2: row lacks field(s) ['visual_answer'] (sample cat)" in message
+
+
+def test_a_placeholder_mismatch_names_sample_and_file(
+    tmp_path: Path, family_root: Path, checkpoint
+) -> None:
+    """Gemma 3n image features with 3 soft tokens where the model fills 4 placeholders."""
+    features = tmp_path / "short_features.npy"
+    np.save(features, np.zeros((1, 3, builders.GEMMA_VISION_HIDDEN), dtype=np.float32))
+    path = builders.family_study(tmp_path, "gemma3n", checkpoint("gemma3n"), family_root / "media")
+    rows = builders.family_rows("gemma3n", family_root / "media")
+    rows[1]["runs"]["clean"]["image_features"] = str(features)
+    builders.write_manifest(tmp_path / "samples.jsonl", rows)
+    message = run_and_fail(path, tmp_path, ModelError)
+    assert "samples.jsonl:2" in message and "sample cat" in message
+    assert str(features) in message and "image_features must be (images, 4, 16)" in message
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_omni", "qwen3_omni", "gemma3n"])
+def test_one_audio_placeholder_too_few_is_refused(
+    family: str, family_root: Path, checkpoint
+) -> None:
+    loaded = load_model(ModelSpec(family=family, checkpoint=str(checkpoint(family))))
+    row = builders.family_rows(family, family_root / "media")[0]
+    spec = row["runs"]["conflict"]
+    inputs = loaded.adapter.build_inputs(
+        loaded.token_ids("what do you hear"),
+        video.run_media(spec, Path("/"), loaded.adapter.sampling_rate, ""),
+    )
+    loaded.adapter.check_inputs(inputs, "sample dog")
+    ids = inputs["input_ids"]
+    audio = loaded.adapter.position_groups(ids)["audio"]
+    first = int(audio.nonzero()[0])
+    fewer = torch.cat([ids[:, :first], ids[:, first + 1 :]], dim=1)
+    shorter = {**inputs, "input_ids": fewer, "attention_mask": torch.ones_like(fewer)}
+    with pytest.raises(ModelError, match=r"sample dog: \d+ audio placeholder tokens but") as caught:
+        loaded.adapter.check_inputs(shorter, "sample dog")
+    one_line(caught.value)
+
+
+def test_a_wrong_generic_path_is_named(tmp_path: Path, checkpoint) -> None:
+    text = builders.GENERIC_BLOCK.replace("model.language_model.layers", "model.decoder.layers")
+    study = builders.study(tmp_path, "generic", checkpoint("generic"), "[audio]", text)
+    with pytest.raises(ModelError) as caught:
+        load_model(load_study(study).model, "generic.yaml:3: model")
+    assert "generic.layers: no module 'model.decoder.layers'" in one_line(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("family: generic\n  checkpoint: ck", "give a 'generic' block exactly when"),
+        ("family: gemma3n\n  random_init: {layers: 2}", "needs a checkpoint directory"),
+    ],
+)
+def test_model_blocks_that_cannot_work_are_refused(
+    tmp_path: Path, model: str, message: str
+) -> None:
+    study = tmp_path / "bad.yaml"
+    study.write_text(
+        f"name: bad\nmodel:\n  {model}\ndataset: {{generator: random}}\n"
+        "interventions: [{kind: activation_patching}]\n"
+    )
+    with pytest.raises(StudyError, match=message):
+        load_study(study)
