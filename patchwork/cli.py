@@ -112,7 +112,7 @@ def run(
         table.add_row(group, f"{value:+.3f}")
     console.print(table)
     console.print(
-        f"{summary.samples} samples × {summary.conditions_per_sample} conditions on "
+        f"{summary.samples} samples on "
         f"{summary.model}: {summary.units_run} units run, {summary.units_skipped} already done, "
         f"{summary.seconds:.1f} s → [bold]{summary.store}[/]"
     )

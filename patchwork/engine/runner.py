@@ -16,16 +16,25 @@ from concurrent.futures import Executor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+import xarray as xr
 
+from patchwork.data.sample import Sample
 from patchwork.data.source import SampleSource
-from patchwork.engine.compute import compute_unit, make_template
 from patchwork.engine.lock import store_lock
-from patchwork.engine.plan import SweepPlan, plan_sweep
 from patchwork.errors import DataError, StoreError
+from patchwork.interventions.method import Method, method_registry
 from patchwork.interventions.patching import Patcher
 from patchwork.models.loading import LoadedModel, load_model
-from patchwork.store.zarr_store import ResultStore, open_results, provenance, resolve_store_path
+from patchwork.store.zarr_store import (
+    ResultStore,
+    SampleCoords,
+    open_results,
+    provenance,
+    resolve_store_path,
+    template,
+)
 from patchwork.study.loader import describe_changes, parse_study, study_hash
 from patchwork.study.schema import Study
 
@@ -42,7 +51,6 @@ class RunSummary:
     samples: int
     units_run: int
     units_skipped: int
-    conditions_per_sample: int
     seconds: float
     mean_normalized_effect: dict[str, float]
 
@@ -55,13 +63,31 @@ class Prepared:
     store: Path
     loaded: LoadedModel
     samples: SampleSource
-    plan: SweepPlan
+    methods: tuple[Method, ...]
+    units: tuple[tuple[int, int], ...]
 
-    def unit(self, start: int, stop: int) -> dict:
-        """Compute one unit's arrays (in this process)."""
-        return compute_unit(
-            self.study, self.plan, _patcher(self.loaded), self.samples.load(start, stop)
+    def template(self) -> xr.Dataset:
+        """The store template: every method's arrays over every sample."""
+        infos = self.samples.infos
+        arrays = {}
+        for method in self.methods:
+            arrays.update(method.variables())
+        coords = SampleCoords(
+            samples=[info.sample_id for info in infos],
+            audio_answers=[info.audio_answer for info in infos],
+            visual_answers=[info.visual_answer for info in infos],
         )
+        return template(coords, arrays, self.study.execution.unit_size)
+
+    def unit(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Compute one unit's arrays (in this process)."""
+        samples = self.samples.load(start, stop)
+        check_samples(self, samples)
+        patcher = _patcher(self.loaded)
+        arrays: dict[str, np.ndarray] = {}
+        for method in self.methods:
+            arrays.update(method.compute(samples, patcher))
+        return arrays
 
 
 def prepare(study: Study, store_root: Path | None = None) -> Prepared:
@@ -70,10 +96,19 @@ def prepare(study: Study, store_root: Path | None = None) -> Prepared:
     root = Path(store_root) if store_root is not None else Path("store")
     store = resolve_store_path(root, study.store or Path(f"{study.name}.zarr"))
     loaded = load_model(study.model, study.where("model"))
+    registry = method_registry()
+    methods = tuple(
+        registry[spec.kind](spec, index, study, loaded)
+        for index, spec in enumerate(study.interventions)
+    )
     samples = load_samples(study, loaded, media_root=root)
-    plan = plan_sweep(study, loaded.adapter.num_layers, len(samples))
-    check_samples(study, loaded, samples.load(0, 1))
-    return Prepared(study, store, loaded, samples, plan)
+    size = study.execution.unit_size
+    units = tuple(
+        (start, min(start + size, len(samples))) for start in range(0, len(samples), size)
+    )
+    prepared = Prepared(study, store, loaded, samples, methods, units)
+    check_samples(prepared, samples.load(0, 1))
+    return prepared
 
 
 def run_study(
@@ -101,7 +136,7 @@ def run_study(
         store = ResultStore.create_or_resume(
             store_path,
             prepared.loaded.name,
-            make_template(prepared),
+            prepared.template(),
             study.execution.unit_size,
             provenance(study.text, study.name, study_hash(study)),
             describe=lambda stored_text: describe_changes(stored_text, study),
@@ -110,7 +145,7 @@ def run_study(
         if on_start:
             on_start(len(prepared.samples))
         pending = []
-        for start, stop in prepared.plan.units:
+        for start, stop in prepared.units:
             if done[start:stop].all():
                 if on_unit:
                     on_unit(stop - start)
@@ -128,7 +163,7 @@ def run_study(
                 start, stop = future.result()
                 if on_unit:
                     on_unit(stop - start)
-    return _summary(prepared, len(pending), len(prepared.plan.units) - len(pending), started)
+    return _summary(prepared, len(pending), len(prepared.units) - len(pending), started)
 
 
 @dataclass(frozen=True)
@@ -172,21 +207,17 @@ def load_samples(study: Study, loaded: LoadedModel, media_root: Path | None = No
     return generate_samples(study, loaded, media_root=media_root)
 
 
-def check_samples(study: Study, loaded: LoadedModel, samples: list) -> None:
-    """Every run fits the model, and the runs of a sample share one token layout."""
-    patching = study.patching
+def check_samples(prepared: Prepared, samples: list[Sample]) -> None:
+    """Every run a method reads fits the model, and each method accepts the sample."""
     for sample in samples:
-        for run in (patching.source, patching.target):
-            if run not in sample.runs:
-                raise DataError(f"sample {sample.sample_id}: has no run {run!r}")
-            loaded.adapter.check_inputs(sample.runs[run], f"sample {sample.sample_id}, run {run}")
-        source_ids = sample.runs[patching.source]["input_ids"]
-        target_ids = sample.runs[patching.target]["input_ids"]
-        if source_ids.shape != target_ids.shape or not torch.equal(source_ids, target_ids):
-            raise DataError(
-                f"sample {sample.sample_id}: runs {patching.source!r} and {patching.target!r} "
-                "differ in token layout; patching needs the same tokens at the same positions"
-            )
+        for method in prepared.methods:
+            for run in method.runs():
+                if run not in sample.runs:
+                    raise DataError(f"sample {sample.sample_id}: has no run {run!r}")
+                prepared.loaded.adapter.check_inputs(
+                    sample.runs[run], f"sample {sample.sample_id}, run {run}"
+                )
+            method.check_sample(sample)
 
 
 _PATCHERS: dict[int, Patcher] = {}
@@ -220,18 +251,20 @@ def _models(path: Path) -> list[str]:
 
 def _summary(prepared: Prepared, run: int, skipped: int, started: float) -> RunSummary:
     results = open_results(prepared.store, prepared.loaded.name)
-    effect = results["effect"].sel(metric="normalized_effect")
-    means = effect.mean(dim=("sample", "layer", "component")).compute()
+    means: dict[str, float] = {}
+    if "effect" in results:
+        effect = results["effect"].sel(metric="normalized_effect")
+        by_group = effect.mean(dim=("sample", "layer", "component")).compute()
+        means = {
+            str(group): float(value)
+            for group, value in zip(by_group["position_group"].values, by_group.values, strict=True)
+        }
     return RunSummary(
         store=prepared.store,
         model=prepared.loaded.name,
         samples=len(prepared.samples),
         units_run=run,
         units_skipped=skipped,
-        conditions_per_sample=len(prepared.plan.conditions),
         seconds=time.perf_counter() - started,
-        mean_normalized_effect={
-            str(group): float(value)
-            for group, value in zip(means["position_group"].values, means.values, strict=True)
-        },
+        mean_normalized_effect=means,
     )

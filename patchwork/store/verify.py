@@ -72,4 +72,5 @@ def _complete(store: ResultStore, start: int, stop: int, recorded: np.ndarray) -
     return all(
         bool(np.isfinite(arrays[name][..., list(FINITE_METRICS)]).all())
         for name in ("effect", "baseline")
+        if name in arrays
     )

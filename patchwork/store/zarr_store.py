@@ -5,11 +5,11 @@ Layout (``store/<study>.zarr``)::
     /            attrs: schema_version, study_name, study (YAML text), config_sha256, git_commit,
                         versions, created
     /<model>/    attrs: model_name
-      effect      (sample, layer, position_group, component, metric) float32, NaN = not computed
-      null_effect (same)  the same patches from a mismatched sample's source run (noise floor)
-      baseline    (sample, run, metric)                           float32
-      checksum    (sample,)                                       int64, CRC-32 of a sample's data
-      done        (sample,)                                       bool, set after the unit's data
+      <arrays of each method>  (sample, …)  e.g. activation patching's
+                 effect, null_effect (sample, layer, position_group, component, metric) and
+                 baseline (sample, run, metric); float32, NaN = not computed
+      checksum   (sample,)  int64, CRC-32 of a sample's data, written with them
+      done       (sample,)  bool, set after the unit's data
 
 The template (metadata and coordinates, no data) is written once before any unit runs. A unit
 writes whole chunks along ``sample`` (chunk = ``unit_size`` samples) and only then its ``done``
@@ -23,9 +23,10 @@ import platform
 import subprocess
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -35,26 +36,34 @@ import zarr
 from patchwork.errors import StoreError
 
 SCHEMA_VERSION = 1
-EFFECT_DIMS = ("sample", "layer", "position_group", "component", "metric")
-#: Arrays every complete template has (null_effect is optional).
-REQUIRED_ARRAYS = ("effect", "baseline", "checksum", "done")
+#: Arrays every complete template has.
+REQUIRED_ARRAYS = ("checksum", "done")
+#: Per-sample marks written by every unit after its data.
+MARKS = ("checksum", "done")
 
 warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
 warnings.filterwarnings("ignore", message=".*Consolidated metadata is currently not part.*")
 
 
 @dataclass(frozen=True)
-class StoreCoords:
-    """The coordinates of one model's results."""
+class ArraySpec:
+    """One stored array: its dimensions (``sample`` first) and the coordinates of the others."""
+
+    dims: tuple[str, ...]
+    coords: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    dtype: str = "float32"
+
+    def shape(self, samples: int) -> tuple[int, ...]:
+        return (samples, *(len(self.coords[dim]) for dim in self.dims[1:]))
+
+
+@dataclass(frozen=True)
+class SampleCoords:
+    """The per-sample coordinates: ids and the two answer words."""
 
     samples: Sequence[str]
     audio_answers: Sequence[str]
     visual_answers: Sequence[str]
-    layers: Sequence[int]
-    position_groups: Sequence[str]
-    components: Sequence[str]
-    metrics: Sequence[str]
-    runs: Sequence[str]
 
 
 def resolve_store_path(root: Path, relative: Path) -> Path:
@@ -66,45 +75,38 @@ def resolve_store_path(root: Path, relative: Path) -> Path:
     return target
 
 
-def template(coords: StoreCoords, unit_size: int, null_effect: bool) -> xr.Dataset:
-    """The empty (lazy, NaN-filled) dataset whose metadata the store is created from."""
-    n = len(coords.samples)
+def template(samples: SampleCoords, arrays: Mapping[str, ArraySpec], unit_size: int) -> xr.Dataset:
+    """The empty (lazy, NaN-filled) dataset whose metadata the store is created from.
+
+    Every array is chunked by whole units along ``sample`` and whole along its other dimensions.
+    Coordinates of dimensions shared by several arrays must agree.
+    """
+    n = len(samples.samples)
     chunk = min(unit_size, n)
-    shape = (
-        n,
-        len(coords.layers),
-        len(coords.position_groups),
-        len(coords.components),
-        len(coords.metrics),
-    )
-
-    def lazy_nan(*dims_shape: int) -> da.Array:
-        return da.full(dims_shape, np.nan, dtype="float32", chunks=(chunk, *dims_shape[1:]))
-
-    variables = {
-        "effect": (EFFECT_DIMS, lazy_nan(*shape)),
-        "baseline": (
-            ("sample", "run", "metric"),
-            lazy_nan(n, len(coords.runs), len(coords.metrics)),
-        ),
-        "checksum": (("sample",), da.zeros(n, dtype=np.int64, chunks=chunk)),
-        "done": (("sample",), da.zeros(n, dtype=bool, chunks=chunk)),
+    coords: dict[str, Any] = {
+        "sample": np.array(samples.samples, dtype=object),
+        "audio_answer": ("sample", np.array(samples.audio_answers, dtype=object)),
+        "visual_answer": ("sample", np.array(samples.visual_answers, dtype=object)),
     }
-    if null_effect:
-        variables["null_effect"] = (EFFECT_DIMS, lazy_nan(*shape))
-    return xr.Dataset(
-        variables,
-        coords={
-            "sample": np.array(coords.samples, dtype=object),
-            "audio_answer": ("sample", np.array(coords.audio_answers, dtype=object)),
-            "visual_answer": ("sample", np.array(coords.visual_answers, dtype=object)),
-            "layer": np.asarray(coords.layers, dtype=np.int64),
-            "position_group": np.array(coords.position_groups, dtype=object),
-            "component": np.array(coords.components, dtype=object),
-            "metric": np.array(coords.metrics, dtype=object),
-            "run": np.array(coords.runs, dtype=object),
-        },
-    )
+    variables: dict[str, Any] = {}
+    for name, spec in arrays.items():
+        if spec.dims[0] != "sample":
+            raise ValueError(f"array {name!r} must have 'sample' as its first dimension")
+        for dim in spec.dims[1:]:
+            values = np.asarray(spec.coords[dim])
+            values = values.astype(object) if values.dtype.kind in "US" else values
+            if dim in coords and not np.array_equal(np.asarray(coords[dim]), values):
+                raise ValueError(f"arrays disagree on the coordinates of {dim!r}")
+            coords[dim] = values
+        shape = spec.shape(n)
+        fill = np.nan if np.dtype(spec.dtype).kind == "f" else 0
+        variables[name] = (
+            spec.dims,
+            da.full(shape, fill, dtype=spec.dtype, chunks=(chunk, *shape[1:])),
+        )
+    variables["checksum"] = (("sample",), da.zeros(n, dtype=np.int64, chunks=chunk))
+    variables["done"] = (("sample",), da.zeros(n, dtype=bool, chunks=chunk))
+    return xr.Dataset(variables, coords=coords)
 
 
 class ResultStore:
@@ -174,7 +176,7 @@ class ResultStore:
 
     @property
     def unit_size(self) -> int:
-        return int(self._array("effect").chunks[0])
+        return int(self._array("done").chunks[0])
 
     def done(self) -> np.ndarray:
         """Boolean mask (sample,) of samples whose unit finished."""
@@ -202,7 +204,13 @@ class ResultStore:
         return {name: self._array(name)[start:stop] for name in self.data_variables()}
 
     def data_variables(self) -> list[str]:
-        return sorted(name for name in ("effect", "null_effect", "baseline") if name in self._group)
+        """Arrays that units write (everything along ``sample`` but the marks and coordinates)."""
+        names = []
+        for name, array in self._group.arrays():
+            dims = array.metadata.dimension_names or ()  # type: ignore[union-attr]
+            if dims and dims[0] == "sample" and name not in MARKS and len(dims) > 1:
+                names.append(name)
+        return sorted(names)
 
     def checksums(self) -> np.ndarray:
         return np.asarray(self._array("checksum")[:], dtype=np.int64)

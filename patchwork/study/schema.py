@@ -259,7 +259,7 @@ class Study(_Strict):
         }
     )
     question: str = "what do you hear"
-    interventions: tuple[Intervention, ...] = Field(min_length=1, max_length=1)
+    interventions: tuple[Intervention, ...] = Field(min_length=1)
     metrics: tuple[Metric, ...] = Field(METRICS, min_length=1)
     execution: Execution = Field(default_factory=Execution)
     store: Path | None = Field(

@@ -11,24 +11,43 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from patchwork import StoreError, open_results, parse_study, run_study
-from patchwork.store.zarr_store import ResultStore, StoreCoords, resolve_store_path, template
+from patchwork.store.zarr_store import (
+    ArraySpec,
+    ResultStore,
+    SampleCoords,
+    resolve_store_path,
+    template,
+)
 
 from .helpers import study_text
 
 METRICS = ("logit_diff", "audio_probability", "normalized_effect")
 
 
-def coords(samples: int, layers: int) -> StoreCoords:
-    return StoreCoords(
-        samples=[f"s{i}" for i in range(samples)],
-        audio_answers=[f"a{i}" for i in range(samples)],
-        visual_answers=[f"v{i}" for i in range(samples)],
-        layers=list(range(layers)),
-        position_groups=["audio", "answer"],
-        components=["residual"],
-        metrics=METRICS,
-        runs=["clean", "conflict"],
+def layout(samples: int, layers: int, unit_size: int, null_effect: bool = False):
+    effect = ArraySpec(
+        ("sample", "layer", "position_group", "component", "metric"),
+        {
+            "layer": list(range(layers)),
+            "position_group": ["audio", "answer"],
+            "component": ["residual"],
+            "metric": list(METRICS),
+        },
     )
+    arrays = {
+        "effect": effect,
+        "baseline": ArraySpec(
+            ("sample", "run", "metric"), {"run": ["clean", "conflict"], "metric": list(METRICS)}
+        ),
+    }
+    if null_effect:
+        arrays["null_effect"] = effect
+    ids = SampleCoords(
+        [f"s{i}" for i in range(samples)],
+        [f"a{i}" for i in range(samples)],
+        [f"v{i}" for i in range(samples)],
+    )
+    return template(ids, arrays, unit_size)
 
 
 PROVENANCE = {"config_sha256": "abc", "study": "name: x", "study_name": "x"}
@@ -43,7 +62,7 @@ PROVENANCE = {"config_sha256": "abc", "study": "name: x", "study_name": "x"}
 def test_written_units_read_back_equal(tmp_path_factory, samples, unit_size, data) -> None:
     path = tmp_path_factory.mktemp("store") / "s.zarr"
     store = ResultStore.create_or_resume(
-        path, "m", template(coords(samples, 2), unit_size, True), unit_size, PROVENANCE
+        path, "m", layout(samples, 2, unit_size, True), unit_size, PROVENANCE
     )
     finite = st.floats(-1e6, 1e6, width=32, allow_nan=False)
     effect = data.draw(hnp.arrays(np.float32, (samples, 2, 2, 1, 3), elements=finite))
@@ -70,19 +89,23 @@ def test_written_units_read_back_equal(tmp_path_factory, samples, unit_size, dat
 
 
 def test_misaligned_unit_is_refused(tmp_path: Path) -> None:
-    store = ResultStore.create_or_resume(
-        tmp_path / "s.zarr", "m", template(coords(8, 1), 4, False), 4, PROVENANCE
-    )
+    store = ResultStore.create_or_resume(tmp_path / "s.zarr", "m", layout(8, 1, 4), 4, PROVENANCE)
     block = np.zeros((4, 1, 2, 1, 3), np.float32)
     with pytest.raises(StoreError, match="not aligned"):
-        store.write_unit(2, {"effect": block})
+        store.write_unit(2, {"effect": block, "baseline": np.zeros((4, 2, 3), np.float32)})
     assert not store.done().any()
 
 
 def test_unfinished_cells_read_as_missing(tmp_path: Path) -> None:
     path = tmp_path / "s.zarr"
-    store = ResultStore.create_or_resume(path, "m", template(coords(6, 1), 3, False), 3, PROVENANCE)
-    store.write_unit(0, {"effect": np.ones((3, 1, 2, 1, 3), np.float32)})
+    store = ResultStore.create_or_resume(path, "m", layout(6, 1, 3), 3, PROVENANCE)
+    store.write_unit(
+        0,
+        {
+            "effect": np.ones((3, 1, 2, 1, 3), np.float32),
+            "baseline": np.ones((3, 2, 3), np.float32),
+        },
+    )
     results = open_results(path)
     assert results["done"].values.tolist() == [True] * 3 + [False] * 3
     assert np.isnan(results["effect"].isel(sample=slice(3, None)).values).all()
