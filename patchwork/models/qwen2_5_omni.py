@@ -19,7 +19,10 @@ Facts this adapter guards (transformers 5.x):
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +62,34 @@ class Qwen25OmniAdapter(ModelAdapter):
     final_norm_path = "model.language_model.norm"
     unembed_path = "lm_head"
     #: Per-channel pixel mean and standard deviation of the image processor.
-    pixel_mean: tuple[float, float, float] = media.CLIP_MEAN
-    pixel_std: tuple[float, float, float] = media.CLIP_STD
+    pixel_mean: tuple[float, ...] = media.CLIP_MEAN
+    pixel_std: tuple[float, ...] = media.CLIP_STD
+    #: Most pixels per frame (the released processors' video budget, 768 merged patches of 28²).
+    max_frame_pixels: int = 768 * 28 * 28
+
+    @cached_property
+    def _vision_settings(self) -> dict[str, Any]:
+        """Pixel statistics and budget: the checkpoint's (video) preprocessor config, if any."""
+        settings: dict[str, Any] = {
+            "mean": self.pixel_mean,
+            "std": self.pixel_std,
+            "max_pixels": self.max_frame_pixels,
+            "min_pixels": 0,
+        }
+        for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+            path = self.source / name if self.source is not None else None
+            if path is None or not path.is_file():
+                continue
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            size = saved.get("size") or {}
+            settings["mean"] = tuple(saved.get("image_mean", settings["mean"]))
+            settings["std"] = tuple(saved.get("image_std", settings["std"]))
+            settings["max_pixels"] = int(
+                saved.get("max_pixels") or size.get("longest_edge") or settings["max_pixels"]
+            )
+            settings["min_pixels"] = int(saved.get("min_pixels") or size.get("shortest_edge") or 0)
+            break
+        return settings
 
     @classmethod
     def from_pretrained(cls, path: Path, config: Any, **options: Any) -> nn.Module:
@@ -177,7 +206,13 @@ class Qwen25OmniAdapter(ModelAdapter):
         audio = media.audio_features(
             [waveform], n_mels=config.audio_config.num_mel_bins, mel_frames=mel_frames
         )
-        frames = fit_frames(media_run.frames, vision.patch_size * vision.spatial_merge_size)
+        settings = self._vision_settings
+        frames = fit_frames(
+            media_run.frames,
+            vision.patch_size * vision.spatial_merge_size,
+            settings["max_pixels"],
+            settings["min_pixels"],
+        )
         video = media.video_patches(
             frames,
             patch_size=vision.patch_size,
@@ -185,7 +220,7 @@ class Qwen25OmniAdapter(ModelAdapter):
             merge_size=vision.spatial_merge_size,
         )
         video["pixel_values_videos"] = renormalize(
-            video["pixel_values_videos"], self.pixel_mean, self.pixel_std
+            video["pixel_values_videos"], settings["mean"], settings["std"]
         )
         seconds_per_grid = vision.temporal_patch_size / float(media_run.fps)
         audio_tokens = self.audio_token_count(mel_frames)
@@ -236,10 +271,23 @@ class Qwen25OmniAdapter(ModelAdapter):
                 )
 
 
-def fit_frames(frames: np.ndarray, unit: int) -> np.ndarray:
-    """Frames (n, H, W, 3) resized (bicubic) to the nearest multiples of ``unit`` if needed."""
+def fit_frames(
+    frames: np.ndarray, unit: int, max_pixels: int | None = None, min_pixels: int = 0
+) -> np.ndarray:
+    """Frames (n, H, W, 3) resized (bicubic) so that H and W are multiples of ``unit`` and
+    H·W stays within [min_pixels, max_pixels], keeping the aspect ratio (as Qwen's
+    ``smart_resize``); returned unchanged when they already fit."""
     height, width = frames.shape[1:3]
-    fitted = (max(unit, round(height / unit) * unit), max(unit, round(width / unit) * unit))
+    scale = 1.0
+    if max_pixels and height * width > max_pixels:
+        scale = (max_pixels / (height * width)) ** 0.5
+    elif min_pixels and height * width < min_pixels:
+        scale = (min_pixels / (height * width)) ** 0.5
+    rounding = math.floor if scale < 1 else math.ceil if scale > 1 else round
+    fitted = (
+        max(unit, int(rounding(height * scale / unit)) * unit),
+        max(unit, int(rounding(width * scale / unit)) * unit),
+    )
     if fitted == (height, width):
         return frames
     from PIL import Image

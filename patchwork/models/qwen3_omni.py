@@ -13,19 +13,21 @@ Facts this adapter guards (transformers 5.x, ``Qwen3OmniMoeThinkerForConditional
   give 13 tokens each, the rest ((r − 1) // 2 + 1 − 1) // 2 + 1 … (three stride-2 convolutions);
 - ``vision_start_token_id`` is read by the rope index although the thinker config does not
   declare it; pixels are normalized with mean = std = 0.5 (Qwen3-VL), patches of 16 merged 2×2;
-- interleaved audio-in-video clips are not supported by this adapter yet (they are refused by
-  :meth:`check_inputs`).
+- audio-in-video clips (``use_audio_in_video``) are laid out as ``vision_start audio_start …
+  audio_end vision_end`` with the placeholders merged one by one in time order (video first on a
+  tie): video token times are grid index × seconds per grid × ``position_id_per_seconds``, audio
+  token ``i`` sits at time ``i`` — not in fixed chunks as in Qwen2.5-Omni.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from patchwork.data.sample import ModelInputs
 from patchwork.errors import ModelError
 from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter
 
@@ -97,23 +99,29 @@ class Qwen3OmniAdapter(Qwen25OmniAdapter):
             node = getattr(node, part)
         return node, "input"
 
-    def forward_kwargs(self, inputs: ModelInputs) -> dict[str, Any]:
-        return dict(inputs)
-
-    def check_inputs(self, inputs: ModelInputs, label: str) -> None:
-        super().check_inputs(inputs, label)
-        special = self._specials()
-        ids = inputs["input_ids"]
-        starts = ids[..., :-1] == special["vision_start"]
-        if bool((starts & (ids[..., 1:] == special["audio_start"])).any()):
-            raise ModelError(
-                f"{label}: interleaved audio-in-video clips are not supported for Qwen3-Omni yet; "
-                "give the soundtrack as a separate audio"
-            )
-
-    def build_inputs(self, text_ids: Any, media_run: Any) -> dict[str, torch.Tensor]:
-        if media_run.audio_in_video:
-            raise ModelError(
-                "interleaved audio-in-video clips are not supported for Qwen3-Omni yet"
-            )
-        return super().build_inputs(text_ids, media_run)
+    def interleaved_prompt_ids(
+        self,
+        text_ids: Sequence[int],
+        audio_tokens: int,
+        video_grid: Sequence[int],
+        seconds_per_grid: float,
+    ) -> torch.Tensor:
+        config, tokens, special = self.config, self._token_ids(), self._specials()
+        grid_t, grid_h, grid_w = (int(v) for v in video_grid)
+        merge = config.vision_config.spatial_merge_size
+        per_frame = (grid_h // merge) * (grid_w // merge)
+        times = torch.arange(grid_t).float() * seconds_per_grid * config.position_id_per_seconds
+        video_times = times.repeat_interleave(per_frame).tolist()
+        merged, video, audio = [], 0, 0
+        while video < len(video_times) and audio < audio_tokens:
+            if video_times[video] <= audio:
+                merged.append(tokens["video"])
+                video += 1
+            else:
+                merged.append(tokens["audio"])
+                audio += 1
+        merged += [tokens["video"]] * (len(video_times) - video)
+        merged += [tokens["audio"]] * (audio_tokens - audio)
+        ids = [special["vision_start"], special["audio_start"], *merged]
+        ids += [special["audio_end"], special["vision_end"]]
+        return torch.tensor([[*ids, *text_ids]])

@@ -351,26 +351,23 @@ GENERIC_BLOCK = """\
 """
 
 
-def family_rows(family: str, media: Path) -> list[dict]:
+def family_rows(family: str, media: Path, audio_in_video: bool | None = None) -> list[dict]:
     """Two counterfactual samples per family, from the media folder (absolute paths).
 
     qwen2_5_omni: the soundtrack interleaved in the clip; the conflict run swaps the picture
     (the other clip's frames) under the same sound. qwen3_omni: the same with the soundtrack as a
     separate audio. gemma3n: clip soundtrack + precomputed image features. generic (Qwen2-Audio):
-    the clip's soundtrack vs another sound (Ogg at 22.05 kHz, resampled).
+    the clip's soundtrack vs another sound (Ogg at 22.05 kHz, resampled). ``audio_in_video``
+    overrides whether Qwen clips interleave their soundtrack (default: Qwen2.5 yes, Qwen3 no).
     """
     rows = []
     for own, other in (("dog", "cat"), ("cat", "dog")):
         clip, other_clip = str(media / f"{own}.mkv"), str(media / f"{other}.mkv")
-        if family == "qwen2_5_omni":
+        if family in ("qwen2_5_omni", "qwen3_omni"):
+            interleave = family == "qwen2_5_omni" if audio_in_video is None else audio_in_video
             runs = {
-                "clean": {"video": clip, "audio_in_video": True},
-                "conflict": {"video": other_clip, "audio": clip, "audio_in_video": True},
-            }
-        elif family == "qwen3_omni":
-            runs = {
-                "clean": {"video": clip},
-                "conflict": {"video": other_clip, "audio": clip},
+                "clean": {"video": clip, "audio_in_video": interleave},
+                "conflict": {"video": other_clip, "audio": clip, "audio_in_video": interleave},
             }
         elif family == "gemma3n":
             runs = {
@@ -391,8 +388,15 @@ FAMILY_GROUPS = {
 }
 
 
-def family_study(folder: Path, family: str, checkpoint: Path, media: Path, **options) -> Path:
+def family_study(
+    folder: Path,
+    family: str,
+    checkpoint: Path,
+    media: Path,
+    audio_in_video: bool | None = None,
+    **options,
+) -> Path:
     """Manifest and study of ``family`` in ``folder``."""
-    write_manifest(folder / "samples.jsonl", family_rows(family, media))
+    write_manifest(folder / "samples.jsonl", family_rows(family, media, audio_in_video))
     extra = GENERIC_BLOCK if family == "generic" else ""
     return study(folder, family, checkpoint, FAMILY_GROUPS[family], extra, **options)
