@@ -13,7 +13,8 @@ relative to the manifest; a run may give ``fps`` of its frames (default 2). Inst
 names another file), and ``image_features`` precomputed for models whose vision tower cannot run
 here; see :mod:`patchwork.data.video`. The model's adapter turns decoded media into inputs.
 Every run of a row must yield the same token layout. Errors name the manifest line, the sample
-and the file; nothing is written before every row has been read.
+and the file; nothing is written before every row has been read. A question may hold ``{media}``:
+the text before it (e.g. a chat template's user turn) precedes the media placeholders.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from patchwork.data import video
 from patchwork.data.sample import Sample
 from patchwork.errors import DataError, PatchworkError
@@ -31,6 +34,8 @@ from patchwork.models.loading import LoadedModel
 from patchwork.study.schema import Study
 
 REQUIRED = ("id", "audio_answer", "visual_answer", "runs")
+#: Where in the question the media placeholders go (default: before the whole question).
+MEDIA_MARKER = "{media}"
 #: Frames per second assumed for a run's frames unless the row gives ``fps`` (Qwen's default).
 DEFAULT_FPS = video.DEFAULT_FPS
 
@@ -98,6 +103,11 @@ def _unflatten(row: Mapping[str, str]) -> dict[str, Any]:
 def _sample(row: Mapping[str, Any], base: Path, study: Study, loaded: LoadedModel) -> Sample:
     adapter = loaded.adapter
     question = str(row.get("question") or study.question)
+    # "{media}" in the question splits it: the text before goes before the media placeholders
+    # (e.g. a chat template's user turn), the text after follows them
+    before, marker, after = question.rpartition(MEDIA_MARKER)
+    prefix_ids = loaded.token_ids(before) if marker and before else []
+    question = after if marker else question
     text_ids = loaded.token_ids(question)
     runs = {}
     if not isinstance(row["runs"], Mapping):
@@ -115,6 +125,8 @@ def _sample(row: Mapping[str, Any], base: Path, study: Study, loaded: LoadedMode
             inputs = adapter.build_inputs(text_ids, media_run)
         except PatchworkError as error:
             raise type(error)(f"{label}: {error}") from None
+        if prefix_ids:
+            inputs = _with_prefix(inputs, prefix_ids)
         adapter.check_inputs(inputs, label)
         runs[name] = inputs
     return Sample(
@@ -135,3 +147,14 @@ def _files(spec: Mapping[str, Any], base: Path) -> list[str]:
         for item in value if isinstance(value, list) else [value] if value else []:
             listed.append(str(base / item))
     return listed
+
+
+def _with_prefix(inputs: dict[str, torch.Tensor], prefix_ids: list[int]) -> dict[str, torch.Tensor]:
+    """``inputs`` with ``prefix_ids`` before the prompt (input_ids and attention_mask)."""
+    prefix = torch.tensor([prefix_ids], dtype=inputs["input_ids"].dtype)
+    extended = dict(inputs)
+    extended["input_ids"] = torch.cat([prefix, inputs["input_ids"]], dim=1)
+    if "attention_mask" in inputs:
+        ones = torch.ones_like(prefix, dtype=inputs["attention_mask"].dtype)
+        extended["attention_mask"] = torch.cat([ones, inputs["attention_mask"]], dim=1)
+    return extended

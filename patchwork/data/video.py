@@ -10,13 +10,18 @@ A run of a manifest row may name (paths relative to the manifest):
 - ``frames``: still images instead of a video;
 - ``image_features``: precomputed vision-tower outputs, ``.npy`` or ``.safetensors``
   (for families whose vision tower cannot run here, e.g. Gemma 3n);
-- ``audio_in_video``: true when the soundtrack is interleaved with the frames (Qwen2.5-Omni).
+- ``audio_in_video``: true when the soundtrack is interleaved with the frames (Qwen2.5-Omni);
+- ``seconds``: the clip's length: audio cut or zero-padded to it, frames sampled within it;
+  ``frame_size: [height, width]``: frames resized to it. Counterfactual pairs built from clips
+  of different lengths or resolutions need both, since the runs of a sample must share one
+  token layout.
 
 Every failure is a :class:`~patchwork.errors.DataError` naming the file.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +36,17 @@ from patchwork.models.adapter import RunMedia
 #: Frames per second sampled from a video (or assumed for still frames) unless a run gives ``fps``.
 DEFAULT_FPS = 2.0
 DEFAULT_MAX_FRAMES = 32
-RUN_FIELDS = {"audio", "video", "frames", "image_features", "fps", "max_frames", "audio_in_video"}
+RUN_FIELDS = {
+    "audio",
+    "video",
+    "frames",
+    "image_features",
+    "fps",
+    "max_frames",
+    "audio_in_video",
+    "seconds",
+    "frame_size",
+}
 _SOUNDFILE_SUFFIXES = {".wav", ".flac"}
 
 
@@ -117,6 +132,24 @@ def load_features(path: str | Path) -> torch.Tensor:
     raise DataError(f"features must be .npy or .safetensors: {path}")
 
 
+def resize_frames(frames: np.ndarray, size: Any) -> np.ndarray:
+    """Frames (n, H, W, 3) resized (bicubic) to ``size`` = [height, width]."""
+    if isinstance(size, str):
+        size = size.replace("x", ",").split(",")
+    try:
+        height, width = (int(value) for value in size)
+    except (TypeError, ValueError):
+        raise DataError(f"frame_size must be [height, width], got {size!r}") from None
+    from PIL import Image
+
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC))
+            for frame in frames
+        ]
+    )
+
+
 def run_media(spec: Mapping[str, Any], base: Path, sampling_rate: int, question: str) -> RunMedia:
     """Decode everything a manifest run names (paths relative to ``base``)."""
     unknown = sorted(set(spec) - RUN_FIELDS)
@@ -126,8 +159,12 @@ def run_media(spec: Mapping[str, Any], base: Path, sampling_rate: int, question:
     if fps <= 0:
         raise DataError(f"fps must be positive, got {fps}")
     waveform = frames = features = None
+    seconds = float(spec["seconds"]) if spec.get("seconds") else None
     if "video" in spec:
-        frames = sample_frames(base / spec["video"], fps, int(spec.get("max_frames", 32)))
+        max_frames = int(spec.get("max_frames", DEFAULT_MAX_FRAMES))
+        if seconds is not None:
+            max_frames = min(max_frames, max(1, math.ceil(seconds * fps - 1e-9)))
+        frames = sample_frames(base / spec["video"], fps, max_frames)
     elif "frames" in spec:
         listed = spec["frames"] if isinstance(spec["frames"], list) else [spec["frames"]]
         frames = media.load_frames([base / frame for frame in listed])
@@ -137,6 +174,11 @@ def run_media(spec: Mapping[str, Any], base: Path, sampling_rate: int, question:
         waveform = decode_audio(base / spec["video"], sampling_rate)
     if "image_features" in spec:
         features = load_features(base / spec["image_features"])
+    if seconds is not None and waveform is not None:
+        length = int(round(seconds * sampling_rate))
+        waveform = np.pad(waveform[:length], (0, max(0, length - len(waveform))))
+    if spec.get("frame_size") and frames is not None:
+        frames = resize_frames(frames, spec["frame_size"])
     audio_in_video = spec.get("audio_in_video", False)
     if not isinstance(audio_in_video, bool):
         audio_in_video = str(audio_in_video).strip().lower() in {"1", "true", "yes"}

@@ -154,3 +154,45 @@ def test_model_blocks_that_cannot_work_are_refused(
     )
     with pytest.raises(StudyError, match=message):
         load_study(study)
+
+
+def test_text_before_the_media_marker_precedes_the_placeholders(
+    tmp_path: Path, family_root: Path, checkpoint
+) -> None:
+    """A chat-template user turn goes before the media: ``question: "<turn> {media} …"``."""
+    from patchwork.data.manifest import load_manifest
+
+    rows = builders.family_rows("qwen2_5_omni", family_root / "media")[:1]
+    rows[0]["question"] = "see the {media} what do you hear"
+    path = failing_study(tmp_path, family_root, checkpoint, rows)
+    study = load_study(path)
+    loaded = load_model(study.model)
+    (sample,) = load_manifest(study, loaded)
+    ids = sample.runs["conflict"]["input_ids"][0].tolist()
+    config = loaded.adapter.config
+    see_the = loaded.token_ids("see the")
+    assert ids[:4] == [*see_the, config.vision_start_token_id, config.audio_start_token_id]
+    assert ids[-4:] == loaded.token_ids("what do you hear")
+    assert sample.runs["conflict"]["attention_mask"].shape == (1, len(ids))
+    with torch.no_grad():
+        logits = loaded.model(**loaded.adapter.forward_kwargs(sample.runs["conflict"])).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_clips_are_cut_to_a_common_length_and_size(family_root: Path) -> None:
+    """Counterfactual pairs from clips of different lengths get one token layout."""
+    run = video.run_media(
+        {"video": "dog.mkv", "audio": "bird.ogg", "seconds": 1.5, "frame_size": [16, 24]},
+        family_root / "media",
+        16_000,
+        "",
+    )
+    assert run.waveform is not None and run.waveform.shape == (24_000,)
+    assert run.frames is not None and run.frames.shape == (3, 16, 24, 3)
+    padded = video.run_media({"audio": "dog.mkv", "seconds": 3}, family_root / "media", 16_000, "")
+    assert padded.waveform is not None and padded.waveform.shape == (48_000,)
+    assert not padded.waveform[32_000:].any()
+    with pytest.raises(DataError, match="frame_size must be"):
+        video.run_media(
+            {"video": "dog.mkv", "frame_size": "big"}, family_root / "media", 16_000, ""
+        )
