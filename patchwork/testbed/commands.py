@@ -33,7 +33,7 @@ def train_command(
     audio_access_layers: Annotated[str | None, typer.Option(
         help="FIRST:LAST (inclusive): the only decoder layers where text reads audio.")] = None,
     stage1_steps: Annotated[int, typer.Option(help="Stage-1 (vision-language) steps.")] = 150,
-    stage2_steps: Annotated[int, typer.Option(help="Stage-2 (audio-visual) steps.")] = 400,
+    stage2_steps: Annotated[int, typer.Option(help="Stage-2 (audio-visual) steps.")] = 300,
     batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 32,
     base_out: Annotated[Path | None, typer.Option(
         help="Also write the stage-1 checkpoint here.")] = None,

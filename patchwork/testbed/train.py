@@ -37,8 +37,8 @@ class TrainConfig:
     """Everything that decides a training run (written into the checkpoint's json)."""
 
     seed: int = 0
-    stage1_steps: int = 200
-    stage2_steps: int = 500
+    stage1_steps: int = 150
+    stage2_steps: int = 300
     batch_size: int = 32
     learning_rate: float = 2e-3
     audio_supervision: float = 0.0  # fraction of stage-2 clips that conflict, labelled by sound

@@ -53,7 +53,7 @@ def test_sample_i_does_not_depend_on_n(samples, tmp_path):
     for first, second in zip(samples, again, strict=False):
         for key, value in first.runs["conflict"].items():
             assert torch.equal(value, second.runs["conflict"][key])
-    pairs = {tuple(c.name for c in draw_pair(7, i)) for i in range(200)}
+    pairs = {tuple(c.name for c in draw_pair(7, i)) for i in range(2000)}
     assert len(pairs) == 90  # every ordered pair of 10 categories, A != B
 
 
