@@ -18,6 +18,7 @@ from patchwork.errors import DataError
 from patchwork.interventions.method import Method
 from patchwork.interventions.metrics import answer_metrics, metric_table
 from patchwork.interventions.patching import Condition, Patcher, sweep_conditions
+from patchwork.interventions.resume import ResumePatcher, first_position
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, ActivationPatching
 
@@ -50,6 +51,14 @@ class ActivationPatchingMethod(Method):
     @property
     def with_null_effect(self) -> bool:
         return self.spec.noise_floor == "mismatched"
+
+    def _by_first_patched_position(self, masks: dict[str, torch.Tensor]) -> list[Condition]:
+        """Conditions ordered so that a batch shares its first patched position and spans few
+        layers: what a resumed patched run can skip grows."""
+        return sorted(
+            self.conditions,
+            key=lambda c: (first_position(masks[c.position_group]), c.layer, c.component),
+        )
 
     def runs(self) -> tuple[str, ...]:
         return (self.spec.source, self.spec.target)
@@ -95,6 +104,7 @@ class ActivationPatchingMethod(Method):
             return {key: value.to(device) for key, value in sample.runs[run].items()}
 
         sources = [patcher.record(on_device(s, spec.source), self.sites) for s in samples]
+        resume = ResumePatcher(patcher.adapter) if self.study.execution.reuse else None
         cell = {
             c: (
                 self.layers.index(c.layer),
@@ -106,7 +116,16 @@ class ActivationPatchingMethod(Method):
         batch = self.study.execution.batch_size
         for row, sample in enumerate(samples):
             target = on_device(sample, spec.target)
-            target_logits, _ = patcher.record(target, ())
+            masks = patcher.adapter.position_groups(sample.runs[spec.target]["input_ids"])
+            reusable = resume is not None and ResumePatcher.applicable(patcher.adapter, target)
+            if reusable:
+                assert resume is not None
+                target_cache = resume.prepare(target)
+                target_logits = target_cache.answer_logits
+                conditions = self._by_first_patched_position(masks)
+            else:
+                target_logits, _ = patcher.record(target, ())
+                conditions = self.conditions
             ids = (sample.audio_answer_id, sample.visual_answer_id)
             clean = answer_metrics(sources[row][0], *ids)
             conflict = answer_metrics(target_logits, *ids)
@@ -121,7 +140,6 @@ class ActivationPatchingMethod(Method):
                     .cpu()
                     .numpy()
                 )
-            masks = patcher.adapter.position_groups(sample.runs[spec.target]["input_ids"])
             partner = (row + 1) % len(samples)
             passes = [(arrays["effect"], sources[row][1])]
             if (
@@ -131,9 +149,12 @@ class ActivationPatchingMethod(Method):
             ):
                 passes.append((arrays["null_effect"], sources[partner][1]))
             for destination, activations in passes:
-                for first in range(0, len(self.conditions), batch):
-                    chunk = self.conditions[first : first + batch]
-                    logits = patcher.patched(target, activations, chunk, masks)
+                for first in range(0, len(conditions), batch):
+                    chunk = conditions[first : first + batch]
+                    if reusable:
+                        logits = resume.patched(target_cache, activations, chunk, masks)  # type: ignore[union-attr]
+                    else:
+                        logits = patcher.patched(target, activations, chunk, masks)
                     patched = answer_metrics(logits, *ids)
                     table = (
                         metric_table(

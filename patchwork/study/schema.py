@@ -229,8 +229,139 @@ class ActivationPatching(_Strict):
             raise ValueError(f"listed twice: {sorted({v for v in value if value.count(v) > 1})}")
         return value
 
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        """The study runs this intervention reads."""
+        return (self.source, self.target)
 
-Intervention = Annotated[ActivationPatching, Field(discriminator="kind")]
+
+_LAYERS_DOC = "'all', or a list of layer indices and ranges like '4-7'."
+
+
+def _unique_groups(value: tuple[str, ...]) -> tuple[str, ...]:
+    if len(set(value)) != len(value):
+        raise ValueError(f"listed twice: {sorted({v for v in value if value.count(v) > 1})}")
+    return value
+
+
+class KnockoutRule(_Strict):
+    """Queries of some position groups may not attend keys of others, in some layers."""
+
+    queries: tuple[PositionGroup, ...] = Field(min_length=1, description="Query groups blocked.")
+    keys: tuple[PositionGroup, ...] = Field(min_length=1, description="Key groups they lose.")
+    layers: Literal["all"] | tuple[int, ...] = Field(
+        "all",
+        description="Without window: the layers blocked together. With window: the first "
+        "layers of the sliding windows. " + _LAYERS_DOC,
+    )
+    window: int | None = Field(
+        None, ge=1, description="Sweep: one knockout per first layer, blocking `window` layers."
+    )
+
+    _layers = field_validator("layers", mode="before")(_parse_layers)
+    _groups = field_validator("queries", "keys")(_unique_groups)
+
+
+class AttentionKnockout(_Strict):
+    """Block attention edges by rule and measure the metrics of the answer against a run."""
+
+    kind: Literal["attention_knockout"]
+    run: str = Field("conflict", description="The run whose attention is knocked out.")
+    reference: str = Field(
+        "clean", description="The run that defines normalized_effect's 1 (0 = ``run``)."
+    )
+    rules: dict[str, KnockoutRule] = Field(
+        min_length=1, description="Named rules; each becomes one knockout, or a sweep of them."
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _names(cls, value: dict[str, KnockoutRule]) -> dict[str, KnockoutRule]:
+        for name in value:
+            if not re.match(r"^[A-Za-z0-9_.-]+$", name):
+                raise ValueError(f"rule name {name!r}: use letters, digits, '_', '-', '.'")
+        return value
+
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        return (self.run, self.reference)
+
+
+class LogitLens(_Strict):
+    """Read residual streams through the (normed) unembedding, layer by layer."""
+
+    kind: Literal["logit_lens"]
+    run: str = Field("conflict", description="The run whose residual streams are read.")
+    layers: Literal["all"] | tuple[int, ...] = Field("all", description=_LAYERS_DOC)
+    position_groups: tuple[PositionGroup, ...] = Field(("audio", "answer"), min_length=1)
+    final_norm: bool = Field(True, description="Apply the final norm before the unembedding.")
+    top_k: int = Field(5, ge=1, le=100, description="How many top token ids to store.")
+
+    _layers = field_validator("layers", mode="before")(_parse_layers)
+    _groups = field_validator("position_groups")(_unique_groups)
+
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        return (self.run,)
+
+
+class AttentionShare(_Strict):
+    """Fraction of attention mass from query groups to key groups, per layer and head."""
+
+    kind: Literal["attention_share"]
+    run: str = Field("conflict", description="The run whose attention is read.")
+    layers: Literal["all"] | tuple[int, ...] = Field("all", description=_LAYERS_DOC)
+    queries: tuple[PositionGroup, ...] = Field(("answer", "text"), min_length=1)
+    keys: tuple[PositionGroup, ...] = Field(
+        ("audio", "video", "image", "text", "answer"), min_length=1
+    )
+
+    _layers = field_validator("layers", mode="before")(_parse_layers)
+    _groups = field_validator("queries", "keys")(_unique_groups)
+
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        return (self.run,)
+
+
+class Probes(_Strict):
+    """Store pooled residual features per layer and position group for linear probes."""
+
+    kind: Literal["probes"]
+    run: str = Field("conflict", description="The run whose residual streams are stored.")
+    layers: Literal["all"] | tuple[int, ...] = Field("all", description=_LAYERS_DOC)
+    position_groups: tuple[PositionGroup, ...] = Field(("audio", "text", "answer"), min_length=1)
+
+    _layers = field_validator("layers", mode="before")(_parse_layers)
+    _groups = field_validator("position_groups")(_unique_groups)
+
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        return (self.run,)
+
+
+class BaseComparison(_Strict):
+    """Compare next-token distributions of the model and its base model on the same inputs."""
+
+    kind: Literal["base_comparison"]
+    base: ModelSpec = Field(
+        description="The base model (checkpoint or random_init); dtype, device and attention "
+        "follow the study's model."
+    )
+    runs: tuple[str, ...] = Field(("conflict",), min_length=1)
+    position_groups: tuple[PositionGroup, ...] = Field(("all", "text", "answer"), min_length=1)
+
+    _groups = field_validator("runs", "position_groups")(_unique_groups)
+
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        return self.runs
+
+
+Intervention = Annotated[
+    ActivationPatching | AttentionKnockout | LogitLens | AttentionShare | Probes | BaseComparison,
+    Field(discriminator="kind"),
+]
 
 
 class Execution(_Strict):
@@ -239,6 +370,11 @@ class Execution(_Strict):
     batch_size: int = Field(16, ge=1, description="Patched conditions per batched forward.")
     unit_size: int = Field(8, ge=1, description="Samples per work unit (= one store chunk).")
     seed: int = 0
+    reuse: bool = Field(
+        True,
+        description="Patched runs start at the patched layer and position, reusing the target "
+        "run's cached layer inputs, keys and values (exact; for adapters that support it).",
+    )
     resources: dict[str, float] = Field(
         default_factory=dict,
         description="Dask worker resources each unit needs, e.g. {GPU: 1} (distributed runs).",
@@ -272,20 +408,29 @@ class Study(_Strict):
 
     @model_validator(mode="after")
     def _runs_exist(self) -> Study:
+        kinds = [intervention.kind for intervention in self.interventions]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"each intervention kind may appear once; listed twice: {kinds}")
         for intervention in self.interventions:
-            for run in (intervention.source, intervention.target):
+            for run in intervention.run_names:
                 if run not in self.runs:
                     raise ValueError(
                         f"intervention names run {run!r}, not one of {list(self.runs)}"
                     )
-            if intervention.source == intervention.target:
-                raise ValueError("an intervention's 'from' and 'into' runs must differ")
+            if len(set(intervention.run_names)) != len(intervention.run_names):
+                raise ValueError(
+                    f"{intervention.kind}: the runs it compares must differ, got "
+                    f"{list(intervention.run_names)}"
+                )
         return self
 
     @property
     def patching(self) -> ActivationPatching:
         """The study's activation-patching intervention."""
-        return self.interventions[0]
+        for intervention in self.interventions:
+            if isinstance(intervention, ActivationPatching):
+                return intervention
+        raise ValueError("this study has no activation_patching intervention")
 
     @property
     def source_path(self) -> Path | None:

@@ -147,3 +147,33 @@ def test_batched_conditions_equal_one_at_a_time(tiny_model) -> None:
     batched = patcher.patched(conflict, clean, conditions, masks)
     single = torch.cat([patcher.patched(conflict, clean, [c], masks) for c in conditions])
     np.testing.assert_allclose(batched.numpy(), single.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_resumed_patching_equals_full_traces(attention: str) -> None:
+    from patchwork.interventions.resume import ResumePatcher
+
+    spec = ModelSpec(
+        random_init=RandomInit(layers=3, hidden_size=32, heads=2, kv_heads=1, seed=4),
+        attention=attention,
+    )
+    loaded = load_model(spec)
+    sample = random_sample(2, 1, RUNS, "what do you hear", loaded)
+    patcher, resume = Patcher(loaded.adapter), ResumePatcher(loaded.adapter)
+    conditions = sweep_conditions(range(3), 2, 3, (*GROUPS, "image"), COMPONENTS)
+    sites = {(layer, c.component) for c in conditions for layer in c.layers}
+    _, clean = patcher.record(sample.runs["clean"], sites)
+    conflict = sample.runs["conflict"]
+    masks = loaded.adapter.position_groups(conflict["input_ids"])
+    full = patcher.patched(conflict, clean, conditions, masks)
+    resumed = resume.patched(resume.prepare(conflict), clean, conditions, masks)
+    np.testing.assert_allclose(resumed.numpy(), full.numpy(), atol=1e-5)
+
+
+def test_reuse_does_not_change_stored_effects(tmp_path: Path) -> None:
+    text = study_text(layers=3, samples=2, window=2)
+    with_reuse = open_results(run_study(parse_study(text), tmp_path / "a").store).load()
+    without = parse_study(text.replace("seed: 0}", "seed: 0, reuse: false}"))
+    assert without.execution.reuse is False
+    plain = open_results(run_study(without, tmp_path / "b").store).load()
+    np.testing.assert_allclose(with_reuse["effect"].values, plain["effect"].values, atol=1e-5)
