@@ -37,14 +37,20 @@ class Method(ABC):
         """'file:line: interventions[i].field' for messages about this entry."""
         return self.study.where("interventions", self.index, *field_path)
 
-    def resolve_layers(self, layers: Any, field_name: str = "layers") -> tuple[int, ...]:
-        """'all' or explicit layer indices, checked against the model's depth."""
+    def resolve_layers(
+        self, layers: Any, field_name: str | tuple[str | int, ...] = "layers"
+    ) -> tuple[int, ...]:
+        """'all' or explicit layer indices, checked against the model's depth.
+
+        ``field_name`` is the field (or a field path inside this entry) named in errors.
+        """
         count = self.loaded.adapter.num_layers
         resolved = tuple(range(count)) if layers == "all" else tuple(layers)
         too_deep = [layer for layer in resolved if layer >= count]
+        path = field_name if isinstance(field_name, tuple) else (field_name,)
         if too_deep:
             raise StudyError(
-                f"{self.where(field_name)}: layer {too_deep[0]} is out of range; the model has "
+                f"{self.where(*path)}: layer {too_deep[0]} is out of range; the model has "
                 f"{count} layers (0–{count - 1})"
             )
         return resolved
@@ -68,5 +74,18 @@ class Method(ABC):
 def method_registry() -> dict[str, type[Method]]:
     """Every method by study ``kind``."""
     from patchwork.interventions.activation_patching import ActivationPatchingMethod
+    from patchwork.interventions.attention_share import AttentionShareMethod
+    from patchwork.interventions.base_comparison import BaseComparisonMethod
+    from patchwork.interventions.knockout import AttentionKnockoutMethod
+    from patchwork.interventions.logit_lens import LogitLensMethod
+    from patchwork.interventions.probes import ProbesMethod
 
-    return {ActivationPatchingMethod.kind: ActivationPatchingMethod}
+    methods: tuple[type[Method], ...] = (
+        ActivationPatchingMethod,
+        AttentionKnockoutMethod,
+        LogitLensMethod,
+        AttentionShareMethod,
+        ProbesMethod,
+        BaseComparisonMethod,
+    )
+    return {method.kind: method for method in methods}

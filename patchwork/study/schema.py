@@ -214,6 +214,13 @@ class ActivationPatching(_Strict):
     position_groups: tuple[PositionGroup, ...] = Field(
         ("audio", "video", "text", "answer"), min_length=1
     )
+    method: Literal["exact", "attribution", "attribution+verify"] = Field(
+        "exact",
+        description="exact: one patched run per cell; attribution: gradient × activation "
+        "difference estimates of every cell from one backward pass; attribution+verify: "
+        "estimates, plus exact runs of the top cells stored as exact_effect with agreement.",
+    )
+    verify_top_k: int = Field(16, ge=1, description="Cells verified exactly per sample.")
     noise_floor: Literal["mismatched", "none"] = Field(
         "mismatched",
         description="'mismatched' also patches from the next sample's source run, a noise floor "

@@ -1,0 +1,253 @@
+"""Attention knockout as a study method: rules ``(query groups, key groups, layers)`` block
+attention edges, and the answer's metrics are compared with the unblocked run.
+
+A rule without ``window`` is one knockout (all its layers blocked together); with ``window: k`` it
+is a sweep, one knockout per first layer ``l`` in its ``layers`` blocking ``l … l+k−1`` (clipped
+at the last layer). Every knockout is one row of a batched forward: a pre-hook on each decoder
+layer's attention replaces the attention mask by one with that row's blocked pairs removed, through
+:func:`patchwork.testbed.windows.mask_with_blocks` (sdpa's ``None`` mask becomes a full causal one;
+eager's shared additive mask is never edited in place). Hooks stack on top of planted windows.
+
+Position groups are the adapter's: ``answer`` is the last prompt position — the query that
+produces the first generated answer token — so rules on it act on that token (the study's released
+code typed it as text). :func:`generate_with_knockout` keeps rules active while decoding with a
+cache, where ``answer`` is each newly generated position.
+
+Stored (``knockout`` = ``"<rule>@<first>-<last>"`` labels):
+
+- ``knockout_effect`` (sample, knockout, metric): the metrics of the knocked-out run; its
+  ``normalized_effect`` is (knocked − run) / (reference − run) of the logit difference;
+- ``knockout_baseline`` (sample, knockout_run, metric): the run and the reference, unblocked;
+- ``knockout_token`` (sample, knockout) int64: the greedy first generated token under knockout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from patchwork.data.sample import ModelInputs, Sample
+from patchwork.errors import DataError, StudyError
+from patchwork.interventions.method import Method
+from patchwork.interventions.metrics import answer_metrics, metric_table
+from patchwork.interventions.patching import Patcher
+from patchwork.models.adapter import ModelAdapter
+from patchwork.store.zarr_store import ArraySpec
+from patchwork.study.schema import METRICS, AttentionKnockout
+from patchwork.testbed.windows import mask_with_blocks
+
+
+@dataclass(frozen=True)
+class Knockout:
+    """One knockout: queries in ``queries`` lose keys in ``keys`` in every layer of ``layers``."""
+
+    rule: str
+    queries: tuple[str, ...]
+    keys: tuple[str, ...]
+    layers: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.rule}@{self.layers[0]}-{self.layers[-1]}"
+
+
+def knockouts(spec: AttentionKnockout, resolve_layers, num_layers: int) -> list[Knockout]:
+    """Every knockout of ``spec``'s rules; ``resolve_layers(layers, field)`` checks layer lists."""
+    found = []
+    for name, rule in spec.rules.items():
+        layers = resolve_layers(rule.layers, ("rules", name, "layers"))
+        if rule.window is None:
+            found.append(Knockout(name, rule.queries, rule.keys, layers))
+            continue
+        for first in layers:
+            span = tuple(range(first, min(first + rule.window, num_layers)))
+            found.append(Knockout(name, rule.queries, rule.keys, span))
+    return found
+
+
+def blocked_pairs(
+    rows: Sequence[Knockout], groups: Mapping[str, torch.Tensor], num_layers: int
+) -> dict[int, torch.Tensor]:
+    """Per layer with any block: bool (rows, seq, seq), True where query → key is blocked.
+
+    ``groups`` are the adapter's (seq,) masks of one sample.
+    """
+    seq = next(iter(groups.values())).numel()
+    blocked: dict[int, torch.Tensor] = {}
+    for row, knockout in enumerate(rows):
+        queries = torch.zeros(seq, dtype=torch.bool)
+        keys = torch.zeros(seq, dtype=torch.bool)
+        for group in knockout.queries:
+            queries |= groups[group]
+        for group in knockout.keys:
+            keys |= groups[group]
+        pairs = queries[:, None] & keys[None, :]
+        for layer in knockout.layers:
+            if layer not in blocked:
+                blocked[layer] = torch.zeros(len(rows), seq, seq, dtype=torch.bool)
+            blocked[layer][row] |= pairs
+    return {layer: mask for layer, mask in blocked.items() if layer < num_layers}
+
+
+@contextmanager
+def blocking(adapter: ModelAdapter, blocked: Mapping[int, torch.Tensor]) -> Iterator[None]:
+    """Apply ``blocked`` (layer → (rows, seq, seq)) to every forward inside the block."""
+    handles = []
+
+    def hook_for(layer_blocks: torch.Tensor):
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            implementation = getattr(module.config, "_attn_implementation", "sdpa")
+            if implementation not in ("sdpa", "eager"):
+                raise RuntimeError(f"attention knockout needs sdpa or eager, not {implementation}")
+            kwargs = dict(kwargs)
+            kwargs["attention_mask"] = mask_with_blocks(
+                kwargs.get("attention_mask"),
+                layer_blocks.to(hidden.device),
+                additive=implementation == "eager",
+                dtype=hidden.dtype,
+            )
+            return args, kwargs
+
+        return hook
+
+    try:
+        for layer, layer_blocks in blocked.items():
+            module = adapter.component(adapter.root, layer, "attention")
+            handles.append(
+                module.register_forward_pre_hook(hook_for(layer_blocks), with_kwargs=True)
+            )
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def knocked_out_logits(
+    adapter: ModelAdapter, inputs: ModelInputs, rows: Sequence[Knockout]
+) -> torch.Tensor:
+    """Answer logits (len(rows), vocab) of one run, one knockout per batch row."""
+    groups = adapter.position_groups(inputs["input_ids"])
+    blocked = blocked_pairs(rows, groups, adapter.num_layers)
+    batch = adapter.forward_kwargs(adapter.repeat_inputs(inputs, len(rows)))
+    with torch.no_grad(), blocking(adapter, blocked):
+        logits = adapter.root(**batch).logits
+    return adapter.answer_logits(logits)
+
+
+def generate_with_knockout(
+    model: torch.nn.Module, inputs: ModelInputs, rules: Sequence[Knockout], max_new_tokens: int = 2
+) -> torch.Tensor:
+    """Greedy generation (Qwen2.5-Omni thinkers) with ``rules`` active in prefill and decoding.
+
+    Groups are read from the token ids on every step (:mod:`patchwork.testbed.windows`), so
+    ``answer`` is the last prompt position in the prefill and each generated position after.
+    Returns the generated ids (1, max_new_tokens).
+    """
+    from patchwork.testbed import windows
+
+    block_rules = [
+        windows.BlockRule(query, key, knockout.layers)
+        for knockout in rules
+        for query in knockout.queries
+        for key in knockout.keys
+    ]
+    hooks = windows.install(model, block_rules, windows.modality_token_ids(model.config))
+    try:
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    finally:
+        hooks.remove()
+    return out[:, inputs["input_ids"].shape[1] :]
+
+
+class AttentionKnockoutMethod(Method):
+    kind = "attention_knockout"
+    spec: AttentionKnockout
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.knockouts = knockouts(self.spec, self.resolve_layers, self.loaded.adapter.num_layers)
+        labels = [k.label for k in self.knockouts]
+        if len(set(labels)) != len(labels):
+            raise StudyError(f"{self.where('rules')}: two rules give the same knockout label")
+
+    def runs(self) -> tuple[str, ...]:
+        return (self.spec.run, self.spec.reference)
+
+    def check_sample(self, sample: Sample) -> None:
+        groups = self.loaded.adapter.position_groups(sample.runs[self.spec.run]["input_ids"])
+        for knockout in self.knockouts:
+            for group in (*knockout.queries, *knockout.keys):
+                if not bool(groups[group].any()):
+                    raise DataError(
+                        f"sample {sample.sample_id}: knockout rule {knockout.rule!r} names "
+                        f"position group {group!r}, which has no positions in this sample"
+                    )
+
+    def variables(self) -> dict[str, ArraySpec]:
+        labels = [k.label for k in self.knockouts]
+        return {
+            "knockout_effect": ArraySpec(
+                ("sample", "knockout", "metric"), {"knockout": labels, "metric": list(METRICS)}
+            ),
+            "knockout_baseline": ArraySpec(
+                ("sample", "knockout_run", "metric"),
+                {"knockout_run": list(self.runs()), "metric": list(METRICS)},
+            ),
+            "knockout_token": ArraySpec(
+                ("sample", "knockout"), {"knockout": labels}, dtype="int64"
+            ),
+        }
+
+    def compute(self, samples: Sequence[Sample], patcher: Patcher) -> dict[str, np.ndarray]:
+        adapter = patcher.adapter
+        device = next(adapter.root.parameters()).device
+        n = len(samples)
+        effect = np.full((n, len(self.knockouts), len(METRICS)), np.nan, dtype=np.float32)
+        baseline = np.full((n, 2, len(METRICS)), np.nan, dtype=np.float32)
+        tokens = np.zeros((n, len(self.knockouts)), dtype=np.int64)
+        batch = self.study.execution.batch_size
+        for row, sample in enumerate(samples):
+            run, reference = (
+                {key: value.to(device) for key, value in sample.runs[name].items()}
+                for name in self.runs()
+            )
+            ids = (sample.audio_answer_id, sample.visual_answer_id)
+            with torch.no_grad():
+                plain = [
+                    adapter.answer_logits(adapter.root(**adapter.forward_kwargs(r)).logits)
+                    for r in (run, reference)
+                ]
+            run_m, ref_m = (answer_metrics(logits, *ids) for logits in plain)
+            for index, base in enumerate((run_m, ref_m)):
+                baseline[row, index] = (
+                    metric_table(
+                        base["logit_diff"],
+                        base["audio_probability"],
+                        ref_m["logit_diff"],
+                        run_m["logit_diff"],
+                    )[0]
+                    .cpu()
+                    .numpy()
+                )
+            for first in range(0, len(self.knockouts), batch):
+                chunk = self.knockouts[first : first + batch]
+                logits = knocked_out_logits(adapter, run, chunk)
+                knocked = answer_metrics(logits, *ids)
+                effect[row, first : first + len(chunk)] = (
+                    metric_table(
+                        knocked["logit_diff"],
+                        knocked["audio_probability"],
+                        ref_m["logit_diff"],
+                        run_m["logit_diff"],
+                    )
+                    .cpu()
+                    .numpy()
+                )
+                tokens[row, first : first + len(chunk)] = logits.argmax(-1).cpu().numpy()
+        return {"knockout_effect": effect, "knockout_baseline": baseline, "knockout_token": tokens}

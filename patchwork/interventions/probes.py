@@ -1,0 +1,158 @@
+"""Linear probes: stored pooled residual features, and a cross-validated probe over the store.
+
+The study method stores, per sample, the residual stream (decoder layer output) mean-pooled over
+each position group's positions: ``probe_features`` (sample, probe_layer, probe_group,
+probe_hidden), in the model's hidden units. Features are per sample, so they fill the store unit
+by unit like every other method; the probe itself needs all samples and runs afterwards, as an
+analysis over the store (:func:`probe_scores`).
+
+Labels come from the store's per-sample coordinates: ``audio_answer`` names the true sound (for
+"what do you hear" studies the sound word is the sound's category), ``visual_answer`` the
+picture's. A shuffled-label probe (same folds, labels permuted) gives the chance baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from patchwork.data.sample import Sample
+from patchwork.interventions.method import Method
+from patchwork.interventions.patching import Patcher
+from patchwork.store.zarr_store import ArraySpec
+from patchwork.study.schema import Probes
+
+
+class ProbesMethod(Method):
+    kind = "probes"
+    spec: Probes
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.layers = self.resolve_layers(self.spec.layers)
+        config = getattr(self.loaded.adapter.config, "text_config", self.loaded.adapter.config)
+        self.hidden = int(config.hidden_size)
+
+    def runs(self) -> tuple[str, ...]:
+        return (self.spec.run,)
+
+    def variables(self) -> dict[str, ArraySpec]:
+        return {
+            "probe_features": ArraySpec(
+                ("sample", "probe_layer", "probe_group", "probe_hidden"),
+                {
+                    "probe_layer": list(self.layers),
+                    "probe_group": list(self.spec.position_groups),
+                    "probe_hidden": list(range(self.hidden)),
+                },
+            )
+        }
+
+    def compute(self, samples: Sequence[Sample], patcher: Patcher) -> dict[str, np.ndarray]:
+        adapter = patcher.adapter
+        device = next(adapter.root.parameters()).device
+        groups_wanted = self.spec.position_groups
+        features = np.full(
+            (len(samples), len(self.layers), len(groups_wanted), self.hidden),
+            np.nan,
+            dtype=np.float32,
+        )
+        sites = [(layer, "residual") for layer in self.layers]
+        for row, sample in enumerate(samples):
+            inputs = {key: value.to(device) for key, value in sample.runs[self.spec.run].items()}
+            _, residuals = patcher.record(inputs, sites)
+            groups = adapter.position_groups(inputs["input_ids"])
+            for li, layer in enumerate(self.layers):
+                stream = residuals[(layer, "residual")].float()
+                for gi, group in enumerate(groups_wanted):
+                    mask = groups[group].to(stream.device)
+                    if bool(mask.any()):
+                        features[row, li, gi] = stream[mask].mean(0).cpu().numpy()
+        return {"probe_features": features}
+
+
+def probe_accuracy(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    folds: int = 5,
+    seed: int = 0,
+    steps: int = 150,
+    weight_decay: float = 1e-3,
+) -> float:
+    """Cross-validated accuracy of a multinomial logistic regression.
+
+    ``features`` (n, d) float, ``labels`` (n,) int64 in [0, classes). Folds are a seeded
+    permutation split ``folds`` ways; each fold standardizes with its training part's statistics
+    and fits full-batch Adam (lr 0.05, L2 ``weight_decay``). Returns held-out accuracy in [0, 1].
+    """
+    n, d = features.shape
+    classes = int(labels.max()) + 1
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    correct = 0
+    for fold in range(folds):
+        test = order[fold::folds]
+        train = order[torch.isin(order, test, invert=True)]
+        mean, std = features[train].mean(0), features[train].std(0) + 1e-6
+        x_train, x_test = (features[train] - mean) / std, (features[test] - mean) / std
+        weight = torch.zeros(d, classes, requires_grad=True)
+        bias = torch.zeros(classes, requires_grad=True)
+        optimizer = torch.optim.Adam([weight, bias], lr=0.05)
+        for _ in range(steps):
+            logits = x_train @ weight + bias
+            loss = torch.nn.functional.cross_entropy(logits, labels[train])
+            loss = loss + weight_decay * weight.pow(2).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            correct += int(((x_test @ weight + bias).argmax(-1) == labels[test]).sum())
+    return correct / n
+
+
+def probe_scores(
+    results: xr.Dataset,
+    target: str = "audio_answer",
+    folds: int = 5,
+    seed: int = 0,
+    steps: int = 150,
+) -> xr.Dataset:
+    """Probe accuracy per (probe_layer, probe_group) for the labels in coordinate ``target``.
+
+    ``results``: a store's dataset with ``probe_features``; only samples marked ``done`` are
+    used. Returns ``accuracy`` and ``shuffled`` (the same probe on permuted labels) and attrs
+    ``chance`` (share of the most frequent label) and ``samples``.
+    """
+    data = results
+    if "done" in results:
+        data = results.sel(sample=results["done"].values.astype(bool))
+    names, labels_np = np.unique(np.asarray(data[target].values, dtype=str), return_inverse=True)
+    labels = torch.as_tensor(labels_np, dtype=torch.long)
+    permuted = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
+    features = data["probe_features"].transpose("sample", "probe_layer", "probe_group", ...)
+    values = torch.as_tensor(np.asarray(features.values, dtype=np.float32))
+    layers, groups = features["probe_layer"].values, features["probe_group"].values
+    accuracy = np.full((len(layers), len(groups)), np.nan)
+    shuffled = np.full_like(accuracy, np.nan)
+    for li in range(len(layers)):
+        for gi in range(len(groups)):
+            x = values[:, li, gi]
+            if torch.isnan(x).any():
+                continue
+            accuracy[li, gi] = probe_accuracy(x, labels, folds, seed, steps)
+            shuffled[li, gi] = probe_accuracy(x, permuted, folds, seed, steps)
+    coords = {"probe_layer": layers, "probe_group": groups}
+    dims = ("probe_layer", "probe_group")
+    counts = np.bincount(labels_np)
+    return xr.Dataset(
+        {"accuracy": (dims, accuracy), "shuffled": (dims, shuffled)},
+        coords=coords,
+        attrs={
+            "target": target,
+            "chance": float(counts.max() / counts.sum()),
+            "samples": int(len(labels)),
+            "classes": [str(name) for name in names],
+        },
+    )
