@@ -49,6 +49,8 @@ def qwen3_audio_token_count(mel_frames: int, n_window: int = 50) -> int:
 
 
 class Qwen3OmniAdapter(Qwen25OmniAdapter):
+    #: A resumed run steps through the decoder layers itself and would skip DeepStack's additions.
+    supports_resume = False
     family = "qwen3_omni"
     pixel_mean = (0.5, 0.5, 0.5)
     pixel_std = (0.5, 0.5, 0.5)
