@@ -8,16 +8,19 @@ unit (when their token layouts match); it stays NaN for a unit of one sample.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
+from functools import cached_property
 
 import numpy as np
 import torch
 
 from patchwork.data.sample import Sample
 from patchwork.errors import DataError
+from patchwork.interventions.attribution import estimate_changes, site_gradients, spearman
 from patchwork.interventions.method import Method
 from patchwork.interventions.metrics import answer_metrics, metric_table
-from patchwork.interventions.patching import Condition, Patcher, sweep_conditions
+from patchwork.interventions.patching import Activations, Condition, Patcher, sweep_conditions
 from patchwork.interventions.resume import ResumePatcher, first_position
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, ActivationPatching
@@ -42,6 +45,19 @@ class ActivationPatchingMethod(Method):
                 spec.components,
             )
         )
+
+    @cached_property
+    def cell(self) -> dict[Condition, tuple[int, int, int]]:
+        """Index of each condition along (layer, position_group, component)."""
+        spec = self.spec
+        return {
+            c: (
+                self.layers.index(c.layer),
+                spec.position_groups.index(c.position_group),
+                spec.components.index(c.component),
+            )
+            for c in self.conditions
+        }
 
     @property
     def sites(self) -> set[tuple[int, str]]:
@@ -89,14 +105,18 @@ class ActivationPatchingMethod(Method):
         }
         if self.with_null_effect:
             variables["null_effect"] = effect
+        if self.spec.method == "attribution+verify":
+            variables["exact_effect"] = effect
+            variables["agreement"] = ArraySpec(
+                ("sample", "agreement_stat"), {"agreement_stat": ["spearman", "recall_at_k"]}
+            )
         return variables
 
     def compute(self, samples: Sequence[Sample], patcher: Patcher) -> dict[str, np.ndarray]:
         spec = self.spec
-        variables = self.variables()
         arrays = {
             name: np.full(variable.shape(len(samples)), np.nan, dtype=np.float32)
-            for name, variable in variables.items()
+            for name, variable in self.variables().items()
         }
         device = next(patcher.adapter.root.parameters()).device
 
@@ -104,71 +124,147 @@ class ActivationPatchingMethod(Method):
             return {key: value.to(device) for key, value in sample.runs[run].items()}
 
         sources = [patcher.record(on_device(s, spec.source), self.sites) for s in samples]
-        resume = ResumePatcher(patcher.adapter) if self.study.execution.reuse else None
-        cell = {
-            c: (
-                self.layers.index(c.layer),
-                spec.position_groups.index(c.position_group),
-                spec.components.index(c.component),
-            )
-            for c in self.conditions
-        }
-        batch = self.study.execution.batch_size
+        runner = _ExactRunner(patcher, self.study.execution.reuse, self.study.execution.batch_size)
         for row, sample in enumerate(samples):
             target = on_device(sample, spec.target)
             masks = patcher.adapter.position_groups(sample.runs[spec.target]["input_ids"])
-            reusable = resume is not None and ResumePatcher.applicable(patcher.adapter, target)
-            if reusable:
-                assert resume is not None
-                target_cache = resume.prepare(target)
-                target_logits = target_cache.answer_logits
-                conditions = self._by_first_patched_position(masks)
-            else:
-                target_logits, _ = patcher.record(target, ())
-                conditions = self.conditions
             ids = (sample.audio_answer_id, sample.visual_answer_id)
             clean = answer_metrics(sources[row][0], *ids)
-            conflict = answer_metrics(target_logits, *ids)
+            conflict = answer_metrics(runner.start(target, masks), *ids)
             for run_index, base in enumerate((clean, conflict)):
-                arrays["baseline"][row, run_index] = (
-                    metric_table(
-                        base["logit_diff"],
-                        base["audio_probability"],
-                        clean["logit_diff"],
-                        conflict["logit_diff"],
-                    )[0]
-                    .cpu()
-                    .numpy()
-                )
+                arrays["baseline"][row, run_index] = _table(base, clean, conflict)[0]
             partner = (row + 1) % len(samples)
-            passes = [(arrays["effect"], sources[row][1])]
+            passes = [("effect", sources[row][1])]
             if (
                 self.with_null_effect
                 and partner != row
                 and _same_layout(sample, samples[partner], spec.target)
             ):
-                passes.append((arrays["null_effect"], sources[partner][1]))
-            for destination, activations in passes:
-                for first in range(0, len(conditions), batch):
-                    chunk = conditions[first : first + batch]
-                    if reusable:
-                        logits = resume.patched(target_cache, activations, chunk, masks)  # type: ignore[union-attr]
-                    else:
-                        logits = patcher.patched(target, activations, chunk, masks)
-                    patched = answer_metrics(logits, *ids)
-                    table = (
-                        metric_table(
-                            patched["logit_diff"],
-                            patched["audio_probability"],
-                            clean["logit_diff"],
-                            conflict["logit_diff"],
-                        )
-                        .cpu()
-                        .numpy()
+                passes.append(("null_effect", sources[partner][1]))
+            if spec.method == "exact":
+                order = self._by_first_patched_position(masks) if runner.resumed else None
+                for name, activations in passes:
+                    tables = runner.patch(
+                        order or self.conditions, activations, ids, clean, conflict
                     )
-                    for condition, values in zip(chunk, table, strict=True):
-                        destination[(row, *cell[condition])] = values
+                    for condition, values in zip(order or self.conditions, tables, strict=True):
+                        arrays[name][(row, *self.cell[condition])] = values
+                continue
+            target_acts, gradients, _ = site_gradients(patcher.adapter, target, self.sites, *ids)
+            for name, activations in passes:
+                change = {
+                    metric: estimate_changes(
+                        self.conditions, activations, target_acts, gradients[metric], masks
+                    )
+                    for metric in gradients
+                }
+                estimated = {
+                    metric: conflict[metric] + torch.as_tensor(change[metric], dtype=torch.float32)
+                    for metric in change
+                }
+                for condition, values in zip(
+                    self.conditions, _table(estimated, clean, conflict), strict=True
+                ):
+                    arrays[name][(row, *self.cell[condition])] = values
+            if spec.method == "attribution+verify":
+                self._verify(row, sample, arrays, runner, sources[row][1], ids, clean, conflict)
         return arrays
+
+    def _verify(
+        self,
+        row: int,
+        sample: Sample,
+        arrays: dict[str, np.ndarray],
+        runner: _ExactRunner,
+        activations: Activations,
+        ids: tuple[int, int],
+        clean: dict[str, torch.Tensor],
+        conflict: dict[str, torch.Tensor],
+    ) -> None:
+        """Patch the top-K estimated conditions and K random others exactly; store the exact
+        effects and the agreement (Spearman over them; recall of the exact top-K)."""
+        metric = METRICS.index("logit_diff")
+        estimate = np.array(
+            [arrays["effect"][(row, *self.cell[c])][metric] for c in self.conditions]
+        )
+        change = np.abs(estimate - float(conflict["logit_diff"][0]))
+        k = min(self.spec.verify_top_k, len(self.conditions))
+        top = list(np.argsort(-change, kind="stable")[:k])
+        others = [i for i in range(len(self.conditions)) if i not in set(top)]
+        seed = zlib.crc32(f"{self.study.execution.seed}:{sample.sample_id}".encode())
+        controls = list(np.random.default_rng(seed).permutation(others)[:k])
+        chosen = [self.conditions[i] for i in top + controls]
+        tables = runner.patch(chosen, activations, ids, clean, conflict)
+        for condition, values in zip(chosen, tables, strict=True):
+            arrays["exact_effect"][(row, *self.cell[condition])] = values
+        exact = np.abs(tables[:, metric] - float(conflict["logit_diff"][0]))
+        estimated = change[top + controls]
+        exact_top = set(np.argsort(-exact, kind="stable")[:k])
+        arrays["agreement"][row] = (
+            spearman(estimated, exact),
+            len(exact_top & set(range(k))) / k,
+        )
+
+
+class _ExactRunner:
+    """Exact patched runs of one target: resumed mid-model where possible, else full traces."""
+
+    def __init__(self, patcher: Patcher, reuse: bool, batch_size: int) -> None:
+        self.patcher = patcher
+        self.resume = ResumePatcher(patcher.adapter) if reuse else None
+        self.batch_size = batch_size
+        self.resumed = False
+
+    def start(
+        self, target: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Run the target once (caching what patched runs reuse); its answer logits (1, vocab)."""
+        self.target, self.masks = target, masks
+        self.resumed = self.resume is not None and ResumePatcher.applicable(
+            self.patcher.adapter, target
+        )
+        if self.resumed:
+            assert self.resume is not None
+            self.cache = self.resume.prepare(target)
+            return self.cache.answer_logits
+        return self.patcher.record(target, ())[0]
+
+    def patch(
+        self,
+        conditions: Sequence[Condition],
+        activations: Activations,
+        ids: tuple[int, int],
+        clean: dict[str, torch.Tensor],
+        conflict: dict[str, torch.Tensor],
+    ) -> np.ndarray:
+        """Metric tables (len(conditions), metrics) of the patched runs, in batches."""
+        tables = []
+        for first in range(0, len(conditions), self.batch_size):
+            chunk = conditions[first : first + self.batch_size]
+            if self.resumed and self.resume is not None:
+                logits = self.resume.patched(self.cache, activations, chunk, self.masks)
+            else:
+                logits = self.patcher.patched(self.target, activations, chunk, self.masks)
+            tables.append(_table(answer_metrics(logits, *ids), clean, conflict))
+        return np.concatenate(tables) if tables else np.empty((0, len(METRICS)), np.float32)
+
+
+def _table(
+    metrics: dict[str, torch.Tensor],
+    clean: dict[str, torch.Tensor],
+    conflict: dict[str, torch.Tensor],
+) -> np.ndarray:
+    """(rows, metrics) in METRICS order, normalized against the clean and conflict runs."""
+    return (
+        metric_table(
+            metrics["logit_diff"],
+            metrics["audio_probability"],
+            clean["logit_diff"],
+            conflict["logit_diff"],
+        )
+        .cpu()
+        .numpy()
+    )
 
 
 def _same_layout(first: Sample, second: Sample, run: str) -> bool:
