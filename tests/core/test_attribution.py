@@ -27,7 +27,7 @@ RUNS = {"clean": RunSpec(picture="blank"), "conflict": RunSpec(picture="other_ca
     [("video", "residual", 0), ("text", "attention", 1), ("all", "mlp", 2)],
 )
 def test_estimates_are_the_derivative_of_exact_patching(group, component, layer) -> None:
-    """Patching a_target + ε (a_source − a_target) changes the logit diff by ε × estimate + O(ε²)."""
+    """Patching a_target + ε (a_source − a_target) moves the logit diff by ε × estimate + O(ε²)."""
     loaded = load_model(
         ModelSpec(random_init=RandomInit(layers=3, hidden_size=32, heads=2, kv_heads=1, seed=6))
     )
