@@ -116,6 +116,11 @@ class ModelAdapter(ABC):
         """Axis of the batch rows in ``component``'s hidden tensor (Gemma 3n's residual: 1)."""
         return 0
 
+    def merge_streams(self, residual: torch.Tensor) -> torch.Tensor:
+        """A recorded residual (…, seq, hidden) as the final norm would read it: one vector per
+        position. Itself, but for families that keep several streams (Gemma 3n's AltUp)."""
+        return residual
+
     def forward_kwargs(self, inputs: ModelInputs) -> dict[str, Any]:
         """Keyword arguments of one forward of a run (flags the tensors imply are added here)."""
         return dict(inputs)

@@ -28,7 +28,7 @@ from torch import nn
 
 from patchwork.data.sample import ModelInputs
 from patchwork.errors import DataError, ModelError
-from patchwork.models.adapter import ModelAdapter, RunMedia, text_and_answer
+from patchwork.models.adapter import ModelAdapter, RunMedia, _attribute, text_and_answer
 
 
 def gemma3n_without_vision_class() -> type[Any]:
@@ -99,6 +99,20 @@ class Gemma3nAdapter(ModelAdapter):
 
     def batch_axis(self, component: str) -> int:
         return 1 if component == "residual" else 0
+
+    def merge_streams(self, residual: torch.Tensor) -> torch.Tensor:
+        """(streams, seq, hidden) → (seq, hidden), as the text model merges its AltUp streams
+        after the last layer: streams 1… projected back and rescaled to stream 0's magnitude,
+        then all averaged (the final norm follows)."""
+        text_model = _attribute(self.root, "model.language_model")
+        first = residual[0]
+        magnitude = first.pow(2).mean(-1, keepdim=True).sqrt()
+        merged = [first]
+        for stream, projection in enumerate(text_model.altup_unembed_projections, start=1):
+            projected = projection(residual[stream]).to(first.dtype)
+            scale = projected.pow(2).mean(-1, keepdim=True).clamp(min=1e-5).sqrt()
+            merged.append(projected * magnitude / scale)
+        return torch.stack(merged).mean(0)
 
     def _token_ids(self) -> dict[str, int]:
         return {"audio": self.config.audio_token_id, "image": self.config.image_token_id}

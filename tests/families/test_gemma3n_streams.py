@@ -90,3 +90,25 @@ def test_the_check_has_teeth_when_the_stream_axis_is_ignored(
         loaded.model, "gemma3n", conflict, source, [1], "residual", masks["image"]
     )
     assert not torch.allclose(batched[1], expected, atol=1e-4)
+
+
+def test_merged_streams_are_what_the_final_norm_reads(loaded, family_root: Path) -> None:
+    """For the logit lens and probes: one (seq, hidden) vector per position, exactly the model's
+    own merge after the last layer."""
+    clean, _ = runs(loaded, family_root / "media")
+    _, activations = Patcher(loaded.adapter).record(clean, [(2, "residual")])
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(module, args) -> None:
+        seen["norm_input"] = args[0][0].clone()
+
+    norm = loaded.model.model.language_model.norm
+    handle = norm.register_forward_pre_hook(keep)
+    try:
+        reference.forward(loaded.model, clean)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        merged = loaded.adapter.merge_streams(activations[(2, "residual")])
+    assert merged.shape == seen["norm_input"].shape
+    assert torch.allclose(merged, seen["norm_input"], atol=1e-6)
