@@ -140,13 +140,18 @@ def knocked_out_logits(
 
 
 def generate_with_knockout(
-    model: torch.nn.Module, inputs: ModelInputs, rules: Sequence[Knockout], max_new_tokens: int = 2
-) -> torch.Tensor:
+    model: torch.nn.Module,
+    inputs: ModelInputs,
+    rules: Sequence[Knockout],
+    max_new_tokens: int = 2,
+    **generate_options: object,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy generation (Qwen2.5-Omni thinkers) with ``rules`` active in prefill and decoding.
 
     Groups are read from the token ids on every step (:mod:`patchwork.testbed.windows`), so
-    ``answer`` is the last prompt position in the prefill and each generated position after.
-    Returns the generated ids (1, max_new_tokens).
+    ``answer`` is the last prompt position in the prefill and each generated position after it
+    (there ``text`` covers every non-modality position, the answer included). Returns the
+    generated ids (1, max_new_tokens) and each step's logits (max_new_tokens, vocab).
     """
     from patchwork.testbed import windows
 
@@ -159,10 +164,18 @@ def generate_with_knockout(
     hooks = windows.install(model, block_rules, windows.modality_token_ids(model.config))
     try:
         with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            out = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                return_dict_in_generate=True,
+                output_logits=True,
+                **generate_options,
+            )
     finally:
         hooks.remove()
-    return out[:, inputs["input_ids"].shape[1] :]
+    generated = out.sequences[:, inputs["input_ids"].shape[1] :]
+    return generated, torch.cat([step[:1] for step in out.logits])
 
 
 class AttentionKnockoutMethod(Method):
