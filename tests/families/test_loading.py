@@ -1,0 +1,69 @@
+"""Checkpoint directories as users have them: full omni checkpoints, extra vision-tower weights,
+the directory's own tokenizer, a family that does not match."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from patchwork import ModelError
+from patchwork.models.loading import load_model
+from patchwork.study.schema import ModelSpec
+
+from . import builders
+
+
+def same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
+    one, two = first.state_dict(), second.state_dict()
+    return one.keys() == two.keys() and all(torch.equal(one[key], two[key]) for key in one)
+
+
+def test_a_full_qwen3_omni_checkpoint_loads_its_thinker(tmp_path: Path, checkpoint) -> None:
+    from transformers import AutoConfig, Qwen3OmniMoeConfig
+
+    thinker_dir = checkpoint("qwen3_omni")
+    full_dir = tmp_path / "full"
+    thinker_config = AutoConfig.from_pretrained(thinker_dir)
+    Qwen3OmniMoeConfig(
+        thinker_config=thinker_config.to_dict(), enable_audio_output=False
+    ).save_pretrained(full_dir)
+    weights = load_file(str(thinker_dir / "model.safetensors"))
+    save_file(
+        {f"thinker.{key}": value for key, value in weights.items()},
+        str(full_dir / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    full = load_model(ModelSpec(family="qwen3_omni", checkpoint=str(full_dir)))
+    thinker = load_model(ModelSpec(family="qwen3_omni", checkpoint=str(thinker_dir)))
+    assert type(full.model).__name__ == "Qwen3OmniMoeThinkerForConditionalGeneration"
+    assert same_weights(full.model, thinker.model)
+
+
+def test_gemma3n_vision_tower_weights_are_left_out(tmp_path: Path, checkpoint) -> None:
+    source = checkpoint("gemma3n")
+    copy = tmp_path / "with-vision"
+    copy.mkdir()
+    for item in source.iterdir():
+        if item.name != "model.safetensors":
+            (copy / item.name).write_bytes(item.read_bytes())
+    weights = load_file(str(source / "model.safetensors"))
+    weights["model.vision_tower.timm_model.conv_stem.conv.weight"] = torch.zeros(8, 3, 3, 3)
+    save_file(weights, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    with_vision = load_model(ModelSpec(family="gemma3n", checkpoint=str(copy)))
+    plain = load_model(ModelSpec(family="gemma3n", checkpoint=str(source)))
+    assert same_weights(with_vision.model, plain.model)
+
+
+def test_the_directorys_tokenizer_is_used(checkpoint) -> None:
+    loaded = load_model(ModelSpec(family="gemma3n", checkpoint=str(checkpoint("gemma3n"))))
+    assert loaded.tokenizer is not None
+    assert loaded.answer_id("bark") == 8 + builders.WORDS.index("bark")
+    assert loaded.token_ids("<image_soft_token>") == [65]
+
+
+def test_a_checkpoint_of_another_family_is_refused(checkpoint) -> None:
+    with pytest.raises(ModelError, match="model.family: .* is a 'gemma3n' model, not a Qwen3"):
+        load_model(ModelSpec(family="qwen3_omni", checkpoint=str(checkpoint("gemma3n"))))
