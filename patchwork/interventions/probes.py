@@ -136,7 +136,8 @@ def probe_scores(
     data = results
     if "done" in results:
         data = results.sel(sample=results["done"].values.astype(bool))
-    names, labels_np = np.unique(np.asarray(data[target].values, dtype=str), return_inverse=True)
+    words = np.array([str(word) for word in data[target].values], dtype=object)
+    names, labels_np = np.unique(words, return_inverse=True)
     labels = torch.as_tensor(labels_np, dtype=torch.long)
     permuted = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
     features = data["probe_features"].transpose("sample", "probe_layer", "probe_group", ...)

@@ -1,0 +1,193 @@
+"""Figures of the knockout, logit-lens, attention-share, probe and base-comparison arrays.
+
+Every function reads a study store's dataset (``patchwork.open_results``) or, for probes, the
+output of :func:`~patchwork.interventions.probes.probe_scores`, and returns a
+:class:`matplotlib.figure.Figure` built without pyplot (seaborn draws on its axes). Lines show the
+mean over samples with a 95% bootstrap interval (seaborn's default estimator).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import seaborn as sns
+import xarray as xr
+from matplotlib.figure import Figure
+
+#: Bootstrap resamples behind every interval (seaborn draws 1000 by default; slower, no better).
+N_BOOT = 200
+_COLOURS = sns.color_palette("colorblind", 10)
+#: Every position group (and answer kind) keeps its colour in every figure.
+PALETTE = {
+    "audio": _COLOURS[0],
+    "video": _COLOURS[1],
+    "image": _COLOURS[5],
+    "text": _COLOURS[7],
+    "answer": _COLOURS[2],
+    "all": _COLOURS[4],
+    "visual": _COLOURS[1],
+}
+
+
+def _done(results: xr.Dataset) -> xr.Dataset:
+    if "done" not in results:
+        return results
+    return results.sel(sample=results["done"].values.astype(bool))
+
+
+def knockout_frame(results: xr.Dataset, metric: str = "normalized_effect") -> pd.DataFrame:
+    """Long table of ``knockout_effect``: sample, rule, first, last (layers), value."""
+    effect = _done(results)["knockout_effect"].sel(metric=metric)
+    frame = effect.to_dataframe(name="value").reset_index()[["sample", "knockout", "value"]]
+    parts = (
+        frame["knockout"].astype(str).str.extract(r"^(?P<rule>.+)@(?P<first>\d+)-(?P<last>\d+)$")
+    )
+    frame = pd.concat([frame, parts], axis=1)
+    frame["first"] = frame["first"].astype(int)
+    frame["last"] = frame["last"].astype(int)
+    return frame
+
+
+def plot_knockout(results: xr.Dataset, metric: str = "normalized_effect") -> Figure:
+    """Left: sliding-window sweeps, the metric against the window's first layer, one line per
+    rule. Right: fixed rules (one knockout each) as bars. 0 = the unblocked run; for
+    ``normalized_effect`` 1 = the reference run's logit difference fully restored."""
+    frame = knockout_frame(results, metric)
+    spans = frame.groupby("rule")["knockout"].nunique()
+    sweeps = frame[frame["rule"].map(spans) > 1]
+    fixed = frame[frame["rule"].map(spans) == 1]
+    figure = Figure(figsize=(10, 3.6), layout="constrained")
+    left, right = figure.subplots(1, 2, width_ratios=(3, 2))
+    if len(sweeps):
+        sns.lineplot(
+            sweeps, x="first", y="value", hue="rule", marker="o", ax=left, n_boot=N_BOOT, seed=0
+        )
+        window = int((sweeps["last"] - sweeps["first"]).max()) + 1
+        left.set_xlabel(f"first blocked layer (window of {window})")
+    left.set_ylabel(metric.replace("_", " "))
+    left.axhline(0, color="grey", lw=0.8)
+    if metric == "normalized_effect":
+        left.axhline(1, color="grey", lw=0.8, ls="--")
+    left.set_title("knockout sweeps")
+    if len(fixed):
+        sns.barplot(
+            fixed, y="knockout", x="value", ax=right, color=_COLOURS[0], n_boot=N_BOOT, seed=0
+        )
+        right.axvline(0, color="grey", lw=0.8)
+        right.set_xlabel(metric.replace("_", " "))
+        right.set_ylabel("")
+    right.set_title("fixed knockouts")
+    return figure
+
+
+def plot_logit_lens(results: xr.Dataset) -> Figure:
+    """Per position group: probability of the audio and the visual answer through the lens,
+    layer by layer (top row), and their rank (bottom row, 0 = top token)."""
+    data = _done(results)
+    groups = [str(g) for g in data["lens_group"].values]
+    figure = Figure(figsize=(4 * len(groups), 6), layout="constrained")
+    axes = figure.subplots(2, len(groups), squeeze=False)
+    for column, group in enumerate(groups):
+        for row, name in enumerate(("lens_probability", "lens_rank")):
+            frame = data[name].sel(lens_group=group).to_dataframe(name="value").reset_index()
+            ax = axes[row, column]
+            sns.lineplot(
+                frame,
+                x="lens_layer",
+                y="value",
+                hue="lens_answer",
+                palette=PALETTE,
+                marker="o",
+                ax=ax,
+                n_boot=N_BOOT,
+                seed=0,
+            )
+            ax.set_xlabel("layer")
+            ax.set_ylabel("probability" if row == 0 else "rank (0 = top)")
+            ax.set_title(f"logit lens at {group} positions")
+            if row == 1:
+                ax.set_yscale("symlog")
+    return figure
+
+
+def plot_attention_share(results: xr.Dataset) -> Figure:
+    """Per query group: share of attention mass on each key group, layer by layer (head mean)."""
+    data = _done(results)
+    queries = [str(q) for q in data["share_query"].values]
+    figure = Figure(figsize=(4.5 * len(queries), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(queries), squeeze=False)[0]
+    for ax, query in zip(axes, queries, strict=True):
+        frame = data["share_mean"].sel(share_query=query).to_dataframe(name="share").reset_index()
+        sns.lineplot(
+            frame,
+            x="share_layer",
+            y="share",
+            hue="share_key",
+            palette=PALETTE,
+            marker="o",
+            ax=ax,
+            n_boot=N_BOOT,
+            seed=0,
+        )
+        ax.set_xlabel("layer")
+        ax.set_ylabel("attention share (mean over heads)")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"from {query} positions")
+    return figure
+
+
+def plot_attention_heads(results: xr.Dataset, query: str = "answer", key: str = "audio") -> Figure:
+    """Layer × head heatmap of the mean share from ``query`` to ``key`` positions."""
+    share = _done(results)["share"].sel(share_query=query, share_key=key).mean("sample")
+    figure = Figure(figsize=(4, 3.6), layout="constrained")
+    ax = figure.subplots()
+    sns.heatmap(share.to_pandas(), vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", ax=ax)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(f"{query} → {key} attention share")
+    return figure
+
+
+def plot_probes(scores: xr.Dataset, baseline: xr.Dataset | None = None) -> Figure:
+    """Probe accuracy per layer, one line per position group; dashed: shuffled labels; dotted:
+    the same probe on ``baseline`` scores (e.g. the base model), when given."""
+    figure = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = figure.subplots()
+    for group in scores["probe_group"].values:
+        colour = PALETTE.get(str(group), _COLOURS[3])
+        cut = scores.sel(probe_group=group)
+        layers = cut["probe_layer"].values
+        ax.plot(layers, cut["accuracy"].values, marker="o", color=colour, label=str(group))
+        ax.plot(layers, cut["shuffled"].values, ls="--", color=colour, alpha=0.6)
+        if baseline is not None:
+            ax.plot(
+                layers,
+                baseline.sel(probe_group=group)["accuracy"].values,
+                ls=":",
+                color=colour,
+                alpha=0.8,
+            )
+    ax.axhline(scores.attrs.get("chance", 0), color="grey", lw=0.8)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("cross-validated accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"probes decoding {scores.attrs.get('target', '')} (dashed: shuffled labels)")
+    ax.legend(title="position group")
+    return figure
+
+
+def plot_base_comparison(results: xr.Dataset) -> Figure:
+    """KL(model ‖ base) in nats and the share of changed top tokens, per run and group."""
+    data = _done(results)
+    figure = Figure(figsize=(9, 3.4), layout="constrained")
+    axes = figure.subplots(1, 2)
+    for ax, name, label in zip(
+        axes,
+        ("base_kl", "base_top_changed"),
+        ("KL(model ‖ base), nats", "top token changed"),
+        strict=True,
+    ):
+        frame = data[name].to_dataframe(name="value").reset_index()
+        sns.barplot(frame, x="base_group", y="value", hue="base_run", ax=ax, n_boot=N_BOOT, seed=0)
+        ax.set_xlabel("position group")
+        ax.set_ylabel(label)
+    return figure
