@@ -191,8 +191,18 @@ class Gemma3nAdapter(ModelAdapter):
             raise DataError(
                 "Gemma 3n runs need precomputed image_features (its vision tower needs timm)"
             )
+        limit = 30 * self.sampling_rate  # the extractor cuts longer audio silently
+        if len(media_run.waveform) > limit:
+            seconds = len(media_run.waveform) / self.sampling_rate
+            raise DataError(
+                f"Gemma 3n reads at most 30 s of audio, got {seconds:.1f} s; cut it with the "
+                "run's 'seconds'"
+            )
         audio = self._audio_extractor(
-            [media_run.waveform], sampling_rate=self.sampling_rate, return_tensors="pt"
+            [media_run.waveform],
+            sampling_rate=self.sampling_rate,
+            max_length=limit,
+            return_tensors="pt",
         )
         features = media_run.image_features.to(torch.float32)
         if features.ndim == 2:

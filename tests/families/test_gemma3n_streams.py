@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,3 +113,14 @@ def test_merged_streams_are_what_the_final_norm_reads(loaded, family_root: Path)
         merged = loaded.adapter.merge_streams(activations[(2, "residual")])
     assert merged.shape == seen["norm_input"].shape
     assert torch.allclose(merged, seen["norm_input"], atol=1e-6)
+
+
+def test_audio_longer_than_30_seconds_is_refused(loaded) -> None:
+    from patchwork import DataError
+    from patchwork.models.adapter import RunMedia
+
+    long_audio = RunMedia(
+        waveform=np.zeros(31 * 16_000, np.float32), image_features=torch.zeros(1, 4, 16)
+    )
+    with pytest.raises(DataError, match="at most 30 s of audio, got 31.0 s"):
+        loaded.adapter.build_inputs([8], long_audio)
