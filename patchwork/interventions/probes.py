@@ -3,8 +3,10 @@
 The study method stores, per sample, the residual stream (decoder layer output) mean-pooled over
 each position group's positions: ``probe_features`` (sample, probe_layer, probe_group,
 probe_hidden), in the model's hidden units. Features are per sample, so they fill the store unit
-by unit like every other method; the probe itself needs all samples and runs afterwards, as an
-analysis over the store (:func:`probe_scores`).
+by unit like every other method. ``probe_logit_diff`` (sample,) stores the run's own answer
+preference, logit(audio answer) − logit(visual answer), so probes can be restricted to samples the
+model answers with the picture's sound (< 0). The probe itself needs all samples and runs
+afterwards, as an analysis over the store (:func:`probe_scores`).
 
 Labels come from the store's per-sample coordinates: ``audio_answer`` names the true sound (for
 "what do you hear" studies the sound word is the sound's category), ``visual_answer`` the
@@ -48,7 +50,8 @@ class ProbesMethod(Method):
                     "probe_group": list(self.spec.position_groups),
                     "probe_hidden": list(range(self.hidden)),
                 },
-            )
+            ),
+            "probe_logit_diff": ArraySpec(("sample",)),
         }
 
     def compute(self, samples: Sequence[Sample], patcher: Patcher) -> dict[str, np.ndarray]:
@@ -60,10 +63,13 @@ class ProbesMethod(Method):
             np.nan,
             dtype=np.float32,
         )
+        logit_diff = np.full(len(samples), np.nan, dtype=np.float32)
         sites = [(layer, "residual") for layer in self.layers]
         for row, sample in enumerate(samples):
             inputs = {key: value.to(device) for key, value in sample.runs[self.spec.run].items()}
-            _, residuals = patcher.record(inputs, sites)
+            answer_logits, residuals = patcher.record(inputs, sites)
+            ids = (sample.audio_answer_id, sample.visual_answer_id)
+            logit_diff[row] = float(answer_logits[0, ids[0]] - answer_logits[0, ids[1]])
             groups = adapter.position_groups(inputs["input_ids"])
             for li, layer in enumerate(self.layers):
                 stream = residuals[(layer, "residual")].float()
@@ -71,7 +77,7 @@ class ProbesMethod(Method):
                     mask = groups[group].to(stream.device)
                     if bool(mask.any()):
                         features[row, li, gi] = stream[mask].mean(0).cpu().numpy()
-        return {"probe_features": features}
+        return {"probe_features": features, "probe_logit_diff": logit_diff}
 
 
 def probe_accuracy(

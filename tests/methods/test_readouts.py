@@ -81,8 +81,13 @@ def test_attention_share_leaves_the_attention_setting_alone(stored: Stored) -> N
 def test_probe_features_are_group_means_of_layer_outputs(stored: Stored) -> None:
     results, thinker = stored.results, stored.loaded.model
     for sample_id in results["sample"].values:
-        inputs = dict(stored.sample(sample_id).runs["conflict"])
-        _, _, residual = reference.forward_by_hand(thinker, inputs)
+        sample = stored.sample(sample_id)
+        inputs = dict(sample.runs["conflict"])
+        logits, _, residual = reference.forward_by_hand(thinker, inputs)
+        preference = logits[-1, sample.audio_answer_id] - logits[-1, sample.visual_answer_id]
+        assert float(results["probe_logit_diff"].sel(sample=sample_id)) == pytest.approx(
+            float(preference), abs=TOLERANCE
+        )
         groups = reference.groups_of(inputs["input_ids"], thinker.config)
         for layer, stream in residual.items():
             for group in ("audio", "answer"):
