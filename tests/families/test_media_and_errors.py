@@ -196,3 +196,30 @@ def test_clips_are_cut_to_a_common_length_and_size(family_root: Path) -> None:
         video.run_media(
             {"video": "dog.mkv", "frame_size": "big"}, family_root / "media", 16_000, ""
         )
+
+
+def test_a_csv_manifest_gives_the_same_runs_as_jsonl(
+    tmp_path: Path, family_root: Path, checkpoint
+) -> None:
+    from patchwork.data.manifest import load_manifest
+
+    media = family_root / "media"
+    path = builders.family_study(tmp_path, "qwen3_omni", checkpoint("qwen3_omni"), media, True)
+    study = load_study(path)
+    loaded = load_model(study.model)
+    from_jsonl = load_manifest(study, loaded)
+    header = "id,audio_answer,visual_answer,clean.video,clean.audio_in_video,conflict.video,"
+    header += "conflict.audio,conflict.audio_in_video"
+    lines = [header] + [
+        f"{own},bark,meow,{media / own}.mkv,true,{media / other}.mkv,{media / own}.mkv,true"
+        for own, other in (("dog", "cat"), ("cat", "dog"))
+    ]
+    (tmp_path / "samples.csv").write_text("\n".join(lines) + "\n")
+    path.write_text(path.read_text().replace("samples.jsonl", "samples.csv"))
+    csv_study = load_study(path)
+    from_csv = load_manifest(csv_study, loaded)
+    for first, second in zip(from_jsonl, from_csv, strict=True):
+        for run in ("clean", "conflict"):
+            assert first.runs[run].keys() == second.runs[run].keys()
+            for key, value in first.runs[run].items():
+                assert torch.equal(value, second.runs[run][key]), (run, key)
