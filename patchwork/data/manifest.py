@@ -36,8 +36,6 @@ from patchwork.study.schema import Study
 REQUIRED = ("id", "audio_answer", "visual_answer", "runs")
 #: Where in the question the media placeholders go (default: before the whole question).
 MEDIA_MARKER = "{media}"
-#: Frames per second assumed for a run's frames unless the row gives ``fps`` (Qwen's default).
-DEFAULT_FPS = video.DEFAULT_FPS
 
 
 def load_manifest(study: Study, loaded: LoadedModel) -> list[Sample]:

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from . import builders
+from . import builders, checkpoints
 
 CHECKPOINTS = {
-    "qwen2_5_omni": builders.qwen2_5_omni_checkpoint,
-    "qwen3_omni": builders.qwen3_omni_checkpoint,
-    "gemma3n": builders.gemma3n_checkpoint,
-    "generic": builders.qwen2_audio_checkpoint,
+    "qwen2_5_omni": checkpoints.qwen2_5_omni_checkpoint,
+    "qwen3_omni": checkpoints.qwen3_omni_checkpoint,
+    "gemma3n": checkpoints.gemma3n_checkpoint,
+    "generic": checkpoints.qwen2_audio_checkpoint,
 }
 
 

@@ -13,7 +13,7 @@ from patchwork import ModelError
 from patchwork.models.loading import load_model
 from patchwork.study.schema import ModelSpec
 
-from . import builders
+from . import checkpoints
 
 
 def same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
@@ -60,7 +60,7 @@ def test_gemma3n_vision_tower_weights_are_left_out(tmp_path: Path, checkpoint) -
 def test_the_directorys_tokenizer_is_used(checkpoint) -> None:
     loaded = load_model(ModelSpec(family="gemma3n", checkpoint=str(checkpoint("gemma3n"))))
     assert loaded.tokenizer is not None
-    assert loaded.answer_id("bark") == 8 + builders.WORDS.index("bark")
+    assert loaded.answer_id("bark") == 8 + checkpoints.WORDS.index("bark")
     assert loaded.token_ids("<image_soft_token>") == [65]
 
 
