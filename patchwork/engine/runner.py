@@ -101,6 +101,7 @@ def prepare(study: Study, store_root: Path | None = None) -> Prepared:
         registry[spec.kind](spec, index, study, loaded)
         for index, spec in enumerate(study.interventions)
     )
+    root.mkdir(parents=True, exist_ok=True)  # generated media are written under it, briefly
     samples = load_samples(study, loaded, media_root=root)
     size = study.execution.unit_size
     units = tuple(

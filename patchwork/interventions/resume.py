@@ -138,54 +138,68 @@ class ResumePatcher:
         group_masks: Mapping[str, torch.Tensor],
         start: int,
     ) -> torch.Tensor:
-        rows = len(conditions)
-        first_layer = min(min(c.layers) for c in conditions)
-        seq_len = cache.layer_inputs[0].shape[1]
+        """Rows sharing their first patched position; each row joins the batch at its own first
+        patched layer, so no row computes a layer below its patch."""
+        order = sorted(range(len(conditions)), key=lambda row: min(conditions[row].layers))
+        joins = [min(conditions[row].layers) for row in order]
+        rows, seq_len = len(order), cache.layer_inputs[0].shape[1]
         masks: dict[tuple[int, str], torch.Tensor] = {}
-        for row, condition in enumerate(conditions):
-            positions = group_masks[condition.position_group][start:]
+        for slot, row in enumerate(order):
+            condition = conditions[row]
             for layer in condition.layers:
                 site = (layer, condition.component)
                 if site not in masks:
                     masks[site] = torch.zeros(rows, seq_len - start, 1, dtype=torch.bool)
-                masks[site][row, :, 0] = positions
-        hidden = cache.layer_inputs[first_layer][:, start:].expand(rows, -1, -1).clone()
-        device, dtype = hidden.device, hidden.dtype
-        cos, sin = (t[:, start:].expand(rows, -1, -1) for t in cache.position_embeddings)
+                masks[site][slot, :, 0] = group_masks[condition.position_group][start:]
+        dtype = cache.layer_inputs[0].dtype
+        device = cache.layer_inputs[0].device
         causal = torch.ones(seq_len - start, seq_len, dtype=torch.bool, device=device).tril(start)
-        attention_mask = torch.where(causal, 0.0, torch.finfo(dtype).min).to(dtype)
-        attention_mask = attention_mask[None, None].expand(rows, 1, -1, -1)
-        prefix = _PrefixCache(cache, start, rows)
+        attention_mask = torch.where(causal, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+        active = {"rows": 0}
 
         def replace(site: tuple[int, str]):
             def hook(module: nn.Module, args: tuple, output: Any) -> Any:
                 value = output[0] if isinstance(output, tuple) else output
-                patch = source[site][start:].to(dtype)
-                value = torch.where(masks[site].to(device), patch, value)
+                mask = masks[site][: active["rows"]].to(device)
+                value = torch.where(mask, source[site][start:].to(dtype), value)
                 return (value, *output[1:]) if isinstance(output, tuple) else value
 
             return hook
 
-        handles = []
-        for site in masks:
-            if site[1] != "residual":
-                module = self.adapter.component(self.adapter.root, *site)
-                handles.append(module.register_forward_hook(replace(site)))
+        handles = [
+            self.adapter.component(self.adapter.root, *site).register_forward_hook(replace(site))
+            for site in masks
+            if site[1] != "residual"
+        ]
+        hidden = cache.layer_inputs[0][:, :0]  # (1, 0, hidden): no row active yet
         try:
             with torch.no_grad():
-                for index in range(first_layer, len(self.layers)):
+                for index in range(joins[0], len(self.layers)):
+                    joining = sum(1 for join in joins if join == index)
+                    if joining:
+                        new = cache.layer_inputs[index][:, start:].expand(joining, -1, -1)
+                        hidden = new if active["rows"] == 0 else torch.cat([hidden, new])
+                        active["rows"] += joining
+                    count = active["rows"]
+                    cos, sin = (
+                        t[:, start:].expand(count, -1, -1) for t in cache.position_embeddings
+                    )
                     hidden = self.layers[index](
                         hidden,
-                        attention_mask=attention_mask,
+                        attention_mask=attention_mask.expand(count, 1, -1, -1),
                         position_embeddings=(cos, sin),
-                        cache=prefix,
+                        cache=_PrefixCache(cache, start, count),
                         use_cache=True,
                     )
                     hidden = hidden[0] if isinstance(hidden, tuple) else hidden
                     if (index, "residual") in masks:
+                        mask = masks[(index, "residual")][:count].to(device)
                         patch = source[(index, "residual")][start:].to(dtype)
-                        hidden = torch.where(masks[(index, "residual")].to(device), patch, hidden)
-                return self.unembed(self.norm(hidden[:, -1:]))[:, -1]
+                        hidden = torch.where(mask, patch, hidden)
+                logits = self.unembed(self.norm(hidden[:, -1:]))[:, -1]
         finally:
             for handle in handles:
                 handle.remove()
+        unsorted = torch.empty_like(logits)
+        unsorted[torch.tensor(order)] = logits
+        return unsorted
