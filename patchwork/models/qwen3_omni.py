@@ -23,12 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from patchwork.errors import ModelError
+from patchwork.models.adapter import _attribute
 from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter
 
 #: Special token ids of the released checkpoints, used when a config does not name them.
@@ -89,17 +90,14 @@ class Qwen3OmniAdapter(Qwen25OmniAdapter):
     def audio_token_count(self, mel_frames: int) -> int:
         return qwen3_audio_token_count(mel_frames, self.config.audio_config.n_window)
 
-    def site(self, root: Any, index: int, component: str) -> tuple[Any, Any]:
+    def site(self, root: Any, index: int, component: str) -> tuple[Any, Literal["output", "input"]]:
         """The residual after layer ``index`` is the next layer's (or the final norm's) input,
         where DeepStack's visual features have been added already."""
         if component != "residual":
             return super().site(root, index, component)
         if index + 1 < self.num_layers:
             return self.layer(root, index + 1), "input"
-        node = root
-        for part in self.final_norm_path.split("."):
-            node = getattr(node, part)
-        return node, "input"
+        return _attribute(root, self.final_norm_path), "input"
 
     def interleaved_prompt_ids(
         self,
