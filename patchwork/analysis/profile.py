@@ -11,8 +11,8 @@ from patchwork.analysis.results import (
     select_metric,
 )
 
-#: Floor used when the store has no ``null_effect``: a change of one tenth of the gap between the
-#: clean and the conflict run (in normalized-effect units).
+#: Default floor of :func:`~patchwork.analysis.windows.locate`: a change of one tenth of the gap
+#: between the clean and the conflict run (0.1 in normalized-effect units).
 DEFAULT_FIXED_FLOOR = 0.1
 
 
@@ -72,17 +72,22 @@ def noise_floor(
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> xr.DataArray:
-    """How large a layer-to-layer change of the mean profile gets without the right content.
+    """How large a change across layers the *mismatched* patches produce.
 
-    Uses ``null_effect``: the same patches, taken from a *mismatched* sample's clean run. For each
-    position group and component, the largest absolute change of the null's mean profile between
-    consecutive layers is bootstrapped over samples; the floor is its ``quantile``. A change of the
-    real profile must clear this floor before :func:`patchwork.analysis.locate` reports it.
+    Uses ``null_effect``: the same patches, taken from another sample's clean run. For each
+    position group and component, the largest net change of the null's mean profile between any
+    two layers (its range) is bootstrapped over samples; the floor is its ``quantile``. Pass
+    ``floor="null"`` to :func:`~patchwork.analysis.windows.locate` to require a change larger than
+    this.
+
+    Caveat: where the clean run's content at the patched positions is the same for every sample
+    (a blank picture at the video positions), the mismatched patch *is* the matched patch, and
+    this floor swallows a real effect. That is why it is not the default floor.
 
     Args:
         results: a result dataset with a ``null_effect`` variable.
         metric: which stored metric.
-        quantile: which quantile of the bootstrapped maximum, in (0, 1).
+        quantile: which quantile of the bootstrapped range, in (0, 1).
         n_resamples: bootstrap resamples.
         seed: seed of the resampling.
 
@@ -107,10 +112,10 @@ def noise_floor(
             "the store's null_effect is empty (the study ran without mismatched patches); "
             f"pass a fixed floor instead (e.g. floor={DEFAULT_FIXED_FLOOR})"
         )
-    null_changes = layer_changes(null_values)
     weights = bootstrap_weights(done.sizes["sample"], n_resamples, seed)
-    largest = abs(resampled_means(null_changes, weights)).max("layer", skipna=True)
-    floor = largest.quantile(quantile, dim="resample", skipna=True).drop_vars("quantile")
+    profiles = resampled_means(null_values, weights)
+    spread = profiles.max("layer", skipna=True) - profiles.min("layer", skipna=True)
+    floor = spread.quantile(quantile, dim="resample", skipna=True).drop_vars("quantile")
     floor.name = "floor"
     floor.attrs.update(metric=metric, quantile=quantile, source="null")
     return floor.transpose("position_group", "component")

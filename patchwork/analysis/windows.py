@@ -1,17 +1,28 @@
 """Where in depth does the audio answer's restoration change, and how sure are we?
 
-For each position group and component, :func:`locate` looks at how the mean effect changes from
-one stored layer to the next. The largest change is reported when its bootstrap interval clears the
-noise floor; the window then grows over neighbouring layers whose change goes the same way, is
-credibly non-zero (its interval excludes 0) and is at least a fraction of the largest one.
+For each position group and component, :func:`locate` asks three questions of the mean effect
+profile over layers:
+
+1. *Is there a change?* The largest net change between any two stored layers must exceed both the
+   sampling noise — a simultaneous bootstrap bound over all layer pairs, so picking the largest
+   change does not fool the test — and a practical floor (default: a tenth of the clean–conflict
+   gap). Otherwise the answer is *none*.
+2. *Where?* The window is the shortest run of layers that carries ``coverage`` (default 90%) of
+   that change: sharp steps give short windows, gradual ones long windows.
+3. *How sure?* The change across the window has a bootstrap interval, and the single largest step
+   a *peak layer* with the range of layers where it falls across resamples.
 
 A rising window (patching at or after it restores the audio answer, patching before it does not) is
 where the conflict run's picture takes over; a falling one is where the patched positions stop
-carrying what matters.
+carrying what matters. When the store has ``null_effect``, the same window's change under
+mismatched patches is reported beside it (``null_change``): a change the mismatched patch also
+produces is not specific to the sample's own clean run.
 """
 
 from __future__ import annotations
 
+import math
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -19,12 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from patchwork.analysis.bootstrap import bootstrap_weights, resampled_means
-from patchwork.analysis.profile import (
-    DEFAULT_FIXED_FLOOR,
-    _provenance,
-    layer_changes,
-    noise_floor,
-)
+from patchwork.analysis.profile import DEFAULT_FIXED_FLOOR, _provenance, noise_floor
 from patchwork.analysis.results import AnalysisError, done_samples, select_metric
 
 _FLOAT_FIELDS = (
@@ -38,6 +44,8 @@ _FLOAT_FIELDS = (
     "change_high",
     "before",
     "after",
+    "noise",
+    "null_change",
 )
 
 
@@ -58,6 +66,8 @@ TABLE_COLUMNS = (
     "change_high",
     "before",
     "after",
+    "null_change",
+    "noise",
     "floor",
     "n_samples",
 )
@@ -70,65 +80,70 @@ def locate(
     confidence: float = 0.95,
     n_resamples: int = 1000,
     seed: int = 0,
-    extend_fraction: float = 0.1,
+    coverage: float = 0.9,
 ) -> xr.Dataset:
     """The layer window where the effect changes most, per position group and component.
 
     Args:
         results: a result dataset; only samples marked done are used.
         metric: which stored metric to follow across layers.
-        floor: ``"null"`` (from ``null_effect``, see :func:`noise_floor`), a number in units of
-            the metric, or ``"auto"``: the null floor when the store has ``null_effect``, else
-            :data:`~patchwork.analysis.profile.DEFAULT_FIXED_FLOOR`.
-        confidence: coverage of every interval, in (0, 1).
+        floor: the smallest change worth reporting, in units of the metric: a number, ``"auto"``
+            (:data:`~patchwork.analysis.profile.DEFAULT_FIXED_FLOOR` times the median gap between
+            the clean and the conflict run, i.e. 0.1 for the normalized effect) or ``"null"``
+            (from ``null_effect``, see :func:`~patchwork.analysis.profile.noise_floor`).
+        confidence: coverage of every interval and of the noise bound, in (0, 1).
         n_resamples: bootstrap resamples (of samples).
         seed: seed of the resampling; equal seeds give equal answers.
-        extend_fraction: a neighbouring layer joins the window when its change goes the same way,
-            its interval excludes 0, and it is at least this fraction of the largest change.
+        coverage: the window is the shortest run of layers carrying this fraction of the largest
+            change, in (0, 1].
 
     Returns:
         Dataset with dims ``(position_group, component)``:
 
-        - ``status``: ``"located"``, ``"none"`` (nothing clears the floor) or ``"not computed"``;
+        - ``status``: ``"located"``, ``"none"`` (no change clears noise and floor) or
+          ``"not computed"``;
         - ``direction``: ``"rise"`` or ``"fall"`` of the effect across the window (``""`` if none);
-        - ``start_layer``, ``end_layer``: the window, inclusive (layer numbers; NaN if none);
-        - ``peak_layer`` and its interval ``peak_layer_low``..``peak_layer_high``: the layer of the
-          single largest change, and where it falls in ``confidence`` of the resamples;
-        - ``change`` with ``change_low``, ``change_high``: effect after minus before the window,
-          and its interval (metric units);
-        - ``before``, ``after``: mean effect at the layer stored before the window and at its end;
-        - ``floor``: the noise floor used (metric units); ``n_samples``: samples used.
+        - ``start_layer``, ``end_layer``: the window, inclusive (layer numbers; NaN if none); the
+          effect changes between the layer stored before ``start_layer`` and ``end_layer``;
+        - ``peak_layer`` and its interval ``peak_layer_low``..``peak_layer_high``: the single
+          largest step in that direction, and where it falls in ``confidence`` of the resamples;
+        - ``change`` with ``change_low``, ``change_high``: effect at the end minus before the
+          window, with its interval (metric units); ``before``, ``after``: those two means;
+        - ``noise``: the simultaneous bootstrap bound a change had to exceed (metric units);
+        - ``null_change``: the same window's change under mismatched patches (NaN without
+          ``null_effect``); ``floor``: the floor used; ``n_samples``: samples used.
     """
     if not 0.0 < confidence < 1.0:
         raise AnalysisError(f"confidence must lie strictly between 0 and 1; got {confidence}")
-    if not 0.0 <= extend_fraction <= 1.0:
-        raise AnalysisError(f"extend_fraction must lie in [0, 1]; got {extend_fraction}")
+    if not 0.0 < coverage <= 1.0:
+        raise AnalysisError(f"coverage must lie in (0, 1]; got {coverage}")
     done = done_samples(results)
     effect = select_metric(done, metric).sortby("layer")
-    floors = _resolve_floor(results, floor, metric, confidence, n_resamples, seed)
-
-    changes = layer_changes(effect)
+    if effect.sizes["layer"] < 2:
+        raise AnalysisError("locating a window needs at least two layers in the store")
+    floors = _resolve_floor(done, floor, metric, confidence, n_resamples, seed)
     weights = bootstrap_weights(done.sizes["sample"], n_resamples, seed)
-    boot = resampled_means(changes, weights)
-    mean_change = changes.mean("sample", skipna=True)
+    boot = resampled_means(effect, weights)
     mean_effect = effect.mean("sample", skipna=True)
-    all_layers = effect["layer"].values
+    null_mean = _null_mean(done, metric)
+    layers = effect["layer"].values
 
     groups = effect["position_group"].values
     components = effect["component"].values
-    rows: dict[str, list[list[Any]]] = {}
+    rows: dict[str, list[Any]] = {}
     for group in groups:
         for component in components:
             cell = {"position_group": group, "component": component}
             found = _locate_cell(
-                mean_change.sel(cell).transpose("layer").values,
-                boot.sel(cell).transpose("resample", "layer").values,
                 mean_effect.sel(cell).transpose("layer").values,
-                all_layers,
+                boot.sel(cell).transpose("resample", "layer").values,
+                layers,
                 float(floors.sel(cell)),
                 confidence,
-                extend_fraction,
+                coverage,
+                int(effect.sel(cell).notnull().all("layer").sum()),
             )
+            found["null_change"] = _window_change(null_mean, cell, found, layers)
             found["n_samples"] = int(effect.sel(cell).notnull().all("layer").sum())
             found["floor"] = float(floors.sel(cell))
             for key, value in found.items():
@@ -146,9 +161,9 @@ def locate(
         confidence=confidence,
         n_resamples=n_resamples,
         seed=seed,
-        extend_fraction=extend_fraction,
+        coverage=coverage,
         floor_source=floors.attrs.get("source", "fixed"),
-        layers=[int(layer) for layer in all_layers],
+        layers=[int(layer) for layer in layers],
     )
     return located
 
@@ -177,26 +192,22 @@ def _window_label(row: Any) -> str:
 
 
 def _resolve_floor(
-    results: xr.Dataset,
+    done: xr.Dataset,
     floor: float | str,
     metric: str,
     confidence: float,
     n_resamples: int,
     seed: int,
 ) -> xr.DataArray:
-    effect = results["effect"]
     template = xr.zeros_like(
-        effect.isel(sample=0, layer=0, metric=0, drop=True), dtype="float64"
+        done["effect"].isel(sample=0, layer=0, metric=0, drop=True), dtype="float64"
     ).reset_coords(drop=True)
     if isinstance(floor, str):
-        has_null = "null_effect" in results.data_vars and bool(
-            done_samples(results)["null_effect"].notnull().any()
-        )
-        if floor == "null" or (floor == "auto" and has_null):
-            return noise_floor(results, metric, confidence, n_resamples, seed)
+        if floor == "null":
+            return noise_floor(done, metric, confidence, n_resamples, seed)
         if floor != "auto":
             raise AnalysisError(f"floor must be 'auto', 'null' or a number; got {floor!r}")
-        floor = DEFAULT_FIXED_FLOOR
+        floor = DEFAULT_FIXED_FLOOR * _clean_conflict_gap(done, metric)
     if not np.isfinite(floor) or floor < 0:
         raise AnalysisError(f"a fixed floor must be a finite number ≥ 0; got {floor}")
     fixed = template + float(floor)
@@ -204,61 +215,113 @@ def _resolve_floor(
     return fixed
 
 
+def _clean_conflict_gap(done: xr.Dataset, metric: str) -> float:
+    """Median |clean − conflict| of the metric over samples; 1 for the normalized effect."""
+    if metric == "normalized_effect" or "baseline" not in done.data_vars:
+        return 1.0
+    runs = done["baseline"].sel(metric=metric)
+    gap = float(abs(runs.sel(run="clean") - runs.sel(run="conflict")).median(skipna=True))
+    return gap if np.isfinite(gap) and gap > 0 else 1.0
+
+
+def _null_mean(done: xr.Dataset, metric: str) -> xr.DataArray | None:
+    if "null_effect" not in done.data_vars:
+        return None
+    null = select_metric(done, metric, "null_effect").sortby("layer")
+    return null.mean("sample", skipna=True) if bool(null.notnull().any()) else None
+
+
+def _window_change(
+    null_mean: xr.DataArray | None, cell: dict[str, Any], found: dict[str, Any], layers: np.ndarray
+) -> float:
+    if null_mean is None or found["status"] != "located":
+        return float("nan")
+    profile = null_mean.sel(cell).transpose("layer").values
+    before = int(np.searchsorted(layers, found["start_layer"])) - 1
+    after = int(np.searchsorted(layers, found["end_layer"]))
+    return float(profile[after] - profile[before])
+
+
 def _locate_cell(
-    mean_change: np.ndarray,
-    boot_change: np.ndarray,
     mean_effect: np.ndarray,
-    all_layers: np.ndarray,
+    boot_effect: np.ndarray,
+    layers: np.ndarray,
     floor: float,
     confidence: float,
-    extend_fraction: float,
+    coverage: float,
+    n_samples: int,
 ) -> dict[str, Any]:
-    """One cell; index k of the changes is the change into ``all_layers[k + 1]``."""
+    """One cell: ``mean_effect`` (layer,) and ``boot_effect`` (resample, layer) mean profiles."""
     answer: dict[str, Any] = dict.fromkeys(_FLOAT_FIELDS, np.nan)
     answer.update(status="none", direction="")
-    if not np.isfinite(mean_change).any():
-        answer["status"] = "not computed"
+    if not np.isfinite(mean_effect).all():
+        answer["status"] = "not computed" if np.isnan(mean_effect).all() else "none"
         return answer
     alpha = 1.0 - confidence
-    peak = int(np.nanargmax(np.abs(mean_change)))
-    sign = 1.0 if mean_change[peak] > 0 else -1.0
-
-    def beyond(k: int, margin: float) -> bool:
-        """Change k goes the peak's way and its whole interval lies beyond ``margin``."""
-        if k < 0 or k >= len(mean_change) or not np.isfinite(mean_change[k]):
-            return False
-        if np.sign(mean_change[k]) != sign:
-            return False
-        low, high = np.nanquantile(boot_change[:, k], [alpha / 2, 1 - alpha / 2])
-        return bool(low > margin) if sign > 0 else bool(high < -margin)
-
-    def joins(k: int) -> bool:
-        if not beyond(k, 0.0):
-            return False
-        return bool(abs(mean_change[k]) >= extend_fraction * abs(mean_change[peak]))
-
-    if not beyond(peak, floor):
+    # Sampling noise of every pair difference at once: the range of the centred resampled profile
+    # bounds |(m_j − m_i) − true| over all pairs i < j simultaneously.
+    centred = (boot_effect - mean_effect[None, :]) * _small_sample_factor(n_samples, confidence)
+    noise = float(
+        np.nanquantile(np.nanmax(centred, axis=1) - np.nanmin(centred, axis=1), confidence)
+    )
+    answer["noise"] = noise
+    differences = mean_effect[None, :] - mean_effect[:, None]  # [i, j] = m_j − m_i
+    upper = np.triu(np.ones_like(differences, dtype=bool), k=1)
+    first, last = np.unravel_index(
+        np.argmax(np.where(upper, np.abs(differences), -1.0)), differences.shape
+    )
+    largest = differences[first, last]
+    if abs(largest) - noise <= floor:
         return answer
-    start = end = peak
-    while joins(start - 1):
-        start -= 1
-    while joins(end + 1):
-        end += 1
+    sign = 1.0 if largest > 0 else -1.0
+    start, end = _shortest_window(mean_effect, first, last, sign * coverage * abs(largest))
 
-    window_change = boot_change[:, start : end + 1].sum(axis=1)
-    peaks = all_layers[1:][np.nanargmax(np.abs(np.nan_to_num(boot_change, nan=0.0)), axis=1)]
+    window_change = boot_effect[:, end] - boot_effect[:, start]
+    steps = sign * np.diff(boot_effect, axis=1)
+    peaks = layers[1:][np.nanargmax(steps, axis=1)]
+    in_window = sign * np.diff(mean_effect)[start:end]
     answer.update(
         status="located",
         direction="rise" if sign > 0 else "fall",
-        start_layer=float(all_layers[start + 1]),
-        end_layer=float(all_layers[end + 1]),
-        peak_layer=float(all_layers[peak + 1]),
+        start_layer=float(layers[start + 1]),
+        end_layer=float(layers[end]),
+        peak_layer=float(layers[start + 1 + int(np.argmax(in_window))]),
         peak_layer_low=float(np.quantile(peaks, alpha / 2, method="lower")),
         peak_layer_high=float(np.quantile(peaks, 1 - alpha / 2, method="higher")),
-        change=float(np.sum(mean_change[start : end + 1])),
+        change=float(mean_effect[end] - mean_effect[start]),
         change_low=float(np.nanquantile(window_change, alpha / 2)),
         change_high=float(np.nanquantile(window_change, 1 - alpha / 2)),
         before=float(mean_effect[start]),
-        after=float(mean_effect[end + 1]),
+        after=float(mean_effect[end]),
     )
     return answer
+
+
+def _small_sample_factor(n_samples: int, confidence: float) -> float:
+    """Widen bootstrap deviations of a mean of n samples towards Student-t ones.
+
+    The bootstrap spreads a mean like a normal with the 1/n variance; with few samples the true
+    spread is a Student t with n − 1 degrees of freedom and the 1/(n − 1) variance. The ratio of the
+    two quantiles (Cornish–Fisher expansion of t) times sqrt(n / (n − 1)).
+    """
+    if n_samples < 3:
+        return 3.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    freedom = n_samples - 1
+    t = z + (z**3 + z) / (4 * freedom) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * freedom**2)
+    return t / z * math.sqrt(n_samples / freedom)
+
+
+def _shortest_window(
+    mean_effect: np.ndarray, first: int, last: int, target: float
+) -> tuple[int, int]:
+    """Indices (a, b), first ≤ a < b ≤ last, of the shortest span whose change reaches ``target``
+    (signed); among equally short spans, the one with the largest change."""
+    sign = 1.0 if target > 0 else -1.0
+    for length in range(1, last - first + 1):
+        spans = [(a, a + length) for a in range(first, last - length + 1)]
+        changes = [sign * (mean_effect[b] - mean_effect[a]) for a, b in spans]
+        best = int(np.argmax(changes))
+        if changes[best] >= abs(target):
+            return spans[best]
+    return first, last

@@ -27,7 +27,7 @@ def test_locate_json_is_machine_readable(store: Path) -> None:
     result = runner.invoke(app, ["locate", str(store), "--format", "json", "--resamples", "100"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
-    assert document["floor_source"] == "null" and document["metric"] == "normalized_effect"
+    assert document["floor_source"] == "fixed" and document["metric"] == "normalized_effect"
     windows = {(w["position_group"], w["component"]): w for w in document["windows"]}
     assert windows[("answer", "residual")]["window"] == "5"
     assert windows[("audio", "mlp")]["start_layer"] is None
@@ -50,6 +50,7 @@ def test_plot_writes_figures(small_store: Path, tmp_path: Path) -> None:
     [
         (["locate", "{missing}"], "no patchwork store"),
         (["locate", "{store}", "--floor", "loud"], "--floor must be"),
+        (["locate", "{store}", "--floor", "-1"], "--floor must be a finite number"),
         (["locate", "{store}", "--metric", "accuracy"], "metric must be one of"),
         (["plot", "{missing}", "--out", "{missing}"], "no patchwork store"),
     ],

@@ -61,6 +61,7 @@ def test_layer_changes_are_labelled_with_the_later_layer() -> None:
 
 
 def test_noise_floor_grows_with_noise_and_needs_the_null() -> None:
+    """The null's largest change between layers, bootstrapped: grows with its noise."""
     quiet = noise_floor(synthetic_results(noise=0.05, seed=1), n_resamples=200)
     loud = noise_floor(synthetic_results(noise=0.3, seed=1), n_resamples=200)
     assert quiet.dims == ("position_group", "component")
