@@ -35,15 +35,14 @@ def _done(results: xr.Dataset) -> xr.Dataset:
 
 
 def knockout_frame(results: xr.Dataset, metric: str = "normalized_effect") -> pd.DataFrame:
-    """Long table of ``knockout_effect``: sample, rule, first, last (layers), value."""
+    """Long table of ``knockout_effect``: sample, rule, first and last blocked layer, value."""
     effect = _done(results)["knockout_effect"].sel(metric=metric)
     frame = effect.to_dataframe(name="value").reset_index()[["sample", "knockout", "value"]]
-    parts = (
-        frame["knockout"].astype(str).str.extract(r"^(?P<rule>.+)@(?P<first>\d+)-(?P<last>\d+)$")
-    )
-    frame = pd.concat([frame, parts], axis=1)
-    frame["first"] = frame["first"].astype(int)
-    frame["last"] = frame["last"].astype(int)
+    spans = frame["knockout"].astype(str).str.extract(r"^(?P<rule>.+)@(?P<layers>[\d,-]+)$")
+    numbers = spans["layers"].str.findall(r"\d+")
+    frame["rule"] = spans["rule"]
+    frame["first"] = numbers.map(lambda found: int(found[0]))
+    frame["last"] = numbers.map(lambda found: int(found[-1]))
     return frame
 
 

@@ -13,7 +13,7 @@ produces the first generated answer token — so rules on it act on that token (
 code typed it as text). :func:`generate_with_knockout` keeps rules active while decoding with a
 cache, where ``answer`` is each newly generated position.
 
-Stored (``knockout`` = ``"<rule>@<first>-<last>"`` labels):
+Stored (``knockout`` = ``"<rule>@<first>-<last>"`` labels, runs of layers joined by commas):
 
 - ``knockout_effect`` (sample, knockout, metric): the metrics of the knocked-out run; its
   ``normalized_effect`` is (knocked − run) / (reference − run) of the logit difference;
@@ -52,7 +52,14 @@ class Knockout:
 
     @property
     def label(self) -> str:
-        return f"{self.rule}@{self.layers[0]}-{self.layers[-1]}"
+        """``rule@first-last``; layer runs joined by commas when not contiguous (``r@0-3,6-7``)."""
+        runs: list[list[int]] = []
+        for layer in self.layers:
+            if runs and layer == runs[-1][1] + 1:
+                runs[-1][1] = layer
+            else:
+                runs.append([layer, layer])
+        return f"{self.rule}@" + ",".join(f"{first}-{last}" for first, last in runs)
 
 
 def knockouts(spec: AttentionKnockout, resolve_layers, num_layers: int) -> list[Knockout]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from patchwork.interventions.knockout import Knockout, generate_with_knockout
 from patchwork.models.loading import load_model
@@ -107,3 +109,43 @@ def reference_sample(loaded, runs):
 
 def _diff(logits: torch.Tensor, ids: tuple[int, int]) -> float:
     return float(logits[ids[0]] - logits[ids[1]])
+
+
+def test_labels_name_runs_of_layers() -> None:
+    assert Knockout("r", ("answer",), ("video",), (0, 1, 2, 3, 6, 7)).label == "r@0-3,6-7"
+    assert Knockout("r", ("answer",), ("video",), (4,)).label == "r@4-4"
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seq=st.integers(3, 12),
+    data=st.data(),
+)
+def test_blocked_pairs_are_exactly_the_rule_pairs(seq: int, data) -> None:
+    from patchwork.interventions.knockout import blocked_pairs
+
+    names = ("audio", "video", "text", "answer")
+    owner = data.draw(st.lists(st.sampled_from(names[:3]), min_size=seq - 1, max_size=seq - 1))
+    groups = {name: torch.tensor([o == name for o in owner] + [False]) for name in names[:3]}
+    groups["answer"] = torch.tensor([False] * (seq - 1) + [True])
+    rows = [
+        Knockout(
+            f"r{i}",
+            tuple(data.draw(st.sets(st.sampled_from(names), min_size=1))),
+            tuple(data.draw(st.sets(st.sampled_from(names), min_size=1))),
+            tuple(sorted(data.draw(st.sets(st.integers(0, 3), min_size=1)))),
+        )
+        for i in range(data.draw(st.integers(1, 3)))
+    ]
+    blocked = blocked_pairs(rows, groups, num_layers=4)
+    for layer in range(4):
+        for row, knockout in enumerate(rows):
+            for query in range(seq):
+                for key in range(seq):
+                    expected = (
+                        layer in knockout.layers
+                        and any(bool(groups[q][query]) for q in knockout.queries)
+                        and any(bool(groups[k][key]) for k in knockout.keys)
+                    )
+                    got = layer in blocked and bool(blocked[layer][row, query, key])
+                    assert got == expected
