@@ -71,23 +71,33 @@ def random_info(index: int, seed: int, loaded: LoadedModel) -> SampleInfo:
 
 
 def random_sample(
-    index: int, seed: int, runs: Mapping[str, RunSpec], question: str, loaded: LoadedModel
+    index: int,
+    seed: int,
+    runs: Mapping[str, RunSpec],
+    question: str,
+    loaded: LoadedModel,
+    mel_frames: int = MEL_FRAMES,
+    frame_size: int = FRAME_SIZE,
 ) -> Sample:
-    """One sample of the ``random`` generator (see module docstring)."""
+    """One sample of the ``random`` generator (see module docstring).
+
+    ``mel_frames`` (audio length, 4 frames per audio token) and ``frame_size`` (square frame side
+    in pixels, a multiple of 8) set the sequence length, e.g. for benchmarks.
+    """
 
     def draw(role: str, *shape: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(_stable_seed(seed, index, role))
         return torch.randn(*shape, generator=generator)
 
-    grid = (1, FRAME_SIZE // PATCH, FRAME_SIZE // PATCH)
+    grid = (1, frame_size // PATCH, frame_size // PATCH)
     input_ids = loaded.adapter.prompt_ids(
         loaded.token_ids(question),
-        [audio_token_count(MEL_FRAMES)],
+        [audio_token_count(mel_frames)],
         [grid[0] * grid[1] * grid[2] // MERGE**2],
     )
     patches = grid[0] * grid[1] * grid[2]
     patch_dim = 3 * TEMPORAL * PATCH * PATCH
-    sound = draw("sound", 1, MEL_BINS, MEL_FRAMES)
+    sound = draw("sound", 1, MEL_BINS, mel_frames)
     pictures = {
         "own": draw("picture", patches, patch_dim),
         "other_category": draw("other_picture", patches, patch_dim),
@@ -99,7 +109,7 @@ def random_sample(
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
             "input_features": sound if run.audio == "own" else torch.zeros_like(sound),
-            "feature_attention_mask": torch.ones(1, MEL_FRAMES, dtype=torch.long),
+            "feature_attention_mask": torch.ones(1, mel_frames, dtype=torch.long),
             "pixel_values_videos": pictures[run.picture],
             "video_grid_thw": torch.tensor([grid]),
             "video_second_per_grid": torch.tensor([1.0]),

@@ -44,7 +44,8 @@ Note = Callable[[str], None]
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What a run did: where it wrote, how much it computed and skipped, how long it took."""
+    """What a run did: where it wrote, how much it computed and skipped, how long it took
+    (``store_seconds``: time spent writing units to the store, serial runs)."""
 
     store: Path
     model: str
@@ -52,6 +53,7 @@ class RunSummary:
     units_run: int
     units_skipped: int
     seconds: float
+    store_seconds: float
     mean_normalized_effect: dict[str, float]
 
 
@@ -152,9 +154,13 @@ def run_study(
                     on_unit(stop - start)
             else:
                 pending.append((start, stop))
+        store_seconds = 0.0
         if executor is None:
             for start, stop in pending:
-                store.write_unit(start, prepared.unit(start, stop))
+                arrays = prepared.unit(start, stop)
+                writing = time.perf_counter()
+                store.write_unit(start, arrays)
+                store_seconds += time.perf_counter() - writing
                 if on_unit:
                     on_unit(stop - start)
         else:
@@ -164,7 +170,9 @@ def run_study(
                 start, stop = future.result()
                 if on_unit:
                     on_unit(stop - start)
-    return _summary(prepared, len(pending), len(prepared.units) - len(pending), started)
+    return _summary(
+        prepared, len(pending), len(prepared.units) - len(pending), started, store_seconds
+    )
 
 
 @dataclass(frozen=True)
@@ -250,7 +258,9 @@ def _models(path: Path) -> list[str]:
     return sorted(name for name, _ in zarr.open_group(path, mode="r").groups())
 
 
-def _summary(prepared: Prepared, run: int, skipped: int, started: float) -> RunSummary:
+def _summary(
+    prepared: Prepared, run: int, skipped: int, started: float, store_seconds: float
+) -> RunSummary:
     results = open_results(prepared.store, prepared.loaded.name)
     means: dict[str, float] = {}
     if "effect" in results:
@@ -267,5 +277,6 @@ def _summary(prepared: Prepared, run: int, skipped: int, started: float) -> RunS
         units_run=run,
         units_skipped=skipped,
         seconds=time.perf_counter() - started,
+        store_seconds=store_seconds,
         mean_normalized_effect=means,
     )

@@ -1,0 +1,299 @@
+"""How fast is an activation-patching sweep? One table from one run, every method on the same data.
+
+Methods, each in a fresh process (so peak memory is its own):
+
+- ``naive``: one full forward per condition with plain torch forward hooks (TransformerLens-style);
+- ``exact``: patchwork's exact path (conditions batched as rows; each patched run starts at its
+  patched layer and first patched position, reusing the target run's cached inputs, keys, values);
+- ``attribution``: gradient × activation-difference estimates (one forward, two backward passes).
+
+Models: the shipped default model (``testbed``) and a larger random-init Qwen2.5-Omni thinker
+(24 layers, hidden 512, > 512 tokens). Columns: wall time, ratio to naive, max |difference| of the
+logit difference to naive, peak RSS, exact's ratio to the FLOP floor (the wall time naive would
+need for only the layers at or above each patch and the positions at or after it), and the
+Spearman correlation of attribution's estimates with naive effects. A last line gives the share of
+a study's wall time spent writing the store.
+
+Usage: ``python benchmarks/sweep.py [--quick] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODELS = {
+    "testbed": {"samples": 4, "layers": "all"},
+    "large-random": {"samples": 1, "layers": [0, 3, 6, 9, 12, 15, 18, 21, 23]},
+}
+QUICK = {
+    "testbed": {"samples": 2, "layers": "all"},
+    "large-random": {"samples": 1, "layers": [0, 12, 23]},
+}
+GROUPS = ["audio", "video", "text", "answer"]
+COMPONENTS = ["residual", "attention", "mlp"]
+
+
+def study_text(model: str, layers: object, method: str) -> str:
+    if model == "testbed":
+        source = "checkpoint: testbed"
+    else:
+        source = "random_init: {layers: 24, hidden_size: 512, heads: 8, kv_heads: 4, seed: 0}"
+    return f"""\
+name: bench
+model: {{{source}}}
+dataset: {{generator: random, samples: 1}}
+interventions:
+  - kind: activation_patching
+    layers: {json.dumps(layers)}
+    position_groups: {json.dumps(GROUPS)}
+    components: {json.dumps(COMPONENTS)}
+    method: {"exact" if method == "naive" else method}
+    noise_floor: none
+execution: {{batch_size: 32, unit_size: 8}}
+"""
+
+
+def samples_for(model: str, count: int, study, loaded):
+    from patchwork.data.generators import random_sample
+
+    if model == "testbed":
+        from patchwork import testbed
+
+        runs = {name: run.model_dump() for name, run in study.runs.items()}
+        with tempfile.TemporaryDirectory() as media:
+            return testbed.make_samples(
+                testbed.checkpoint_path("testbed"), count, 0, runs, study.question, Path(media)
+            )
+    # > 512 tokens: 400 audio tokens (1600 mel frames) + 121 video tokens (88×88 frames) + text
+    return [
+        random_sample(i, 0, study.runs, study.question, loaded, mel_frames=1600, frame_size=88)
+        for i in range(count)
+    ]
+
+
+def naive_effects(method, samples) -> np.ndarray:
+    """Logit differences (samples, conditions) from one hooked full forward per condition."""
+    import torch
+
+    adapter, spec = method.loaded.adapter, method.spec
+    model = adapter.root
+    results = np.zeros((len(samples), len(method.conditions)))
+    for row, sample in enumerate(samples):
+        saved: dict = {}
+        handles = []
+        for layer, component in method.sites:
+
+            def keep(module, args, output, key=(layer, component), saved=saved):
+                saved[key] = adapter.output_tensor(key[1], output)[0].detach().clone()
+
+            handles.append(adapter.component(model, layer, component).register_forward_hook(keep))
+        with torch.no_grad():
+            model(**sample.runs[spec.source])
+        for handle in handles:
+            handle.remove()
+        target = sample.runs[spec.target]
+        masks = adapter.position_groups(target["input_ids"])
+        for column, condition in enumerate(method.conditions):
+            handles = []
+            for layer in condition.layers:
+                site = (layer, condition.component)
+
+                def patch(
+                    module,
+                    args,
+                    output,
+                    site=site,
+                    mask=masks[condition.position_group],
+                    source=saved[site],
+                ):
+                    value = adapter.output_tensor(site[1], output).clone()
+                    value[0, mask] = source[mask]
+                    return (value, *output[1:]) if isinstance(output, tuple) else value
+
+                module = adapter.component(model, layer, condition.component)
+                handles.append(module.register_forward_hook(patch))
+            with torch.no_grad():
+                logits = model(**target).logits[0, -1]
+            for handle in handles:
+                handle.remove()
+            results[row, column] = float(
+                logits[sample.audio_answer_id] - logits[sample.visual_answer_id]
+            )
+    return results
+
+
+def child(model: str, method_name: str, out: str, quick: bool) -> None:
+    """Run one (model, method) and save its logit differences; print wall time and peak RSS."""
+    import torch
+
+    torch.set_num_threads(1)
+    from patchwork.interventions.activation_patching import ActivationPatchingMethod
+    from patchwork.interventions.patching import Patcher
+    from patchwork.models.loading import load_model
+    from patchwork.study import parse_study
+
+    config = (QUICK if quick else MODELS)[model]
+    study = parse_study(study_text(model, config["layers"], method_name))
+    loaded = load_model(study.model)
+    method = ActivationPatchingMethod(study.patching, 0, study, loaded)
+    samples = samples_for(model, config["samples"], study, loaded)
+    started = time.perf_counter()
+    if method_name == "naive":
+        values = naive_effects(method, samples)
+    else:
+        arrays = method.compute(samples, Patcher(loaded.adapter))
+        effect = arrays["effect"][..., 0]  # logit_diff
+        values = np.stack(
+            [
+                [effect[(row, *method.cell[c])] for c in method.conditions]
+                for row in range(len(samples))
+            ]
+        )
+    wall = time.perf_counter() - started
+    seq_len = samples[0].runs["conflict"]["input_ids"].shape[1]
+    masks = loaded.adapter.position_groups(samples[0].runs["conflict"]["input_ids"])
+    layers = loaded.adapter.num_layers
+    naive_units = (len(method.conditions) + 2) * layers * seq_len
+    floor_units = 2 * layers * seq_len + sum(
+        (layers - min(c.layers)) * (seq_len - int(masks[c.position_group].nonzero()[0]))
+        for c in method.conditions
+    )
+    np.save(out, values)
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "floor_fraction": floor_units / naive_units,
+                "conditions": len(method.conditions),
+                "samples": len(samples),
+                "tokens": seq_len,
+            }
+        )
+    )
+
+
+def store_share(quick: bool) -> dict[str, float]:
+    """Share of a whole study run's wall time spent writing its store (testbed, exact)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from patchwork import parse_study, run_study
+
+    text = study_text("testbed", "all", "exact").replace(
+        "{generator: random, samples: 1}", f"{{generator: testbed, samples: {8 if quick else 32}}}"
+    )
+    with tempfile.TemporaryDirectory() as root:
+        summary = run_study(parse_study(text), root)
+    return {"store_s": summary.store_seconds, "wall_s": summary.seconds}
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from patchwork.interventions.attribution import spearman as rank_correlation
+
+    return rank_correlation(a.ravel(), b.ravel())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples and layers")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument(
+        "--child", nargs=3, metavar=("MODEL", "METHOD", "OUT"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child, quick=args.quick)
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for model in MODELS:
+            measured = {}
+            for method in ("naive", "exact", "attribution"):
+                out = f"{scratch}/{model}-{method}.npy"
+                command = [sys.executable, __file__, "--child", model, method, out]
+                result = subprocess.run(
+                    command + (["--quick"] if args.quick else []),
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                measured[method] = (
+                    json.loads(result.stdout.strip().splitlines()[-1]),
+                    np.load(out),
+                )
+            naive_info, naive_values = measured["naive"]
+            for method, (info, values) in measured.items():
+                row = {
+                    "model": model,
+                    "method": method,
+                    "wall_s": round(info["wall_s"], 3),
+                    "ratio_to_naive": round(info["wall_s"] / naive_info["wall_s"], 4),
+                    "max_abs_diff": float(np.abs(values - naive_values).max()),
+                    "peak_mem_mb": round(info["peak_mem_mb"], 1),
+                    "floor_ratio": None,
+                    "spearman": None,
+                    "detail": f"{info['samples']} samples x {info['conditions']} conditions, "
+                    f"{info['tokens']} tokens",
+                }
+                if method == "exact":
+                    floor_s = naive_info["wall_s"] * info["floor_fraction"]
+                    row["floor_ratio"] = round(info["wall_s"] / floor_s, 3)
+                if method == "attribution":
+                    row["spearman"] = round(spearman(values, naive_values), 4)
+                rows.append(row)
+    share = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys; sys.path.insert(0, 'benchmarks'); import sweep;"
+            f"print(json.dumps(sweep.store_share({args.quick})))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    store = json.loads(share.stdout.strip().splitlines()[-1])
+    header = [
+        "model",
+        "method",
+        "wall_s",
+        "ratio_to_naive",
+        "max_abs_diff",
+        "peak_mem_mb",
+        "floor_ratio",
+        "spearman",
+        "detail",
+    ]
+    widths = [14, 12, 9, 15, 13, 12, 12, 9, 40]
+    print("  ".join(name.ljust(width) for name, width in zip(header, widths, strict=True)))
+    for row in rows:
+        cells = [
+            ""
+            if row[key] is None
+            else (f"{row[key]:.3g}" if isinstance(row[key], float) else str(row[key]))
+            for key in header
+        ]
+        print("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)))
+    print(
+        f"store writes: {store['store_s']:.2f} s of a {store['wall_s']:.1f} s testbed study "
+        f"({100 * store['store_s'] / store['wall_s']:.1f}% of wall time)"
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps([{k: v for k, v in row.items() if k != "detail"} for row in rows], indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
