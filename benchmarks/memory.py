@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 CHILD = """
 import json, resource, sys, torch
@@ -38,7 +37,9 @@ def measure(samples: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as root:
         output = subprocess.run(
             [sys.executable, "-c", CHILD, STUDY.format(samples=samples), root],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -51,8 +52,10 @@ def main() -> None:
     base = rows[0][1]["peak_mb"]
     print(f"{'samples':>8} {'peak RSS (MB)':>14} {'vs smallest':>12} {'wall (s)':>9}")
     for samples, row in rows:
-        print(f"{samples:>8} {row['peak_mb']:>14.1f} {row['peak_mb'] / base:>11.3f}x "
-              f"{row['seconds']:>9.1f}")
+        print(
+            f"{samples:>8} {row['peak_mb']:>14.1f} {row['peak_mb'] / base:>11.3f}x "
+            f"{row['seconds']:>9.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -252,7 +252,7 @@ def open_results(path: str | Path, model: str | None = None) -> xr.Dataset:
     if model not in models:
         raise StoreError(f"{path}: no model {model!r}; the store has {models}")
     group = root[model]
-    if not all(name in group for name in REQUIRED_ARRAYS):
+    if "done" not in group:
         raise StoreError(
             f"{path}/{model}: the store's template is incomplete (a run was cut short while "
             "creating it); run the study again to rewrite it"
