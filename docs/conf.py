@@ -51,15 +51,26 @@ html_theme = "furo"
 html_title = f"patchwork {release}"
 
 
-# docs/testbed.md (the default model's page) is written with the testbed; it joins the contents
-# once it exists, so the build passes before and after.
-def _add_testbed_page(app, docname: str, source: list[str]) -> None:
-    if docname == "index" and (DOCS / "testbed.md").exists():
-        source[0] = source[0].replace(
-            "<!-- testbed page -->",
-            "```{toctree}\n:maxdepth: 1\n:caption: The default model\n\ntestbed\n```",
-        )
+# Pages colleagues add beside the guide (the default model's page, model families, …) join the
+# contents by themselves: every top-level page that index.md does not list goes under "More".
+_PAGE_SUFFIXES = (".md", ".rst", ".ipynb")
+
+
+def _unlisted_pages(index_text: str) -> list[str]:
+    pages = sorted(path.stem for path in DOCS.iterdir() if path.suffix in _PAGE_SUFFIXES)
+    listed = {line.strip() for line in index_text.splitlines()}
+    extra = [page for page in pages if page != "index" and page not in listed]
+    return sorted(extra, key=lambda page: (page != "testbed", page))
+
+
+def _add_unlisted_pages(app, docname: str, source: list[str]) -> None:
+    if docname != "index":
+        return
+    extra = _unlisted_pages(source[0])
+    if extra:
+        toctree = "```{toctree}\n:maxdepth: 1\n:caption: More\n\n" + "\n".join(extra) + "\n```"
+        source[0] = source[0].replace("<!-- more pages -->", toctree)
 
 
 def setup(app) -> None:
-    app.connect("source-read", _add_testbed_page)
+    app.connect("source-read", _add_unlisted_pages)

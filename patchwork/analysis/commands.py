@@ -145,6 +145,12 @@ def register(app: typer.Typer) -> None:
             typer.echo(str(path))
 
 
+def _number(value: float, signed: bool = False) -> str:
+    if not math.isfinite(value):
+        return ""
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
 def _print_table(located: Any) -> None:
     from rich import box
     from rich.console import Console
@@ -155,14 +161,16 @@ def _print_table(located: Any) -> None:
     table_data = locate_table(located)
     attrs = located.attrs
     title = (
-        f"{attrs.get('study_name', 'study')} · {attrs.get('model_name', 'model')}\n"
+        f"{attrs.get('study_name', 'study')} · {attrs.get('model_name', 'model')}, "
+        f"{int(table_data['n_samples'].max())} samples\n"
         f"where {attrs['metric']} changes most across layers "
-        f"({attrs['confidence']:.0%} CI, floor: {attrs['floor_source']})"
+        f"({attrs['confidence']:.0%} CI, floor: {attrs['floor_source']}; "
+        "null Δ: the same window under mismatched patches)"
     )
-    table = Table(title=title, box=box.SIMPLE_HEAD)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("group", "component", "window", "peak [CI]"):
         table.add_column(column, no_wrap=True)
-    for column in ("change [CI]", "floor", "n"):
+    for column in ("change [CI]", "null Δ", "floor"):
         table.add_column(column, justify="right", no_wrap=True)
     for row in table_data.itertuples():
         if row.status != "located":
@@ -172,8 +180,8 @@ def _print_table(located: Any) -> None:
                 f"[dim]{row.window}[/]",
                 "",
                 "",
-                f"{row.floor:.3f}",
-                str(row.n_samples),
+                "",
+                f"{row.floor:.2f}",
             )
             continue
         table.add_row(
@@ -181,8 +189,8 @@ def _print_table(located: Any) -> None:
             row.component,
             f"[bold]{row.window}[/]",
             f"{row.peak_layer} [{row.peak_layer_low}–{row.peak_layer_high}]",
-            f"{row.change:+.2f} [{row.change_low:.2f}, {row.change_high:.2f}]",
-            f"{row.floor:.3f}",
-            str(row.n_samples),
+            f"{row.change:+.2f} [{row.change_low:+.2f},{row.change_high:+.2f}]",
+            _number(row.null_change, signed=True),
+            f"{row.floor:.2f}",
         )
     Console().print(table)

@@ -14,6 +14,10 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 @pytest.mark.notebook
 def test_tutorial_notebook_executes(tmp_path: Path) -> None:
     notebook = nbformat.read(DOCS / "tutorial.ipynb", as_version=4)
+    # Fewer samples than the docs build runs: the test checks that every cell works, fast.
+    for cell in notebook.cells:
+        cell.source = cell.source.replace("SAMPLES = 16", "SAMPLES = 8")
+    assert any("SAMPLES = 8" in cell.source for cell in notebook.cells)
     client = NotebookClient(
         notebook,
         timeout=300,
