@@ -169,7 +169,8 @@ def plot_probes(scores: xr.Dataset, baseline: xr.Dataset | None = None) -> Figur
     ax.set_xlabel("layer")
     ax.set_ylabel("cross-validated accuracy")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"probes decoding {scores.attrs.get('target', '')} (dashed: shuffled labels)")
+    key = "dashed: shuffled labels" + ("; dotted: baseline" if baseline is not None else "")
+    ax.set_title(f"probes decoding {scores.attrs.get('target', '')}\n({key})")
     ax.legend(title="position group")
     return figure
 
