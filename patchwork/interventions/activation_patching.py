@@ -237,15 +237,29 @@ class _ExactRunner:
         clean: dict[str, torch.Tensor],
         conflict: dict[str, torch.Tensor],
     ) -> np.ndarray:
-        """Metric tables (len(conditions), metrics) of the patched runs, in batches."""
+        """Metric tables (len(conditions), metrics) of the patched runs, in batches.
+
+        A batch that runs out of accelerator memory is halved and retried; the smaller size is
+        kept for the rest of the run.
+        """
         tables = []
-        for first in range(0, len(conditions), self.batch_size):
+        first = 0
+        while first < len(conditions):
             chunk = conditions[first : first + self.batch_size]
-            if self.resumed and self.resume is not None:
-                logits = self.resume.patched(self.cache, activations, chunk, self.masks)
-            else:
-                logits = self.patcher.patched(self.target, activations, chunk, self.masks)
+            try:
+                if self.resumed and self.resume is not None:
+                    logits = self.resume.patched(self.cache, activations, chunk, self.masks)
+                else:
+                    logits = self.patcher.patched(self.target, activations, chunk, self.masks)
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
             tables.append(_table(answer_metrics(logits, *ids), clean, conflict))
+            first += len(chunk)
         return np.concatenate(tables) if tables else np.empty((0, len(METRICS)), np.float32)
 
 

@@ -177,3 +177,37 @@ def test_reuse_does_not_change_stored_effects(tmp_path: Path) -> None:
     assert without.execution.reuse is False
     plain = open_results(run_study(without, tmp_path / "b").store).load()
     np.testing.assert_allclose(with_reuse["effect"].values, plain["effect"].values, atol=1e-5)
+
+
+def test_a_batch_out_of_memory_is_halved_and_retried(tiny_model, monkeypatch) -> None:
+    from patchwork.interventions.activation_patching import _ExactRunner
+    from patchwork.interventions.metrics import answer_metrics as metrics_of
+
+    sample = random_sample(1, 0, RUNS, "what do you hear", tiny_model)
+    patcher = Patcher(tiny_model.adapter)
+    conditions = sweep_conditions(range(3), 1, 3, GROUPS, COMPONENTS)
+    sites = {(layer, c.component) for c in conditions for layer in c.layers}
+    clean_logits, clean = patcher.record(sample.runs["clean"], sites)
+    conflict = sample.runs["conflict"]
+    masks = tiny_model.adapter.position_groups(conflict["input_ids"])
+    ids = (sample.audio_answer_id, sample.visual_answer_id)
+    expected_runner = _ExactRunner(patcher, reuse=False, batch_size=64)
+    base = metrics_of(expected_runner.start(conflict, masks), *ids)
+    clean_metrics = metrics_of(clean_logits, *ids)
+    expected = expected_runner.patch(conditions, clean, ids, clean_metrics, base)
+
+    runner = _ExactRunner(patcher, reuse=False, batch_size=64)
+    runner.start(conflict, masks)
+    original = Patcher.patched
+    sizes: list[int] = []
+
+    def limited(self, target, source, chunk, group_masks):
+        sizes.append(len(chunk))
+        if len(chunk) > 16:
+            raise torch.OutOfMemoryError("simulated")
+        return original(self, target, source, chunk, group_masks)
+
+    monkeypatch.setattr(Patcher, "patched", limited)
+    tables = runner.patch(conditions, clean, ids, clean_metrics, base)
+    assert sizes[:3] == [45, 32, 16] and runner.batch_size == 16
+    np.testing.assert_allclose(tables, expected, atol=1e-6)
