@@ -93,7 +93,7 @@ class AttentionShareMethod(Method):
         return (self.spec.run,)
 
     def variables(self) -> dict[str, ArraySpec]:
-        coords = {
+        coords: dict[str, list] = {
             "share_layer": list(self.layers),
             "share_query": list(self.spec.queries),
             "share_key": list(self.spec.keys),

@@ -12,6 +12,7 @@ their top tokens differ are computed, then averaged over each position group's p
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,10 @@ class BaseComparisonMethod(Method):
         return tuple(self.spec.runs)
 
     def variables(self) -> dict[str, ArraySpec]:
-        coords = {"base_run": list(self.spec.runs), "base_group": list(self.spec.position_groups)}
+        coords: dict[str, list] = {
+            "base_run": list(self.spec.runs),
+            "base_group": list(self.spec.position_groups),
+        }
         dims = ("sample", "base_run", "base_group")
         return {"base_kl": ArraySpec(dims, coords), "base_top_changed": ArraySpec(dims, coords)}
 
@@ -97,4 +101,5 @@ class BaseComparisonMethod(Method):
 
 
 def _vocab_size(model: torch.nn.Module) -> int:
-    return int(model.get_output_embeddings().weight.shape[0])
+    embeddings: Any = model.get_output_embeddings()  # type: ignore[operator]
+    return int(embeddings.weight.shape[0])

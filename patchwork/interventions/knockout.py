@@ -107,7 +107,7 @@ def blocking(adapter: ModelAdapter, blocked: Mapping[int, torch.Tensor]) -> Iter
 
     def hook_for(layer_blocks: torch.Tensor):
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
             implementation = getattr(module.config, "_attn_implementation", "sdpa")
             if implementation not in ("sdpa", "eager"):
                 raise RuntimeError(f"attention knockout needs sdpa or eager, not {implementation}")
@@ -171,7 +171,7 @@ def generate_with_knockout(
     hooks = windows.install(model, block_rules, windows.modality_token_ids(model.config))
     try:
         with torch.no_grad():
-            out = model.generate(
+            out = model.generate(  # type: ignore[operator]
                 **inputs,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,

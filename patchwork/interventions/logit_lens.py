@@ -57,7 +57,7 @@ class LogitLensMethod(Method):
         return (self.spec.run,)
 
     def variables(self) -> dict[str, ArraySpec]:
-        coords = {
+        coords: dict[str, list] = {
             "lens_layer": list(self.layers),
             "lens_group": list(self.spec.position_groups),
             "lens_answer": list(ANSWERS),
