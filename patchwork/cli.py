@@ -105,17 +105,36 @@ def run(
             on_unit=lambda count: progress.advance(task, count),
             on_note=lambda note: progress.console.print(f"[yellow]{note}[/]"),
         )
-    table = Table(title=f"{loaded.name}: mean normalized effect by position group")
-    table.add_column("position group")
-    table.add_column("mean normalized effect", justify="right")
-    for group, value in summary.mean_normalized_effect.items():
-        table.add_row(group, f"{value:+.3f}")
-    console.print(table)
+    if summary.layer_profile is not None:
+        console.print(_profile_table(loaded.name, summary.layer_profile))
     console.print(
         f"{summary.samples} samples on "
         f"{summary.model}: {summary.units_run} units run, {summary.units_skipped} already done, "
         f"{summary.seconds:.1f} s → [bold]{summary.store}[/]"
     )
+    console.print(
+        f"next: [bold]patchwork locate {summary.store}[/] · "
+        f"[bold]patchwork plot {summary.store} --out figures[/]"
+    )
+
+
+def _profile_table(study: str, profile: Any) -> Table:
+    """Mean normalized effect (layer × position group) of the first component, as a table."""
+    component = str(profile["component"].values)
+    table = Table(
+        title=f"{study}: mean normalized effect of patching the {component} "
+        "(0 = nothing restored, 1 = audio answer fully restored)"
+    )
+    table.add_column("layer", justify="right")
+    groups = [str(group) for group in profile["position_group"].values]
+    for group in groups:
+        table.add_column(group, justify="right")
+    for layer in profile["layer"].values:
+        row = profile.sel(layer=layer)
+        table.add_row(
+            str(int(layer)), *(f"{float(row.sel(position_group=g)):+.2f}" for g in groups)
+        )
+    return table
 
 
 @app.command()

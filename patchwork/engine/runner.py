@@ -54,7 +54,9 @@ class RunSummary:
     units_skipped: int
     seconds: float
     store_seconds: float
-    mean_normalized_effect: dict[str, float]
+    layer_profile: xr.DataArray | None
+    """Mean normalized effect over finished samples, (layer, position_group), of the first
+    patched component; None when the study has no activation patching."""
 
 
 @dataclass(frozen=True)
@@ -262,14 +264,10 @@ def _summary(
     prepared: Prepared, run: int, skipped: int, started: float, store_seconds: float
 ) -> RunSummary:
     results = open_results(prepared.store, prepared.loaded.name)
-    means: dict[str, float] = {}
+    profile = None
     if "effect" in results:
-        effect = results["effect"].sel(metric="normalized_effect")
-        by_group = effect.mean(dim=("sample", "layer", "component")).compute()
-        means = {
-            str(group): float(value)
-            for group, value in zip(by_group["position_group"].values, by_group.values, strict=True)
-        }
+        effect = results["effect"].sel(metric="normalized_effect").isel(component=0)
+        profile = effect.where(results["done"]).mean("sample").compute()
     return RunSummary(
         store=prepared.store,
         model=prepared.loaded.name,
@@ -278,5 +276,5 @@ def _summary(
         units_skipped=skipped,
         seconds=time.perf_counter() - started,
         store_seconds=store_seconds,
-        mean_normalized_effect=means,
+        layer_profile=profile,
     )
