@@ -87,7 +87,8 @@ def plot_heatmap(
                 center=0.0,
                 vmin=-limit,
                 vmax=limit,
-                annot=annotate,
+                # Values that round to zero are written "0.00", never "-0.00".
+                annot=grid.where(abs(grid) >= 0.005, 0.0).to_pandas() if annotate else False,
                 fmt=".2f",
                 annot_kws={"fontsize": 8},
                 linewidths=0.5,
@@ -141,16 +142,40 @@ def _draw_profile(ax, profile: xr.Dataset, component: str, group: str, label: bo
 
 
 def _shade_window(ax, located: xr.Dataset | None, component: str, group: str) -> None:
-    """Shade from the layer stored before the window to its end: where the line moves."""
-    if located is None or group not in located["position_group"].values:
+    span = _window_span(located, component, group)
+    if span is not None:
+        ax.axvspan(*span, color=_PALETTE.get(group, "grey"), alpha=0.15)
+
+
+def _mark_window(
+    ax, profile: xr.Dataset, located: xr.Dataset | None, component: str, group: str
+) -> None:
+    """Thicken the stretch of the line where the located window moves it."""
+    span = _window_span(located, component, group)
+    if span is None:
         return
+    cell = profile["mean"].sel(component=component, position_group=group)
+    stretch = cell.sel(layer=(cell["layer"] >= span[0]) & (cell["layer"] <= span[1]))
+    ax.plot(
+        stretch["layer"].values,
+        stretch.values,
+        lw=7,
+        alpha=0.35,
+        color=_PALETTE.get(group, "grey"),
+        solid_capstyle="round",
+    )
+
+
+def _window_span(located: xr.Dataset | None, component: str, group: str) -> list[float] | None:
+    """From the layer stored before the window to its end: where the line moves."""
+    if located is None or group not in located["position_group"].values:
+        return None
     cell = located.sel(component=component, position_group=group)
-    if str(cell["status"].values) == "located":
-        layers = located.attrs.get("layers")
-        start, end = float(cell["start_layer"]), float(cell["end_layer"])
-        earlier = [layer for layer in (layers if layers is not None else []) if layer < start]
-        colour = _PALETTE.get(group, "grey")
-        ax.axvspan(max(earlier, default=start - 1), end, color=colour, alpha=0.15)
+    if str(cell["status"].values) != "located":
+        return None
+    layers = located.attrs.get("layers") or []
+    start, end = float(cell["start_layer"]), float(cell["end_layer"])
+    return [max((layer for layer in layers if layer < start), default=start - 1), end]
 
 
 def _reference_lines(ax) -> None:
@@ -169,7 +194,8 @@ def plot_layer_profile(
     Args:
         profile: from :func:`~patchwork.analysis.layer_profile`.
         component: which component.
-        located: from :func:`~patchwork.analysis.locate`; located windows are shaded (optional).
+        located: from :func:`~patchwork.analysis.locate`; the stretch of each line across its
+            located window is drawn thick (optional).
         position_groups: which lines (default: all stored).
 
     Returns:
@@ -182,10 +208,14 @@ def plot_layer_profile(
     ax = figure.subplots()
     for group in groups:
         _draw_profile(ax, profile, component, group, label=True)
-        _shade_window(ax, located, component, group)
+        _mark_window(ax, profile, located, component, group)
     _reference_lines(ax)
     confidence = profile.attrs.get("confidence", 0.95)
-    ax.legend(title=f"position group\n(band: {confidence:.0%} CI)", frameon=False, loc="best")
+    ax.legend(
+        title=f"position group\n(band: {confidence:.0%} CI;\nthick: located window)",
+        frameon=False,
+        loc="best",
+    )
     ax.set_xlabel("layer (first layer of the patched window)")
     ax.set_ylabel(_metric_label(profile, wrap=True))
     ax.set_xticks(profile["layer"].values)
