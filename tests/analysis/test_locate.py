@@ -82,13 +82,13 @@ def test_no_step_means_none_everywhere(n_layers, n_samples, relative_noise, seed
 
 
 def test_false_alarms_are_rare_even_with_loud_noise_and_few_samples() -> None:
-    """480 cells without any step (4 to 40 samples, noise up to half the clean–conflict gap) and
+    """360 cells without any step (4 to 40 samples, noise up to half the clean–conflict gap) and
     no practical floor: the simultaneous noise bound alone keeps false windows at or below its
     nominal 5%; the default floor makes them rarer still."""
     rng = np.random.default_rng(11)
     alarms = {0.0: 0, "auto": 0}
     cells = 0
-    for seed in range(40):
+    for seed in range(30):
         results = synthetic_results(
             n_samples=int(rng.integers(4, 41)),
             n_layers=int(rng.integers(2, 13)),
