@@ -132,12 +132,14 @@ def probe_scores(
     folds: int = 5,
     seed: int = 0,
     steps: int = 150,
+    weight_decay: float = 1e-3,
 ) -> xr.Dataset:
     """Probe accuracy per (probe_layer, probe_group) for the labels in coordinate ``target``.
 
     ``results``: a store's dataset with ``probe_features``; only samples marked ``done`` are
     used. Returns ``accuracy`` and ``shuffled`` (the same probe on permuted labels) and attrs
-    ``chance`` (share of the most frequent label) and ``samples``.
+    ``chance`` (share of the most frequent label) and ``samples``; ``steps`` and
+    ``weight_decay`` go to :func:`probe_accuracy`.
     """
     data = results
     if "done" in results:
@@ -156,8 +158,8 @@ def probe_scores(
             x = values[:, li, gi]
             if torch.isnan(x).any():
                 continue
-            accuracy[li, gi] = probe_accuracy(x, labels, folds, seed, steps)
-            shuffled[li, gi] = probe_accuracy(x, permuted, folds, seed, steps)
+            accuracy[li, gi] = probe_accuracy(x, labels, folds, seed, steps, weight_decay)
+            shuffled[li, gi] = probe_accuracy(x, permuted, folds, seed, steps, weight_decay)
     coords = {"probe_layer": layers, "probe_group": groups}
     dims = ("probe_layer", "probe_group")
     counts = np.bincount(labels_np)
