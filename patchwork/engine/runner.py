@@ -166,7 +166,8 @@ def run_study(
                 if on_unit:
                     on_unit(stop - start)
         else:
-            task = UnitTask(study.text, _source_label(study), str(store_root or "store"))
+            root = Path(store_root if store_root is not None else "store").resolve()
+            task = UnitTask(study.text, _source_label(study), str(root))
             futures = [executor.submit(run_unit_task, task, start, stop) for start, stop in pending]
             for future in as_completed(futures):
                 start, stop = future.result()
