@@ -274,7 +274,9 @@ def _locate_cell(
     if abs(largest) - noise <= floor:
         return answer
     sign = 1.0 if largest > 0 else -1.0
-    start, end = _shortest_window(mean_effect, first, last, sign * coverage * abs(largest))
+    start, end = _shortest_window(
+        mean_effect, int(first), int(last), sign * coverage * abs(largest)
+    )
 
     window_change = boot_effect[:, end] - boot_effect[:, start]
     steps = sign * np.diff(boot_effect, axis=1)
