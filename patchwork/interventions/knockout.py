@@ -81,7 +81,8 @@ def blocked_pairs(
 ) -> dict[int, torch.Tensor]:
     """Per layer with any block: bool (rows, seq, seq), True where query → key is blocked.
 
-    ``groups`` are the adapter's (seq,) masks of one sample.
+    ``groups`` are the adapter's (seq,) masks of one sample. A position always keeps itself
+    (the diagonal is never blocked), so no query is left without keys (sdpa would give NaN).
     """
     seq = next(iter(groups.values())).numel()
     blocked: dict[int, torch.Tensor] = {}
@@ -92,7 +93,7 @@ def blocked_pairs(
             queries |= groups[group]
         for group in knockout.keys:
             keys |= groups[group]
-        pairs = queries[:, None] & keys[None, :]
+        pairs = queries[:, None] & keys[None, :] & ~torch.eye(seq, dtype=torch.bool)
         for layer in knockout.layers:
             if layer not in blocked:
                 blocked[layer] = torch.zeros(len(rows), seq, seq, dtype=torch.bool)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from patchwork.data.sample import Sample
+from patchwork.errors import StudyError
 from patchwork.interventions.method import Method
 from patchwork.interventions.patching import Patcher
 from patchwork.models.adapter import ModelAdapter
@@ -52,6 +53,14 @@ class LogitLensMethod(Method):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.layers = self.resolve_layers(self.spec.layers)
+        vocab = int(
+            self.loaded.adapter.root.get_submodule(self.loaded.adapter.unembed_path).weight.shape[0]
+        )
+        if self.spec.top_k > vocab:
+            raise StudyError(
+                f"{self.where('top_k')}: {self.spec.top_k} top tokens asked, the vocabulary has "
+                f"{vocab}"
+            )
 
     def runs(self) -> tuple[str, ...]:
         return (self.spec.run,)

@@ -143,9 +143,31 @@ def test_blocked_pairs_are_exactly_the_rule_pairs(seq: int, data) -> None:
             for query in range(seq):
                 for key in range(seq):
                     expected = (
-                        layer in knockout.layers
+                        query != key
+                        and layer in knockout.layers
                         and any(bool(groups[q][query]) for q in knockout.queries)
                         and any(bool(groups[k][key]) for k in knockout.keys)
                     )
                     got = layer in blocked and bool(blocked[layer][row, query, key])
                     assert got == expected
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_blocking_everything_leaves_each_position_itself(attention: str) -> None:
+    from patchwork.interventions.knockout import knocked_out_logits
+
+    loaded = load_model(
+        ModelSpec(
+            random_init=RandomInit(layers=2, hidden_size=32, heads=2, kv_heads=1, seed=1),
+            attention=attention,
+        )
+    )
+    inputs = dict(reference_sample(loaded, {"conflict": RunSpec()}).runs["conflict"])
+    logits = knocked_out_logits(
+        loaded.adapter, inputs, [Knockout("everything", ("all",), ("all",), (0, 1))]
+    )
+    seq = inputs["input_ids"].shape[1]
+    only_self = {layer: ~torch.eye(seq, dtype=torch.bool) for layer in (0, 1)}
+    expected = reference.forward_by_hand(loaded.model, inputs, only_self)[0][-1]
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits[0], expected, atol=1e-5, rtol=0)

@@ -116,3 +116,11 @@ def test_runs_must_exist_and_differ() -> None:
                 "rules: {a: {queries: [answer], keys: [video]}}}\n"
             )
         )
+
+
+def test_top_k_beyond_the_vocabulary_is_refused(tmp_path: Path) -> None:
+    from patchwork.engine.runner import prepare
+
+    study = parse_study(study_text(methods="  - {kind: logit_lens, top_k: 100}\n"))
+    with pytest.raises(StudyError, match=r"interventions\[0\]\.top_k: 100 top tokens"):
+        prepare(study, tmp_path)
