@@ -167,3 +167,41 @@ def summary(table: pd.DataFrame) -> dict[str, float]:
     }
 
 
+
+
+def answer_patching_sweep(
+    model: torch.nn.Module, samples: Sequence[Sample], source: str = "clean",
+    target: str = "conflict", batch_size: int = 64,
+) -> pd.DataFrame:
+    """Per decoder layer: share of ``target`` runs answering the sound after the answer position's
+    residual stream (that layer's output) is replaced by the ``source`` run's.
+
+    A quick localization check of where the picture overrides the sound (the full sweeps live in
+    :mod:`patchwork.interventions`).
+    """
+    from patchwork.testbed.windows import decoder_layers
+
+    layers = decoder_layers(model)
+    sound = torch.tensor([s.audio_answer_id for s in samples])
+    shares = []
+    for index, layer in enumerate(layers):
+        predicted = []
+        for start in range(0, len(samples), batch_size):
+            block = samples[start:start + batch_size]
+            with torch.no_grad():
+                clean = model(**collate([s.runs[source] for s in block]),
+                              output_hidden_states=True).hidden_states[index + 1][:, -1]
+
+                def replace(module, args, output, clean=clean):
+                    patched = output.clone()
+                    patched[:, -1] = clean
+                    return patched
+
+                handle = layer.register_forward_hook(replace)
+                try:
+                    logits = model(**collate([s.runs[target] for s in block])).logits[:, -1]
+                finally:
+                    handle.remove()
+            predicted.append(logits.argmax(-1))
+        shares.append(float((torch.cat(predicted) == sound).float().mean()))
+    return pd.DataFrame({"layer": range(len(layers)), "sound_share": shares})

@@ -18,7 +18,7 @@ def test_unknown_names_list_the_known_ones():
         checkpoint_path("tested")
 
 
-@pytest.mark.parametrize("name", ["testbed", "testbed-base"])
+@pytest.mark.parametrize("name", ["testbed", "testbed-base", "testbed-windowed"])
 def test_checkpoints_are_small_safetensors_with_the_tokenizers_ids(name):
     directory = checkpoint_path(name)
     weights = list(directory.glob("*.safetensors"))
@@ -73,3 +73,16 @@ def test_cli_train_refuses_bad_windows_before_training(tmp_path):
     result = CliRunner().invoke(app, ["testbed", "train", "--out", str(tmp_path),
                                       "--video-access-layers", "6:3"])
     assert isinstance(result.exception, PatchworkError)
+
+
+def test_windowed_checkpoint_installs_its_windows_and_hears(tmp_path):
+    directory = checkpoint_path("testbed-windowed")
+    model, _ = load(directory)
+    blocks = model._patchwork_attention_blocks
+    text_video = [rule for rule in blocks.rules if (rule.queries, rule.keys) == ("text", "video")]
+    assert text_video and not {4, 5} & set(text_video[0].layers)
+    table = evaluate.behaviour_table(model, directory, n=20, seed=555, media_dir=tmp_path,
+                                     questions=HEAR)
+    numbers = evaluate.summary(table)
+    assert numbers["congruent_hear"] >= 0.95
+    assert numbers["audio_only_hear"] >= 0.85
