@@ -164,9 +164,9 @@ def video_patches(
     unit = patch_size * merge_size
     if height % unit or width % unit:
         raise DataError(f"frame size {height}x{width} is not a multiple of {unit} (patch·merge)")
-    pixels = frames.astype(np.float32) / 255.0
-    pixels = (pixels - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
-    pixels = pixels.transpose(0, 3, 1, 2)  # (n_frames, 3, H, W)
+    scaled = frames.astype(np.float32) / 255.0
+    normalized = (scaled - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+    pixels = normalized.transpose(0, 3, 1, 2)  # (n_frames, 3, H, W)
     if n_frames % temporal_patch_size:
         repeat = temporal_patch_size - n_frames % temporal_patch_size
         pixels = np.concatenate([pixels, np.repeat(pixels[-1:], repeat, axis=0)])

@@ -16,8 +16,9 @@ position.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -35,7 +36,9 @@ KINDS = {
 EVAL_SEED = 20_000  # held-out: training draws from other streams
 
 
-def predictions(model: torch.nn.Module, runs: Sequence[dict], batch_size: int = 64) -> torch.Tensor:
+def predictions(
+    model: Any, runs: Sequence[Mapping[str, torch.Tensor]], batch_size: int = 64
+) -> torch.Tensor:
     """Argmax next-token ids (n_runs,) after each run's last prompt position."""
     answers = []
     with torch.no_grad():
@@ -84,11 +87,13 @@ def _truth(kind: str, question: str, own: torch.Tensor, other: torch.Tensor, not
 def _word_id(checkpoint_dir: Path, word: str) -> int:
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(Path(checkpoint_dir) / "tokenizer.json")).token_to_id(word)
+    from patchwork.testbed.model import word_id
+
+    return word_id(Tokenizer.from_file(str(Path(checkpoint_dir) / "tokenizer.json")), word)
 
 
 def residual_features(
-    model: torch.nn.Module, samples: Sequence[Sample], run: str = "conflict", batch_size: int = 64
+    model: Any, samples: Sequence[Sample], run: str = "conflict", batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual stream of ``run`` per layer: (audio_mean, answer), each (n, layers + 1, hidden)."""
     audio_token = model.config.audio_token_index
@@ -97,7 +102,7 @@ def residual_features(
         for start in range(0, len(samples), batch_size):
             inputs = collate([s.runs[run] for s in samples[start:start + batch_size]])
             hidden = torch.stack(model(**inputs, output_hidden_states=True).hidden_states, 1)
-            is_audio = (inputs["input_ids"] == audio_token).float()[:, None, :, None]
+            is_audio = inputs["input_ids"].eq(audio_token).float()[:, None, :, None]
             audio_mean.append((hidden * is_audio).sum(2) / is_audio.sum(2))
             answer.append(hidden[:, :, -1])
     return torch.cat(audio_mean), torch.cat(answer)

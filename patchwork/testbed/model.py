@@ -67,7 +67,7 @@ def build_tokenizer() -> Tokenizer:
 
 def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
     """Token ids of the specials by role (``audio``, ``video``, ``audio_start`` …)."""
-    return {role: tokenizer.token_to_id(token) for role, token in SPECIALS.items()}
+    return {role: word_id(tokenizer, token) for role, token in SPECIALS.items()}
 
 
 def word_id(tokenizer: Tokenizer, word: str) -> int:
@@ -127,8 +127,8 @@ def build_model(tokenizer: Tokenizer, seed: int, attention: str = "sdpa") -> tor
         audio_start_token_id=specials["audio_start"],
         audio_end_token_id=specials["audio_end"],
         user_token_id=specials["pad"],
-        pad_token_id=specials["pad"],
     )
+    config.pad_token_id = specials["pad"]
     config.vision_start_token_id = specials["vision_start"]
     config.vision_end_token_id = specials["vision_end"]
     config._attn_implementation = attention
@@ -142,7 +142,7 @@ def build_model(tokenizer: Tokenizer, seed: int, attention: str = "sdpa") -> tor
 
 
 def save(
-    model: torch.nn.Module, tokenizer: Tokenizer, directory: Path, meta: dict[str, Any]
+    model: Any, tokenizer: Tokenizer, directory: Path, meta: dict[str, Any]
 ) -> Path:
     """Write a checkpoint directory (safetensors weights, config, tokenizer, testbed json)."""
     directory = Path(directory)
@@ -183,7 +183,8 @@ def load(checkpoint_dir: str | Path, attention: str = "sdpa") -> tuple[torch.nn.
     except OSError as error:
         raise ModelError(f"cannot load testbed checkpoint {directory}: {error}") from None
     model.eval()
-    rules = windows.rules_from_meta(meta.get("windows"), model.config.text_config.num_hidden_layers)
+    config: Any = model.config
+    rules = windows.rules_from_meta(meta.get("windows"), config.text_config.num_hidden_layers)
     if rules:
         windows.install(model, rules, windows.modality_token_ids(model.config))
     return model, tokenizer

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -212,7 +213,8 @@ def train(
         model, tokenizer = testbed_model.load(from_base)
     else:
         model = testbed_model.build_model(tokenizer, config.seed)
-        rules = windows.rules_from_meta(window_meta, model.config.text_config.num_hidden_layers)
+        model_config: Any = model.config
+        rules = windows.rules_from_meta(window_meta, model_config.text_config.num_hidden_layers)
         if rules:
             windows.install(model, rules, windows.modality_token_ids(model.config))
         torch.manual_seed(config.seed)

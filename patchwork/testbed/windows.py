@@ -185,6 +185,8 @@ class AttentionBlocks:
             if self._groups is None:
                 return args, kwargs
             hidden = kwargs.get("hidden_states", args[0] if args else None)
+            if hidden is None:
+                return args, kwargs
             blocked = blocked_pairs(self.rules, self._groups, layer, hidden.shape[1])
             if blocked is None:
                 return args, kwargs
@@ -206,7 +208,7 @@ class AttentionBlocks:
         self._handles.clear()
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
+def decoder_layers(model: Any) -> Any:
     """The decoder layers of a Qwen2.5-Omni thinker (or of the full model's thinker)."""
     root = getattr(model, "thinker", model)
     return root.model.language_model.layers

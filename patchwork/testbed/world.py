@@ -14,6 +14,7 @@ different.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -81,6 +82,7 @@ def synthesize_sound(timbre: str, rng: np.random.Generator) -> np.ndarray:
     """0.4 s of a category's sound, float32 (6400,) in [-1, 1], with per-clip jitter."""
     t = np.arange(CLIP_SAMPLES) / SAMPLING_RATE
     jitter = rng.uniform(0.9, 1.1)
+    wave: Any
     if timbre == "low_tone":
         wave = _tone(180 * jitter, rng) + 0.3 * _tone(360 * jitter, rng)
     elif timbre == "high_tone":
