@@ -35,7 +35,9 @@ def generate_samples(
         from patchwork import testbed
 
         runs = {name: run.model_dump() for name, run in study.runs.items()}
-        checkpoint = testbed.checkpoint_path(study.model.checkpoint or "testbed")
+        named = study.model.checkpoint or "testbed"
+        directory = Path(named)
+        checkpoint = directory if directory.is_dir() else testbed.checkpoint_path(named)
         with tempfile.TemporaryDirectory(prefix="patchwork-media-", dir=media_root) as media:
             return SampleSource.from_list(
                 testbed.make_samples(

@@ -98,7 +98,9 @@ class LogitLensMethod(Method):
             for li, layer in enumerate(self.layers):
                 with torch.no_grad():
                     per_position = lens_distribution(
-                        adapter, residuals[(layer, "residual")], spec.final_norm
+                        adapter,
+                        adapter.merge_streams(residuals[(layer, "residual")]),
+                        spec.final_norm,
                     )
                 for gi, group in enumerate(spec.position_groups):
                     mask = groups[group].to(per_position.device)

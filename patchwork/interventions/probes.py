@@ -72,7 +72,7 @@ class ProbesMethod(Method):
             logit_diff[row] = float(answer_logits[0, ids[0]] - answer_logits[0, ids[1]])
             groups = adapter.position_groups(inputs["input_ids"])
             for li, layer in enumerate(self.layers):
-                stream = residuals[(layer, "residual")].float()
+                stream = adapter.merge_streams(residuals[(layer, "residual")]).detach().float()
                 for gi, group in enumerate(groups_wanted):
                     mask = groups[group].to(stream.device)
                     if bool(mask.any()):

@@ -16,7 +16,7 @@ from patchwork import open_results, parse_study, run_study
 from . import builders
 
 VISUAL = {"qwen2_5_omni": "video", "qwen3_omni": "video", "gemma3n": "image", "generic": "audio"}
-#: Methods that read the residual stream as (seq, hidden) and need adapter.merge_streams first.
+#: Methods that read the residual stream (through adapter.merge_streams: Gemma 3n has 4 streams).
 STREAM_READERS = """\
   - kind: logit_lens
     position_groups: [audio, answer]
@@ -42,8 +42,7 @@ interventions:
     rules: {{late: {{queries: [answer, text], keys: [{VISUAL[family]}], layers: [1]}}}}
   - kind: attention_share
 """
-    if family != "gemma3n":
-        methods += STREAM_READERS
+    methods += STREAM_READERS
     study = parse_study(head + methods + "execution: {unit_size: 2}\n", tmp_path / "s.yaml")
     results = open_results(run_study(study, store_root=tmp_path / "store").store).load()
     assert bool(results["done"].all())
