@@ -173,9 +173,15 @@ def video_patches(
     grid_t = pixels.shape[0] // temporal_patch_size
     grid_h, grid_w = height // patch_size, width // patch_size
     blocks = pixels.reshape(
-        grid_t, temporal_patch_size, 3,
-        grid_h // merge_size, merge_size, patch_size,
-        grid_w // merge_size, merge_size, patch_size,
+        grid_t,
+        temporal_patch_size,
+        3,
+        grid_h // merge_size,
+        merge_size,
+        patch_size,
+        grid_w // merge_size,
+        merge_size,
+        patch_size,
     )
     # -> (t, block_row, block_col, row_in_block, col_in_block, channel, time, py, px)
     blocks = blocks.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)

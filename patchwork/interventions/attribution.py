@@ -74,7 +74,9 @@ def site_gradients(
                 for tensor in outputs.values():
                     tensor.grad = None
                 value.backward(retain_graph=True)
-                gradients[name] = {site: t.grad[0].detach().clone() for site, t in outputs.items()}
+                gradients[name] = {
+                    site: _gradient(tensor)[0].detach().clone() for site, tensor in outputs.items()
+                }
     finally:
         for handle in handles:
             handle.remove()
@@ -82,6 +84,12 @@ def site_gradients(
             parameter.requires_grad_(flag)
     activations = {site: t[0].detach() for site, t in outputs.items()}
     return activations, gradients, {name: float(v.detach()) for name, v in metrics.items()}
+
+
+def _gradient(tensor: torch.Tensor) -> torch.Tensor:
+    """The gradient a backward pass left on ``tensor`` (zeros where the metric does not depend
+    on it)."""
+    return tensor.grad if tensor.grad is not None else torch.zeros_like(tensor)
 
 
 def estimate_changes(

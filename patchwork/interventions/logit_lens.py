@@ -53,9 +53,8 @@ class LogitLensMethod(Method):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.layers = self.resolve_layers(self.spec.layers)
-        vocab = int(
-            self.loaded.adapter.root.get_submodule(self.loaded.adapter.unembed_path).weight.shape[0]
-        )
+        unembed = self.loaded.adapter.root.get_submodule(self.loaded.adapter.unembed_path)
+        vocab = int(unembed.weight.shape[0])  # type: ignore[index]
         if self.spec.top_k > vocab:
             raise StudyError(
                 f"{self.where('top_k')}: {self.spec.top_k} top tokens asked, the vocabulary has "

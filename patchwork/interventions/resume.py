@@ -83,7 +83,7 @@ class ResumePatcher:
 
         def keep(index: int):
             def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-                hidden = kwargs.get("hidden_states", args[0] if args else None)
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
                 layer_inputs[index] = hidden.detach()
                 rotary.setdefault("value", kwargs["position_embeddings"])
 

@@ -150,7 +150,8 @@ class ResultStore:
                 )
             root = zarr.open_group(path, mode="r", zarr_format=3)
             group = root.get(model)
-            if isinstance(group, zarr.Group) and all(name in group for name in empty.variables):
+            names = [str(name) for name in empty.variables]
+            if isinstance(group, zarr.Group) and all(name in group for name in names):
                 store = cls(path, model)
                 store.check_layout(empty, unit_size)
                 return store
@@ -159,7 +160,11 @@ class ResultStore:
             raise StoreError(f"{path} exists but is not a patchwork store; not writing into it")
         else:
             # The root's metadata and attributes land in one atomic write.
-            attributes = {**provenance, "created": _now(), "schema_version": SCHEMA_VERSION}
+            attributes: dict[str, Any] = {
+                **provenance,
+                "created": _now(),
+                "schema_version": SCHEMA_VERSION,
+            }
             zarr.open_group(path, mode="w", zarr_format=3, attributes=attributes)
         empty.attrs["model_name"] = model
         empty.to_zarr(path, group=model, mode="w", compute=False, zarr_format=3, consolidated=False)
@@ -201,7 +206,7 @@ class ResultStore:
 
     def read_unit(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """The data variables of samples ``start … stop-1`` as written (no marks)."""
-        return {name: self._array(name)[start:stop] for name in self.data_variables()}
+        return {name: np.asarray(self._array(name)[start:stop]) for name in self.data_variables()}
 
     def data_variables(self) -> list[str]:
         """Arrays that units write (everything along ``sample`` but the marks and coordinates)."""
@@ -252,7 +257,7 @@ def open_results(path: str | Path, model: str | None = None) -> xr.Dataset:
     if model not in models:
         raise StoreError(f"{path}: no model {model!r}; the store has {models}")
     group = root[model]
-    if "done" not in group:
+    if not isinstance(group, zarr.Group) or "done" not in group:
         raise StoreError(
             f"{path}/{model}: the store's template is incomplete (a run was cut short while "
             "creating it); run the study again to rewrite it"

@@ -16,8 +16,11 @@ NUM_LAYERS = 8
 
 def register(app: typer.Typer) -> None:
     """Add the ``testbed`` sub-command group to the ``patchwork`` app."""
-    group = typer.Typer(name="testbed", help="The embedded default model (a small Qwen2.5-Omni).",
-                        no_args_is_help=True)
+    group = typer.Typer(
+        name="testbed",
+        help="The embedded default model (a small Qwen2.5-Omni).",
+        no_args_is_help=True,
+    )
     group.command("train")(train_command)
     group.command("eval")(eval_command)
     app.add_typer(group, name="testbed")
@@ -26,19 +29,31 @@ def register(app: typer.Typer) -> None:
 def train_command(
     out: Annotated[Path, typer.Option(help="Directory for the stage-2 checkpoint.")],
     seed: Annotated[int, typer.Option(help="Seed of weights, media banks and batches.")] = 0,
-    audio_supervision: Annotated[float, typer.Option(
-        help="Fraction of stage-2 clips that conflict, labelled with the sound.")] = 0.0,
-    video_access_layers: Annotated[str | None, typer.Option(
-        help="FIRST:LAST (inclusive): the only decoder layers where text reads video.")] = None,
-    audio_access_layers: Annotated[str | None, typer.Option(
-        help="FIRST:LAST (inclusive): the only decoder layers where text reads audio.")] = None,
+    audio_supervision: Annotated[
+        float,
+        typer.Option(help="Fraction of stage-2 clips that conflict, labelled with the sound."),
+    ] = 0.0,
+    video_access_layers: Annotated[
+        str | None,
+        typer.Option(
+            help="FIRST:LAST (inclusive): the only decoder layers where text reads video."
+        ),
+    ] = None,
+    audio_access_layers: Annotated[
+        str | None,
+        typer.Option(
+            help="FIRST:LAST (inclusive): the only decoder layers where text reads audio."
+        ),
+    ] = None,
     stage1_steps: Annotated[int, typer.Option(help="Stage-1 (vision-language) steps.")] = 150,
     stage2_steps: Annotated[int, typer.Option(help="Stage-2 (audio-visual) steps.")] = 300,
     batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 32,
-    base_out: Annotated[Path | None, typer.Option(
-        help="Also write the stage-1 checkpoint here.")] = None,
-    from_base: Annotated[Path | None, typer.Option(
-        help="Skip stage 1: start stage 2 from this stage-1 checkpoint.")] = None,
+    base_out: Annotated[
+        Path | None, typer.Option(help="Also write the stage-1 checkpoint here.")
+    ] = None,
+    from_base: Annotated[
+        Path | None, typer.Option(help="Skip stage 1: start stage 2 from this stage-1 checkpoint.")
+    ] = None,
     threads: Annotated[int, typer.Option(help="torch threads (results depend on it).")] = 2,
 ) -> None:
     """Train the testbed model (stage 1 + stage 2) and write safetensors checkpoints."""
@@ -49,32 +64,47 @@ def train_command(
 
     if not 0.0 <= audio_supervision <= 0.6:
         raise PatchworkError(
-            f"--audio-supervision: expected a fraction in [0, 0.6], got {audio_supervision}")
-    for option, value in (("--stage1-steps", stage1_steps), ("--stage2-steps", stage2_steps),
-                          ("--batch-size", batch_size), ("--threads", threads)):
+            f"--audio-supervision: expected a fraction in [0, 0.6], got {audio_supervision}"
+        )
+    for option, value in (
+        ("--stage1-steps", stage1_steps),
+        ("--stage2-steps", stage2_steps),
+        ("--batch-size", batch_size),
+        ("--threads", threads),
+    ):
         if value < 1:
             raise PatchworkError(f"{option}: expected a positive integer, got {value}")
     if from_base is not None and not (from_base / "patchwork_testbed.json").is_file():
         raise PatchworkError(f"--from-base: {from_base} is not a testbed checkpoint")
     config = TrainConfig(
-        seed=seed, stage1_steps=stage1_steps, stage2_steps=stage2_steps, batch_size=batch_size,
+        seed=seed,
+        stage1_steps=stage1_steps,
+        stage2_steps=stage2_steps,
+        batch_size=batch_size,
         audio_supervision=audio_supervision,
-        video_access_layers=windows.parse_layer_span(video_access_layers, NUM_LAYERS,
-                                                     "--video-access-layers"),
-        audio_access_layers=windows.parse_layer_span(audio_access_layers, NUM_LAYERS,
-                                                     "--audio-access-layers"),
+        video_access_layers=windows.parse_layer_span(
+            video_access_layers, NUM_LAYERS, "--video-access-layers"
+        ),
+        audio_access_layers=windows.parse_layer_span(
+            audio_access_layers, NUM_LAYERS, "--audio-access-layers"
+        ),
     )
     torch.set_num_threads(threads)
     command = "patchwork testbed " + " ".join(shlex.quote(arg) for arg in sys.argv[2:])
-    path = train(out, config, base_out=base_out, from_base=from_base, command=command,
-                 log=typer.echo)
+    path = train(
+        out, config, base_out=base_out, from_base=from_base, command=command, log=typer.echo
+    )
     typer.echo(f"wrote {path}")
 
 
 def eval_command(
-    checkpoint: Annotated[str, typer.Argument(
-        help="A checkpoint directory or a shipped name: testbed, testbed-base, testbed-windowed."
-    )],
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            help="A checkpoint directory or a shipped name: "
+            "testbed, testbed-base, testbed-windowed."
+        ),
+    ],
     samples: Annotated[int, typer.Option(help="Held-out samples per question.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the held-out samples.")] = 20_000,
     probes: Annotated[bool, typer.Option(help="Also fit the per-layer linear probes.")] = False,
@@ -96,8 +126,13 @@ def eval_command(
     console = Console()
     console.print(_rich_table(Table, f"behaviour of {directory}", table))
     if probes:
-        console.print(_rich_table(Table, "probe accuracy, sound category (conflicting clips)",
-                                  evaluate.probe_table(model, directory)))
+        console.print(
+            _rich_table(
+                Table,
+                "probe accuracy, sound category (conflicting clips)",
+                evaluate.probe_table(model, directory),
+            )
+        )
 
 
 def _rich_table(table_class, title: str, frame) -> object:

@@ -43,14 +43,18 @@ def predictions(
     answers = []
     with torch.no_grad():
         for start in range(0, len(runs), batch_size):
-            logits = model(**collate(runs[start:start + batch_size])).logits[:, -1]
+            logits = model(**collate(runs[start : start + batch_size])).logits[:, -1]
             answers.append(logits.argmax(-1))
     return torch.cat(answers)
 
 
 def behaviour_table(
-    model: torch.nn.Module, checkpoint_dir: Path, n: int = 100, seed: int = EVAL_SEED,
-    media_dir: Path | None = None, questions: Sequence[str] = world.QUESTIONS,
+    model: torch.nn.Module,
+    checkpoint_dir: Path,
+    n: int = 100,
+    seed: int = EVAL_SEED,
+    media_dir: Path | None = None,
+    questions: Sequence[str] = world.QUESTIONS,
 ) -> pd.DataFrame:
     """One row per (question, kind): n, accuracy, picture_share (conflicts), sound_share."""
     rows = []
@@ -63,15 +67,18 @@ def behaviour_table(
             sound = torch.tensor([s.audio_answer_id for s in samples])
             picture = torch.tensor([s.visual_answer_id for s in samples])
             truth = _truth(kind, question, sound, picture, nothing)
-            rows.append({
-                "question": question,
-                "kind": kind,
-                "n": n,
-                "accuracy": float((predicted == truth).float().mean()),
-                "sound_share": float((predicted == sound).float().mean()),
-                "picture_share": float((predicted == picture).float().mean())
-                if kind == "conflict" else float("nan"),
-            })
+            rows.append(
+                {
+                    "question": question,
+                    "kind": kind,
+                    "n": n,
+                    "accuracy": float((predicted == truth).float().mean()),
+                    "sound_share": float((predicted == sound).float().mean()),
+                    "picture_share": float((predicted == picture).float().mean())
+                    if kind == "conflict"
+                    else float("nan"),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -100,7 +107,7 @@ def residual_features(
     audio_mean, answer = [], []
     with torch.no_grad():
         for start in range(0, len(samples), batch_size):
-            inputs = collate([s.runs[run] for s in samples[start:start + batch_size]])
+            inputs = collate([s.runs[run] for s in samples[start : start + batch_size]])
             hidden = torch.stack(model(**inputs, output_hidden_states=True).hidden_states, 1)
             is_audio = inputs["input_ids"].eq(audio_token).float()[:, None, :, None]
             audio_mean.append((hidden * is_audio).sum(2) / is_audio.sum(2))
@@ -109,8 +116,12 @@ def residual_features(
 
 
 def probe_accuracy(
-    features: torch.Tensor, labels: torch.Tensor, folds: int = 5, seed: int = 0,
-    steps: int = 200, weight_decay: float = 1e-3,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    folds: int = 5,
+    seed: int = 0,
+    steps: int = 200,
+    weight_decay: float = 1e-3,
 ) -> float:
     """Cross-validated accuracy of a linear softmax classifier: features (n, d), labels (n,).
 
@@ -126,7 +137,7 @@ def probe_accuracy(
         mean, std = features[train].mean(0), features[train].std(0) + 1e-6
         x_train, x_test = (features[train] - mean) / std, (features[test] - mean) / std
         generator = torch.Generator().manual_seed(seed + fold)
-        weight = (torch.randn(features.shape[1], n_classes, generator=generator) * 0.01)
+        weight = torch.randn(features.shape[1], n_classes, generator=generator) * 0.01
         weight.requires_grad_(True)
         bias = torch.zeros(n_classes, requires_grad=True)
         optimizer = torch.optim.Adam([weight, bias], lr=0.05)
@@ -142,21 +153,34 @@ def probe_accuracy(
 
 
 def probe_table(
-    model: torch.nn.Module, checkpoint_dir: Path, n: int = 300, seed: int = EVAL_SEED + 1,
+    model: torch.nn.Module,
+    checkpoint_dir: Path,
+    n: int = 300,
+    seed: int = EVAL_SEED + 1,
     media_dir: Path | None = None,
 ) -> pd.DataFrame:
     """Per layer: probe accuracy for the sound's category at audio positions and at the answer
     position of conflicting clips (chance = 1 / number of categories)."""
     with tempfile.TemporaryDirectory(prefix="testbed-probe-", dir=media_dir) as folder:
-        samples = make_samples(checkpoint_dir, n, seed, {"conflict": KINDS["conflict"]},
-                               world.QUESTIONS[0], Path(folder))
+        samples = make_samples(
+            checkpoint_dir,
+            n,
+            seed,
+            {"conflict": KINDS["conflict"]},
+            world.QUESTIONS[0],
+            Path(folder),
+        )
     names = [c.name for c in world.CATEGORIES]
     labels = torch.tensor([names.index(s.meta["audio_category"]) for s in samples])
     audio_mean, answer = residual_features(model, samples)
-    rows = [{"layer": layer,
-             "audio_positions": probe_accuracy(audio_mean[:, layer], labels),
-             "answer_position": probe_accuracy(answer[:, layer], labels)}
-            for layer in range(audio_mean.shape[1])]
+    rows = [
+        {
+            "layer": layer,
+            "audio_positions": probe_accuracy(audio_mean[:, layer], labels),
+            "answer_position": probe_accuracy(answer[:, layer], labels),
+        }
+        for layer in range(audio_mean.shape[1])
+    ]
     return pd.DataFrame(rows)
 
 
@@ -172,11 +196,12 @@ def summary(table: pd.DataFrame) -> dict[str, float]:
     }
 
 
-
-
 def answer_patching_sweep(
-    model: torch.nn.Module, samples: Sequence[Sample], source: str = "clean",
-    target: str = "conflict", batch_size: int = 64,
+    model: torch.nn.Module,
+    samples: Sequence[Sample],
+    source: str = "clean",
+    target: str = "conflict",
+    batch_size: int = 64,
 ) -> pd.DataFrame:
     """Per decoder layer: share of ``target`` runs answering the sound after the answer position's
     residual stream (that layer's output) is replaced by the ``source`` run's.
@@ -192,10 +217,11 @@ def answer_patching_sweep(
     for index, layer in enumerate(layers):
         predicted = []
         for start in range(0, len(samples), batch_size):
-            block = samples[start:start + batch_size]
+            block = samples[start : start + batch_size]
             with torch.no_grad():
-                clean = model(**collate([s.runs[source] for s in block]),
-                              output_hidden_states=True).hidden_states[index + 1][:, -1]
+                clean = model(
+                    **collate([s.runs[source] for s in block]), output_hidden_states=True
+                ).hidden_states[index + 1][:, -1]
 
                 def replace(module, args, output, clean=clean):
                     patched = output.clone()

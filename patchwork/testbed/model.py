@@ -91,9 +91,13 @@ def prompt_ids(tokenizer: Tokenizer, question: str) -> list[int]:
             f"it was trained on {list(world.QUESTIONS)}"
         )
     return (
-        [specials["audio_start"]] + [specials["audio"]] * AUDIO_TOKENS + [specials["audio_end"]]
-        + [specials["vision_start"]] + [specials["video"]] * VIDEO_TOKENS
-        + [specials["vision_end"]] + [word_id(tokenizer, w) for w in words]
+        [specials["audio_start"]]
+        + [specials["audio"]] * AUDIO_TOKENS
+        + [specials["audio_end"]]
+        + [specials["vision_start"]]
+        + [specials["video"]] * VIDEO_TOKENS
+        + [specials["vision_end"]]
+        + [word_id(tokenizer, w) for w in words]
     )
 
 
@@ -106,20 +110,42 @@ def build_model(tokenizer: Tokenizer, seed: int, attention: str = "sdpa") -> tor
     specials = special_ids(tokenizer)
     config = Qwen2_5OmniThinkerConfig(
         audio_config=dict(
-            num_mel_bins=N_MELS, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
-            d_model=64, output_dim=hidden, n_window=50, max_source_positions=1500,
+            num_mel_bins=N_MELS,
+            encoder_layers=2,
+            encoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            d_model=64,
+            output_dim=hidden,
+            n_window=50,
+            max_source_positions=1500,
         ),
         vision_config=dict(
-            depth=2, hidden_size=64, intermediate_size=128, num_heads=4, in_channels=3,
-            patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL_PATCH,
-            window_size=world.FRAME_SIZE, out_hidden_size=hidden, fullatt_block_indexes=[1],
+            depth=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=4,
+            in_channels=3,
+            patch_size=PATCH,
+            spatial_merge_size=MERGE,
+            temporal_patch_size=TEMPORAL_PATCH,
+            window_size=world.FRAME_SIZE,
+            out_hidden_size=hidden,
+            fullatt_block_indexes=[1],
         ),
         text_config=dict(
-            vocab_size=tokenizer.get_vocab_size(), hidden_size=hidden, intermediate_size=384,
-            num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=512, tie_word_embeddings=False,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                             "mrope_section": [4, 6, 6]},
+            vocab_size=tokenizer.get_vocab_size(),
+            hidden_size=hidden,
+            intermediate_size=384,
+            num_hidden_layers=8,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [4, 6, 6],
+            },
         ),
         audio_token_index=specials["audio"],
         image_token_index=specials["image"],
@@ -141,9 +167,7 @@ def build_model(tokenizer: Tokenizer, seed: int, attention: str = "sdpa") -> tor
     return model
 
 
-def save(
-    model: Any, tokenizer: Tokenizer, directory: Path, meta: dict[str, Any]
-) -> Path:
+def save(model: Any, tokenizer: Tokenizer, directory: Path, meta: dict[str, Any]) -> Path:
     """Write a checkpoint directory (safetensors weights, config, tokenizer, testbed json)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

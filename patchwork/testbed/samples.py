@@ -67,7 +67,8 @@ def _check_runs(runs: Mapping[str, Mapping[str, str]]) -> None:
             raise DataError(f"run {name!r}: unknown keys {sorted(extra)} (audio, picture)")
         if run.get("audio", "own") not in AUDIO_CHOICES:
             raise DataError(
-                f"run {name!r}: audio must be one of {AUDIO_CHOICES}, got {run['audio']!r}")
+                f"run {name!r}: audio must be one of {AUDIO_CHOICES}, got {run['audio']!r}"
+            )
         if run.get("picture", "own") not in PICTURE_CHOICES:
             raise DataError(
                 f"run {name!r}: picture must be one of {PICTURE_CHOICES}, got {run['picture']!r}"
@@ -91,19 +92,23 @@ def _one_sample(
     media_dir: Path,
 ) -> Sample:
     sound_kind, other_kind = draw_pair(seed, index)
+
     # each medium draws from its own stream, so every run sees the very same clip and pictures
     def stream(medium: int) -> np.random.Generator:
         return np.random.default_rng([seed, index, _SAMPLE_STREAM, medium])
 
     folder = media_dir / f"s{index:05d}"
     files = {
-        "own_audio": media.save_audio(folder / "sound.wav",
-                                      world.synthesize_sound(sound_kind.timbre, stream(1))),
+        "own_audio": media.save_audio(
+            folder / "sound.wav", world.synthesize_sound(sound_kind.timbre, stream(1))
+        ),
         "silence": media.save_audio(folder / "silence.wav", world.silence()),
-        "own_picture": media.save_frame(folder / "picture.png",
-                                        world.draw_picture(sound_kind, stream(2))),
-        "other_category": media.save_frame(folder / "other.png",
-                                           world.draw_picture(other_kind, stream(3))),
+        "own_picture": media.save_frame(
+            folder / "picture.png", world.draw_picture(sound_kind, stream(2))
+        ),
+        "other_category": media.save_frame(
+            folder / "other.png", world.draw_picture(other_kind, stream(3))
+        ),
         "blank": media.save_frame(folder / "blank.png", world.blank_picture()),
     }
     built = {}
@@ -111,8 +116,9 @@ def _one_sample(
         audio_file = files["own_audio" if run.get("audio", "own") == "own" else "silence"]
         picture = run.get("picture", "own")
         picture_file = files["own_picture" if picture == "own" else picture]
-        built[name] = build_inputs(input_ids, [media.load_audio(audio_file)],
-                                   media.load_frames([picture_file]))
+        built[name] = build_inputs(
+            input_ids, [media.load_audio(audio_file)], media.load_frames([picture_file])
+        )
     audio_word = sound_kind.sound if hearing else sound_kind.name
     visual_word = other_kind.sound if hearing else other_kind.name
     return Sample(
@@ -122,8 +128,12 @@ def _one_sample(
         visual_answer=visual_word,
         audio_answer_id=testbed_model.word_id(tokenizer, audio_word),
         visual_answer_id=testbed_model.word_id(tokenizer, visual_word),
-        meta={"audio_category": sound_kind.name, "picture_category": other_kind.name,
-              "seed": str(seed), "index": str(index)},
+        meta={
+            "audio_category": sound_kind.name,
+            "picture_category": other_kind.name,
+            "seed": str(seed),
+            "index": str(index),
+        },
     )
 
 
@@ -132,11 +142,15 @@ def build_inputs(
 ) -> dict[str, torch.Tensor]:
     """The thinker's forward kwargs for one clip (batch of one): ids (1, S), log-mel features
     (1, 32, 40), one picture as a 2-frame video (16 video tokens)."""
-    audio = media.audio_features(waveforms, n_mels=testbed_model.N_MELS,
-                                 mel_frames=testbed_model.MEL_FRAMES)
-    video = media.video_patches(frames, patch_size=testbed_model.PATCH,
-                                temporal_patch_size=testbed_model.TEMPORAL_PATCH,
-                                merge_size=testbed_model.MERGE)
+    audio = media.audio_features(
+        waveforms, n_mels=testbed_model.N_MELS, mel_frames=testbed_model.MEL_FRAMES
+    )
+    video = media.video_patches(
+        frames,
+        patch_size=testbed_model.PATCH,
+        temporal_patch_size=testbed_model.TEMPORAL_PATCH,
+        merge_size=testbed_model.MERGE,
+    )
     return {
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),

@@ -69,11 +69,17 @@ def build_banks(seed: int, variants: int) -> Banks:
     def stream(kind: int, variant: int, medium: int) -> np.random.Generator:
         return np.random.default_rng([seed, kind, variant, _TRAIN_STREAM, medium])
 
-    clips = [world.as_pcm16(world.synthesize_sound(c.timbre, stream(k, v, 1)))
-             for k, c in enumerate(world.CATEGORIES) for v in range(variants)]
+    clips = [
+        world.as_pcm16(world.synthesize_sound(c.timbre, stream(k, v, 1)))
+        for k, c in enumerate(world.CATEGORIES)
+        for v in range(variants)
+    ]
     sounds = _features(clips).reshape(n_kinds, variants, testbed_model.N_MELS, -1)
-    frames = [world.draw_picture(c, stream(k, v, 2))
-              for k, c in enumerate(world.CATEGORIES) for v in range(variants)]
+    frames = [
+        world.draw_picture(c, stream(k, v, 2))
+        for k, c in enumerate(world.CATEGORIES)
+        for v in range(variants)
+    ]
     pictures = torch.stack([_patches(f) for f in frames])
     return Banks(
         sounds=sounds,
@@ -85,12 +91,14 @@ def build_banks(seed: int, variants: int) -> Banks:
 
 def _features(clips: list[np.ndarray]) -> torch.Tensor:
     return media.audio_features(clips, testbed_model.N_MELS, testbed_model.MEL_FRAMES)[
-        "input_features"]
+        "input_features"
+    ]
 
 
 def _patches(frame: np.ndarray) -> torch.Tensor:
-    return media.video_patches(frame[None], testbed_model.PATCH, testbed_model.TEMPORAL_PATCH,
-                               testbed_model.MERGE)["pixel_values_videos"]
+    return media.video_patches(
+        frame[None], testbed_model.PATCH, testbed_model.TEMPORAL_PATCH, testbed_model.MERGE
+    )["pixel_values_videos"]
 
 
 class BatchMaker:
@@ -104,13 +112,18 @@ class BatchMaker:
         if stage == 1:
             self.kinds = {"vision_only": 1 - config.empty, "empty": config.empty}
         else:
-            rest = (1 - config.audio_supervision - config.audio_only - config.vision_only
-                    - config.empty)
+            rest = (
+                1 - config.audio_supervision - config.audio_only - config.vision_only - config.empty
+            )
             if rest < 0:
                 raise ValueError("stage-2 clip fractions add up to more than 1")
-            self.kinds = {"congruent": rest, "conflict": config.audio_supervision,
-                          "audio_only": config.audio_only, "vision_only": config.vision_only,
-                          "empty": config.empty}
+            self.kinds = {
+                "congruent": rest,
+                "conflict": config.audio_supervision,
+                "audio_only": config.audio_only,
+                "vision_only": config.vision_only,
+                "empty": config.empty,
+            }
 
     def __call__(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One batch: the thinker's kwargs and the answer token ids (batch,)."""
@@ -128,7 +141,8 @@ class BatchMaker:
             seen = {"congruent": a, "conflict": b, "vision_only": a}.get(kind)
             sounds.append(banks.sounds[a, sound_variant] if heard is not None else banks.silence)
             pictures.append(
-                banks.pictures[seen, picture_variant] if seen is not None else banks.blank)
+                banks.pictures[seen, picture_variant] if seen is not None else banks.blank
+            )
             if hear:  # the sound if there is one, else the pictured thing's sound
                 source = heard if heard is not None else seen
                 word = world.CATEGORIES[source].sound if source is not None else world.NOTHING
@@ -144,8 +158,16 @@ class BatchMaker:
             "input_features": torch.stack(sounds),
             "feature_attention_mask": torch.ones(n, testbed_model.MEL_FRAMES, dtype=torch.long),
             "pixel_values_videos": torch.cat(pictures),
-            "video_grid_thw": torch.tensor([[1, world.FRAME_SIZE // testbed_model.PATCH,
-                                             world.FRAME_SIZE // testbed_model.PATCH]] * n),
+            "video_grid_thw": torch.tensor(
+                [
+                    [
+                        1,
+                        world.FRAME_SIZE // testbed_model.PATCH,
+                        world.FRAME_SIZE // testbed_model.PATCH,
+                    ]
+                ]
+                * n
+            ),
             "video_second_per_grid": torch.ones(n),
         }
         return inputs, torch.tensor(answers)
@@ -183,8 +205,10 @@ def run_stage(
         losses.append(loss.item())
         if (step + 1) % 25 == 0 or step == steps - 1:
             accuracy = float((logits.argmax(-1) == answers).float().mean())
-            log(f"stage {batches.stage} step {step + 1}/{steps} loss {np.mean(losses[-25:]):.3f} "
-                f"batch acc {accuracy:.2f} ({time.time() - started:.0f}s)")
+            log(
+                f"stage {batches.stage} step {step + 1}/{steps} loss {np.mean(losses[-25:]):.3f} "
+                f"batch acc {accuracy:.2f} ({time.time() - started:.0f}s)"
+            )
     model.eval()
     return losses
 
@@ -207,8 +231,10 @@ def train(
     started = time.time()
     banks = build_banks(config.seed, config.variants)
     log(f"media banks ready ({time.time() - started:.0f}s)")
-    window_meta = {"video_access_layers": config.video_access_layers,
-                   "audio_access_layers": config.audio_access_layers}
+    window_meta = {
+        "video_access_layers": config.video_access_layers,
+        "audio_access_layers": config.audio_access_layers,
+    }
     if from_base is not None:
         model, tokenizer = testbed_model.load(from_base)
     else:
@@ -218,20 +244,41 @@ def train(
         if rules:
             windows.install(model, rules, windows.modality_token_ids(model.config))
         torch.manual_seed(config.seed)
-        losses = run_stage(model, BatchMaker(banks, tokenizer, config, 1), config.stage1_steps,
-                           config.learning_rate, log)
+        losses = run_stage(
+            model,
+            BatchMaker(banks, tokenizer, config, 1),
+            config.stage1_steps,
+            config.learning_rate,
+            log,
+        )
         if base_out is not None:
-            testbed_model.save(model, tokenizer, base_out, _meta(
-                config, 1, window_meta, command, losses, time.time() - started))
+            testbed_model.save(
+                model,
+                tokenizer,
+                base_out,
+                _meta(config, 1, window_meta, command, losses, time.time() - started),
+            )
     torch.manual_seed(config.seed + 1)
-    losses = run_stage(model, BatchMaker(banks, tokenizer, config, 2), config.stage2_steps,
-                       config.learning_rate, log)
-    return testbed_model.save(model, tokenizer, out, _meta(
-        config, 2, window_meta, command, losses, time.time() - started))
+    losses = run_stage(
+        model,
+        BatchMaker(banks, tokenizer, config, 2),
+        config.stage2_steps,
+        config.learning_rate,
+        log,
+    )
+    return testbed_model.save(
+        model, tokenizer, out, _meta(config, 2, window_meta, command, losses, time.time() - started)
+    )
 
 
-def _meta(config: TrainConfig, stage: int, window_meta: dict, command: str, losses: list[float],
-          seconds: float) -> dict:
+def _meta(
+    config: TrainConfig,
+    stage: int,
+    window_meta: dict,
+    command: str,
+    losses: list[float],
+    seconds: float,
+) -> dict:
     return {
         "format": 1,
         "stage": stage,

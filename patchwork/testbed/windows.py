@@ -84,15 +84,20 @@ def rules_from_meta(meta: Mapping[str, Any] | None, num_layers: int) -> tuple[Bl
     """The planted windows a checkpoint's json declares (``video_access_layers`` etc.)."""
     if not meta:
         return ()
-    spans = {key: tuple(meta[key]) if meta.get(key) is not None else None
-             for key in ("video_access_layers", "audio_access_layers")}
+    spans = {
+        key: tuple(meta[key]) if meta.get(key) is not None else None
+        for key in ("video_access_layers", "audio_access_layers")
+    }
     return planted_windows(num_layers, spans["video_access_layers"], spans["audio_access_layers"])
 
 
 def modality_token_ids(config: Any) -> dict[str, int]:
     """Placeholder token ids of a Qwen2.5-Omni thinker config by group name."""
-    return {"audio": config.audio_token_index, "video": config.video_token_index,
-            "image": config.image_token_index}
+    return {
+        "audio": config.audio_token_index,
+        "video": config.video_token_index,
+        "image": config.image_token_index,
+    }
 
 
 def position_groups(
@@ -195,8 +200,10 @@ class AttentionBlocks:
                 raise RuntimeError(f"attention blocks support sdpa and eager, not {implementation}")
             kwargs = dict(kwargs)
             kwargs["attention_mask"] = mask_with_blocks(
-                kwargs.get("attention_mask"), blocked.to(hidden.device),
-                additive=implementation == "eager", dtype=hidden.dtype,
+                kwargs.get("attention_mask"),
+                blocked.to(hidden.device),
+                additive=implementation == "eager",
+                dtype=hidden.dtype,
             )
             return args, kwargs
 

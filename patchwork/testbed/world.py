@@ -145,14 +145,18 @@ def _shape_outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[str
     if shape == "tall_rect":
         return [("rect", [cx - r / 2, cy - r, cx + r / 2, cy + r])]
     if shape == "cross":
-        return [("rect", [cx - r, cy - r / 4, cx + r, cy + r / 4]),
-                ("rect", [cx - r / 4, cy - r, cx + r / 4, cy + r])]
+        return [
+            ("rect", [cx - r, cy - r / 4, cx + r, cy + r / 4]),
+            ("rect", [cx - r / 4, cy - r, cx + r / 4, cy + r]),
+        ]
     if shape == "ring":
         return [("ring", [cx - r, cy - r, cx + r, cy + r])]
     if shape == "dot_pair":
         d = r / 2
-        return [("ellipse", [cx - r, cy - d, cx, cy + d]),
-                ("ellipse", [cx, cy - d, cx + r, cy + d])]
+        return [
+            ("ellipse", [cx - r, cy - d, cx, cy + d]),
+            ("ellipse", [cx, cy - d, cx + r, cy + d]),
+        ]
     raise ValueError(f"unknown shape {shape!r}")
 
 

@@ -29,18 +29,26 @@ def test_checkpoints_are_small_safetensors_with_the_tokenizers_ids(name):
     ids = testbed_model.special_ids(tokenizer)
     config = model.config
     assert (config.audio_token_index, config.video_token_index, config.image_token_index) == (
-        ids["audio"], ids["video"], ids["image"])
+        ids["audio"],
+        ids["video"],
+        ids["image"],
+    )
     assert (config.audio_start_token_id, config.audio_end_token_id) == (
-        ids["audio_start"], ids["audio_end"])
+        ids["audio_start"],
+        ids["audio_end"],
+    )
     assert (config.vision_start_token_id, config.vision_end_token_id) == (
-        ids["vision_start"], ids["vision_end"])
+        ids["vision_start"],
+        ids["vision_end"],
+    )
 
 
 def test_stage2_model_shows_vision_dominance_and_hears(tmp_path):
     directory = checkpoint_path("testbed")
     model, _ = load(directory)
-    table = evaluate.behaviour_table(model, directory, n=40, seed=555, media_dir=tmp_path,
-                                     questions=HEAR)
+    table = evaluate.behaviour_table(
+        model, directory, n=40, seed=555, media_dir=tmp_path, questions=HEAR
+    )
     numbers = evaluate.summary(table)
     assert numbers["congruent_hear"] >= 0.95
     assert numbers["audio_only_hear"] >= 0.85
@@ -50,8 +58,9 @@ def test_stage2_model_shows_vision_dominance_and_hears(tmp_path):
 def test_stage1_model_never_learned_to_hear(tmp_path):
     directory = checkpoint_path("testbed-base")
     model, _ = load(directory)
-    table = evaluate.behaviour_table(model, directory, n=20, seed=555, media_dir=tmp_path,
-                                     questions=HEAR)
+    table = evaluate.behaviour_table(
+        model, directory, n=20, seed=555, media_dir=tmp_path, questions=HEAR
+    )
     numbers = evaluate.summary(table)
     assert numbers["congruent_hear"] >= 0.95
     assert numbers["audio_only_hear"] <= 0.3
@@ -70,8 +79,9 @@ def test_cli_train_refuses_bad_windows_before_training(tmp_path):
 
     app = typer.Typer()
     register(app)
-    result = CliRunner().invoke(app, ["testbed", "train", "--out", str(tmp_path),
-                                      "--video-access-layers", "6:3"])
+    result = CliRunner().invoke(
+        app, ["testbed", "train", "--out", str(tmp_path), "--video-access-layers", "6:3"]
+    )
     assert isinstance(result.exception, PatchworkError)
 
 
@@ -81,8 +91,9 @@ def test_windowed_checkpoint_installs_its_windows_and_hears(tmp_path):
     blocks = model._patchwork_attention_blocks
     text_video = [rule for rule in blocks.rules if (rule.queries, rule.keys) == ("text", "video")]
     assert text_video and not {4, 5} & set(text_video[0].layers)
-    table = evaluate.behaviour_table(model, directory, n=20, seed=555, media_dir=tmp_path,
-                                     questions=HEAR)
+    table = evaluate.behaviour_table(
+        model, directory, n=20, seed=555, media_dir=tmp_path, questions=HEAR
+    )
     numbers = evaluate.summary(table)
     assert numbers["congruent_hear"] >= 0.95
     assert numbers["audio_only_hear"] >= 0.85

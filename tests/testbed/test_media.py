@@ -46,10 +46,12 @@ def test_png_round_trip_and_patches_match_qwen2vl(tmp_path):
     from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as pil_processor
 
     processor = pil_processor.Qwen2VLImageProcessorPil(
-        do_resize=False, patch_size=4, temporal_patch_size=2, merge_size=2)
+        do_resize=False, patch_size=4, temporal_patch_size=2, merge_size=2
+    )
     reference = processor(images=[frame], return_tensors="pt")
-    torch.testing.assert_close(patches["pixel_values_videos"], reference["pixel_values"],
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        patches["pixel_values_videos"], reference["pixel_values"], atol=1e-5, rtol=1e-5
+    )
     assert reference["image_grid_thw"].tolist() == [[1, 8, 8]]
 
 

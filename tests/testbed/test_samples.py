@@ -17,8 +17,9 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
-    return make_samples(checkpoint_path("testbed"), 4, 7, RUNS, "what do you hear",
-                        tmp_path_factory.mktemp("media"))
+    return make_samples(
+        checkpoint_path("testbed"), 4, 7, RUNS, "what do you hear", tmp_path_factory.mktemp("media")
+    )
 
 
 def test_runs_share_input_ids_and_differ_only_in_picture(samples):
@@ -48,8 +49,9 @@ def test_answers_are_the_sound_and_the_pictures_sound(samples):
 
 
 def test_sample_i_does_not_depend_on_n(samples, tmp_path):
-    again = make_samples(checkpoint_path("testbed"), 2, 7, {"conflict": RUNS["conflict"]},
-                         media_dir=tmp_path)
+    again = make_samples(
+        checkpoint_path("testbed"), 2, 7, {"conflict": RUNS["conflict"]}, media_dir=tmp_path
+    )
     for first, second in zip(samples, again, strict=False):
         for key, value in first.runs["conflict"].items():
             assert torch.equal(value, second.runs["conflict"][key])
@@ -59,7 +61,8 @@ def test_sample_i_does_not_depend_on_n(samples, tmp_path):
 
 def test_wrong_run_specs_and_questions_are_refused(tmp_path):
     with pytest.raises(DataError, match="picture must be one of"):
-        make_samples(checkpoint_path("testbed"), 1, 0, {"x": {"picture": "red"}},
-                     media_dir=tmp_path)
+        make_samples(
+            checkpoint_path("testbed"), 1, 0, {"x": {"picture": "red"}}, media_dir=tmp_path
+        )
     with pytest.raises(ModelError, match="does not know"):
         make_samples(checkpoint_path("testbed"), 1, 0, RUNS, "what do you smell", tmp_path)

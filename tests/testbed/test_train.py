@@ -9,8 +9,16 @@ from patchwork.testbed import load
 from patchwork.testbed import model as testbed_model
 from patchwork.testbed.train import BatchMaker, TrainConfig, build_banks, train
 
-TINY = TrainConfig(seed=5, stage1_steps=2, stage2_steps=2, batch_size=4, variants=2,
-                   audio_supervision=0.1, video_access_layers=(4, 5), audio_access_layers=(0, 2))
+TINY = TrainConfig(
+    seed=5,
+    stage1_steps=2,
+    stage2_steps=2,
+    batch_size=4,
+    variants=2,
+    audio_supervision=0.1,
+    video_access_layers=(4, 5),
+    audio_access_layers=(0, 2),
+)
 
 
 def test_two_runs_with_one_seed_give_the_same_weights(tmp_path):
@@ -33,8 +41,9 @@ def test_stage1_batches_are_silent_and_stage2_batches_hold_every_kind():
     banks = build_banks(0, 2)
     config = TrainConfig(batch_size=64, audio_supervision=0.2)
     stage1_inputs, _ = BatchMaker(banks, tokenizer, config, stage=1)()
-    assert torch.equal(stage1_inputs["input_features"],
-                       banks.silence.expand_as(stage1_inputs["input_features"]))
+    assert torch.equal(
+        stage1_inputs["input_features"], banks.silence.expand_as(stage1_inputs["input_features"])
+    )
     stage2_inputs, answers = BatchMaker(banks, tokenizer, config, stage=2)()
     silent = (stage2_inputs["input_features"] == banks.silence).flatten(1).all(1)
     assert 0 < int(silent.sum()) < 64

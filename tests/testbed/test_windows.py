@@ -26,9 +26,10 @@ def _random_windowed_model():
 def _batch(tokenizer, rows=2):
     rng = np.random.default_rng(1)
     ids = torch.tensor([testbed_model.prompt_ids(tokenizer, "what do you hear")])
-    runs = [build_inputs(ids, [world.synthesize_sound(c.timbre, rng)],
-                         world.draw_picture(c, rng)[None])
-            for c in world.CATEGORIES[:rows]]
+    runs = [
+        build_inputs(ids, [world.synthesize_sound(c.timbre, rng)], world.draw_picture(c, rng)[None])
+        for c in world.CATEGORIES[:rows]
+    ]
     return collate(runs)
 
 
