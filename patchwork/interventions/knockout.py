@@ -38,7 +38,7 @@ from patchwork.interventions.patching import Patcher
 from patchwork.models.adapter import ModelAdapter
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, AttentionKnockout
-from patchwork.testbed.windows import mask_with_blocks
+from patchwork.testbed.windows import with_blocked_mask
 
 
 @dataclass(frozen=True)
@@ -109,17 +109,7 @@ def blocking(adapter: ModelAdapter, blocked: Mapping[int, torch.Tensor]) -> Iter
     def hook_for(layer_blocks: torch.Tensor):
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            implementation = getattr(module.config, "_attn_implementation", "sdpa")
-            if implementation not in ("sdpa", "eager"):
-                raise RuntimeError(f"attention knockout needs sdpa or eager, not {implementation}")
-            kwargs = dict(kwargs)
-            kwargs["attention_mask"] = mask_with_blocks(
-                kwargs.get("attention_mask"),
-                layer_blocks.to(hidden.device),
-                additive=implementation == "eager",
-                dtype=hidden.dtype,
-            )
-            return args, kwargs
+            return args, with_blocked_mask(module, kwargs, layer_blocks, hidden)
 
         return hook
 

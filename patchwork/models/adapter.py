@@ -49,6 +49,24 @@ def _attribute(root: Any, dotted: str) -> Any:
     return node
 
 
+def load_thinker(
+    thinker_class: Any, full_type: str, label: str, path: Path, config: Any, **options: Any
+) -> nn.Module:
+    """The thinker of an omni model from a thinker checkpoint (``<full_type>_thinker``) or from a
+    full one (``<full_type>``, thinker weights under ``thinker.*``; its talker and vocoder are not
+    loaded — a full model's own ``from_pretrained`` would also unpickle speaker files)."""
+    if config.model_type == full_type:
+        return thinker_class.from_pretrained(
+            path, config=config.thinker_config, key_mapping={r"^thinker\.": ""}, **options
+        )
+    if config.model_type == f"{full_type}_thinker":
+        return thinker_class.from_pretrained(path, config=config, **options)
+    raise ModelError(
+        f"{path} is a {config.model_type!r} model, not a {label} one "
+        f"({full_type!r} or '{full_type}_thinker')"
+    )
+
+
 class ModelAdapter(ABC):
     """One architecture family. Subclasses set the module paths and the position reading.
 

@@ -33,7 +33,7 @@ from torch import nn
 from patchwork.data import media
 from patchwork.data.sample import ModelInputs
 from patchwork.errors import DataError, ModelError
-from patchwork.models.adapter import ModelAdapter, RunMedia, text_and_answer
+from patchwork.models.adapter import ModelAdapter, RunMedia, load_thinker, text_and_answer
 
 
 def audio_token_count(mel_frames: int) -> int:
@@ -103,16 +103,7 @@ class Qwen25OmniAdapter(ModelAdapter):
         """
         from transformers import Qwen2_5OmniThinkerForConditionalGeneration as Thinker
 
-        if config.model_type == "qwen2_5_omni":
-            return Thinker.from_pretrained(
-                path, config=config.thinker_config, key_mapping={r"^thinker\.": ""}, **options
-            )
-        if config.model_type == "qwen2_5_omni_thinker":
-            return Thinker.from_pretrained(path, config=config, **options)
-        raise ModelError(
-            f"{path} is a {config.model_type!r} model, not a Qwen2.5-Omni one "
-            "('qwen2_5_omni' or 'qwen2_5_omni_thinker')"
-        )
+        return load_thinker(Thinker, "qwen2_5_omni", "Qwen2.5-Omni", path, config, **options)
 
     @classmethod
     def resolve_root(cls, model: nn.Module) -> nn.Module:

@@ -28,8 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from patchwork.errors import ModelError
-from patchwork.models.adapter import _attribute
+from patchwork.models.adapter import _attribute, load_thinker
 from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter
 
 #: Special token ids of the released checkpoints, used when a config does not name them.
@@ -61,16 +60,7 @@ class Qwen3OmniAdapter(Qwen25OmniAdapter):
         """The thinker from a thinker checkpoint or from a full Qwen3-Omni checkpoint."""
         from transformers import Qwen3OmniMoeThinkerForConditionalGeneration as Thinker
 
-        if config.model_type == "qwen3_omni_moe":
-            return Thinker.from_pretrained(
-                path, config=config.thinker_config, key_mapping={r"^thinker\.": ""}, **options
-            )
-        if config.model_type == "qwen3_omni_moe_thinker":
-            return Thinker.from_pretrained(path, config=config, **options)
-        raise ModelError(
-            f"{path} is a {config.model_type!r} model, not a Qwen3-Omni one "
-            "('qwen3_omni_moe' or 'qwen3_omni_moe_thinker')"
-        )
+        return load_thinker(Thinker, "qwen3_omni_moe", "Qwen3-Omni", path, config, **options)
 
     def _token_ids(self) -> dict[str, int]:
         config = self.config

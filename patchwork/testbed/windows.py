@@ -158,6 +158,25 @@ def mask_with_blocks(
     return torch.where(blocked, torch.finfo(mask.dtype).min, mask)
 
 
+def with_blocked_mask(
+    module: nn.Module, kwargs: dict, blocked: torch.Tensor, hidden: torch.Tensor
+) -> dict:
+    """An attention module's keyword arguments with ``blocked`` (batch, query, key) pairs removed
+    from its mask, for sdpa or eager attention (a new mask: eager shares one across layers)."""
+    implementation = getattr(module.config, "_attn_implementation", "sdpa")
+    if implementation not in ("sdpa", "eager"):
+        raise RuntimeError(f"attention blocks support sdpa and eager, not {implementation}")
+    return {
+        **kwargs,
+        "attention_mask": mask_with_blocks(
+            kwargs.get("attention_mask"),
+            blocked.to(hidden.device),
+            additive=implementation == "eager",
+            dtype=hidden.dtype,
+        ),
+    }
+
+
 class AttentionBlocks:
     """Installed blocking hooks on one model; :meth:`remove` takes them off again."""
 
@@ -195,17 +214,7 @@ class AttentionBlocks:
             blocked = blocked_pairs(self.rules, self._groups, layer, hidden.shape[1])
             if blocked is None:
                 return args, kwargs
-            implementation = getattr(module.config, "_attn_implementation", "sdpa")
-            if implementation not in ("sdpa", "eager"):
-                raise RuntimeError(f"attention blocks support sdpa and eager, not {implementation}")
-            kwargs = dict(kwargs)
-            kwargs["attention_mask"] = mask_with_blocks(
-                kwargs.get("attention_mask"),
-                blocked.to(hidden.device),
-                additive=implementation == "eager",
-                dtype=hidden.dtype,
-            )
-            return args, kwargs
+            return args, with_blocked_mask(module, kwargs, blocked, hidden)
 
         return hook
 
