@@ -17,7 +17,7 @@ from patchwork.errors import ModelError
 from patchwork.models.adapter import ModelAdapter
 from patchwork.models.gemma3n import Gemma3nAdapter
 from patchwork.models.generic import GenericAdapter
-from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter
+from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter, seeded_thinker
 from patchwork.models.qwen3_omni import Qwen3OmniAdapter
 from patchwork.study.schema import ModelSpec, RandomInit
 
@@ -119,13 +119,12 @@ def random_thinker(spec: RandomInit, attention: str = "sdpa") -> nn.Module:
 
     Audio: 32 mel bins; vision: 3×2×4×4 patches merged 2×2; specials as in ``RANDOM_SPECIALS``.
     """
-    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
-
     head_dim = spec.hidden_size // spec.heads
     quarter = head_dim // 2 // 4
     mrope_section = [head_dim // 2 - 2 * quarter * 3 // 2, quarter * 3 // 2, quarter * 3 // 2]
-    config = Qwen2_5OmniThinkerConfig(
-        audio_config=dict(
+    return seeded_thinker(
+        spec.seed,
+        audio=dict(
             num_mel_bins=32,
             encoder_layers=1,
             encoder_attention_heads=2,
@@ -135,7 +134,7 @@ def random_thinker(spec: RandomInit, attention: str = "sdpa") -> nn.Module:
             n_window=50,
             max_source_positions=1500,
         ),
-        vision_config=dict(
+        vision=dict(
             depth=1,
             hidden_size=32,
             intermediate_size=64,
@@ -148,7 +147,7 @@ def random_thinker(spec: RandomInit, attention: str = "sdpa") -> nn.Module:
             out_hidden_size=spec.hidden_size,
             fullatt_block_indexes=[0],
         ),
-        text_config=dict(
+        text=dict(
             vocab_size=spec.vocab_size,
             hidden_size=spec.hidden_size,
             intermediate_size=2 * spec.hidden_size,
@@ -162,22 +161,10 @@ def random_thinker(spec: RandomInit, attention: str = "sdpa") -> nn.Module:
                 "mrope_section": mrope_section,
             },
         ),
-        audio_token_index=RANDOM_SPECIALS["audio"],
-        image_token_index=RANDOM_SPECIALS["image"],
-        video_token_index=RANDOM_SPECIALS["video"],
-        audio_start_token_id=RANDOM_SPECIALS["audio_start"],
-        audio_end_token_id=RANDOM_SPECIALS["audio_end"],
+        specials=RANDOM_SPECIALS,
         user_token_id=0,
+        attention=attention,
     )
-    config.vision_start_token_id = RANDOM_SPECIALS["vision_start"]
-    config.vision_end_token_id = RANDOM_SPECIALS["vision_end"]
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(spec.seed)
-    try:
-        model = Qwen2_5OmniThinkerForConditionalGeneration(config)
-    finally:
-        torch.random.set_rng_state(generator_state)
-    return model
 
 
 def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -303,3 +303,47 @@ def renormalize(patches: torch.Tensor, mean: Sequence[float], std: Sequence[floa
     pixels = channels * clip_std + clip_mean
     target = (pixels - torch.tensor(mean).view(1, 3, 1)) / torch.tensor(std).view(1, 3, 1)
     return target.reshape(patches.shape).to(patches.dtype)
+
+
+def seeded_thinker(
+    seed: int,
+    *,
+    audio: dict[str, Any],
+    vision: dict[str, Any],
+    text: dict[str, Any],
+    specials: Mapping[str, int],
+    user_token_id: int,
+    attention: str = "sdpa",
+    **attributes: Any,
+) -> nn.Module:
+    """A random-init ``Qwen2_5OmniThinkerForConditionalGeneration`` built under ``seed``.
+
+    ``audio``, ``vision`` and ``text`` are the sub-configs; ``specials`` maps ``audio``,
+    ``image``, ``video``, ``audio_start``, ``audio_end``, ``vision_start`` and ``vision_end`` to
+    token ids (``vision_start_token_id`` is read by ``get_rope_index`` though not a declared
+    field). Extra ``attributes`` are set on the config. The global random state is left as it was.
+    """
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    config = Qwen2_5OmniThinkerConfig(
+        audio_config=audio,
+        vision_config=vision,
+        text_config=text,
+        audio_token_index=specials["audio"],
+        image_token_index=specials["image"],
+        video_token_index=specials["video"],
+        audio_start_token_id=specials["audio_start"],
+        audio_end_token_id=specials["audio_end"],
+        user_token_id=user_token_id,
+    )
+    for name, value in attributes.items():
+        setattr(config, name, value)
+    config.vision_start_token_id = specials["vision_start"]
+    config.vision_end_token_id = specials["vision_end"]
+    config._attn_implementation = attention
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return Qwen2_5OmniThinkerForConditionalGeneration(config)
+    finally:
+        torch.random.set_rng_state(state)

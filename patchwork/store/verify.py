@@ -13,7 +13,7 @@ import numpy as np
 import zarr
 
 from patchwork.errors import StoreError
-from patchwork.store.zarr_store import REQUIRED_ARRAYS, ResultStore, sample_checksums
+from patchwork.store.zarr_store import MARKS, ResultStore, sample_checksums
 
 #: Metrics that must be finite in a complete unit (normalized_effect may be NaN by design when
 #: the clean and conflict runs do not differ).
@@ -44,7 +44,7 @@ def verify_store(path: str | Path) -> VerifyReport:
         report.partial_files_removed.append(leftover)
     root = zarr.open_group(path, mode="r", zarr_format=3)
     for model, group in sorted(root.groups()):
-        if not all(name in group for name in REQUIRED_ARRAYS):
+        if not all(name in group for name in MARKS):
             continue  # a template cut short by a crash: rewritten by the next run
         store = ResultStore(path, model)
         done, recorded = store.done(), store.checksums()

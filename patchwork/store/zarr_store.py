@@ -36,8 +36,6 @@ import zarr
 from patchwork.errors import StoreError
 
 SCHEMA_VERSION = 1
-#: Arrays every complete template has.
-REQUIRED_ARRAYS = ("checksum", "done")
 #: Per-sample marks written by every unit after its data.
 MARKS = ("checksum", "done")
 

@@ -18,6 +18,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 from patchwork.errors import ModelError
+from patchwork.models.qwen2_5_omni import seeded_thinker
 from patchwork.testbed import world
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
@@ -104,12 +105,11 @@ def prompt_ids(tokenizer: Tokenizer, question: str) -> list[int]:
 def build_model(tokenizer: Tokenizer, seed: int, attention: str = "sdpa") -> torch.nn.Module:
     """A fresh seeded thinker: text 8 layers × hidden 128 (4 heads, 2 KV heads, head_dim 32),
     audio encoder 2 layers × 64 on 32 mel bins, vision encoder 2 blocks × 64 on 4×4 patches."""
-    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
-
     hidden = 128
     specials = special_ids(tokenizer)
-    config = Qwen2_5OmniThinkerConfig(
-        audio_config=dict(
+    return seeded_thinker(
+        seed,
+        audio=dict(
             num_mel_bins=N_MELS,
             encoder_layers=2,
             encoder_attention_heads=4,
@@ -119,7 +119,7 @@ def build_model(tokenizer: Tokenizer, seed: int, attention: str = "sdpa") -> tor
             n_window=50,
             max_source_positions=1500,
         ),
-        vision_config=dict(
+        vision=dict(
             depth=2,
             hidden_size=64,
             intermediate_size=128,
@@ -132,7 +132,7 @@ def build_model(tokenizer: Tokenizer, seed: int, attention: str = "sdpa") -> tor
             out_hidden_size=hidden,
             fullatt_block_indexes=[1],
         ),
-        text_config=dict(
+        text=dict(
             vocab_size=tokenizer.get_vocab_size(),
             hidden_size=hidden,
             intermediate_size=384,
@@ -147,24 +147,11 @@ def build_model(tokenizer: Tokenizer, seed: int, attention: str = "sdpa") -> tor
                 "mrope_section": [4, 6, 6],
             },
         ),
-        audio_token_index=specials["audio"],
-        image_token_index=specials["image"],
-        video_token_index=specials["video"],
-        audio_start_token_id=specials["audio_start"],
-        audio_end_token_id=specials["audio_end"],
+        specials=specials,
         user_token_id=specials["pad"],
+        attention=attention,
+        pad_token_id=specials["pad"],
     )
-    config.pad_token_id = specials["pad"]
-    config.vision_start_token_id = specials["vision_start"]
-    config.vision_end_token_id = specials["vision_end"]
-    config._attn_implementation = attention
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model = Qwen2_5OmniThinkerForConditionalGeneration(config)
-    finally:
-        torch.random.set_rng_state(state)
-    return model
 
 
 def save(model: Any, tokenizer: Tokenizer, directory: Path, meta: dict[str, Any]) -> Path:
