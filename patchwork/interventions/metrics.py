@@ -20,7 +20,7 @@ def answer_metrics(
     answer_logits: torch.Tensor, audio_id: int, visual_id: int
 ) -> dict[str, torch.Tensor]:
     """``logit_diff`` and ``audio_probability`` of logits (batch, vocab), each of shape (batch,)."""
-    logits = answer_logits.float()
+    logits = answer_logits.to(torch.promote_types(answer_logits.dtype, torch.float32))
     return {
         "logit_diff": logits[:, audio_id] - logits[:, visual_id],
         "audio_probability": torch.softmax(logits, dim=-1)[:, audio_id],

@@ -78,6 +78,12 @@ class ModelAdapter(ABC):
     layers_path: ClassVar[str]
     attention_name: ClassVar[str] = "self_attn"
     mlp_name: ClassVar[str] = "mlp"
+    #: The decoder layer's norm in front of attention; None where queries and keys cannot be
+    #: recomputed from a residual alone (attribution's attention correction needs them).
+    attention_norm_name: ClassVar[str | None] = None
+    #: The answer logits are the unembedding of the final norm of the last position's residual,
+    #: one stream, nothing after (attribution's readout correction recomputes exactly that).
+    plain_readout: ClassVar[bool] = False
     final_norm_path: ClassVar[str]
     unembed_path: ClassVar[str]
     #: Audio sampling rate (Hz) the model's feature extractor expects.

@@ -59,6 +59,8 @@ def chunk_bounds(values: Sequence[int], tokens_per_chunk: int) -> list[tuple[int
 class Qwen25OmniAdapter(ModelAdapter):
     #: Decoder layers follow transformers' convention: patched runs may start mid-model.
     supports_resume = True
+    attention_norm_name = "input_layernorm"
+    plain_readout = True
     family = "qwen2_5_omni"
     layers_path = "model.language_model.layers"
     final_norm_path = "model.language_model.norm"

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from patchwork.models.attention import IMPLEMENTATION
+
 GROUPS = ("audio", "video", "image", "text", "answer", "all")
 
 
@@ -162,16 +164,17 @@ def with_blocked_mask(
     module: nn.Module, kwargs: dict, blocked: torch.Tensor, hidden: torch.Tensor
 ) -> dict:
     """An attention module's keyword arguments with ``blocked`` (batch, query, key) pairs removed
-    from its mask, for sdpa or eager attention (a new mask: eager shares one across layers)."""
+    from its mask, for sdpa or eager attention (a new mask: eager shares one across layers), and
+    for patchwork's recorded attention, which reads eager's additive masks."""
     implementation = getattr(module.config, "_attn_implementation", "sdpa")
-    if implementation not in ("sdpa", "eager"):
+    if implementation not in ("sdpa", "eager", IMPLEMENTATION):
         raise RuntimeError(f"attention blocks support sdpa and eager, not {implementation}")
     return {
         **kwargs,
         "attention_mask": mask_with_blocks(
             kwargs.get("attention_mask"),
             blocked.to(hidden.device),
-            additive=implementation == "eager",
+            additive=implementation != "sdpa",
             dtype=hidden.dtype,
         ),
     }
