@@ -16,8 +16,21 @@ import numpy as np
 import torch
 
 from patchwork.data.sample import Sample
-from patchwork.errors import DataError
-from patchwork.interventions.attribution import estimate_changes, site_gradients, spearman
+from patchwork.errors import DataError, StudyError
+from patchwork.interventions.atp_star import (
+    deltas,
+    graddrop_magnitudes,
+    qk_corrections,
+    readout_corrections,
+)
+from patchwork.interventions.attribution import (
+    Cells,
+    Linearization,
+    condition_changes,
+    linearize,
+    site_changes,
+    spearman,
+)
 from patchwork.interventions.method import Method
 from patchwork.interventions.metrics import answer_metrics, metric_table
 from patchwork.interventions.patching import Activations, Condition, Patcher, sweep_conditions
@@ -45,6 +58,31 @@ class ActivationPatchingMethod(Method):
                 spec.components,
             )
         )
+        self.corrections = self._corrections()
+
+    def _corrections(self) -> set[str]:
+        """The attribution corrections to apply: the study's, checked against the adapter, or
+        by default readout where the adapter allows it."""
+        spec, adapter = self.spec, self.loaded.adapter
+        if spec.method == "exact":
+            return set()
+        if spec.corrections is None:
+            return {"readout"} if adapter.plain_readout else set()
+        missing = {
+            name
+            for name, supported in (
+                ("qk", adapter.attention_norm_name is not None),
+                ("readout", adapter.plain_readout),
+            )
+            if name in spec.corrections and not supported
+        }
+        if missing:
+            keep = ", ".join(sorted(set(spec.corrections) - missing))
+            raise StudyError(
+                f"{self.where('corrections')}: the {adapter.family} adapter does not support "
+                f"{' or '.join(sorted(missing))}; use corrections: [{keep}]"
+            )
+        return set(spec.corrections)
 
     @cached_property
     def cell(self) -> dict[Condition, tuple[int, int, int]]:
@@ -105,6 +143,9 @@ class ActivationPatchingMethod(Method):
         }
         if self.with_null_effect:
             variables["null_effect"] = effect
+        if "graddrop" in self.corrections:
+            coords = {dim: effect.coords[dim] for dim in EFFECT_DIMS[1:-1]}
+            variables["graddrop"] = ArraySpec(EFFECT_DIMS[:-1], coords)
         if self.spec.method == "attribution+verify":
             variables["exact_effect"] = effect
             variables["agreement"] = ArraySpec(
@@ -150,25 +191,61 @@ class ActivationPatchingMethod(Method):
                     for condition, values in zip(order or self.conditions, tables, strict=True):
                         arrays[name][(row, *self.cell[condition])] = values
                 continue
-            target_acts, gradients, _ = site_gradients(patcher.adapter, target, self.sites, *ids)
+            linearization = linearize(
+                patcher.adapter,
+                target,
+                self.sites,
+                *ids,
+                attention="qk" in self.corrections,
+                readout="readout" in self.corrections,
+                graddrop="graddrop" in self.corrections,
+            )
             for name, activations in passes:
-                change = {
-                    metric: estimate_changes(
-                        self.conditions, activations, target_acts, gradients[metric], masks
-                    )
-                    for metric in gradients
-                }
+                delta = deltas(activations, linearization)
+                cells = self._estimate(linearization, delta, masks, ids)
                 estimated = {
-                    metric: conflict[metric] + torch.as_tensor(change[metric], dtype=torch.float32)
-                    for metric in change
+                    metric: conflict[metric]
+                    + torch.as_tensor(condition_changes(self.conditions, cells[metric]))
+                    for metric in cells
                 }
                 for condition, values in zip(
                     self.conditions, _table(estimated, clean, conflict), strict=True
                 ):
                     arrays[name][(row, *self.cell[condition])] = values
+                if name == "effect" and "graddrop" in self.corrections:
+                    magnitudes = graddrop_magnitudes(self.conditions, linearization, delta, masks)
+                    for condition, magnitude in zip(self.conditions, magnitudes, strict=True):
+                        arrays["graddrop"][(row, *self.cell[condition])] = magnitude
             if spec.method == "attribution+verify":
                 self._verify(row, sample, arrays, runner, sources[row][1], ids, clean, conflict)
         return arrays
+
+    def _estimate(
+        self,
+        linearization: Linearization,
+        delta: dict[tuple[int, str], torch.Tensor],
+        masks: dict[str, torch.Tensor],
+        ids: tuple[int, int],
+    ) -> dict[str, Cells]:
+        """Per metric, each (layer, component, group) cell's estimated change: linear, plus the
+        study's corrections."""
+        adapter, groups = self.loaded.adapter, self.spec.position_groups
+        cells = {
+            metric: site_changes(delta, gradients, masks, groups)
+            for metric, gradients in linearization.gradients.items()
+        }
+        corrections = []
+        if "qk" in self.corrections:
+            corrections.append(qk_corrections(adapter, linearization, delta, masks, groups))
+        if "readout" in self.corrections:
+            corrections.append(
+                readout_corrections(adapter, linearization, delta, masks, groups, *ids)
+            )
+        for correction in corrections:
+            for metric, values in correction.items():
+                for key, value in values.items():
+                    cells[metric][key] += value
+        return cells
 
     def _verify(
         self,
@@ -188,8 +265,12 @@ class ActivationPatchingMethod(Method):
             [arrays["effect"][(row, *self.cell[c])][metric] for c in self.conditions]
         )
         change = np.abs(estimate - float(conflict["logit_diff"][0]))
+        ranking = change
+        if "graddrop" in self.corrections:  # also verify cells whose paths may cancel
+            graddrop = np.array([arrays["graddrop"][(row, *self.cell[c])] for c in self.conditions])
+            ranking = np.maximum(change, graddrop)
         k = min(self.spec.verify_top_k, len(self.conditions))
-        top = list(np.argsort(-change, kind="stable")[:k])
+        top = list(np.argsort(-ranking, kind="stable")[:k])
         others = [i for i in range(len(self.conditions)) if i not in set(top)]
         seed = zlib.crc32(f"{self.study.execution.seed}:{sample.sample_id}".encode())
         controls = list(np.random.default_rng(seed).permutation(others)[:k])

@@ -4,40 +4,81 @@ For a site (layer, component) with target activation ``a``, source activation ``
 ``g`` of a metric with respect to ``a`` (all (seq, hidden)), patching positions ``P`` changes the
 metric by about ``Σ_{p∈P} (a'_p − a_p)·g_p``; a layer window sums its layers. One forward and one
 backward pass per metric give the estimate for every condition at once (Nanda 2023; Kramár et al.
-2024, "AtP*"). The estimate is linear: saturated attention and cancelling paths make it err, so
-``attribution+verify`` patches the top conditions exactly and stores the agreement.
+2024, "AtP*"). The estimate is linear: saturated attention, the final norm and cancelling paths make
+it err. :mod:`patchwork.interventions.atp_star` corrects the first two; ``attribution+verify``
+patches the top conditions exactly and stores the agreement.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from patchwork.data.sample import ModelInputs
+from patchwork.interventions.metrics import answer_metrics
 from patchwork.interventions.patching import Activations, Condition
 from patchwork.models.adapter import ModelAdapter, _attribute
+from patchwork.models.attention import AttentionRecord, recorded_attention
+
+#: (layer, component, position_group) → estimated change of one metric.
+Cells = dict[tuple[int, str, str], float]
 
 
-def site_gradients(
+@dataclass
+class Linearization:
+    """The target run (batch of one) and the gradients of its answer metrics.
+
+    ``activations``: site → (seq, hidden); ``gradients``: metric → site → (seq, hidden);
+    ``metrics``: the metrics' values. With ``attention``: each decoder layer's input (seq, hidden),
+    the rotary embeddings, each layer's attention record and, per metric, the gradients of its
+    query, key and probabilities. With ``readout``: the final norm's input at the answer position
+    (hidden,) and its gradient per metric. With ``graddrop``: per dropped
+    layer, the gradients of ``logit_diff`` at every site when nothing flows back through that
+    layer's attention and MLP.
+    """
+
+    activations: Activations
+    gradients: dict[str, Activations]
+    metrics: dict[str, float]
+    layer_inputs: list[torch.Tensor] = field(default_factory=list)
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+    attention: dict[int, AttentionRecord] = field(default_factory=dict)
+    attention_gradients: dict[str, dict[int, tuple[torch.Tensor, ...]]] = field(
+        default_factory=dict
+    )
+    readout_input: torch.Tensor | None = None
+    readout_gradients: dict[str, torch.Tensor] = field(default_factory=dict)
+    dropped: dict[int, Activations] = field(default_factory=dict)
+
+
+def linearize(
     adapter: ModelAdapter,
     target: ModelInputs,
     sites: Iterable[tuple[int, str]],
     audio_id: int,
     visual_id: int,
-) -> tuple[Activations, dict[str, Activations], dict[str, float]]:
-    """Target activations at ``sites``, the gradients of ``logit_diff`` and of
-    ``audio_probability`` with respect to them (each (seq, hidden)), and the metrics' values.
+    *,
+    attention: bool = False,
+    readout: bool = False,
+    graddrop: bool = False,
+) -> Linearization:
+    """One forward of ``target`` and one backward pass per metric (plus one per layer for
+    ``graddrop``); ``attention`` and ``readout`` also keep what the AtP* corrections read.
 
     Parameters are frozen for the pass (no parameter gradients are kept); the first decoder
     layer's input is made a leaf that requires grad so that gradients reach every site.
     """
     root = adapter.root
-    wanted = set(sites)
-    outputs: dict[tuple[int, str], torch.Tensor] = {}
     layers: nn.ModuleList = _attribute(root, adapter.layers_path)
+    outputs: dict[tuple[int, str], torch.Tensor] = {}
+    seen: dict[str, Any] = {"inputs": [torch.empty(0)] * len(layers)}
+    dropping: dict[str, int | None] = {"layer": None}
 
     def start_graph(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if args:
@@ -46,44 +87,148 @@ def site_gradients(
         kwargs["hidden_states"] = kwargs["hidden_states"].detach().requires_grad_(True)
         return args, kwargs
 
-    def keep(site: tuple[int, str]):
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            value = adapter.output_tensor(site[1], output)
+    def keep(site: tuple[int, str], where: str):
+        def hook(module: nn.Module, *arguments: Any) -> None:
+            if where == "input":  # a pre-hook's (args, kwargs)
+                args, kwargs = arguments
+                value = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            else:  # a forward hook's (args, kwargs, output)
+                value = adapter.output_tensor(site[1], arguments[-1])
             value.retain_grad()
             outputs[site] = value
 
         return hook
 
-    flags = [parameter.requires_grad for parameter in root.parameters()]
-    handles = [layers[0].register_forward_pre_hook(start_graph, with_kwargs=True)]
-    handles += [
-        adapter.component(root, layer, component).register_forward_hook(keep((layer, component)))
-        for layer, component in wanted
-    ]
-    try:
-        for parameter in root.parameters():
-            parameter.requires_grad_(False)
-        with torch.enable_grad():
-            logits = adapter.answer_logits(root(**adapter.forward_kwargs(target)).logits)[0]
-            metrics = {
-                "logit_diff": logits[audio_id] - logits[visual_id],
-                "audio_probability": torch.softmax(logits.float(), -1)[audio_id],
+    def keep_input(index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            seen["inputs"][index] = hidden[0].detach()
+            seen.setdefault("rotary", kwargs.get("position_embeddings"))
+
+        return hook
+
+    def keep_readout(module: nn.Module, args: tuple) -> None:
+        args[0].retain_grad()
+        seen["readout"] = args[0]
+
+    def drop_gradient(index: int):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            value = output[0] if isinstance(output, tuple) else output
+            value.register_hook(
+                lambda grad: torch.zeros_like(grad) if dropping["layer"] == index else None
+            )
+
+        return hook
+
+    hooks: list[tuple[nn.Module, str, Any]] = [(layers[0], "pre", start_graph)]
+    for site in set(sites):
+        module, where = adapter.site(root, *site)
+        hooks.append((module, "pre" if where == "input" else "post", keep(site, where)))
+    if attention:
+        hooks += [(layer, "pre", keep_input(index)) for index, layer in enumerate(layers)]
+    if readout:
+        hooks.append((_attribute(root, adapter.final_norm_path), "pre-args", keep_readout))
+    if graddrop:
+        hooks += [
+            (adapter.component(root, index, component), "post", drop_gradient(index))
+            for index in range(len(layers))
+            for component in ("attention", "mlp")
+        ]
+    with ExitStack() as stack:
+        for module, kind, hook in hooks:
+            stack.enter_context(_hooked(module, kind, hook))
+        records = stack.enter_context(recorded_attention(adapter)) if attention else {}
+        stack.enter_context(_frozen(root))
+        stack.enter_context(torch.enable_grad())
+        logits = adapter.answer_logits(root(**adapter.forward_kwargs(target)).logits)
+        metrics = {
+            name: value[0] for name, value in answer_metrics(logits, audio_id, visual_id).items()
+        }
+        retained = list(outputs.values())
+        retained += [t for r in records.values() for t in (r.query, r.key, r.probs)]
+        retained += [seen["readout"]] if readout else []
+        result = Linearization(
+            {site: _row(adapter, site, t).detach() for site, t in outputs.items()}, {}, {}
+        )
+        for name, value in metrics.items():
+            result.gradients[name] = _backward(adapter, value, outputs, retained)
+            result.attention_gradients[name] = {
+                index: tuple(_gradient(t)[0] for t in (r.query, r.key, r.probs))
+                for index, r in records.items()
             }
-            gradients: dict[str, Activations] = {}
-            for name, value in metrics.items():
-                for tensor in outputs.values():
-                    tensor.grad = None
-                value.backward(retain_graph=True)
-                gradients[name] = {
-                    site: _gradient(tensor)[0].detach().clone() for site, tensor in outputs.items()
-                }
+            if readout:
+                result.readout_gradients[name] = _gradient(seen["readout"])[0, -1]
+        for index in range(len(layers)) if graddrop else ():
+            dropping["layer"] = index
+            result.dropped[index] = _backward(adapter, metrics["logit_diff"], outputs, retained)
+    result.metrics = {name: float(value.detach()) for name, value in metrics.items()}
+    if attention:
+        cos, sin = seen["rotary"]
+        result.layer_inputs = seen["inputs"]
+        result.position_embeddings = (cos.detach(), sin.detach())
+        result.attention = {
+            index: AttentionRecord(
+                r.query.detach(),
+                r.key.detach(),
+                None if r.mask is None else r.mask.detach(),
+                r.scaling,
+                r.probs.detach(),
+            )
+            for index, r in records.items()
+        }
+    if readout:
+        result.readout_input = seen["readout"][0, -1].detach()
+    return result
+
+
+@contextmanager
+def _hooked(module: nn.Module, kind: str, hook: Any) -> Iterator[None]:
+    """``hook`` on ``module`` inside the block: 'pre' (with kwargs, may replace them),
+    'pre-args' (positional arguments only) or 'post' (forward hook)."""
+    if kind == "pre":
+        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    elif kind == "pre-args":
+        handle = module.register_forward_pre_hook(hook)
+    else:
+        handle = module.register_forward_hook(hook)
+    try:
+        yield
     finally:
-        for handle in handles:
-            handle.remove()
-        for parameter, flag in zip(root.parameters(), flags, strict=True):
+        handle.remove()
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """No parameter of ``model`` requires grad inside the block."""
+    flags = [parameter.requires_grad for parameter in model.parameters()]
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(model.parameters(), flags, strict=True):
             parameter.requires_grad_(flag)
-    activations = {site: t[0].detach() for site, t in outputs.items()}
-    return activations, gradients, {name: float(v.detach()) for name, v in metrics.items()}
+
+
+def _backward(
+    adapter: ModelAdapter,
+    value: torch.Tensor,
+    outputs: Mapping[tuple[int, str], torch.Tensor],
+    retained: Sequence[torch.Tensor],
+) -> Activations:
+    """Gradients of ``value`` at every site (seq, hidden); the graph is kept for the next pass."""
+    for tensor in retained:
+        tensor.grad = None
+    value.backward(retain_graph=True)
+    return {
+        site: _row(adapter, site, _gradient(tensor)).detach().clone()
+        for site, tensor in outputs.items()
+    }
+
+
+def _row(adapter: ModelAdapter, site: tuple[int, str], tensor: torch.Tensor) -> torch.Tensor:
+    """The one sample of a site's batched tensor (the adapter says which axis holds rows)."""
+    return tensor.select(adapter.batch_axis(site[1]), 0)
 
 
 def _gradient(tensor: torch.Tensor) -> torch.Tensor:
@@ -92,26 +237,38 @@ def _gradient(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.grad if tensor.grad is not None else torch.zeros_like(tensor)
 
 
-def estimate_changes(
-    conditions: Sequence[Condition],
-    source: Activations,
-    target: Activations,
+def site_changes(
+    delta: Activations,
     gradients: Activations,
     group_masks: Mapping[str, torch.Tensor],
-) -> np.ndarray:
-    """Estimated change of the metric (len(conditions),) when each condition is patched."""
-    per_position = {
-        site: ((source[site] - target[site]).float() * gradients[site].float()).sum(-1)
-        for site in gradients
-    }
-    changes = np.empty(len(conditions), dtype=np.float64)
-    for row, condition in enumerate(conditions):
-        mask = group_masks[condition.position_group]
-        changes[row] = sum(
-            float(per_position[(layer, condition.component)][mask].sum())
-            for layer in condition.layers
-        )
-    return changes
+    groups: Iterable[str],
+) -> Cells:
+    """First-order change of one metric (``gradients`` are its) when each site's ``groups``
+    positions change by ``delta`` (source − target, (…, seq, hidden) per site: Gemma 3n's
+    residual has a leading stream axis, summed over)."""
+    cells: Cells = {}
+    for site, gradient in gradients.items():
+        per_position = (delta[site] * widened(gradient)).sum(-1)
+        per_position = per_position.flatten(0, -2).sum(0) if per_position.ndim > 1 else per_position
+        for group in groups:
+            cells[(*site, group)] = float(per_position[group_masks[group]].sum())
+    return cells
+
+
+def widened(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32, or float64 if it is already (half precisions are too coarse)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def condition_changes(conditions: Sequence[Condition], cells: Mapping[Any, float]) -> np.ndarray:
+    """Estimated change (len(conditions),) of each condition: its window's cells summed."""
+    return np.array(
+        [
+            sum(cells[(layer, c.component, c.position_group)] for layer in c.layers)
+            for c in conditions
+        ],
+        dtype=np.float64,
+    )
 
 
 def spearman(first: np.ndarray, second: np.ndarray) -> float:

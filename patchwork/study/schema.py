@@ -221,6 +221,16 @@ class ActivationPatching(_Strict):
         "estimates, plus exact runs of the top cells stored as exact_effect with agreement.",
     )
     verify_top_k: int = Field(16, ge=1, description="Cells verified exactly per sample.")
+    corrections: tuple[Literal["qk", "readout", "graddrop"], ...] | None = Field(
+        None,
+        description="attribution only: corrections to the linear estimate (default: readout "
+        "where the model family allows it). readout: the final norm and metric recomputed "
+        "exactly on each patch's direct path (cheap); qk: AtP*'s QK fix, every later layer's "
+        "attention softmax recomputed for the queries and keys a patch changes (costs about the "
+        "attention projections of an exact sweep); graddrop: AtP*'s GradDrop (one backward pass "
+        "per layer), stored as graddrop, a cancellation-robust |change| per cell that also ranks "
+        "the cells attribution+verify checks. [] is plain attribution patching.",
+    )
     noise_floor: Literal["mismatched", "none"] = Field(
         "mismatched",
         description="'mismatched' also patches from the next sample's source run, a noise floor "
@@ -229,7 +239,7 @@ class ActivationPatching(_Strict):
 
     _layers = field_validator("layers", mode="before")(_parse_layers)
 
-    @field_validator("components", "position_groups")
+    @field_validator("components", "position_groups", "corrections")
     @classmethod
     def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(value)) != len(value):

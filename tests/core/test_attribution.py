@@ -11,7 +11,12 @@ import torch
 
 from patchwork import open_results, parse_study, run_study
 from patchwork.data.generators import random_sample
-from patchwork.interventions.attribution import estimate_changes, site_gradients, spearman
+from patchwork.interventions.attribution import (
+    condition_changes,
+    linearize,
+    site_changes,
+    spearman,
+)
 from patchwork.interventions.patching import Patcher, sweep_conditions
 from patchwork.models.loading import load_model
 from patchwork.study.schema import ModelSpec, RandomInit, RunSpec
@@ -36,9 +41,12 @@ def test_estimates_are_the_derivative_of_exact_patching(group, component, layer)
     (condition,) = sweep_conditions([layer], 1, 3, [group], [component])
     sites = {(layer, component)}
     _, source = Patcher(loaded.adapter).record(sample.runs["clean"], sites)
-    target, gradients, values = site_gradients(loaded.adapter, conflict, sites, *ids)
+    linearization = linearize(loaded.adapter, conflict, sites, *ids)
+    target, values = linearization.activations, linearization.metrics
     masks = loaded.adapter.position_groups(conflict["input_ids"])
-    estimate = estimate_changes([condition], source, target, gradients["logit_diff"], masks)[0]
+    delta = {site: source[site] - target[site] for site in sites}
+    cells = site_changes(delta, linearization.gradients["logit_diff"], masks, [group])
+    estimate = condition_changes([condition], cells)[0]
 
     epsilon = 1e-3
     blend = {site: target[site] + epsilon * (source[site] - target[site]) for site in sites}
