@@ -5,16 +5,21 @@ Methods, each in a fresh process (so peak memory is its own):
 - ``naive``: one full forward per condition with plain torch forward hooks (TransformerLens-style);
 - ``exact``: patchwork's exact path (conditions batched as rows; each patched run starts at its
   patched layer and first patched position, reusing the target run's cached inputs, keys, values);
-- ``attribution``: gradient × activation-difference estimates (one forward, two backward passes).
+- ``attribution``: gradient × activation-difference estimates (one forward, two backward passes),
+  once per set of corrections: the default (``readout``), none (plain AtP), AtP*'s QK fix and
+  GradDrop (see :mod:`patchwork.interventions.atp_star`).
 
 Models: the shipped default model (``testbed``) and a larger random-init Qwen2.5-Omni thinker
 (24 layers, hidden 512, > 512 tokens). Columns: wall time, ratio to naive, max |difference| of the
 logit difference to naive, peak RSS, exact's ratio to the FLOP floor (the wall time naive would
-need for only the layers at or above each patch and the positions at or after it), and the
-Spearman correlation of attribution's estimates with naive effects. A last line gives the share of
-a study's wall time spent writing the store.
+need for the two unpatched runs plus, per condition, only the layers at or above its patch and the
+positions at or after the first one its patch changes), and the
+Spearman correlation of attribution's estimated logit differences with naive ones, over every
+(sample, cell), and its median over samples (each sample's cells alone: stricter, as samples'
+baselines differ). A last line gives the share of a study's wall time spent writing the store.
 
-Usage: ``python benchmarks/sweep.py [--quick] [--json PATH]``.
+Usage: ``python benchmarks/sweep.py [--quick] [--json PATH]``. JSON rows carry ``corrections``
+(a list; null for naive and exact) beside the columns.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 MODELS = {
-    "testbed": {"samples": 4, "layers": "all"},
+    "testbed": {"samples": 8, "layers": "all"},
     "large-random": {"samples": 1, "layers": "all"},
 }
 QUICK = {
@@ -40,9 +45,17 @@ QUICK = {
 }
 GROUPS = ["audio", "video", "text", "answer"]
 COMPONENTS = ["residual", "attention", "mlp"]
+#: (method, corrections) per row after naive; None: the study's default corrections.
+VARIANTS = [
+    ("exact", None),
+    ("attribution", None),
+    ("attribution", []),
+    ("attribution", ["qk", "readout"]),
+    ("attribution", ["readout", "graddrop"]),
+]
 
 
-def study_text(model: str, layers: object, method: str) -> str:
+def study_text(model: str, layers: object, method: str, corrections: list | None = None) -> str:
     if model == "testbed":
         source = "checkpoint: testbed"
     else:
@@ -57,7 +70,7 @@ interventions:
     position_groups: {json.dumps(GROUPS)}
     components: {json.dumps(COMPONENTS)}
     method: {"exact" if method == "naive" else method}
-    noise_floor: none
+    noise_floor: none{"" if corrections is None else f"{chr(10)}    corrections: {corrections}"}
 execution: {{batch_size: 32, unit_size: 8}}
 """
 
@@ -131,7 +144,7 @@ def naive_effects(method, samples) -> np.ndarray:
     return results
 
 
-def child(model: str, method_name: str, out: str, quick: bool) -> None:
+def child(model: str, method_name: str, corrections: str, out: str, quick: bool) -> None:
     """Run one (model, method) and save its logit differences; print wall time and peak RSS."""
     import torch
 
@@ -142,7 +155,8 @@ def child(model: str, method_name: str, out: str, quick: bool) -> None:
     from patchwork.study import parse_study
 
     config = (QUICK if quick else MODELS)[model]
-    study = parse_study(study_text(model, config["layers"], method_name))
+    chosen = None if corrections == "default" else json.loads(corrections)
+    study = parse_study(study_text(model, config["layers"], method_name, chosen))
     loaded = load_model(study.model)
     method = ActivationPatchingMethod(study.patching, 0, study, loaded)
     samples = samples_for(model, config["samples"], study, loaded)
@@ -159,27 +173,45 @@ def child(model: str, method_name: str, out: str, quick: bool) -> None:
             ]
         )
     wall = time.perf_counter() - started
-    seq_len = samples[0].runs["conflict"]["input_ids"].shape[1]
-    masks = loaded.adapter.position_groups(samples[0].runs["conflict"]["input_ids"])
-    layers = loaded.adapter.num_layers
-    naive_units = (len(method.conditions) + 2) * layers * seq_len
-    floor_units = 2 * layers * seq_len + sum(
-        (layers - min(c.layers)) * (seq_len - int(masks[c.position_group].nonzero()[0]))
-        for c in method.conditions
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    floor_fraction = (
+        float(np.mean([floor_share(method, sample) for sample in samples]))
+        if method_name == "exact"
+        else None
     )
     np.save(out, values)
     print(
         json.dumps(
             {
                 "wall_s": wall,
-                "peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "floor_fraction": floor_units / naive_units,
+                "peak_mem_mb": peak_mb,
+                "floor_fraction": floor_fraction,
                 "conditions": len(method.conditions),
                 "samples": len(samples),
-                "tokens": seq_len,
+                "tokens": samples[0].runs["conflict"]["input_ids"].shape[1],
             }
         )
     )
+
+
+def floor_share(method, sample) -> float:
+    """The share of naive's layer × position work that the patches can change: two full runs,
+    then per condition the layers from its first and the positions from the first its patch
+    changes (a patch that changes nothing: none)."""
+    from patchwork.interventions.activation_patching import first_change
+    from patchwork.interventions.patching import Patcher
+
+    patcher = Patcher(method.loaded.adapter)
+    runs = {run: patcher.record(sample.runs[run], method.sites)[1] for run in method.runs()}
+    target = sample.runs[method.spec.target]
+    masks = method.loaded.adapter.position_groups(target["input_ids"])
+    layers, seq_len = method.loaded.adapter.num_layers, target["input_ids"].shape[1]
+    changed = sum(
+        (layers - min(c.layers))
+        * (seq_len - first_change(c, runs[method.spec.source], runs[method.spec.target], masks))
+        for c in method.conditions
+    )
+    return (2 * layers * seq_len + changed) / ((len(method.conditions) + 2) * layers * seq_len)
 
 
 def store_share(quick: bool) -> dict[str, float]:
@@ -208,7 +240,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer samples and layers")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     parser.add_argument(
-        "--child", nargs=3, metavar=("MODEL", "METHOD", "OUT"), help=argparse.SUPPRESS
+        "--child",
+        nargs=4,
+        metavar=("MODEL", "METHOD", "CORRECTIONS", "OUT"),
+        help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
     if args.child:
@@ -217,39 +252,51 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for model in MODELS:
-            measured = {}
-            for method in ("naive", "exact", "attribution"):
-                out = f"{scratch}/{model}-{method}.npy"
-                command = [sys.executable, __file__, "--child", model, method, out]
+            measured = []
+            for method, corrections in [("naive", None), *VARIANTS]:
+                out = f"{scratch}/{model}-{len(measured)}.npy"
+                chosen = "default" if corrections is None else json.dumps(corrections)
+                command = [sys.executable, __file__, "--child", model, method, chosen, out]
                 result = subprocess.run(
                     command + (["--quick"] if args.quick else []),
                     capture_output=True,
                     text=True,
                     check=True,
                 )
-                measured[method] = (
-                    json.loads(result.stdout.strip().splitlines()[-1]),
-                    np.load(out),
-                )
-            naive_info, naive_values = measured["naive"]
-            for method, (info, values) in measured.items():
+                info = json.loads(result.stdout.strip().splitlines()[-1])
+                measured.append((method, corrections, info, np.load(out)))
+            _, _, naive_info, naive_values = measured[0]
+            for method, corrections, info, values in measured:
+                attribution = method == "attribution"
                 row = {
                     "model": model,
                     "method": method,
+                    "corrections": (corrections if corrections is not None else ["readout"])
+                    if attribution
+                    else None,
                     "wall_s": round(info["wall_s"], 3),
                     "ratio_to_naive": round(info["wall_s"] / naive_info["wall_s"], 4),
                     "max_abs_diff": float(np.abs(values - naive_values).max()),
                     "peak_mem_mb": round(info["peak_mem_mb"], 1),
                     "floor_ratio": None,
                     "spearman": None,
+                    "spearman_sample_median": None,
                     "detail": f"{info['samples']} samples x {info['conditions']} conditions, "
                     f"{info['tokens']} tokens",
                 }
                 if method == "exact":
                     floor_s = naive_info["wall_s"] * info["floor_fraction"]
                     row["floor_ratio"] = round(info["wall_s"] / floor_s, 3)
-                if method == "attribution":
+                if attribution:
                     row["spearman"] = round(spearman(values, naive_values), 4)
+                    row["spearman_sample_median"] = round(
+                        float(
+                            np.median(
+                                [spearman(a, b) for a, b in zip(values, naive_values, strict=True)]
+                            )
+                        ),
+                        4,
+                    )
                 rows.append(row)
     share = subprocess.run(
         [
@@ -267,21 +314,27 @@ def main() -> None:
     header = [
         "model",
         "method",
+        "corrections",
         "wall_s",
         "ratio_to_naive",
         "max_abs_diff",
         "peak_mem_mb",
         "floor_ratio",
         "spearman",
+        "spearman_sample_median",
         "detail",
     ]
-    widths = [14, 12, 9, 15, 13, 12, 12, 9, 40]
+    widths = [14, 12, 19, 9, 15, 13, 12, 12, 9, 23, 40]
     print("  ".join(name.ljust(width) for name, width in zip(header, widths, strict=True)))
     for row in rows:
         cells = [
             ""
             if row[key] is None
-            else (f"{row[key]:.3g}" if isinstance(row[key], float) else str(row[key]))
+            else f"{row[key]:.3g}"
+            if isinstance(row[key], float)
+            else "[" + ", ".join(row[key]) + "]"
+            if isinstance(row[key], list)
+            else str(row[key])
             for key in header
         ]
         print("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)))

@@ -9,7 +9,7 @@ unit (when their token layouts match); it stays NaN for a unit of one sample.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 
 import numpy as np
@@ -106,14 +106,6 @@ class ActivationPatchingMethod(Method):
     def with_null_effect(self) -> bool:
         return self.spec.noise_floor == "mismatched"
 
-    def _by_first_patched_position(self, masks: dict[str, torch.Tensor]) -> list[Condition]:
-        """Conditions ordered so that a batch shares its first patched position and spans few
-        layers: what a resumed patched run can skip grows."""
-        return sorted(
-            self.conditions,
-            key=lambda c: (first_position(masks[c.position_group]), c.layer, c.component),
-        )
-
     def runs(self) -> tuple[str, ...]:
         return (self.spec.source, self.spec.target)
 
@@ -171,7 +163,7 @@ class ActivationPatchingMethod(Method):
             masks = patcher.adapter.position_groups(sample.runs[spec.target]["input_ids"])
             ids = (sample.audio_answer_id, sample.visual_answer_id)
             clean = answer_metrics(sources[row][0], *ids)
-            conflict = answer_metrics(runner.start(target, masks), *ids)
+            conflict = answer_metrics(runner.start(target, masks, self.sites), *ids)
             for run_index, base in enumerate((clean, conflict)):
                 arrays["baseline"][row, run_index] = _table(base, clean, conflict)[0]
             partner = (row + 1) % len(samples)
@@ -183,12 +175,9 @@ class ActivationPatchingMethod(Method):
             ):
                 passes.append(("null_effect", sources[partner][1]))
             if spec.method == "exact":
-                order = self._by_first_patched_position(masks) if runner.resumed else None
                 for name, activations in passes:
-                    tables = runner.patch(
-                        order or self.conditions, activations, ids, clean, conflict
-                    )
-                    for condition, values in zip(order or self.conditions, tables, strict=True):
+                    tables = runner.patch(self.conditions, activations, ids, clean, conflict)
+                    for condition, values in zip(self.conditions, tables, strict=True):
                         arrays[name][(row, *self.cell[condition])] = values
                 continue
             linearization = linearize(
@@ -297,18 +286,24 @@ class _ExactRunner:
         self.resumed = False
 
     def start(
-        self, target: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+        self,
+        target: dict[str, torch.Tensor],
+        masks: dict[str, torch.Tensor],
+        sites: Iterable[tuple[int, str]],
     ) -> torch.Tensor:
-        """Run the target once (caching what patched runs reuse); its answer logits (1, vocab)."""
+        """Run the target once, keeping its activations at ``sites`` (and, resumed, what patched
+        runs reuse); its answer logits (1, vocab)."""
         self.target, self.masks = target, masks
         self.resumed = self.resume is not None and ResumePatcher.applicable(
             self.patcher.adapter, target
         )
         if self.resumed:
             assert self.resume is not None
-            self.cache = self.resume.prepare(target)
+            self.cache = self.resume.prepare(target, sites)
+            self.target_activations = self.cache.activations
             return self.cache.answer_logits
-        return self.patcher.record(target, ())[0]
+        logits, self.target_activations = self.patcher.record(target, sites)
+        return logits
 
     def patch(
         self,
@@ -318,18 +313,32 @@ class _ExactRunner:
         clean: dict[str, torch.Tensor],
         conflict: dict[str, torch.Tensor],
     ) -> np.ndarray:
-        """Metric tables (len(conditions), metrics) of the patched runs, in batches.
+        """Metric tables (len(conditions), metrics) of the patched runs.
 
-        A batch that runs out of accelerator memory is halved and retried; the smaller size is
-        kept for the rest of the run.
+        Conditions that change nothing get the target's metrics without a run. The others run in
+        batches ordered by first changed position, then layer: a resumed batch shares its start
+        and each row skips the most. A batch that runs out of accelerator memory is halved and
+        retried; the smaller size is kept for the rest of the run.
         """
-        tables = []
+        seq_len = int(self.masks["all"].numel())
+        starts = [
+            first_change(condition, activations, self.target_activations, self.masks)
+            for condition in conditions
+        ]
+        tables = np.repeat(_table(conflict, clean, conflict), len(conditions), axis=0)
+        live = sorted(
+            (row for row, start in enumerate(starts) if start < seq_len),
+            key=lambda row: (starts[row], min(conditions[row].layers), conditions[row].component),
+        )
         first = 0
-        while first < len(conditions):
-            chunk = conditions[first : first + self.batch_size]
+        while first < len(live):
+            rows = live[first : first + self.batch_size]
+            chunk = [conditions[row] for row in rows]
             try:
                 if self.resumed and self.resume is not None:
-                    logits = self.resume.patched(self.cache, activations, chunk, self.masks)
+                    logits = self.resume.patched(
+                        self.cache, activations, chunk, self.masks, [starts[row] for row in rows]
+                    )
                 else:
                     logits = self.patcher.patched(self.target, activations, chunk, self.masks)
             except torch.OutOfMemoryError:
@@ -339,9 +348,26 @@ class _ExactRunner:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            tables.append(_table(answer_metrics(logits, *ids), clean, conflict))
-            first += len(chunk)
-        return np.concatenate(tables) if tables else np.empty((0, len(METRICS)), np.float32)
+            tables[rows] = _table(answer_metrics(logits, *ids), clean, conflict)
+            first += len(rows)
+        return tables
+
+
+def first_change(
+    condition: Condition,
+    source: Activations,
+    target: Activations,
+    group_masks: Mapping[str, torch.Tensor],
+) -> int:
+    """First position a condition's patch changes: the first of its group's positions where a
+    patched site's source activation differs from the target's; the sequence length if none does
+    (patching a value with itself is no patch)."""
+    differs = torch.zeros_like(group_masks[condition.position_group])
+    for layer in condition.layers:
+        site = (layer, condition.component)
+        unequal = (source[site] != target[site]).any(-1).cpu()
+        differs |= unequal.flatten(0, -2).any(0) if unequal.ndim > 1 else unequal
+    return first_position(group_masks[condition.position_group] & differs)
 
 
 def _table(

@@ -15,7 +15,7 @@ with ``supports_resume``. Runs with padding fall back to full traces.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ class TargetCache:
     keys: list[torch.Tensor]  # per layer: (1, kv_heads, seq, head_dim)
     values: list[torch.Tensor]
     answer_logits: torch.Tensor  # (1, vocab)
+    activations: Activations  # the target's own, at the sites asked for: (seq, hidden) each
 
 
 class _PrefixCache:
@@ -75,11 +76,18 @@ class ResumePatcher:
         no_padding = mask is None or bool(mask.all())
         return bool(getattr(adapter, "supports_resume", False)) and no_padding
 
-    def prepare(self, target: ModelInputs) -> TargetCache:
+    def prepare(self, target: ModelInputs, sites: Iterable[tuple[int, str]] = ()) -> TargetCache:
         """One full forward of the target run, keeping each layer's input, the rotary position
-        embeddings and every layer's keys and values."""
+        embeddings, every layer's keys and values and the activations at ``sites``."""
         layer_inputs: list[torch.Tensor] = [torch.empty(0)] * len(self.layers)
         rotary: dict[str, Any] = {}
+        activations: Activations = {}
+
+        def record(site: tuple[int, str]):
+            def hook(module: nn.Module, args: tuple, output: Any) -> None:
+                activations[site] = self.adapter.output_tensor(site[1], output)[0].detach()
+
+            return hook
 
         def keep(index: int):
             def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -92,6 +100,10 @@ class ResumePatcher:
         handles = [
             layer.register_forward_pre_hook(keep(index), with_kwargs=True)
             for index, layer in enumerate(self.layers)
+        ]
+        handles += [  # resumable families read every site at a module's output
+            self.adapter.component(self.adapter.root, *site).register_forward_hook(record(site))
+            for site in set(sites)
         ]
         try:
             with torch.no_grad():
@@ -107,6 +119,7 @@ class ResumePatcher:
             keys=[layer.keys for layer in cache.layers],
             values=[layer.values for layer in cache.layers],
             answer_logits=self.adapter.answer_logits(output.logits),
+            activations=activations,
         )
 
     def patched(
@@ -115,10 +128,16 @@ class ResumePatcher:
         source: Activations,
         conditions: Sequence[Condition],
         group_masks: Mapping[str, torch.Tensor],
+        starts: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Answer logits (len(conditions), vocab), rows in the order of ``conditions``."""
+        """Answer logits (len(conditions), vocab), rows in the order of ``conditions``.
+
+        ``starts``: each condition's first patched position, if later than its group's first
+        (positions before it must hold the target's own activations: they are not patched).
+        """
         seq_len = cache.layer_inputs[0].shape[1]
-        starts = [first_position(group_masks[c.position_group]) for c in conditions]
+        if starts is None:
+            starts = [first_position(group_masks[c.position_group]) for c in conditions]
         logits: list[torch.Tensor | None] = [None] * len(conditions)
         for row, start in enumerate(starts):
             if start == seq_len:  # an empty group patches nothing

@@ -180,7 +180,7 @@ def test_reuse_does_not_change_stored_effects(tmp_path: Path) -> None:
 
 
 def test_a_batch_out_of_memory_is_halved_and_retried(tiny_model, monkeypatch) -> None:
-    from patchwork.interventions.activation_patching import _ExactRunner
+    from patchwork.interventions.activation_patching import _ExactRunner, first_change
     from patchwork.interventions.metrics import answer_metrics as metrics_of
 
     sample = random_sample(1, 0, RUNS, "what do you hear", tiny_model)
@@ -192,12 +192,16 @@ def test_a_batch_out_of_memory_is_halved_and_retried(tiny_model, monkeypatch) ->
     masks = tiny_model.adapter.position_groups(conflict["input_ids"])
     ids = (sample.audio_answer_id, sample.visual_answer_id)
     expected_runner = _ExactRunner(patcher, reuse=False, batch_size=64)
-    base = metrics_of(expected_runner.start(conflict, masks), *ids)
+    base = metrics_of(expected_runner.start(conflict, masks, sites), *ids)
     clean_metrics = metrics_of(clean_logits, *ids)
     expected = expected_runner.patch(conditions, clean, ids, clean_metrics, base)
 
     runner = _ExactRunner(patcher, reuse=False, batch_size=64)
-    runner.start(conflict, masks)
+    runner.start(conflict, masks, sites)
+    seq_len = conflict["input_ids"].shape[1]
+    live = sum(
+        first_change(c, clean, runner.target_activations, masks) < seq_len for c in conditions
+    )
     original = Patcher.patched
     sizes: list[int] = []
 
@@ -209,5 +213,32 @@ def test_a_batch_out_of_memory_is_halved_and_retried(tiny_model, monkeypatch) ->
 
     monkeypatch.setattr(Patcher, "patched", limited)
     tables = runner.patch(conditions, clean, ids, clean_metrics, base)
-    assert sizes[:3] == [45, 32, 16] and runner.batch_size == 16
+    assert live > 32  # the first batch is too big
+    assert sizes[:3] == [live, 32, 16] and runner.batch_size == 16
     np.testing.assert_allclose(tables, expected, atol=1e-6)
+
+
+def test_a_patch_that_changes_nothing_is_not_run(tiny_model, monkeypatch) -> None:
+    """Patching a run with its own activations needs no run: every condition gets the target's
+    metrics, and neither full traces nor resumed runs are started."""
+    from patchwork.interventions.activation_patching import _ExactRunner
+    from patchwork.interventions.metrics import answer_metrics as metrics_of
+    from patchwork.interventions.resume import ResumePatcher
+
+    sample = random_sample(1, 0, RUNS, "what do you hear", tiny_model)
+    patcher = Patcher(tiny_model.adapter)
+    conditions = sweep_conditions(range(3), 1, 3, GROUPS, COMPONENTS)
+    sites = {(layer, c.component) for c in conditions for layer in c.layers}
+    conflict = sample.runs["conflict"]
+    masks = tiny_model.adapter.position_groups(conflict["input_ids"])
+    ids = (sample.audio_answer_id, sample.visual_answer_id)
+    runs: list[str] = []
+    monkeypatch.setattr(Patcher, "patched", lambda *args: runs.append("full"))
+    monkeypatch.setattr(ResumePatcher, "patched", lambda *args: runs.append("resumed"))
+    for reuse in (True, False):
+        runner = _ExactRunner(patcher, reuse=reuse, batch_size=8)
+        base = metrics_of(runner.start(conflict, masks, sites), *ids)
+        tables = runner.patch(conditions, runner.target_activations, ids, base, base)
+        assert runs == []
+        target = [float(base["logit_diff"][0]), float(base["audio_probability"][0])]
+        np.testing.assert_array_equal(tables[:, :2], np.array([target] * len(conditions)))
