@@ -16,6 +16,7 @@ with ``supports_resume``. Runs with padding fall back to full traces.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from torch import nn
 from patchwork.data.sample import ModelInputs
 from patchwork.interventions.patching import Activations, Condition
 from patchwork.models.adapter import ModelAdapter, _attribute
+from patchwork.models.attention import GROUPED_SDPA, decoder_attention
 
 
 @dataclass
@@ -191,8 +193,13 @@ class ResumePatcher:
             if site[1] != "residual"
         ]
         hidden = cache.layer_inputs[0][:, :0]  # (1, 0, hidden): no row active yet
+        config = self.adapter.component(self.adapter.root, 0, "attention").config
+        grouped = config._attn_implementation == "sdpa"  # the same attention, without GQA copies
         try:
-            with torch.no_grad():
+            with (
+                torch.no_grad(),
+                decoder_attention(self.adapter, GROUPED_SDPA) if grouped else nullcontext(),
+            ):
                 for index in range(joins[0], len(self.layers)):
                     joining = sum(1 for join in joins if join == index)
                     if joining:

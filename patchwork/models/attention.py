@@ -1,5 +1,6 @@
-"""Decoder attention that shows its queries, keys and probabilities, for any family whose attention
-modules dispatch through transformers' ``AttentionInterface``.
+"""Decoder attention implementations patchwork switches in, for any family whose attention modules
+dispatch through transformers' ``AttentionInterface``: recorded attention, which shows its queries,
+keys and probabilities, and grouped sdpa for resumed patched runs.
 
 Attribution patching's attention-softmax correction (AtP*) needs, for every decoder layer, the
 rotated queries and keys, the mask and the probabilities of the target run, with their gradients,
@@ -25,8 +26,9 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from patchwork.errors import ModelError
 
-#: The attention implementation name patchwork registers with transformers.
+#: The attention implementation names patchwork registers with transformers.
 IMPLEMENTATION = "patchwork_recorded"
+GROUPED_SDPA = "patchwork_grouped_sdpa"
 
 
 @dataclass
@@ -87,29 +89,70 @@ def _attention(
     return torch.matmul(probs, values).transpose(1, 2).contiguous(), probs
 
 
+def _grouped_sdpa(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """sdpa for grouped-query attention under a mask, without a copy of the keys and values per
+    query head (transformers' sdpa makes one whenever a mask is given): the query heads that share
+    a key head are stacked along the query axis, the mask tiled with them."""
+    rows, heads, length, dim = query.shape
+    groups = heads // key.shape[1]
+    if attention_mask is None:
+        offset = key.shape[-2] - length
+        causal = torch.ones(length, key.shape[-2], dtype=torch.bool, device=query.device)
+        attention_mask = causal.tril(offset)[None, None]
+    mask = attention_mask[..., : key.shape[-2]]
+    if mask.stride(0) == 0:  # one mask expanded over the rows: keep it one
+        mask = mask[:1]
+    stacked = query.reshape(rows, key.shape[1], groups * length, dim)
+    output = nn.functional.scaled_dot_product_attention(
+        stacked,
+        key,
+        value,
+        attn_mask=mask.repeat(1, 1, groups, 1),
+        dropout_p=dropout if module.training else 0.0,
+        scale=scaling,
+    )
+    return output.reshape(rows, heads, length, dim).transpose(1, 2).contiguous(), None
+
+
 AttentionInterface.register(IMPLEMENTATION, _attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, eager_mask)
+AttentionInterface.register(GROUPED_SDPA, _grouped_sdpa)
 
 
-def _decoder_attention_config(adapter: Any) -> Any:
-    return adapter.component(adapter.root, 0, "attention").config
+@contextmanager
+def decoder_attention(adapter: Any, implementation: str) -> Iterator[None]:
+    """The decoder's attention runs ``implementation`` inside the block (the encoders keep
+    their own). Models share one config object between their decoder layers' attention."""
+    config = adapter.component(adapter.root, 0, "attention").config
+    before = config._attn_implementation
+    config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
 
 
 @contextmanager
 def recorded_attention(adapter: Any) -> Iterator[dict[int, AttentionRecord]]:
     """Inside the block the decoder's attention records each layer's :class:`AttentionRecord`
     (the live tensors: gradients of a backward pass inside the block reach them) into the
-    yielded dict, keyed by layer index. The encoders keep their own implementation."""
-    config = _decoder_attention_config(adapter)
-    before = config._attn_implementation
+    yielded dict, keyed by layer index."""
     records: dict[int, AttentionRecord] = {}
-    config._attn_implementation = IMPLEMENTATION
     _recorder.records = records
     try:
-        yield records
+        with decoder_attention(adapter, IMPLEMENTATION):
+            yield records
     finally:
         _recorder.records = None
-        config._attn_implementation = before
 
 
 def project(
@@ -130,21 +173,18 @@ def project(
         raise ModelError(f"the {adapter.family} adapter cannot project queries and keys")
     decoder_layer = adapter.layer(adapter.root, layer)
     attention = adapter.component(adapter.root, layer, "attention")
-    config = attention.config
-    before = config._attn_implementation
-    config._attn_implementation = IMPLEMENTATION
     _recorder.projecting = True
     try:
-        attention.forward(
-            hidden_states=getattr(decoder_layer, norm_name)(hidden),
-            attention_mask=None,
-            position_embeddings=position_embeddings,
-        )
+        with decoder_attention(adapter, IMPLEMENTATION):
+            attention.forward(
+                hidden_states=getattr(decoder_layer, norm_name)(hidden),
+                attention_mask=None,
+                position_embeddings=position_embeddings,
+            )
     except _Projected:
         assert _recorder.projected is not None
         return _recorder.projected
     finally:
         _recorder.projecting = False
         _recorder.projected = None
-        config._attn_implementation = before
     raise ModelError(f"layer {layer}'s attention did not go through the attention interface")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from patchwork.models.attention import IMPLEMENTATION
+from patchwork.models.attention import GROUPED_SDPA, IMPLEMENTATION
 
 GROUPS = ("audio", "video", "image", "text", "answer", "all")
 
@@ -165,16 +165,16 @@ def with_blocked_mask(
 ) -> dict:
     """An attention module's keyword arguments with ``blocked`` (batch, query, key) pairs removed
     from its mask, for sdpa or eager attention (a new mask: eager shares one across layers), and
-    for patchwork's recorded attention, which reads eager's additive masks."""
+    for patchwork's recorded attention (eager's additive masks) and grouped sdpa."""
     implementation = getattr(module.config, "_attn_implementation", "sdpa")
-    if implementation not in ("sdpa", "eager", IMPLEMENTATION):
+    if implementation not in ("sdpa", "eager", IMPLEMENTATION, GROUPED_SDPA):
         raise RuntimeError(f"attention blocks support sdpa and eager, not {implementation}")
     return {
         **kwargs,
         "attention_mask": mask_with_blocks(
             kwargs.get("attention_mask"),
             blocked.to(hidden.device),
-            additive=implementation != "sdpa",
+            additive=implementation in ("eager", IMPLEMENTATION),
             dtype=hidden.dtype,
         ),
     }

@@ -242,3 +242,30 @@ def test_a_patch_that_changes_nothing_is_not_run(tiny_model, monkeypatch) -> Non
         assert runs == []
         target = [float(base["logit_diff"][0]), float(base["audio_probability"][0])]
         np.testing.assert_array_equal(tables[:, :2], np.array([target] * len(conditions)))
+
+
+@pytest.mark.parametrize("boolean", [True, False])
+def test_grouped_sdpa_is_sdpa_with_repeated_keys(boolean: bool) -> None:
+    """Resumed runs stack the query heads that share a key head instead of copying keys and
+    values per head; with an offset causal mask expanded over rows, the output is sdpa's."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from patchwork.models.attention import GROUPED_SDPA
+
+    generator = torch.Generator().manual_seed(0)
+    rows, heads, kv_heads, length, keys, dim = 3, 4, 2, 5, 9, 8
+    query = torch.randn(rows, heads, length, dim, generator=generator)
+    key, value = (torch.randn(rows, kv_heads, keys, dim, generator=generator) for _ in range(2))
+    allowed = torch.ones(length, keys, dtype=torch.bool).tril(keys - length)
+    mask = allowed if boolean else torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+    mask = mask[None, None].expand(rows, 1, -1, -1)
+    module = torch.nn.Module().eval()
+    output, _ = ALL_ATTENTION_FUNCTIONS[GROUPED_SDPA](module, query, key, value, mask, 0.3)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key.repeat_interleave(2, dim=1),
+        value.repeat_interleave(2, dim=1),
+        attn_mask=mask,
+        scale=0.3,
+    )
+    torch.testing.assert_close(output, expected.transpose(1, 2))
