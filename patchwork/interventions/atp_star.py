@@ -40,8 +40,6 @@ from patchwork.interventions.patching import Activations, Condition
 from patchwork.models.adapter import ModelAdapter, _attribute
 from patchwork.models.attention import project
 
-#: Correction names a study may list, in the order they are applied.
-CORRECTIONS = ("qk", "readout", "graddrop")
 #: Relative change of an activation, in units of its dtype's epsilon, below which a position
 #: counts as unchanged (float32: 1.2e-4).
 CHANGE_TOLERANCE = 1000
@@ -227,8 +225,9 @@ def graddrop_magnitudes(
     delta: Activations,
     group_masks: Mapping[str, torch.Tensor],
 ) -> np.ndarray:
-    """GradDrop's |change of logit_diff| per condition (len(conditions),): the mean over the
-    dropped layers outside its window of the absolute linear estimate with that layer dropped."""
+    """GradDrop's size of the change of ``logit_diff`` per condition (len(conditions),): the mean
+    over the dropped layers outside its window of the absolute linear estimate with that layer
+    dropped."""
     groups = {c.position_group for c in conditions}
     dropped = list(linearization.dropped)
     changes = np.abs(

@@ -228,8 +228,9 @@ class ActivationPatching(_Strict):
         "exactly on each patch's direct path (cheap); qk: AtP*'s QK fix, every later layer's "
         "attention softmax recomputed for the queries and keys a patch changes (costs about the "
         "attention projections of an exact sweep); graddrop: AtP*'s GradDrop (one backward pass "
-        "per layer), stored as graddrop, a cancellation-robust |change| per cell that also ranks "
-        "the cells attribution+verify checks. [] is plain attribution patching.",
+        "per layer), stored as graddrop, a size of each cell's change that cancelling paths "
+        "cannot hide, which also ranks the cells attribution+verify checks. [] is plain "
+        "attribution patching.",
     )
     noise_floor: Literal["mismatched", "none"] = Field(
         "mismatched",
