@@ -48,7 +48,7 @@ ROWS_PER_CHUNK = 16
 
 
 def deltas(source: Activations, linearization: Linearization) -> Activations:
-    """Source − target at every site, (seq, hidden) float32."""
+    """Source − target at every site, (…, seq, hidden), in float32 or wider."""
     return {
         site: widened(source[site] - value) for site, value in linearization.activations.items()
     }
