@@ -72,8 +72,10 @@ def qk_corrections(
             if len(positions) == 0:
                 continue
             for layer in range(1, adapter.num_layers):
-                softmax = _LayerSoftmax(linearization, layer, positions)
                 sites = [site for site in delta if site[0] < layer]
+                if not sites:
+                    continue
+                softmax = _LayerSoftmax(linearization, layer, positions)
                 for first in range(0, len(sites), ROWS_PER_CHUNK):
                     chunk = sites[first : first + ROWS_PER_CHUNK]
                     rows = torch.stack([delta[site][positions] for site in chunk])

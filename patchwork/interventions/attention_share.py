@@ -2,7 +2,7 @@
 
 For every layer, head, query group and key group: the attention probability mass that the query
 group's positions put on the key group's positions (summed over keys, averaged over queries).
-Weights are the eager attention probabilities; a model loaded with sdpa is switched to eager for
+Weights are the eager attention probabilities; a decoder loaded with sdpa is switched to eager for
 this method's forward only (the weights are the same function of q and k, so the share does not
 depend on the study's attention setting). Key groups ``audio, video, image, text, answer`` partition
 the positions, so their shares add up to 1.
@@ -13,37 +13,18 @@ Stored: ``share`` (sample, share_layer, share_query, share_key, share_head) and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from patchwork.data.sample import ModelInputs, Sample
-from patchwork.errors import ModelError
 from patchwork.interventions.method import Method
 from patchwork.interventions.patching import Patcher
 from patchwork.models.adapter import ModelAdapter
+from patchwork.models.attention import decoder_attention
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import AttentionShare
-
-
-@contextmanager
-def eager_attention(adapter: ModelAdapter) -> Iterator[None]:
-    """Run the model with eager attention inside the block, then restore its implementation."""
-    attention = adapter.component(adapter.root, 0, "attention")
-    before = getattr(attention.config, "_attn_implementation", "eager")
-    if before == "eager":
-        yield
-        return
-    setter = getattr(adapter.root, "set_attn_implementation", None)
-    if not callable(setter):
-        raise ModelError("attention_share needs a model that can switch to eager attention")
-    setter("eager")
-    try:
-        yield
-    finally:
-        setter(before)
 
 
 def attention_weights(
@@ -59,7 +40,7 @@ def attention_weights(
 
         return hook
 
-    with eager_attention(adapter):
+    with decoder_attention(adapter, "eager"):
         try:
             for layer in layers:
                 module = adapter.component(adapter.root, layer, "attention")

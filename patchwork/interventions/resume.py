@@ -26,7 +26,7 @@ from torch import nn
 from patchwork.data.sample import ModelInputs
 from patchwork.interventions.patching import Activations, Condition
 from patchwork.models.adapter import ModelAdapter, _attribute
-from patchwork.models.attention import GROUPED_SDPA, decoder_attention
+from patchwork.models.attention import GROUPED_SDPA, decoder_attention, decoder_implementation
 
 
 @dataclass
@@ -193,8 +193,8 @@ class ResumePatcher:
             if site[1] != "residual"
         ]
         hidden = cache.layer_inputs[0][:, :0]  # (1, 0, hidden): no row active yet
-        config = self.adapter.component(self.adapter.root, 0, "attention").config
-        grouped = config._attn_implementation == "sdpa"  # the same attention, without GQA copies
+        # the same attention as sdpa, without per-head copies of keys and values
+        grouped = decoder_implementation(self.adapter) == "sdpa"
         try:
             with (
                 torch.no_grad(),

@@ -128,6 +128,11 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, eager_mask)
 AttentionInterface.register(GROUPED_SDPA, _grouped_sdpa)
 
 
+def decoder_implementation(adapter: Any) -> str:
+    """The attention implementation the decoder runs now (e.g. 'sdpa', 'eager')."""
+    return adapter.component(adapter.root, 0, "attention").config._attn_implementation
+
+
 @contextmanager
 def decoder_attention(adapter: Any, implementation: str) -> Iterator[None]:
     """The decoder's attention runs ``implementation`` inside the block (the encoders keep
