@@ -18,6 +18,7 @@ from patchwork.interventions.patching import Patcher, sweep_conditions
 from patchwork.models.loading import load_model
 from patchwork.study.schema import ModelSpec, RandomInit, RunSpec
 
+from ..tolerance import normalized_effect_tolerance
 from . import reference
 from .helpers import study_text
 
@@ -69,7 +70,8 @@ def test_stored_effects_equal_plain_torch_hooks(
                     )
                     normalized = (expected_ld - conflict_ld) / (clean_ld - conflict_ld)
                     assert float(stored.sel(metric="normalized_effect")) == pytest.approx(
-                        normalized, rel=1e-4, abs=1e-4
+                        normalized,
+                        abs=normalized_effect_tolerance(1e-5, normalized, clean_ld - conflict_ld),
                     )
         base = results["baseline"].sel(sample=sample_id)
         assert float(base.sel(run="clean", metric="logit_diff")) == pytest.approx(

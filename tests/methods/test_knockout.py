@@ -12,6 +12,7 @@ from patchwork.interventions.knockout import Knockout, generate_with_knockout
 from patchwork.models.loading import load_model
 from patchwork.study.schema import ModelSpec, RandomInit, RunSpec
 
+from ..tolerance import normalized_effect_tolerance
 from . import reference
 from .conftest import Stored
 
@@ -49,7 +50,8 @@ def test_stored_knockouts_equal_plain_torch(stored: Stored) -> None:
             )
             expected = (_diff(logits, ids) - conflict_ld) / (clean_ld - conflict_ld)
             assert float(cell.sel(metric="normalized_effect")) == pytest.approx(
-                expected, rel=1e-4, abs=1e-4
+                expected,
+                abs=normalized_effect_tolerance(TOLERANCE, expected, clean_ld - conflict_ld),
             )
             token = int(results["knockout_token"].sel(sample=sample_id, knockout=label))
             assert token == int(logits.argmax())
