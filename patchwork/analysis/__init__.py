@@ -22,7 +22,14 @@ from patchwork.analysis.profile import (
     layer_profile,
     noise_floor,
 )
-from patchwork.analysis.results import AnalysisError, check_results, done_samples, select_metric
+from patchwork.analysis.results import (
+    AnalysisError,
+    SampleCoverage,
+    check_results,
+    done_samples,
+    sample_coverage,
+    select_metric,
+)
 from patchwork.analysis.synthetic import synthetic_results
 from patchwork.analysis.windows import TABLE_COLUMNS, locate, locate_table
 
@@ -31,6 +38,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "AnalysisError",
     "PatchworkAccessor",
+    "SampleCoverage",
     "bootstrap_mean",
     "bootstrap_weights",
     "check_results",
@@ -44,6 +52,7 @@ __all__ = [
     "plot_heatmap",
     "plot_layer_profile",
     "resampled_means",
+    "sample_coverage",
     "save_figure",
     "save_figures",
     "select_metric",

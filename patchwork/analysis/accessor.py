@@ -20,7 +20,13 @@ from matplotlib.figure import Figure
 from patchwork.analysis import plots as _plots
 from patchwork.analysis import profile as _profile
 from patchwork.analysis import windows as _windows
-from patchwork.analysis.results import check_results, describe, done_samples
+from patchwork.analysis.results import (
+    SampleCoverage,
+    check_results,
+    describe,
+    done_samples,
+    sample_coverage,
+)
 
 
 @xr.register_dataset_accessor("patchwork")
@@ -48,6 +54,11 @@ class PatchworkAccessor:
     def done(self) -> xr.Dataset:
         """The samples marked done (see :func:`~patchwork.analysis.done_samples`)."""
         return done_samples(self._results)
+
+    def sample_coverage(self, metric: str = "normalized_effect") -> SampleCoverage:
+        """Samples an analysis of ``metric`` uses, of all, and which it leaves out and why
+        (see :func:`~patchwork.analysis.sample_coverage`)."""
+        return sample_coverage(self._results, metric)
 
     def layer_profile(self, metric: str = "normalized_effect", **options) -> xr.Dataset:
         """Mean effect per (layer, position_group, component) with bootstrap intervals

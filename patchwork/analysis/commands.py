@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from patchwork.analysis.results import AnalysisError
+from patchwork.analysis.results import UNFINISHED, AnalysisError, SampleCoverage
 
 
 class OutputFormat(StrEnum):
@@ -63,7 +63,26 @@ def located_as_json(located: Any) -> str:
     keys = ("study_name", "model_name", "metric", "confidence", "n_resamples", "seed")
     header = {key: _plain(located.attrs.get(key)) for key in keys}
     header["floor_source"] = located.attrs.get("floor_source")
+    coverage = SampleCoverage.from_attrs(located.attrs)
+    if coverage is not None:
+        header.update(
+            n_used=coverage.used,
+            n_total=coverage.total,
+            samples=coverage.describe(),
+            excluded={reason: list(ids) for reason, ids in coverage.excluded.items()},
+        )
     return json.dumps({**header, "windows": rows}, indent=2, ensure_ascii=False)
+
+
+def excluded_lines(coverage: SampleCoverage, shown: int = 3) -> list[str]:
+    """One line per reason other than unfinished: the reason, the first ``shown`` ids, the count."""
+    lines = []
+    for reason, ids in coverage.excluded.items():
+        if reason == UNFINISHED or not ids:
+            continue
+        more = ", …" if len(ids) > shown else ""
+        lines.append(f"excluded, {reason}: {', '.join(ids[:shown])}{more} ({len(ids)})")
+    return lines
 
 
 def _plain(value: Any) -> Any:
@@ -95,7 +114,11 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 "--floor",
-                help="Noise floor: auto (null patches if stored, else 0.1), null, or a number.",
+                help=(
+                    "Smallest change worth reporting: auto (0.1 × the median clean–conflict gap "
+                    "of the metric, i.e. 0.1 for normalized_effect), null (from the mismatched "
+                    "patches, which the store must hold), or a number in units of the metric."
+                ),
             ),
         ] = "auto",
         confidence: Annotated[float, typer.Option(help="Coverage of the intervals.")] = 0.95,
@@ -160,13 +183,20 @@ def _print_table(located: Any) -> None:
 
     table_data = locate_table(located)
     attrs = located.attrs
+    coverage = SampleCoverage.from_attrs(attrs)
+    samples = (
+        f"{int(table_data['n_samples'].max())} samples"
+        if coverage is None
+        else coverage.describe(reasons=False)
+    )
     title = (
-        f"{attrs.get('study_name', 'study')} · {attrs.get('model_name', 'model')}, "
-        f"{int(table_data['n_samples'].max())} samples\n"
+        f"{attrs.get('study_name', 'study')} · {attrs.get('model_name', 'model')}, {samples}\n"
         f"where {attrs['metric']} changes most across layers "
         f"({attrs['confidence']:.0%} CI, floor: {attrs['floor_source']}; "
         "null Δ: the same window under mismatched patches)"
     )
+    if coverage is not None:
+        title += "".join(f"\n{line}" for line in excluded_lines(coverage))
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("group", "component", "window", "peak [CI]"):
         table.add_column(column, no_wrap=True)

@@ -1,8 +1,10 @@
 """Figures of a patching sweep: heatmaps, per-layer profiles with intervals, small multiples.
 
 Every function takes the output of :func:`~patchwork.analysis.layer_profile` (and optionally of
-:func:`~patchwork.analysis.locate`) and returns a :class:`matplotlib.figure.Figure` built without
-pyplot, so nothing depends on the interactive backend; :func:`save_figure` writes PNG and SVG.
+:func:`~patchwork.analysis.locate`); titles name the study, the model and the samples used
+(``n = 16 of 64 (partial)``, see :func:`~patchwork.analysis.sample_coverage`). Each returns a
+:class:`matplotlib.figure.Figure` built without pyplot, so nothing depends on the interactive
+backend; :func:`save_figure` writes PNG and SVG.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from patchwork.analysis.results import METRIC_LABELS, AnalysisError, check_choice, describe
+from patchwork.analysis.results import (
+    METRIC_LABELS,
+    AnalysisError,
+    SampleCoverage,
+    check_choice,
+    describe,
+)
 
 #: Every position group keeps its colour in every figure.
 GROUP_ORDER = ("audio", "video", "image", "text", "answer", "all")
@@ -26,7 +34,10 @@ _PALETTE = dict(zip(GROUP_ORDER, [_COLOURBLIND[i] for i in (0, 1, 5, 7, 2, 4)], 
 
 
 def _title(profile: xr.Dataset, what: str) -> str:
-    return f"{what}\n{describe(xr.Dataset(attrs=profile.attrs))}"
+    """``what``, then the study and model and the samples used, e.g. ``n = 16 of 64 (partial)``."""
+    subtitle = describe(xr.Dataset(attrs=profile.attrs))
+    coverage = SampleCoverage.from_attrs(profile.attrs)
+    return f"{what}\n{subtitle}" + ("" if coverage is None else f", {coverage.short()}")
 
 
 def _metric_label(profile: xr.Dataset, wrap: bool = False) -> str:

@@ -5,11 +5,7 @@ from __future__ import annotations
 import xarray as xr
 
 from patchwork.analysis.bootstrap import bootstrap_mean, bootstrap_weights, resampled_means
-from patchwork.analysis.results import (
-    AnalysisError,
-    done_samples,
-    select_metric,
-)
+from patchwork.analysis.results import AnalysisError, select_metric, used_samples
 
 #: Default floor of :func:`~patchwork.analysis.windows.locate`: a change of one tenth of the gap
 #: between the clean and the conflict run (0.1 in normalized-effect units).
@@ -26,8 +22,9 @@ def layer_profile(
 ) -> xr.Dataset:
     """Mean effect per layer, position group and component, with bootstrap intervals.
 
-    Only samples marked done are used. Resampling draws whole samples, so every cell of one
-    resample uses the same samples.
+    Only samples marked done, with a defined ``metric``, are used (see
+    :func:`~patchwork.analysis.results.sample_coverage`). Resampling draws whole samples, so every
+    cell of one resample uses the same samples.
 
     Args:
         results: a result dataset (see :mod:`patchwork.analysis.results`).
@@ -39,13 +36,16 @@ def layer_profile(
 
     Returns:
         Dataset with dims ``(layer, position_group, component)`` holding ``mean``, ``ci_low``,
-        ``ci_high`` (units of the metric) and ``n_samples``; attrs name the metric, study and model.
+        ``ci_high`` (units of the metric) and ``n_samples``; attrs name the metric, study and model
+        and hold the samples used of all (:meth:`~patchwork.analysis.results.SampleCoverage.attrs`).
     """
-    done = done_samples(results)
+    done, coverage = used_samples(results, metric)
     values = select_metric(done, metric, variable)
     profile = bootstrap_mean(values, confidence=confidence, n_resamples=n_resamples, seed=seed)
     profile = profile.transpose("layer", "position_group", "component")
-    profile.attrs.update(_provenance(results), metric=metric, variable=variable)
+    profile.attrs.update(
+        {**_provenance(results), **coverage.attrs()}, metric=metric, variable=variable
+    )
     return profile
 
 
@@ -105,7 +105,7 @@ def noise_floor(
         )
     if not 0.0 < quantile < 1.0:
         raise AnalysisError(f"quantile must lie strictly between 0 and 1; got {quantile}")
-    done = done_samples(results)
+    done, _ = used_samples(results, metric)
     null_values = select_metric(done, metric, "null_effect")
     if not bool(null_values.notnull().any()):
         raise AnalysisError(

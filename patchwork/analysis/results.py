@@ -11,11 +11,19 @@ A result store opened with :func:`patchwork.open_results` is an :class:`xarray.D
 ``done``
     ``(sample,)`` bool: samples whose results are complete.
 
-Analysis reads only samples marked done, so a store still being filled can be analysed.
+Analysis reads only samples marked done, so a store still being filled can be analysed, and of
+those only samples whose metric is defined; :func:`sample_coverage` says how many were used of how
+many, and which were left out and why.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 import xarray as xr
 
 from patchwork.errors import PatchworkError
@@ -28,6 +36,16 @@ METRIC_LABELS = {
     "logit_diff": "logit difference, audio − visual answer (nats)",
     "audio_probability": "probability of the audio answer",
 }
+
+
+#: Smallest gap between the clean and the conflict logit difference with a defined normalized
+#: effect: :data:`patchwork.interventions.metrics.MIN_GAP` (copied, since that module needs torch).
+MIN_GAP = 1e-6
+
+#: Reason of :func:`sample_coverage` for samples not marked done.
+UNFINISHED = "unfinished"
+#: Reason of :func:`sample_coverage` for samples whose normalized effect is undefined.
+GAP_TOO_SMALL = f"baseline gap below {MIN_GAP:g} (normalized effect undefined)"
 
 
 class AnalysisError(PatchworkError):
@@ -106,3 +124,163 @@ def describe(results: xr.Dataset) -> str:
     study = results.attrs.get("study_name", "unnamed study")
     model = results.attrs.get("model_name")
     return f"{study} · {model}" if model else str(study)
+
+
+@dataclass(frozen=True)
+class SampleCoverage:
+    """How many samples an analysis used, of how many stored, and which it left out and why.
+
+    Attributes:
+        used: samples analysed.
+        total: samples in the store.
+        excluded: reason → ids of the samples left out for it (every sample at most once).
+    """
+
+    used: int
+    total: int
+    excluded: Mapping[str, tuple[str, ...]]
+
+    @property
+    def partial(self) -> bool:
+        """Whether some samples are not finished yet."""
+        return bool(self.excluded.get(UNFINISHED))
+
+    def describe(self, reasons: bool = True) -> str:
+        """E.g. ``"16 of 64 samples (partial: 48 unfinished)"`` or ``"64 of 64 samples"``.
+
+        Args:
+            reasons: name every reason with its count; when False, reasons other than unfinished
+                are counted together, e.g. ``"15 of 64 samples (partial: 48 unfinished; 1
+                excluded)"``.
+        """
+        unfinished = len(self.excluded.get(UNFINISHED, ()))
+        others = {why: len(ids) for why, ids in self.excluded.items() if why != UNFINISHED and ids}
+        if reasons:
+            parts = [f"{count} {why}" for why, count in others.items()]
+        else:
+            parts = [f"{sum(others.values())} excluded"] if others else []
+        if unfinished:
+            parts.insert(0, f"partial: {unfinished} unfinished")
+        elif parts and reasons:
+            parts[0] = f"excluded: {parts[0]}"
+        label = f"{self.used} of {self.total} samples"
+        return f"{label} ({', '.join(parts)})" if parts else label
+
+    def short(self) -> str:
+        """For figures: ``"n = 16 of 64 (partial)"``, ``"n = 63 of 64 (1 excluded)"``, or
+        ``"n = 64"`` when every sample is used."""
+        if self.used == self.total:
+            return f"n = {self.used}"
+        others = sum(len(ids) for reason, ids in self.excluded.items() if reason != UNFINISHED)
+        tags = ["partial"] * self.partial + [f"{others} excluded"] * bool(others)
+        return f"n = {self.used} of {self.total} ({', '.join(tags)})"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def attrs(self) -> dict[str, Any]:
+        """As dataset attributes: ``n_used``, ``n_total`` and ``excluded_samples`` (JSON text of
+        reason → ids, so that the attributes also survive netCDF)."""
+        excluded = {reason: list(ids) for reason, ids in self.excluded.items()}
+        return {
+            "n_used": self.used,
+            "n_total": self.total,
+            "excluded_samples": json.dumps(excluded),
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> SampleCoverage | None:
+        """The coverage stored by :meth:`attrs`, or None when ``attrs`` hold none."""
+        if "n_used" not in attrs or "n_total" not in attrs:
+            return None
+        excluded = json.loads(attrs.get("excluded_samples", "{}"))
+        return cls(
+            int(attrs["n_used"]),
+            int(attrs["n_total"]),
+            {str(reason): tuple(ids) for reason, ids in excluded.items()},
+        )
+
+
+ExclusionRule = Callable[[xr.Dataset, str], tuple[str, np.ndarray]]
+
+
+def _gap_too_small(done: xr.Dataset, metric: str) -> tuple[str, np.ndarray]:
+    if metric != "normalized_effect" or "baseline" not in done.data_vars:
+        return GAP_TOO_SMALL, np.zeros(done.sizes["sample"], dtype=bool)
+    runs = done["baseline"].sel(metric="logit_diff")
+    gap = abs(runs.sel(run="clean") - runs.sel(run="conflict")).values
+    return GAP_TOO_SMALL, np.isfinite(gap) & (gap < MIN_GAP)
+
+
+def _no_values(done: xr.Dataset, metric: str) -> tuple[str, np.ndarray]:
+    stored = select_metric(done, metric).notnull().any(("layer", "position_group", "component"))
+    return f"without a {metric} value", ~stored.values
+
+
+#: The checks of :func:`sample_coverage` after "unfinished", in order. Each maps the done samples
+#: and a metric to (reason, mask of the samples it excludes); a sample takes the first reason it
+#: meets, so a later check (e.g. of the baselines) adds a rule here.
+EXCLUSION_RULES: tuple[ExclusionRule, ...] = (_gap_too_small, _no_values)
+
+
+def _excluded_masks(results: xr.Dataset, metric: str) -> dict[str, np.ndarray]:
+    """Reason → mask over all samples of ``results``; masks are disjoint."""
+    check_results(results)
+    finished = np.ones(results.sizes["sample"], dtype=bool)
+    if "done" in results.data_vars:
+        finished = results["done"].values.astype(bool)
+    masks = {UNFINISHED: ~finished}
+    left = finished.copy()
+    for rule in EXCLUSION_RULES:
+        reason, mask = rule(results.isel(sample=left), metric)
+        full = np.zeros_like(left)
+        full[np.flatnonzero(left)[mask]] = True
+        masks[reason] = masks.get(reason, np.zeros_like(left)) | full
+        left &= ~full
+    return masks
+
+
+def sample_coverage(results: xr.Dataset, metric: str = "normalized_effect") -> SampleCoverage:
+    """Which samples an analysis of ``metric`` uses, and why it leaves the others out.
+
+    Left out are samples not marked done (``"unfinished"``), done samples whose clean and conflict
+    logit differences are closer than :data:`MIN_GAP` when ``metric`` is the normalized effect
+    (:data:`GAP_TOO_SMALL`), and done samples with no value of ``metric`` at all; see
+    :data:`EXCLUSION_RULES`. Reasons that exclude nothing are not listed.
+
+    Raises:
+        patchwork.analysis.AnalysisError: when ``results`` are no result dataset or lack
+            ``metric``.
+    """
+    return _coverage(results, _excluded_masks(results, metric))
+
+
+def _coverage(results: xr.Dataset, masks: dict[str, np.ndarray]) -> SampleCoverage:
+    ids = [str(sample) for sample in results["sample"].values]
+    excluded = {
+        reason: tuple(ids[i] for i in np.flatnonzero(mask))
+        for reason, mask in masks.items()
+        if mask.any()
+    }
+    total = results.sizes["sample"]
+    return SampleCoverage(total - sum(map(len, excluded.values())), total, excluded)
+
+
+def used_samples(
+    results: xr.Dataset, metric: str = "normalized_effect"
+) -> tuple[xr.Dataset, SampleCoverage]:
+    """The samples of ``results`` that an analysis of ``metric`` uses, and their coverage.
+
+    Returns:
+        ``results`` restricted along ``sample`` to the used samples, and
+        :func:`sample_coverage` of ``results``.
+
+    Raises:
+        patchwork.analysis.AnalysisError: when no sample is done, or none of them is usable.
+    """
+    done_samples(results)
+    masks = _excluded_masks(results, metric)
+    coverage = _coverage(results, masks)
+    if coverage.used == 0:
+        raise AnalysisError(f"no done sample has a usable {metric}: {coverage}")
+    return results.isel(sample=~np.logical_or.reduce(list(masks.values()))), coverage

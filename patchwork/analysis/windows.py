@@ -31,7 +31,7 @@ import xarray as xr
 
 from patchwork.analysis.bootstrap import bootstrap_weights, resampled_means
 from patchwork.analysis.profile import DEFAULT_FIXED_FLOOR, _provenance, noise_floor
-from patchwork.analysis.results import AnalysisError, done_samples, select_metric
+from patchwork.analysis.results import AnalysisError, select_metric, used_samples
 
 _FLOAT_FIELDS = (
     "start_layer",
@@ -85,7 +85,8 @@ def locate(
     """The layer window where the effect changes most, per position group and component.
 
     Args:
-        results: a result dataset; only samples marked done are used.
+        results: a result dataset; only samples marked done with a defined ``metric`` are used
+            (see :func:`~patchwork.analysis.results.sample_coverage`).
         metric: which stored metric to follow across layers.
         floor: the smallest change worth reporting, in units of the metric: a number, ``"auto"``
             (:data:`~patchwork.analysis.profile.DEFAULT_FIXED_FLOOR` times the median gap between
@@ -111,13 +112,17 @@ def locate(
           window, with its interval (metric units); ``before``, ``after``: those two means;
         - ``noise``: the simultaneous bootstrap bound a change had to exceed (metric units);
         - ``null_change``: the same window's change under mismatched patches (NaN without
-          ``null_effect``); ``floor``: the floor used; ``n_samples``: samples used.
+          ``null_effect``); ``floor``: the floor used; ``n_samples``: samples used in the cell.
+
+        Its attrs add ``floor_source`` (``"auto"``, ``"fixed"`` for a number, or ``"null"``) and
+        the samples used of all: ``n_used``, ``n_total`` and ``excluded_samples``
+        (:meth:`~patchwork.analysis.results.SampleCoverage.attrs`).
     """
     if not 0.0 < confidence < 1.0:
         raise AnalysisError(f"confidence must lie strictly between 0 and 1; got {confidence}")
     if not 0.0 < coverage <= 1.0:
         raise AnalysisError(f"coverage must lie in (0, 1]; got {coverage}")
-    done = done_samples(results)
+    done, used = used_samples(results, metric)
     effect = select_metric(done, metric).sortby("layer")
     if effect.sizes["layer"] < 2:
         raise AnalysisError("locating a window needs at least two layers in the store")
@@ -156,13 +161,13 @@ def locate(
         coords={"position_group": groups, "component": components},
     )
     located.attrs.update(
-        _provenance(results),
+        {**_provenance(results), **used.attrs()},
         metric=metric,
         confidence=confidence,
         n_resamples=n_resamples,
         seed=seed,
         coverage=coverage,
-        floor_source=floors.attrs.get("source", "fixed"),
+        floor_source=floors.attrs["source"],
         layers=[int(layer) for layer in layers],
     )
     return located
@@ -174,13 +179,16 @@ def locate_table(located: xr.Dataset) -> pd.DataFrame:
     Returns:
         DataFrame with columns ``position_group``, ``component``, ``status``, ``window`` (e.g.
         ``"4–5"``, ``"5"`` or ``"none"``), ``direction``, the layer columns as nullable integers,
-        the change and its interval, ``before``, ``after``, ``floor`` and ``n_samples``.
+        the change and its interval, ``before``, ``after``, ``floor`` and ``n_samples``; its
+        ``attrs`` are those of ``located`` (metric, floor source, samples used of all).
     """
     table = located.to_dataframe().reset_index()
     for column in ("start_layer", "end_layer", "peak_layer", "peak_layer_low", "peak_layer_high"):
         table[column] = table[column].round().astype("Int64")
     table["window"] = [_window_label(row) for row in table.itertuples()]
-    return table[list(TABLE_COLUMNS)]
+    table = table[list(TABLE_COLUMNS)]
+    table.attrs = dict(located.attrs)
+    return table
 
 
 def _window_label(row: Any) -> str:
@@ -199,19 +207,21 @@ def _resolve_floor(
     n_resamples: int,
     seed: int,
 ) -> xr.DataArray:
+    """The floor per (position_group, component); its ``source`` attr says which kind."""
     template = xr.zeros_like(
         done["effect"].isel(sample=0, layer=0, metric=0, drop=True), dtype="float64"
     ).reset_coords(drop=True)
+    source = "fixed"
     if isinstance(floor, str):
         if floor == "null":
             return noise_floor(done, metric, confidence, n_resamples, seed)
         if floor != "auto":
             raise AnalysisError(f"floor must be 'auto', 'null' or a number; got {floor!r}")
-        floor = DEFAULT_FIXED_FLOOR * _clean_conflict_gap(done, metric)
+        source, floor = "auto", DEFAULT_FIXED_FLOOR * _clean_conflict_gap(done, metric)
     if not np.isfinite(floor) or floor < 0:
         raise AnalysisError(f"a fixed floor must be a finite number ≥ 0; got {floor}")
     fixed = template + float(floor)
-    fixed.attrs["source"] = "fixed"
+    fixed.attrs["source"] = source
     return fixed
 
 
@@ -219,7 +229,7 @@ def _clean_conflict_gap(done: xr.Dataset, metric: str) -> float:
     """Median |clean − conflict| of the metric over samples; 1 for the normalized effect."""
     if metric == "normalized_effect" or "baseline" not in done.data_vars:
         return 1.0
-    runs = done["baseline"].sel(metric=metric)
+    runs = done["baseline"].sel(metric=metric).compute()
     gap = float(abs(runs.sel(run="clean") - runs.sel(run="conflict")).median(skipna=True))
     return gap if np.isfinite(gap) and gap > 0 else 1.0
 

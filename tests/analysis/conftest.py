@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import xarray as xr
 
@@ -19,6 +20,29 @@ def pytest_configure(config: pytest.Config) -> None:
 def results() -> xr.Dataset:
     """Default synthetic results: 32 samples (24 done), 8 layers, steps at layer 5."""
     return synthetic_results(n_samples=32, done_fraction=0.75, seed=3)
+
+
+#: The done sample of :func:`flagged_results` whose normalized effect is undefined.
+ZERO_GAP_SAMPLE = "s0002"
+
+
+def with_zero_gap(results: xr.Dataset, sample: str) -> xr.Dataset:
+    """``results`` with ``sample``'s clean run equal to its conflict run, as the store writes it:
+    equal ``logit_diff`` baselines and an all-NaN normalized effect (metrics.MIN_GAP)."""
+    flagged = results.copy(deep=True)
+    baseline = flagged["baseline"]
+    conflict = baseline.sel(sample=sample, run="conflict").values
+    baseline.loc[{"sample": sample, "run": "clean"}] = conflict
+    for name in ("effect", "null_effect"):
+        if name in flagged:
+            flagged[name].loc[{"sample": sample, "metric": "normalized_effect"}] = np.nan
+    return flagged
+
+
+@pytest.fixture(scope="session")
+def flagged_results(results: xr.Dataset) -> xr.Dataset:
+    """The default results (24 of 32 done) with one done sample whose clean–conflict gap is 0."""
+    return with_zero_gap(results, ZERO_GAP_SAMPLE)
 
 
 def _write_store(path, results: xr.Dataset):
@@ -48,3 +72,17 @@ def small_store(tmp_path_factory: pytest.TempPathFactory, results: xr.Dataset):
     """Two position groups and one component only: quick to draw."""
     small = results.sel(position_group=["video", "answer"], component=["residual"])
     return _write_store(tmp_path_factory.mktemp("stores") / "small.zarr", small)
+
+
+@pytest.fixture(scope="session")
+def flagged_store(tmp_path_factory: pytest.TempPathFactory, flagged_results: xr.Dataset):
+    """:func:`flagged_results` written as a store."""
+    return _write_store(tmp_path_factory.mktemp("stores") / "flagged.zarr", flagged_results)
+
+
+@pytest.fixture(scope="session")
+def store_without_null(tmp_path_factory: pytest.TempPathFactory, results: xr.Dataset):
+    """The default results without ``null_effect`` (a study run without mismatched patches)."""
+    return _write_store(
+        tmp_path_factory.mktemp("stores") / "no_null.zarr", results.drop_vars("null_effect")
+    )

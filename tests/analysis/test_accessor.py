@@ -6,7 +6,13 @@ import pytest
 import xarray as xr
 
 import patchwork.analysis  # noqa: F401  (registers ds.patchwork)
-from patchwork.analysis import AnalysisError, layer_profile, locate, locate_table
+from patchwork.analysis import (
+    AnalysisError,
+    layer_profile,
+    locate,
+    locate_table,
+    sample_coverage,
+)
 
 
 def test_accessor_verbs_match_the_functions(results: xr.Dataset) -> None:
@@ -14,6 +20,8 @@ def test_accessor_verbs_match_the_functions(results: xr.Dataset) -> None:
     assert results.patchwork.title == "synthetic · synthetic-model"
     assert results.patchwork.check() is results
     assert results.patchwork.done().sizes["sample"] == 24
+    assert results.patchwork.sample_coverage() == sample_coverage(results)
+    assert results.patchwork.sample_coverage("logit_diff").used == 24
     xr.testing.assert_identical(
         results.patchwork.layer_profile(**options), layer_profile(results, **options)
     )

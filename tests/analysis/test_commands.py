@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from patchwork.analysis import AnalysisError, locate
-from patchwork.analysis.commands import located_as_json, parse_floor
+from patchwork.analysis import AnalysisError, SampleCoverage, locate, synthetic_results
+from patchwork.analysis.commands import excluded_lines, located_as_json, parse_floor
+from patchwork.analysis.results import GAP_TOO_SMALL
 from patchwork.cli import _register_subcommands, app
+
+from .conftest import ZERO_GAP_SAMPLE
 
 _register_subcommands()
 runner = CliRunner()
@@ -27,7 +30,7 @@ def test_locate_json_is_machine_readable(store: Path) -> None:
     result = runner.invoke(app, ["locate", str(store), "--format", "json", "--resamples", "100"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
-    assert document["floor_source"] == "fixed" and document["metric"] == "normalized_effect"
+    assert document["floor_source"] == "auto" and document["metric"] == "normalized_effect"
     windows = {(w["position_group"], w["component"]): w for w in document["windows"]}
     assert windows[("answer", "residual")]["window"] == "5"
     assert windows[("audio", "mlp")]["start_layer"] is None
@@ -71,3 +74,105 @@ def test_parse_floor_and_json_helpers(results) -> None:
         parse_floor("-1")
     document = json.loads(located_as_json(locate(results, n_resamples=50)))
     assert len(document["windows"]) == 12
+
+
+def _flat(text: str) -> str:
+    """The output with every run of whitespace as one space: rich wraps long titles."""
+    return " ".join(text.split())
+
+
+def _json_locate(store: Path, *options: str) -> dict:
+    arguments = ["locate", str(store), "--format", "json", "--resamples", "50", *options]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_locate_header_says_how_many_samples_of_all_and_which_were_excluded(
+    store: Path, flagged_store: Path
+) -> None:
+    result = runner.invoke(app, ["locate", str(store), "--resamples", "50"])
+    assert result.exit_code == 0, result.output
+    assert "synthetic-model, 24 of 32 samples (partial: 8 unfinished) where" in _flat(result.output)
+    assert "excluded," not in result.output
+
+    result = runner.invoke(app, ["locate", str(flagged_store), "--resamples", "50"])
+    assert result.exit_code == 0, result.output
+    text = _flat(result.output)
+    assert "synthetic-model, 23 of 32 samples (partial: 8 unfinished, 1 excluded) where" in text
+    assert f"excluded, {GAP_TOO_SMALL}: {ZERO_GAP_SAMPLE} (1)" in text
+
+
+def test_locate_json_lists_the_excluded_samples_by_reason(flagged_store: Path) -> None:
+    document = _json_locate(flagged_store)
+    assert (document["n_used"], document["n_total"]) == (23, 32)
+    assert document["excluded"] == {
+        "unfinished": [f"s{i:04d}" for i in range(24, 32)],
+        GAP_TOO_SMALL: [ZERO_GAP_SAMPLE],
+    }
+    assert document["samples"] == f"23 of 32 samples (partial: 8 unfinished, 1 {GAP_TOO_SMALL})"
+    assert max(w["n_samples"] for w in document["windows"]) == 23
+
+
+def test_excluded_lines_show_the_first_ids_and_the_count() -> None:
+    coverage = SampleCoverage(
+        3, 10, {"unfinished": ("s8", "s9"), "flagged": ("s1", "s2", "s3", "s4", "s5")}
+    )
+    assert excluded_lines(coverage) == ["excluded, flagged: s1, s2, s3, … (5)"]
+    assert excluded_lines(SampleCoverage(8, 10, {"unfinished": ("s8", "s9")})) == []
+
+
+def test_floor_help_describes_what_auto_does() -> None:
+    result = runner.invoke(app, ["locate", "--help"])
+    assert result.exit_code == 0, result.output
+    text = _flat(result.output.replace("│", " "))
+    assert "auto (0.1 × the median clean–conflict gap of the metric" in text
+    assert "null patches if stored" not in text
+
+
+@pytest.mark.parametrize("with_null", [True, False])
+def test_floor_auto_is_a_tenth_of_the_gap_whether_or_not_null_patches_are_stored(
+    store: Path, store_without_null: Path, with_null: bool
+) -> None:
+    document = _json_locate(store if with_null else store_without_null)
+    assert document["floor_source"] == "auto"
+    assert {w["floor"] for w in document["windows"]} == {0.1}
+
+
+def test_floor_auto_of_logit_diff_is_a_tenth_of_its_median_gap(store: Path, results) -> None:
+    done = results.isel(sample=results["done"].values)
+    runs = done["baseline"].sel(metric="logit_diff").astype("float64")
+    gap = float(abs(runs.sel(run="clean") - runs.sel(run="conflict")).median())
+    document = _json_locate(store, "--metric", "logit_diff")
+    assert document["floor_source"] == "auto"
+    assert gap > 3.0  # synthetic gaps are about 5 nats: far from the normalized effect's 0.1
+    floors = [w["floor"] for w in document["windows"]]
+    assert floors == pytest.approx([0.1 * gap] * 12, rel=1e-6)
+
+
+def test_floor_null_and_a_number_say_so(store: Path) -> None:
+    null = _json_locate(store, "--floor", "null")
+    assert null["floor_source"] == "null"
+    floors = [w["floor"] for w in null["windows"]]
+    assert len(set(floors)) > 1 and all(0 < floor < 0.5 for floor in floors)
+    fixed = _json_locate(store, "--floor", "0.25")
+    assert fixed["floor_source"] == "fixed"
+    assert {w["floor"] for w in fixed["windows"]} == {0.25}
+    table = runner.invoke(app, ["locate", str(store), "--floor", "null", "--resamples", "50"])
+    assert "floor: null;" in _flat(table.output)
+
+
+def test_floor_null_without_null_patches_is_one_line_and_exit_2(store_without_null: Path) -> None:
+    result = runner.invoke(app, ["locate", str(store_without_null), "--floor", "null"])
+    assert result.exit_code == 2
+    assert "the store has no null_effect" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_store_with_every_sample_done_says_n_of_n(tmp_path: Path) -> None:
+    from .conftest import _write_store
+
+    path = _write_store(tmp_path / "full.zarr", synthetic_results(n_samples=5, n_layers=3))
+    result = runner.invoke(app, ["locate", str(path), "--resamples", "20"])
+    assert result.exit_code == 0, result.output
+    assert "synthetic-model, 5 of 5 samples where" in _flat(result.output)

@@ -109,7 +109,7 @@ def test_false_alarms_are_rare_even_with_loud_noise_and_few_samples() -> None:
 
 def test_default_sweep_finds_both_steps_and_nothing_else(results: xr.Dataset) -> None:
     found = locate(results, n_resamples=300)
-    assert found.attrs["floor_source"] == "fixed"
+    assert found.attrs["floor_source"] == "auto"
     located = found.where(found["status"] == "located", drop=True)
     table = locate_table(found).set_index(["position_group", "component"])
     assert table.loc[("answer", "residual"), "window"] == "5"
@@ -133,15 +133,16 @@ def test_window_spans_a_two_layer_rise() -> None:
     assert abs(float(found["before"])) < 0.1 and abs(float(found["after"]) - 1.0) < 0.1
 
 
-def test_fixed_floor_without_null_and_explicit_floors() -> None:
+def test_auto_floor_without_null_and_explicit_floors() -> None:
     results = synthetic_results(null=False, noise=0.05, seed=4)
     found = locate(results, n_resamples=200)
-    assert found.attrs["floor_source"] == "fixed"
+    assert found.attrs["floor_source"] == "auto"
     assert float(found["floor"].max()) == pytest.approx(0.1)
     assert str(found.sel(CELL)["status"].values) == "located"
     assert np.isnan(float(found.sel(CELL)["null_change"]))
     too_high = locate(results, floor=2.0, n_resamples=200)
     assert (too_high["status"] == "none").all()
+    assert too_high.attrs["floor_source"] == "fixed"
     with pytest.raises(AnalysisError, match="no null_effect"):
         locate(results, floor="null")
     with pytest.raises(AnalysisError, match="floor must be"):
