@@ -7,7 +7,27 @@ world so that it shows vision dominance (see ``docs/testbed.md``).
 - :func:`make_samples` — held-out samples with named runs, media written as wav/png files.
 """
 
-from patchwork.testbed.model import checkpoint_path, load
-from patchwork.testbed.samples import make_samples
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from patchwork.testbed.model import checkpoint_path, load
+    from patchwork.testbed.samples import make_samples
+
+#: Imported on first use, so that ``patchwork testbed --help`` does not load torch.
+_LAZY = {
+    "checkpoint_path": "patchwork.testbed.model",
+    "load": "patchwork.testbed.model",
+    "make_samples": "patchwork.testbed.samples",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'patchwork.testbed' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
 
 __all__ = ["checkpoint_path", "load", "make_samples"]

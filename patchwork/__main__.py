@@ -1,0 +1,23 @@
+"""``patchwork`` and ``python -m patchwork``: the command line.
+
+This module imports nothing but the standard library before :mod:`patchwork.cli`, so that Ctrl-C
+while the command starts gives the same one line and exit code 130 as Ctrl-C later.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    """Entry point of the ``patchwork`` command."""
+    try:
+        from patchwork.cli import main as cli_main
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        raise SystemExit(130) from None
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
