@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from functools import cached_property
 
 import numpy as np
@@ -118,6 +119,8 @@ class ActivationPatchingMethod(Method):
             )
 
     def variables(self) -> dict[str, ArraySpec]:
+        patched = f"{self.spec.source} run patched into the {self.spec.target} run"
+        estimated = "" if self.spec.method == "exact" else " (first-order estimate)"
         effect = ArraySpec(
             EFFECT_DIMS,
             {
@@ -126,22 +129,39 @@ class ActivationPatchingMethod(Method):
                 "component": list(self.spec.components),
                 "metric": list(METRICS),
             },
+            long_name=f"answer metric with the {patched}{estimated}",
+            units="1",
         )
         variables = {
             "effect": effect,
             "baseline": ArraySpec(
-                ("sample", "run", "metric"), {"run": list(self.runs()), "metric": list(METRICS)}
+                ("sample", "run", "metric"),
+                {"run": list(self.runs()), "metric": list(METRICS)},
+                long_name="answer metric of each unpatched run",
+                units="1",
             ),
         }
         if self.with_null_effect:
-            variables["null_effect"] = effect
+            variables["null_effect"] = replace(
+                effect, long_name=f"{effect.long_name}, source taken from another sample"
+            )
         if "graddrop" in self.corrections:
             coords = {dim: effect.coords[dim] for dim in EFFECT_DIMS[1:-1]}
-            variables["graddrop"] = ArraySpec(EFFECT_DIMS[:-1], coords)
+            variables["graddrop"] = ArraySpec(
+                EFFECT_DIMS[:-1],
+                coords,
+                long_name="GradDrop magnitude: mean |estimate| with one later layer dropped",
+                units="1",
+            )
         if self.spec.method == "attribution+verify":
-            variables["exact_effect"] = effect
+            variables["exact_effect"] = replace(
+                effect, long_name=f"answer metric with the {patched}, exact (verified cells)"
+            )
             variables["agreement"] = ArraySpec(
-                ("sample", "agreement_stat"), {"agreement_stat": ["spearman", "recall_at_k"]}
+                ("sample", "agreement_stat"),
+                {"agreement_stat": ["spearman", "recall_at_k"]},
+                long_name="agreement of the estimate with exact patching on verified cells",
+                units="1",
             )
         return variables
 

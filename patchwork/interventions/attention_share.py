@@ -82,9 +82,17 @@ class AttentionShareMethod(Method):
         dims = ("sample", "share_layer", "share_query", "share_key")
         return {
             "share": ArraySpec(
-                (*dims, "share_head"), {**coords, "share_head": list(range(self.heads))}
+                (*dims, "share_head"),
+                {**coords, "share_head": list(range(self.heads))},
+                long_name="share of the query group's attention on the key group, per head",
+                units="1",
             ),
-            "share_mean": ArraySpec(dims, coords),
+            "share_mean": ArraySpec(
+                dims,
+                coords,
+                long_name="share of the query group's attention on the key group, head mean",
+                units="1",
+            ),
         }
 
     def compute(self, samples: Sequence[Sample], patcher: Patcher) -> dict[str, np.ndarray]:

@@ -66,7 +66,20 @@ class BaseComparisonMethod(Method):
             "base_group": list(self.spec.position_groups),
         }
         dims = ("sample", "base_run", "base_group")
-        return {"base_kl": ArraySpec(dims, coords), "base_top_changed": ArraySpec(dims, coords)}
+        return {
+            "base_kl": ArraySpec(
+                dims,
+                coords,
+                long_name="KL divergence of the next-token distribution from the base model's",
+                units="nats",
+            ),
+            "base_top_changed": ArraySpec(
+                dims,
+                coords,
+                long_name="fraction of positions whose top next token differs from the base's",
+                units="1",
+            ),
+        }
 
     def compare(self, patcher: Patcher, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-position KL (seq,) nats and top-token change (seq,) bool for one run."""

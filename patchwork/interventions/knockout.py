@@ -204,14 +204,22 @@ class AttentionKnockoutMethod(Method):
         labels = [k.label for k in self.knockouts]
         return {
             "knockout_effect": ArraySpec(
-                ("sample", "knockout", "metric"), {"knockout": labels, "metric": list(METRICS)}
+                ("sample", "knockout", "metric"),
+                {"knockout": labels, "metric": list(METRICS)},
+                long_name="answer metric with attention blocked by the knockout rule",
+                units="1",
             ),
             "knockout_baseline": ArraySpec(
                 ("sample", "knockout_run", "metric"),
                 {"knockout_run": list(self.runs()), "metric": list(METRICS)},
+                long_name="answer metric of each run without knockout",
+                units="1",
             ),
             "knockout_token": ArraySpec(
-                ("sample", "knockout"), {"knockout": labels}, dtype="int64"
+                ("sample", "knockout"),
+                {"knockout": labels},
+                dtype="int64",
+                long_name="top next-token id under the knockout",
             ),
         }
 

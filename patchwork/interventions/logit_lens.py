@@ -75,9 +75,15 @@ class LogitLensMethod(Method):
         top_coords = {**coords, "lens_k": list(range(self.spec.top_k))}
         del top_coords["lens_answer"]
         return {
-            "lens_probability": ArraySpec(dims, coords),
-            "lens_rank": ArraySpec(dims, coords),
-            "lens_top_tokens": ArraySpec(top_dims, top_coords, dtype="int64"),
+            "lens_probability": ArraySpec(
+                dims, coords, long_name="logit-lens probability of the answer word", units="1"
+            ),
+            "lens_rank": ArraySpec(
+                dims, coords, long_name="logit-lens rank of the answer word (0 = top)", units="1"
+            ),
+            "lens_top_tokens": ArraySpec(
+                top_dims, top_coords, dtype="int64", long_name="logit-lens top token ids"
+            ),
         }
 
     def compute(self, samples: Sequence[Sample], patcher: Patcher) -> dict[str, np.ndarray]:

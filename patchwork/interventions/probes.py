@@ -50,8 +50,13 @@ class ProbesMethod(Method):
                     "probe_group": list(self.spec.position_groups),
                     "probe_hidden": list(range(self.hidden)),
                 },
+                long_name="mean hidden state of the position group (probe features)",
             ),
-            "probe_logit_diff": ArraySpec(("sample",)),
+            "probe_logit_diff": ArraySpec(
+                ("sample",),
+                long_name="logit difference, audio − visual answer, of the probed run",
+                units="1",
+            ),
         }
 
     def compute(self, samples: Sequence[Sample], patcher: Patcher) -> dict[str, np.ndarray]:

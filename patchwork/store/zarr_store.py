@@ -45,11 +45,15 @@ warnings.filterwarnings("ignore", message=".*Consolidated metadata is currently 
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """One stored array: its dimensions (``sample`` first) and the coordinates of the others."""
+    """One stored array: its dimensions (``sample`` first), the coordinates of the others, and
+    what it is (``long_name`` and ``units`` attributes, as xarray's plots and the CF conventions
+    read them; ``"1"`` for dimensionless numbers)."""
 
     dims: tuple[str, ...]
     coords: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     dtype: str = "float32"
+    long_name: str = ""
+    units: str = ""
 
     def shape(self, samples: int) -> tuple[int, ...]:
         return (samples, *(len(self.coords[dim]) for dim in self.dims[1:]))
@@ -98,12 +102,22 @@ def template(samples: SampleCoords, arrays: Mapping[str, ArraySpec], unit_size: 
             coords[dim] = values
         shape = spec.shape(n)
         fill = np.nan if np.dtype(spec.dtype).kind == "f" else 0
+        attrs = {"long_name": spec.long_name, "units": spec.units}
         variables[name] = (
             spec.dims,
             da.full(shape, fill, dtype=spec.dtype, chunks=(chunk, *shape[1:])),
+            {key: value for key, value in attrs.items() if value},
         )
-    variables["checksum"] = (("sample",), da.zeros(n, dtype=np.int64, chunks=chunk))
-    variables["done"] = (("sample",), da.zeros(n, dtype=bool, chunks=chunk))
+    variables["checksum"] = (
+        ("sample",),
+        da.zeros(n, dtype=np.int64, chunks=chunk),
+        {"long_name": "CRC-32 of the sample's stored values (checked by patchwork verify)"},
+    )
+    variables["done"] = (
+        ("sample",),
+        da.zeros(n, dtype=bool, chunks=chunk),
+        {"long_name": "the sample's results are complete"},
+    )
     return xr.Dataset(variables, coords=coords)
 
 
@@ -131,16 +145,16 @@ class ResultStore:
         empty: xr.Dataset,
         unit_size: int,
         provenance: dict[str, object],
-        describe: Callable[[str], str] | None = None,
+        describe: Callable[[Mapping[str, Any]], str] | None = None,
     ) -> ResultStore:
         """Create the store from its template, or reopen it when it belongs to the same study.
 
-        ``describe(stored_study_text)`` says what changed when the study hash differs.
+        ``describe(stored_root_attributes)`` says what changed when the study hash differs.
         """
         if (path / "zarr.json").exists():
             existing = _root_attrs(path)
             if existing.get("config_sha256") != provenance["config_sha256"]:
-                changes = describe(str(existing.get("study", ""))) if describe else ""
+                changes = describe(existing) if describe else ""
                 raise StoreError(
                     f"{path} holds results of a different study configuration"
                     f"{' (' + changes + ')' if changes else ''}; run with --fresh to start over "
@@ -235,11 +249,15 @@ def sample_checksums(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return sums
 
 
-def open_results(path: str | Path, model: str | None = None) -> xr.Dataset:
-    """Open a study store as an :class:`xarray.Dataset` (lazy; unfinished cells are NaN).
+def open_results(
+    path: str | Path, model: str | None = None, chunks: dict[str, int] | None = None
+) -> xr.Dataset:
+    """Open a study store as an :class:`xarray.Dataset` (unfinished cells are NaN).
 
     ``model`` picks the model group when the store holds several. The study's provenance
-    (study text, hash, versions) is merged into ``attrs``.
+    (study text, hash, overrides, versions) is merged into ``attrs``. Arrays are read when first
+    used, as numpy (so results print as numbers); pass ``chunks={}`` for dask arrays chunked as
+    stored, for stores larger than memory.
     """
     path = Path(path)
     if not (path / "zarr.json").exists():
@@ -260,13 +278,16 @@ def open_results(path: str | Path, model: str | None = None) -> xr.Dataset:
             f"{path}/{model}: the store's template is incomplete (a run was cut short while "
             "creating it); run the study again to rewrite it"
         )
-    dataset = xr.open_zarr(path, group=model, consolidated=False, zarr_format=3)
+    dataset = xr.open_zarr(path, group=model, consolidated=False, zarr_format=3, chunks=chunks)
     dataset.attrs = {**dict(root.attrs), **dataset.attrs}
     return dataset
 
 
-def provenance(study_text: str, study_name: str, config_sha256: str) -> dict[str, object]:
-    """Attributes recorded on the store's root: what ran, with which code and libraries."""
+def provenance(
+    study_text: str, study_name: str, config_sha256: str, overrides: Sequence[str] = ()
+) -> dict[str, object]:
+    """Attributes recorded on the store's root: what ran (the study file's text and the ``--set``
+    overrides applied to it), with which code and libraries."""
     import nnsight
     import torch
     import transformers
@@ -276,6 +297,7 @@ def provenance(study_text: str, study_name: str, config_sha256: str) -> dict[str
     return {
         "study_name": study_name,
         "study": study_text,
+        "overrides": list(overrides),
         "config_sha256": config_sha256,
         "git_commit": _git_commit(),
         "versions": {
