@@ -1,8 +1,15 @@
-"""The ``patchwork`` command line: thin wrappers over the library, one readable line per error."""
+"""The ``patchwork`` command line: thin wrappers over the library, one readable line per error.
+
+Exit codes: 0 success; 2 a mistake the user can fix (a :class:`~patchwork.errors.PatchworkError`
+or a bad argument), printed as one line; 130 interrupted (Ctrl-C), printed as one line saying what
+was kept; 1 a bug in patchwork (with its traceback).
+
+Only ``run`` and the ``testbed`` commands load torch, transformers and nnsight; ``--help``,
+``validate``, ``status``, ``locate`` and ``plot`` start without them.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 from collections.abc import Callable
@@ -11,10 +18,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from patchwork.errors import PatchworkError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     name="patchwork",
@@ -30,27 +38,82 @@ errors = Console(stderr=True)
 SUBCOMMAND_MODULES = ("patchwork.analysis.commands", "patchwork.testbed.commands")
 
 
+def fail(message: str, code: int) -> typer.Exit:
+    """Print ``message`` as one line on stderr; the exit to raise."""
+    return typer.Exit(code=_one_line(message, code))
+
+
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a :class:`PatchworkError` into one line on stderr and exit code 2."""
+    """A :class:`PatchworkError` becomes one line and exit code 2; Ctrl-C one line and 130."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except PatchworkError as error:
-            errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            raise fail(f"error: {error}", EXIT_USER_ERROR) from None
+        except KeyboardInterrupt as error:
+            raise fail(
+                f"interrupted: {error}" if str(error) else "interrupted", EXIT_INTERRUPTED
+            ) from None
 
     return wrapper
 
 
+def _version(value: bool) -> None:
+    if value:
+        from patchwork import __version__
+
+        typer.echo(f"patchwork {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Causal interventions on audio-visual LLMs: where does the audio evidence get lost?"""
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY.PATH=VALUE",
+        help="Override a study field (YAML value), e.g. --set model.dtype=bfloat16 or "
+        "--set interventions.0.window=2; repeatable. Validated like the file, recorded in the "
+        "store, part of the study hash.",
+    ),
+]
+
+
+def overrides(assignments: list[str] | None = None, **short_forms: object) -> list[str]:
+    """``--set`` assignments plus the short options that were given, as ``key.path=value``."""
+    fields = {
+        "threads": "execution.threads",
+        "device": "model.device",
+        "dtype": "model.dtype",
+        "batch_size": "execution.batch_size",
+        "samples": "dataset.samples",
+        "seed": "dataset.seed",
+    }
+    given = [f"{fields[name]}={value}" for name, value in short_forms.items() if value is not None]
+    return [*(assignments or []), *given]
+
+
 @app.command()
 @user_errors
-def validate(study: Annotated[Path, typer.Argument(help="A study YAML file.")]) -> None:
+def validate(
+    study: Annotated[Path, typer.Argument(help="A study YAML file.")],
+    assignments: SetOption = None,
+) -> None:
     """Check a study file against the schema (no model is loaded)."""
     from patchwork.study import load_study
 
-    loaded = load_study(study)
+    loaded = load_study(study, overrides(assignments))
     console.print(f"[green]ok[/] {study}: study {loaded.name!r} is valid")
 
 
@@ -71,19 +134,62 @@ def run(
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="Run units on the Dask cluster at ADDRESS.")
     ] = None,
+    assignments: SetOption = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads", min=1, help="torch threads per process (execution.threads; default 1)."
+        ),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="model.device, e.g. cuda:0.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="model.dtype: float32, bfloat16 …")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="execution.batch_size.")] = None,
+    samples: Annotated[int | None, typer.Option(help="dataset.samples (generators).")] = None,
+    seed: Annotated[int | None, typer.Option(help="dataset.seed: which samples.")] = None,
 ) -> None:
     """Run a study's sweep and write its results store; re-running resumes."""
-    from patchwork.engine.runner import run_study
+    import contextlib
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     from patchwork.study import load_study
 
-    loaded = load_study(study)
+    loaded = load_study(
+        study,
+        overrides(
+            assignments,
+            threads=threads,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            samples=samples,
+            seed=seed,
+        ),
+    )
+    from transformers.utils import logging as transformers_logging
+
+    from patchwork.engine.runner import run_study
+
+    transformers_logging.disable_progress_bar()  # ours is the one bar
     with contextlib.ExitStack() as stack:
         executor = None
         if workers or scheduler:
             from patchwork.engine.distributed import dask_executor
 
             executor = stack.enter_context(
-                dask_executor(workers or None, scheduler, loaded.execution.resources)
+                dask_executor(
+                    workers or None,
+                    scheduler,
+                    loaded.execution.resources,
+                    loaded.execution.threads,
+                )
             )
         progress = stack.enter_context(
             Progress(
@@ -91,18 +197,31 @@ def run(
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("samples"),
+                TextColumn("{task.fields[rate]}"),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
                 TimeElapsedColumn(),
                 console=console,
             )
         )
-        task = progress.add_task(loaded.name, total=None)
+        task = progress.add_task(f"{loaded.name}: loading", total=None, rate="")
+
+        def on_start(total: int, pending: int) -> None:
+            before = f" ({total - pending}/{total} done before)" if pending < total else ""
+            progress.update(task, total=pending, description=f"{loaded.name}{before}")
+
+        def on_unit(count: int) -> None:
+            progress.advance(task, count)
+            speed = progress.tasks[0].speed
+            progress.update(task, rate=f"{speed:.2f}/s" if speed else "")
+
         summary = run_study(
             loaded,
             store_root=store,
             executor=executor,
             fresh=fresh,
-            on_start=lambda total: progress.update(task, total=total),
-            on_unit=lambda count: progress.advance(task, count),
+            on_start=on_start,
+            on_unit=on_unit,
             on_note=lambda note: progress.console.print(f"[yellow]{note}[/]"),
         )
     if summary.layer_profile is not None:
@@ -118,8 +237,10 @@ def run(
     )
 
 
-def _profile_table(study: str, profile: Any) -> Table:
+def _profile_table(study: str, profile: Any) -> Any:
     """Mean normalized effect (layer × position group) of the first component, as a table."""
+    from rich.table import Table
+
     component = str(profile["component"].values)
     table = Table(
         title=f"{study}: mean normalized effect of patching the {component} "
@@ -163,6 +284,7 @@ def status(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).
     """Show what a store holds and how far its run got."""
     import zarr
 
+    from patchwork.analysis.results import sample_coverage
     from patchwork.store.zarr_store import open_results
 
     first = open_results_any(store)
@@ -181,6 +303,9 @@ def status(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).
             f"{results.sizes['layer']}, groups {list(map(str, results.position_group.values))}, "
             f"components {list(map(str, results.component.values))}"
         )
+        if "effect" in results:
+            coverage = sample_coverage(results)
+            console.print(f"  analysis of the normalized effect uses {coverage}")
 
 
 def open_results_any(store: Path) -> Any:
@@ -206,9 +331,26 @@ def _register_subcommands() -> None:
 
 
 def main() -> None:
-    """Entry point of the ``patchwork`` command."""
-    _register_subcommands()
-    app(prog_name="patchwork")
+    """Entry point of the ``patchwork`` command: every outcome but a bug is one line at most."""
+    try:
+        _register_subcommands()
+        code = app(prog_name="patchwork", standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):
+        raise SystemExit(_one_line("interrupted", EXIT_INTERRUPTED)) from None
+    except typer.TyperException as error:  # bad arguments, unknown commands and options
+        context = getattr(error, "ctx", None)
+        command = context.command_path if context is not None else "patchwork"
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        code = getattr(error, "exit_code", EXIT_USER_ERROR)
+        if not message.strip():  # no arguments: the help was shown
+            raise SystemExit(code) from None
+        raise SystemExit(_one_line(f"error: {message} (see {command} --help)", code)) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _one_line(message: str, code: int) -> int:
+    errors.print(" ".join(message.split()), highlight=False, soft_wrap=True, markup=False)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,3 +25,8 @@ class ModelError(PatchworkError):
 
 class StoreError(PatchworkError):
     """A result store is missing, belongs to another study, or would be written out of bounds."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the message says how many units are done. Finished units stay in the
+    store, and running the study again resumes after them."""

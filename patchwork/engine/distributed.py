@@ -22,8 +22,12 @@ def dask_executor(
     workers: int | None = None,
     scheduler: str | None = None,
     resources: Mapping[str, float] | None = None,
+    threads: int = 1,
 ) -> Iterator[Executor]:
-    """An executor on ``workers`` local processes, or on the cluster at ``scheduler``."""
+    """An executor on ``workers`` local processes, or on the cluster at ``scheduler``.
+
+    Local workers start with ``threads`` OpenMP/MKL threads; each task then sets torch's thread
+    count from the study (``execution.threads``), on remote workers too."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -40,7 +44,7 @@ def dask_executor(
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+                env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)},
             )
             client = Client(cluster)
     except OSError as error:

@@ -22,8 +22,8 @@ import xarray as xr
 
 from patchwork.data.sample import Sample
 from patchwork.data.source import SampleSource
-from patchwork.engine.lock import store_lock
-from patchwork.errors import DataError, StoreError
+from patchwork.engine.lock import check_unlocked, store_lock
+from patchwork.errors import DataError, RunInterrupted, StoreError
 from patchwork.interventions.method import Method, method_registry
 from patchwork.interventions.patching import Patcher
 from patchwork.models.loading import LoadedModel, load_model
@@ -39,6 +39,7 @@ from patchwork.study.loader import describe_changes, parse_study, study_hash
 from patchwork.study.schema import Study
 
 Report = Callable[[int], None]
+Start = Callable[[int, int], None]
 Note = Callable[[str], None]
 
 
@@ -69,6 +70,8 @@ class Prepared:
     samples: SampleSource
     methods: tuple[Method, ...]
     units: tuple[tuple[int, int], ...]
+    notes: tuple[str, ...] = ()
+    """Warnings found while checking (nothing wrong, but worth a look)."""
 
     def template(self) -> xr.Dataset:
         """The store template: every method's arrays over every sample."""
@@ -83,22 +86,48 @@ class Prepared:
         )
         return template(coords, arrays, self.study.execution.unit_size)
 
-    def unit(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Compute one unit's arrays (in this process)."""
+    def unit(self, start: int, stop: int) -> tuple[dict[str, np.ndarray], frozenset[str]]:
+        """Compute one unit's arrays (in this process), and the position groups that had at
+        least one position in one of its samples' runs."""
         samples = self.samples.load(start, stop)
         check_samples(self, samples)
         patcher = _patcher(self.loaded)
         arrays: dict[str, np.ndarray] = {}
         for method in self.methods:
             arrays.update(method.compute(samples, patcher))
-        return arrays
+        return arrays, self.present_groups(samples)
+
+    def present_groups(self, samples: list[Sample]) -> frozenset[str]:
+        """Position groups with at least one position in some run a method reads."""
+        adapter = self.loaded.adapter
+        runs = {run for method in self.methods for run in method.runs()}
+        return frozenset(
+            name
+            for sample in samples
+            for run in runs & set(sample.runs)
+            for name, mask in adapter.position_groups(sample.runs[run]["input_ids"]).items()
+            if bool(mask.any())
+        )
+
+    def requested_groups(self) -> tuple[str, ...]:
+        """The position groups the study's interventions name."""
+        named = (getattr(spec, "position_groups", ()) for spec in self.study.interventions)
+        return tuple(dict.fromkeys(group for groups in named for group in groups))
+
+
+def store_path(study: Study, store_root: Path | None = None) -> Path:
+    """Where ``study``'s store goes: ``store_root / study.store`` (default ``store/<name>.zarr``),
+    refused when it would leave the store root."""
+    root = Path(store_root) if store_root is not None else Path("store")
+    return resolve_store_path(root, study.store or Path(f"{study.name}.zarr"))
 
 
 def prepare(study: Study, store_root: Path | None = None) -> Prepared:
     """Load the model and samples and check everything a run needs; writes nothing."""
     torch.manual_seed(study.execution.seed)
+    torch.set_num_threads(study.execution.threads)
     root = Path(store_root) if store_root is not None else Path("store")
-    store = resolve_store_path(root, study.store or Path(f"{study.name}.zarr"))
+    store = store_path(study, store_root)
     loaded = load_model(study.model, study.where("model"))
     registry = method_registry()
     methods = tuple(
@@ -111,9 +140,24 @@ def prepare(study: Study, store_root: Path | None = None) -> Prepared:
     units = tuple(
         (start, min(start + size, len(samples))) for start in range(0, len(samples), size)
     )
-    prepared = Prepared(study, store, loaded, samples, methods, units)
-    check_samples(prepared, samples.load(0, 1))
+    first = samples.load(0, 1)
+    prepared = Prepared(study, store, loaded, samples, methods, units, media_notes(loaded, first))
+    check_samples(prepared, first)
     return prepared
+
+
+def media_notes(loaded: LoadedModel, samples: list[Sample]) -> tuple[str, ...]:
+    """Runs whose media a testbed was not trained on (other clip lengths, picture sizes)."""
+    if not loaded.testbed:
+        return ()
+    from patchwork.testbed.model import outside_training
+
+    return tuple(
+        note
+        for sample in samples
+        for run, inputs in sample.runs.items()
+        for note in outside_training(inputs, f"sample {sample.sample_id}, run {run}")
+    )
 
 
 def run_study(
@@ -122,90 +166,138 @@ def run_study(
     *,
     executor: Executor | None = None,
     fresh: bool = False,
-    on_start: Report | None = None,
+    progress: bool = False,
+    on_start: Start | None = None,
     on_unit: Report | None = None,
     on_note: Note | None = None,
 ) -> RunSummary:
     """Run ``study``; results go to ``store_root / study.store`` (default ``store/<name>.zarr``).
 
     ``executor`` runs units as tasks (serial in this process when None). ``fresh`` removes an
-    existing store first (saying so through ``on_note``). ``on_start(total_samples)`` and
-    ``on_unit(samples_in_unit)`` report progress. Nothing is written before every check passed.
+    existing store first (saying so through ``on_note``). ``progress=True`` shows a progress bar
+    that suits a notebook or a terminal (tqdm); or report progress yourself:
+    ``on_start(total_samples, samples_to_compute)`` once, then ``on_unit(samples_in_unit)``
+    after each unit this run computes. Nothing is written before every check passed; a second run
+    on the same store is refused before its model loads.
+
+    Raises:
+        patchwork.errors.RunInterrupted: on Ctrl-C (a ``KeyboardInterrupt``), saying how many
+            units are done; finished units stay in the store and a re-run resumes after them.
     """
     started = time.perf_counter()
+    if progress:
+        on_start, on_unit = _notebook_progress(study.name, on_start, on_unit)
+    check_unlocked(store_path(study, store_root))  # before the model loads
     prepared = prepare(study, store_root)
-    store_path = prepared.store
-    with store_lock(store_path):
-        if fresh and store_path.exists():
-            _remove_store(store_path, on_note)
-        store = ResultStore.create_or_resume(
-            store_path,
-            prepared.loaded.name,
-            prepared.template(),
-            study.execution.unit_size,
-            provenance(study.text, study.name, study_hash(study)),
-            describe=lambda stored_text: describe_changes(stored_text, study),
+    for note in prepared.notes:
+        if on_note:
+            on_note(note)
+    with store_lock(prepared.store):
+        store_seconds, pending, present = _run_units(
+            prepared, store_root, executor, fresh, on_start, on_unit, on_note
         )
-        done = store.done()
-        if on_start:
-            on_start(len(prepared.samples))
-        pending = []
-        for start, stop in prepared.units:
-            if done[start:stop].all():
-                if on_unit:
-                    on_unit(stop - start)
-            else:
-                pending.append((start, stop))
-        store_seconds = 0.0
-        if executor is None:
-            for start, stop in pending:
-                arrays = prepared.unit(start, stop)
-                writing = time.perf_counter()
-                store.write_unit(start, arrays)
-                store_seconds += time.perf_counter() - writing
-                if on_unit:
-                    on_unit(stop - start)
-        else:
-            root = Path(store_root if store_root is not None else "store").resolve()
-            task = UnitTask(study.text, _source_label(study), str(root))
-            futures = [executor.submit(run_unit_task, task, start, stop) for start, stop in pending]
-            for future in as_completed(futures):
-                start, stop = future.result()
-                if on_unit:
-                    on_unit(stop - start)
+    for group in prepared.requested_groups():
+        if pending and group not in present and on_note:
+            on_note(
+                f"position group {group!r} has no position in any sample run here: its effects "
+                "are those of an empty patch"
+            )
     return _summary(
         prepared, len(pending), len(prepared.units) - len(pending), started, store_seconds
     )
 
 
+def _run_units(
+    prepared: Prepared,
+    store_root: Path | None,
+    executor: Executor | None,
+    fresh: bool,
+    on_start: Start | None,
+    on_unit: Report | None,
+    on_note: Note | None,
+) -> tuple[float, list[tuple[int, int]], set[str]]:
+    """Create or resume the store and compute every unit not yet done: (seconds spent writing,
+    units computed, position groups present in their samples)."""
+    study, store_path = prepared.study, prepared.store
+    if fresh and store_path.exists():
+        _remove_store(store_path, on_note)
+    store = ResultStore.create_or_resume(
+        store_path,
+        prepared.loaded.name,
+        prepared.template(),
+        study.execution.unit_size,
+        provenance(study.text, study.name, study_hash(study), study.overrides),
+        describe=lambda stored: describe_changes(
+            str(stored.get("study", "")), study, stored.get("overrides") or ()
+        ),
+    )
+    done = store.done()
+    pending = [(start, stop) for start, stop in prepared.units if not done[start:stop].all()]
+    if on_start:
+        on_start(len(prepared.samples), sum(stop - start for start, stop in pending))
+    store_seconds, present = 0.0, set[str]()
+    try:
+        if executor is None:
+            for start, stop in pending:
+                arrays, groups = prepared.unit(start, stop)
+                writing = time.perf_counter()
+                store.write_unit(start, arrays)
+                store_seconds += time.perf_counter() - writing
+                present |= groups
+                if on_unit:
+                    on_unit(stop - start)
+        else:
+            root = Path(store_root if store_root is not None else "store").resolve()
+            task = UnitTask(study.text, study.overrides, _source_label(study), str(root))
+            futures = [executor.submit(run_unit_task, task, start, stop) for start, stop in pending]
+            for future in as_completed(futures):
+                start, stop, groups = future.result()
+                present |= groups
+                if on_unit:
+                    on_unit(stop - start)
+    except KeyboardInterrupt:
+        done = store.done()
+        finished = sum(bool(done[start:stop].all()) for start, stop in prepared.units)
+        raise RunInterrupted(
+            f"{finished}/{len(prepared.units)} units done; re-run to resume"
+        ) from None
+    return store_seconds, pending, present
+
+
 @dataclass(frozen=True)
 class UnitTask:
-    """What a worker needs to rebuild the run: the study text, its file, the store root."""
+    """What a worker needs to rebuild the run: the study text and overrides, its file, the store
+    root."""
 
     study_text: str
+    overrides: tuple[str, ...]
     study_source: str | None
     store_root: str
 
 
-_WORKER_CACHE: dict[tuple[str, str], tuple[Prepared, ResultStore]] = {}
+_WORKER_CACHE: dict[tuple[str, tuple[str, ...], str], tuple[Prepared, ResultStore]] = {}
 
 
-def run_unit_task(task: UnitTask, start: int, stop: int) -> tuple[int, int]:
-    """Executor task: compute samples ``start … stop-1`` and write them to the store.
+def run_unit_task(task: UnitTask, start: int, stop: int) -> tuple[int, int, frozenset[str]]:
+    """Executor task: compute samples ``start … stop-1`` and write them to the store; returns
+    the unit and the position groups present in its samples.
 
     The model and samples are loaded once per worker process. Writing the unit's whole chunks,
     then its mark, makes a retried task (a worker killed mid-unit) harmless.
     """
-    key = (task.study_text, task.store_root)
+    key = (task.study_text, task.overrides, task.store_root)
     if key not in _WORKER_CACHE:
-        study = parse_study(task.study_text, Path(task.study_source) if task.study_source else None)
+        source = Path(task.study_source) if task.study_source else None
+        study = parse_study(task.study_text, source, task.overrides)
         prepared = prepare(study, Path(task.store_root))
         _WORKER_CACHE.clear()
         _WORKER_CACHE[key] = (prepared, ResultStore(prepared.store, prepared.loaded.name))
     prepared, store = _WORKER_CACHE[key]
+    groups = frozenset[str]()
     if not store.done()[start:stop].all():
-        store.write_unit(start, prepared.unit(start, stop))
-    return start, stop
+        arrays, groups = prepared.unit(start, stop)
+        store.write_unit(start, arrays)
+    return start, stop, groups
 
 
 def load_samples(study: Study, loaded: LoadedModel, media_root: Path | None = None) -> SampleSource:
@@ -240,6 +332,34 @@ def _patcher(loaded: LoadedModel) -> Patcher:
         _PATCHERS.clear()
         _PATCHERS[id(loaded.model)] = Patcher(loaded.adapter)
     return _PATCHERS[id(loaded.model)]
+
+
+def _notebook_progress(
+    name: str, on_start: Start | None, on_unit: Report | None
+) -> tuple[Start, Report]:
+    """Callbacks that drive a tqdm bar (a widget in Jupyter, text elsewhere) and then the
+    caller's own."""
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def start(total: int, pending: int) -> None:
+        nonlocal bar
+        bar = tqdm(
+            total=pending, desc=f"{name} ({total - pending}/{total} done before)", unit="sample"
+        )
+        if on_start:
+            on_start(total, pending)
+
+    def unit(count: int) -> None:
+        if bar is not None:
+            bar.update(count)
+            if bar.n >= (bar.total or 0):
+                bar.close()
+        if on_unit:
+            on_unit(count)
+
+    return start, unit
 
 
 def _source_label(study: Study) -> str | None:

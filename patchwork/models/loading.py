@@ -57,6 +57,8 @@ class LoadedModel:
     adapter: ModelAdapter
     name: str
     tokenizer: Any = None
+    testbed: bool = False
+    """A testbed checkpoint: trained on one clip length and one picture size."""
 
     def token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens (random-init models: one id per word)."""
@@ -111,7 +113,12 @@ def load_model(spec: ModelSpec, study_where: str = "model") -> LoadedModel:
             adapter.check_paths()
         except ModelError as error:
             raise ModelError(f"{study_where}.{error}") from None
-    return LoadedModel(model=model, adapter=adapter, name=name, tokenizer=tokenizer)
+    is_testbed = name.startswith("testbed") if source is None else _is_testbed(source)
+    return LoadedModel(model, adapter, name, tokenizer, testbed=is_testbed)
+
+
+def _is_testbed(path: Path) -> bool:
+    return (path / "patchwork_testbed.json").exists()
 
 
 def random_thinker(spec: RandomInit, attention: str = "sdpa") -> nn.Module:
@@ -170,7 +177,7 @@ def random_thinker(spec: RandomInit, attention: str = "sdpa") -> nn.Module:
 def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
     if not path.is_dir():
         raise ModelError(f"{where}.checkpoint: no checkpoint directory at {path}")
-    if (path / "patchwork_testbed.json").exists():
+    if _is_testbed(path):
         from patchwork import testbed
 
         return testbed.load(path)[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from ruamel.yaml import YAML, MappingNode, Node, SequenceNode
@@ -21,8 +22,16 @@ from patchwork.study.schema import Study
 FieldPath = tuple[str | int, ...]
 
 
-def load_study(path: str | Path) -> Study:
-    """Read and validate a study file; raise :class:`StudyError` naming file, line and field."""
+#: Fields that change how fast a run goes, never what it computes: outside the study hash.
+NOT_HASHED: dict[str, Any] = {"description": True, "execution": {"threads"}}
+
+
+def load_study(path: str | Path, overrides: Iterable[str] = ()) -> Study:
+    """Read and validate a study file; raise :class:`StudyError` naming file, line and field.
+
+    ``overrides`` are ``"key.path=value"`` strings (the CLI's ``--set``) applied before
+    validation; an invalid one is reported as ``--set key.path=value: …``.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -30,12 +39,14 @@ def load_study(path: str | Path) -> Study:
         raise StudyError(f"{path}: study file not found") from None
     except (OSError, UnicodeDecodeError) as error:
         raise StudyError(f"{path}: cannot read study file ({error})") from None
-    return parse_study(text, source=path)
+    return parse_study(text, source=path, overrides=overrides)
 
 
-def parse_study(text: str, source: Path | None = None) -> Study:
-    """Validate a study given as YAML text (``source`` only labels messages)."""
+def parse_study(text: str, source: Path | None = None, overrides: Iterable[str] = ()) -> Study:
+    """Validate a study given as YAML text (``source`` only labels messages), with ``overrides``
+    applied as in :func:`load_study`."""
     label = str(source) if source else "<study>"
+    overrides = tuple(overrides)
     try:
         data = YAML(typ="safe", pure=True).load(text)
         lines = _key_lines(YAML(typ="safe", pure=True).compose(text))
@@ -48,6 +59,11 @@ def parse_study(text: str, source: Path | None = None) -> Study:
         raise StudyError(f"{label}: malformed YAML: {error}") from None
     if not isinstance(data, Mapping):
         raise StudyError(f"{label}:1: a study file is a mapping of keys (name, model, …)")
+    overridden = {}
+    for override in overrides:
+        field_path, value = parse_override(override)
+        data = _with_value(dict(data), field_path, value, override)
+        overridden[field_path] = override
     if source is not None:
         data = _resolve_relative(dict(data), source.parent)
     try:
@@ -55,28 +71,46 @@ def parse_study(text: str, source: Path | None = None) -> Study:
     except ValidationError as error:
         first = error.errors()[0]
         field_path = _data_path(data, tuple(first["loc"]))
-        where = format_location(source, lines, field_path)
+        where = _override_of(overridden, field_path) or format_location(source, lines, field_path)
         raise StudyError(f"{where}: {_describe(first)}") from None
     study._source = source
     study._text = text
     study._lines = lines
+    study._overrides = overrides
     return study
 
 
+def parse_override(text: str) -> tuple[FieldPath, object]:
+    """``"execution.batch_size=8"`` → (("execution", "batch_size"), 8): the value is read as YAML
+    (``true``, ``[0, 2]``, ``{GPU: 1}`` …); a numeric part indexes a list
+    (``interventions.0.window=2``)."""
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(part.strip() for part in parts):
+        raise StudyError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. model.dtype=bfloat16")
+    try:
+        parsed = YAML(typ="safe", pure=True).load(value) if value.strip() else ""
+    except YAMLError as error:
+        raise StudyError(f"--set {text}: the value is not valid YAML ({error})") from None
+    return tuple(int(p) if p.strip().isdigit() else p.strip() for p in parts), parsed
+
+
 def study_hash(study: Study) -> str:
-    """SHA-256 of the validated study (not of its formatting): what a resumed run must match."""
-    canonical = study.model_dump_json(by_alias=True, exclude={"description"})
+    """SHA-256 of the validated study (not of its formatting, nor of :data:`NOT_HASHED` fields):
+    what a resumed run must match."""
+    canonical = study.model_dump_json(by_alias=True, exclude=NOT_HASHED)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def describe_changes(stored_text: str, study: Study) -> str:
-    """'changed: a.b, c' — the fields where ``study`` differs from a study given as YAML text."""
+def describe_changes(stored_text: str, study: Study, stored_overrides: Iterable[str] = ()) -> str:
+    """'changed: a.b, c' — the fields where ``study`` differs from a study given as YAML text
+    (with the ``--set`` overrides it ran with)."""
     try:
-        stored = parse_study(stored_text)
+        stored = parse_study(stored_text, overrides=stored_overrides)
     except StudyError:
         return "the stored study no longer validates"
-    old = stored.model_dump(mode="json", by_alias=True, exclude={"description"})
-    new = study.model_dump(mode="json", by_alias=True, exclude={"description"})
+    old = stored.model_dump(mode="json", by_alias=True, exclude=NOT_HASHED)
+    new = study.model_dump(mode="json", by_alias=True, exclude=NOT_HASHED)
     changed = _differences(old, new, ())
     return "changed: " + ", ".join(_dotted(path) for path in changed) if changed else ""
 
@@ -162,6 +196,42 @@ def _key_lines(node: Node | None, prefix: FieldPath = ()) -> dict[FieldPath, int
         for index, item in enumerate(node.value):
             lines.update(_key_lines(item, (*prefix, index)))
     return lines
+
+
+def _with_value(data: dict, field_path: FieldPath, value: object, override: str) -> dict:
+    """A copy of ``data`` with ``value`` at ``field_path`` (missing mappings are created)."""
+    head, rest = field_path[0], field_path[1:]
+    if isinstance(head, int):
+        raise StudyError(f"--set {override}: a path starts with a key, not an index")
+    if not rest:
+        return {**data, head: value}
+    child = data.get(head)
+    if isinstance(rest[0], int):
+        if not isinstance(child, list) or not 0 <= rest[0] < len(child):
+            size = len(child) if isinstance(child, list) else 0
+            raise StudyError(f"--set {override}: {head} has no item {rest[0]} ({size} items)")
+        items = list(child)
+        item = items[rest[0]]
+        if len(rest) == 1:
+            items[rest[0]] = value
+        elif isinstance(item, Mapping):
+            items[rest[0]] = _with_value(dict(item), rest[1:], value, override)
+        else:
+            raise StudyError(f"--set {override}: {head}[{rest[0]}] is not a mapping")
+        return {**data, head: items}
+    if child is None:
+        child = {}
+    if not isinstance(child, Mapping):
+        raise StudyError(f"--set {override}: {head} is not a mapping")
+    return {**data, head: _with_value(dict(child), rest, value, override)}
+
+
+def _override_of(overridden: Mapping[FieldPath, str], field_path: FieldPath) -> str | None:
+    """'--set a.b=v: a.b' when the invalid field is (inside) an override's value."""
+    for path, override in overridden.items():
+        if field_path[: len(path)] == path:
+            return f"--set {override}: {_dotted(field_path)}"
+    return None
 
 
 def _resolve_relative(data: dict, base: Path) -> dict:

@@ -23,6 +23,12 @@ METRICS: tuple[Metric, ...] = ("logit_diff", "audio_probability", "normalized_ef
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:-|:|\.\.)\s*(\d+)\s*$")
 
 
+def parse_range(text: str) -> tuple[int, int] | None:
+    """``"4-7"``, ``"4:7"`` or ``"4..7"`` → (4, 7), both ends inclusive; None if not a range."""
+    match = _RANGE.match(text)
+    return (int(match[1]), int(match[2])) if match else None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -388,6 +394,14 @@ class Execution(_Strict):
     batch_size: int = Field(16, ge=1, description="Patched conditions per batched forward.")
     unit_size: int = Field(8, ge=1, description="Samples per work unit (= one store chunk).")
     seed: int = 0
+    threads: int = Field(
+        1,
+        ge=1,
+        description="torch CPU threads per process (each Dask worker too). 1 is fastest on a "
+        "shared machine and no slower on an idle 2-core one (benchmarks/threads.py); raise it for "
+        "large models on many idle cores. Not part of the study hash: a run may resume with "
+        "another thread count.",
+    )
     reuse: bool = Field(
         True,
         description="Patched runs start at the patched layer and position, reusing the target "
@@ -423,6 +437,7 @@ class Study(_Strict):
     _source: Path | None = PrivateAttr(None)
     _text: str = PrivateAttr("")
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
+    _overrides: tuple[str, ...] = PrivateAttr(())
 
     @model_validator(mode="after")
     def _runs_exist(self) -> Study:
@@ -459,6 +474,11 @@ class Study(_Strict):
     def text(self) -> str:
         """The study file's text, verbatim (stored as provenance)."""
         return self._text
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """The ``key.path=value`` overrides applied on top of :attr:`text` (``--set``)."""
+        return self._overrides
 
     def where(self, *field_path: str | int) -> str:
         """'file:line: field.path' for messages; the line of the nearest enclosing key known."""

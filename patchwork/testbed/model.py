@@ -9,6 +9,7 @@ command that reproduces it, measured behaviour).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ N_MELS, MEL_FRAMES = 32, 40
 AUDIO_TOKENS = ((MEL_FRAMES - 1) // 2 + 1 - 2) // 2 + 1  # 10
 PATCH, TEMPORAL_PATCH, MERGE = 4, 2, 2
 VIDEO_TOKENS = (world.FRAME_SIZE // PATCH) ** 2 // MERGE**2  # 16
+HOP_SECONDS = 0.01  # Whisper features: one mel frame per 160 samples at 16 kHz
 
 
 def vocabulary() -> list[str]:
@@ -210,3 +212,28 @@ def checkpoint_path(name: str = "testbed") -> Path:
     if not (path / META_FILE).is_file():
         raise ModelError(f"testbed checkpoint {name!r} is not installed at {path}")
     return path
+
+
+def outside_training(inputs: Mapping[str, Any], label: str) -> list[str]:
+    """One line for each medium of a run whose size is far from what the testbed was trained on
+    (clips of 0.4 s, pictures of 32×32): more than 2× longer or shorter, or another frame size.
+    The model still runs; its answers there are untested."""
+    notes = []
+    if "feature_attention_mask" in inputs:
+        seconds = inputs["feature_attention_mask"].sum(-1).float() * HOP_SECONDS
+        trained = world.CLIP_SAMPLES / world.SAMPLING_RATE
+        if bool(((seconds > 2 * trained) | (seconds < trained / 2)).any()):
+            notes.append(
+                f"{label}: audio of {float(seconds.max()):.2f} s; the testbed was trained on "
+                f"{trained:.1f} s clips — its answers on these are untested"
+            )
+    for key in ("video_grid_thw", "image_grid_thw"):
+        if key in inputs:
+            sizes = {(int(h) * PATCH, int(w) * PATCH) for _, h, w in inputs[key].tolist()}
+            if sizes != {(world.FRAME_SIZE, world.FRAME_SIZE)}:
+                shown = ", ".join(f"{h}×{w}" for h, w in sorted(sizes))
+                notes.append(
+                    f"{label}: pictures of {shown} pixels; the testbed was trained on "
+                    f"{world.FRAME_SIZE}×{world.FRAME_SIZE} — its answers on these are untested"
+                )
+    return notes

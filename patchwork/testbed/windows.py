@@ -43,15 +43,17 @@ class BlockRule:
 
 
 def parse_layer_span(text: str | None, num_layers: int, option: str) -> tuple[int, int] | None:
-    """``"A:B"`` → (A, B), both inclusive, checked against ``num_layers``; None passes through."""
+    """``"A:B"`` or ``"A-B"`` (as study files write ranges) → (A, B), both inclusive, checked
+    against ``num_layers``; None passes through."""
     from patchwork.errors import PatchworkError
+    from patchwork.study.schema import parse_range
 
     if text is None or text == "":
         return None
-    try:
-        first, last = (int(part) for part in str(text).split(":"))
-    except ValueError:
-        raise PatchworkError(f"{option}: expected FIRST:LAST layer indices, got {text!r}") from None
+    span = parse_range(str(text))
+    if span is None:
+        raise PatchworkError(f"{option}: expected FIRST:LAST layer indices, got {text!r}")
+    first, last = span
     if not 0 <= first <= last < num_layers:
         raise PatchworkError(
             f"{option}: need 0 <= FIRST <= LAST < {num_layers} (inclusive layers), got {text!r}"

@@ -18,6 +18,7 @@ import pytest
 import zarr
 
 from patchwork import StoreError, open_results, parse_study, run_study
+from patchwork.engine import runner
 from patchwork.engine.lock import store_lock
 from patchwork.store.verify import verify_store
 
@@ -103,12 +104,32 @@ def test_verify_unmarks_a_damaged_unit_and_removes_leftovers(tmp_path: Path, ref
     assert verify_store(store).ok
 
 
-def test_a_second_run_on_a_busy_store_is_refused(tmp_path: Path) -> None:
+def test_a_second_run_on_a_busy_store_is_refused_before_its_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     study = parse_study(TEXT)
+
+    def no_loading(*args: object) -> None:
+        raise AssertionError("the model was loaded before the lock was checked")
+
     with store_lock(tmp_path / "tiny.zarr"):
-        with pytest.raises(StoreError, match=r"being written by another run \(pid \d+"):
-            run_study(study, tmp_path)
+        with monkeypatch.context() as patched:
+            patched.setattr(runner, "load_model", no_loading)
+            with pytest.raises(StoreError, match=r"being written by another run \(pid \d+"):
+                run_study(study, tmp_path)
     assert not (tmp_path / "tiny.zarr").exists()
+    assert run_study(study, tmp_path).units_run == 6  # released: the next run goes ahead
+
+
+def test_the_lock_file_is_never_followed_through_a_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("data")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / ".tiny.zarr.lock").symlink_to(victim)
+    with pytest.raises(StoreError, match="lock file"):
+        run_study(parse_study(TEXT), root)
+    assert victim.read_text() == "data"
 
 
 def test_a_changed_study_is_refused_with_what_changed_and_fresh_starts_over(tmp_path: Path) -> None:

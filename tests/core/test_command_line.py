@@ -1,0 +1,278 @@
+"""The command line as a user meets it: one line and a documented exit code for every mistake and
+for Ctrl-C, commands that start without torch, ``--set`` overrides, threads, and warnings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zarr
+
+from patchwork import open_results, parse_study, run_study
+from patchwork.study.loader import study_hash
+
+from .helpers import SMOKE, study_text
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+HEAVY = ("torch", "transformers", "nnsight")
+
+
+def patchwork(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The ``patchwork`` command, as installed (``python -m patchwork``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "patchwork", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    summary = run_study(parse_study(study_text(layers=2, samples=4)), store_root=root)
+    return summary.store
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0]
+
+
+BAD_ARGUMENTS = {
+    "validate: no file": (["validate", "nowhere.yaml"], "study file not found"),
+    "validate: bad override": (
+        ["validate", str(SMOKE), "--set", "model.dtype=float12"],
+        "--set model.dtype=float12: model.dtype",
+    ),
+    "run: no file": (["run", "nowhere.yaml"], "study file not found"),
+    "run: override without value": (["run", str(SMOKE), "--set", "model"], "KEY.PATH=VALUE"),
+    "run: zero threads": (["run", str(SMOKE), "--threads", "0"], "--threads"),
+    "run: unknown option": (["run", str(SMOKE), "--colour"], "No such option"),
+    "status: no store": (["status", "nowhere.zarr"], "no patchwork store"),
+    "verify: no store": (["verify", "nowhere.zarr"], "nowhere.zarr"),
+    "locate: no store": (["locate", "nowhere.zarr"], "no patchwork store"),
+    "plot: no store": (["plot", "nowhere.zarr", "--out", "figures"], "no patchwork store"),
+    "unknown command": (["analyse"], "No such command"),
+    "testbed eval: unknown checkpoint": (["testbed", "eval", "testbd"], "testbd"),
+    "testbed eval: no samples": (["testbed", "eval", "testbed", "--samples", "0"], "--samples"),
+    "testbed train: window past the last layer": (
+        ["testbed", "train", "--out", "x", "--video-access-layers", "4-9"],
+        "--video-access-layers",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ARGUMENTS))
+def test_every_command_says_a_mistake_in_one_line_with_exit_2(case: str, tmp_path: Path) -> None:
+    args, expected = BAD_ARGUMENTS[case]
+    result = subprocess.run(
+        [sys.executable, "-m", "patchwork", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    line = one_line(result)
+    assert line.startswith("error: ")
+    assert expected in line
+    assert not (tmp_path / "x").exists()
+
+
+def test_layer_ranges_are_written_as_in_study_files() -> None:
+    from patchwork.testbed.windows import parse_layer_span
+
+    assert parse_layer_span("4-5", 8, "--x") == parse_layer_span("4:5", 8, "--x") == (4, 5)
+    with pytest.raises(Exception, match="FIRST:LAST"):
+        parse_layer_span("4/5", 8, "--x")
+
+
+def test_version() -> None:
+    result = patchwork("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"patchwork {__import__('patchwork').__version__}"
+
+
+LIGHT_COMMANDS = {
+    "help": ["--help"],
+    "validate": ["validate", str(SMOKE)],
+    "status": ["status", "{store}"],
+    "locate": ["locate", "{store}", "--resamples", "50"],
+    "plot": ["plot", "{store}", "--out", "{out}", "--resamples", "20", "--image-format", "png"],
+}
+
+PROBE = """
+import json, sys
+from patchwork.__main__ import main
+sys.argv = ["patchwork", *json.loads(sys.argv[1])]
+try:
+    main()
+except SystemExit as exit:
+    code = exit.code
+heavy = [name for name in {heavy!r} if name in sys.modules]
+print("PROBE", json.dumps({{"code": code, "heavy": heavy}}))
+"""
+
+
+@pytest.mark.parametrize("command", sorted(LIGHT_COMMANDS))
+def test_light_commands_start_without_torch(
+    command: str, finished_store: Path, tmp_path: Path
+) -> None:
+    args = [a.format(store=finished_store, out=tmp_path) for a in LIGHT_COMMANDS[command]]
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
+    report = json.loads(result.stdout.split("PROBE", 1)[1])
+    assert report["code"] == 0, result.stderr
+    assert report["heavy"] == [], f"{command} imported {report['heavy']}"
+
+
+def test_overrides_are_validated_hashed_and_recorded(tmp_path: Path) -> None:
+    text = study_text(layers=2, samples=2)
+    plain = parse_study(text)
+    overridden = parse_study(text, overrides=["execution.batch_size=3", "dataset.samples=4"])
+    assert (overridden.execution.batch_size, overridden.dataset.samples) == (3, 4)
+    assert study_hash(overridden) != study_hash(plain)
+    # threads change speed, not results: a run may resume with another count
+    assert study_hash(parse_study(text, overrides=["execution.threads=2"])) == study_hash(plain)
+
+    result = patchwork(
+        "run", _write(tmp_path, text), "--store", str(tmp_path), "--samples", "4", "--threads", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    results = open_results(tmp_path / "tiny.zarr")
+    assert results.sizes["sample"] == 4
+    assert results.attrs["overrides"] == ["execution.threads=1", "dataset.samples=4"]
+    assert results.attrs["config_sha256"] == study_hash(
+        parse_study(text, overrides=["dataset.samples=4"])
+    )
+    # the same overrides resume; dropping one is a different study, and the message says which
+    again = patchwork("run", _write(tmp_path, text), "--store", str(tmp_path), "--samples", "4")
+    assert again.returncode == 0, again.stderr
+    assert "0 units run, 2 already done" in " ".join(again.stdout.split())
+    refused = patchwork("run", _write(tmp_path, text), "--store", str(tmp_path))
+    assert refused.returncode == 2
+    assert "changed: dataset.samples" in one_line(refused)
+
+
+def test_store_variables_describe_themselves(finished_store: Path) -> None:
+    results = open_results(finished_store)
+    for name in ("effect", "baseline", "null_effect"):
+        assert results[name].attrs["units"] == "1"
+        assert (
+            "clean" in results[name].attrs["long_name"]
+            or "unpatched" in (results[name].attrs["long_name"])
+        )
+    assert "another sample" in results["null_effect"].attrs["long_name"]
+    # opened without dask: a reduction prints numbers
+    mean = results["effect"].sel(metric="normalized_effect").mean("sample")
+    assert type(mean.data).__module__ == "numpy"
+
+
+def test_a_position_group_empty_everywhere_is_reported(tmp_path: Path) -> None:
+    text = study_text(layers=2, samples=2, groups="[audio, image, answer]")
+    notes: list[str] = []
+    run_study(parse_study(text), store_root=tmp_path, on_note=notes.append)
+    assert notes == [
+        "position group 'image' has no position in any sample run here: its effects are those "
+        "of an empty patch"
+    ]
+
+
+def test_media_outside_the_testbeds_training_are_reported(tmp_path: Path) -> None:
+    import torch
+
+    from patchwork.testbed.model import outside_training
+
+    trained = {
+        "feature_attention_mask": torch.ones(1, 40, dtype=torch.long),
+        "video_grid_thw": torch.tensor([[1, 8, 8]]),
+    }
+    assert outside_training(trained, "s0") == []
+    long_clip = {**trained, "feature_attention_mask": torch.ones(1, 300, dtype=torch.long)}
+    big_picture = {**trained, "video_grid_thw": torch.tensor([[1, 16, 16]])}
+    assert outside_training(long_clip, "s0") == [
+        "s0: audio of 3.00 s; the testbed was trained on 0.4 s clips — its answers on these "
+        "are untested"
+    ]
+    assert outside_training(big_picture, "s0") == [
+        "s0: pictures of 64×64 pixels; the testbed was trained on 32×32 — its answers on these "
+        "are untested"
+    ]
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _done_units(store: Path) -> int:
+    try:
+        group = zarr.open_group(store, mode="r", zarr_format=3)
+        done = group["random_init"]["done"][:]  # type: ignore[index]
+    except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
+        return 0
+    return int(done.sum())
+
+
+def _interrupt(args: list[str], when: object, timeout: float = 240) -> tuple[int, str, str]:
+    """Run ``patchwork ARGS``, send SIGINT once ``when()`` holds; return (code, out, err)."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "patchwork", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    deadline = time.monotonic() + timeout
+    while not when() and child.poll() is None and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    return child.returncode, out, err
+
+
+def test_ctrl_c_while_loading_is_one_line_and_writes_no_results(tmp_path: Path) -> None:
+    study = _write(tmp_path, study_text(layers=2, samples=4))
+    started = time.monotonic()
+    code, _, err = _interrupt(
+        ["run", study, "--store", str(tmp_path)], lambda: time.monotonic() - started > 1.0
+    )
+    assert code == 130, err
+    assert [line for line in err.splitlines() if line.strip()] == ["interrupted"]
+    assert _done_units(tmp_path / "tiny.zarr") == 0
+
+
+def test_ctrl_c_during_the_sweep_keeps_finished_units_and_resumes(tmp_path: Path) -> None:
+    study = _write(tmp_path, study_text(layers=3, samples=40, unit_size=2))
+    store = tmp_path / "tiny.zarr"
+    code, _, err = _interrupt(["run", study, "--store", str(tmp_path)], lambda: _done_units(store))
+    assert code == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: "), err
+    done_units = int(lines[0].split()[1].split("/")[0])
+    assert lines[0] == f"interrupted: {done_units}/20 units done; re-run to resume"
+    assert 1 <= done_units < 20
+    assert _done_units(store) == 2 * done_units  # the message counts what the store holds
+
+    resumed = patchwork("run", study, "--store", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr
+    summary = " ".join(resumed.stdout.split())
+    assert f"{20 - done_units} units run, {done_units} already done" in summary
+    assert bool(open_results(store)["done"].all())
