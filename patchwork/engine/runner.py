@@ -185,20 +185,24 @@ def run_study(
             units are done; finished units stay in the store and a re-run resumes after them.
     """
     started = time.perf_counter()
+    note = on_note or (lambda _: None)
     if progress:
         on_start, on_unit = _notebook_progress(study.name, on_start, on_unit)
     check_unlocked(store_path(study, store_root))  # before the model loads
-    prepared = prepare(study, store_root)
-    for note in prepared.notes:
-        if on_note:
-            on_note(note)
-    with store_lock(prepared.store):
-        store_seconds, pending, present = _run_units(
-            prepared, store_root, executor, fresh, on_start, on_unit, on_note
-        )
+    threads = torch.get_num_threads()
+    try:
+        prepared = prepare(study, store_root)
+        for line in prepared.notes:
+            note(line)
+        with store_lock(prepared.store):
+            store_seconds, pending, present = _run_units(
+                prepared, store_root, executor, fresh, on_start, on_unit, note
+            )
+    finally:
+        torch.set_num_threads(threads)  # the caller's setting, as it was
     for group in prepared.requested_groups():
-        if pending and group not in present and on_note:
-            on_note(
+        if pending and group not in present:
+            note(
                 f"position group {group!r} has no position in any sample run here: its effects "
                 "are those of an empty patch"
             )
@@ -214,7 +218,7 @@ def _run_units(
     fresh: bool,
     on_start: Start | None,
     on_unit: Report | None,
-    on_note: Note | None,
+    on_note: Note,
 ) -> tuple[float, list[tuple[int, int]], set[str]]:
     """Create or resume the store and compute every unit not yet done: (seconds spent writing,
     units computed, position groups present in their samples)."""
@@ -366,12 +370,11 @@ def _source_label(study: Study) -> str | None:
     return str(study.source_path.resolve()) if study.source_path else None
 
 
-def _remove_store(path: Path, on_note: Note | None) -> None:
+def _remove_store(path: Path, on_note: Note) -> None:
     if not (path / "zarr.json").exists():
         raise StoreError(f"{path} exists but is not a patchwork store; not removing it")
     done = sum(int(open_results(path, model)["done"].sum()) for model in _models(path))
-    if on_note:
-        on_note(f"--fresh: removing the existing store {path} ({done} finished samples)")
+    on_note(f"--fresh: removing the existing store {path} ({done} finished samples)")
     shutil.rmtree(path)
 
 

@@ -276,3 +276,28 @@ def test_ctrl_c_during_the_sweep_keeps_finished_units_and_resumes(tmp_path: Path
     summary = " ".join(resumed.stdout.split())
     assert f"{20 - done_units} units run, {done_units} already done" in summary
     assert bool(open_results(store)["done"].all())
+
+
+def test_run_study_draws_a_progress_bar_in_samples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = parse_study(study_text(layers=2, samples=4, unit_size=2))
+    seen: list[tuple[str, int, int]] = []
+    run_study(study, store_root=tmp_path, progress=True, on_start=lambda *a: seen.append(("s", *a)))
+    bar = capsys.readouterr().err
+    assert "tiny (0/4 done before)" in bar and "4/4" in bar and "sample/s" in bar
+    assert seen == [("s", 4, 4)]  # the caller's own callbacks still run
+    run_study(study, store_root=tmp_path, on_start=lambda *a: seen.append(("s", *a)))
+    assert seen[-1] == ("s", 4, 0)  # a resumed run has nothing left to compute
+
+
+def test_a_run_uses_the_studys_threads_and_gives_the_callers_back(tmp_path: Path) -> None:
+    import torch
+
+    text = study_text(layers=2, samples=2, unit_size=1)
+    during: list[int] = []
+    before = torch.get_num_threads()
+    study = parse_study(text, overrides=[f"execution.threads={before + 1}"])
+    run_study(study, store_root=tmp_path, on_unit=lambda _: during.append(torch.get_num_threads()))
+    assert during == [before + 1, before + 1]
+    assert torch.get_num_threads() == before
