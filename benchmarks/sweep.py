@@ -7,7 +7,7 @@ Methods, each in a fresh process (so peak memory is its own):
   patched layer and first patched position, reusing the target run's cached inputs, keys, values);
 - ``attribution``: gradient × activation-difference estimates (one forward, two backward passes),
   once per set of corrections: the default (``readout``), none (plain AtP), AtP*'s QK fix and
-  GradDrop (see :mod:`patchwork.interventions.atp_star`).
+  GradDrop (see :mod:`patchwork.patching.atp_star`).
 
 Models: the shipped default model (``testbed``) and a larger random-init Qwen2.5-Omni thinker
 (24 layers, hidden 512, > 512 tokens). Columns: wall time, ratio to naive, max |difference| of the
@@ -76,7 +76,7 @@ execution: {{batch_size: 32, unit_size: 8}}
 
 
 def samples_for(model: str, count: int, study, loaded):
-    from patchwork.data.generators import random_sample
+    from patchwork.loading.generators import random_sample
 
     if model == "testbed":
         from patchwork import testbed
@@ -149,9 +149,9 @@ def child(model: str, method_name: str, corrections: str, out: str, quick: bool)
     import torch
 
     torch.set_num_threads(1)
-    from patchwork.interventions.activation_patching import ActivationPatchingMethod
-    from patchwork.interventions.patching import Patcher
-    from patchwork.models.loading import load_model
+    from patchwork.loading.model import load_model
+    from patchwork.methods.activation_patching import ActivationPatchingMethod
+    from patchwork.patching.patcher import Patcher
     from patchwork.study import parse_study
 
     config = (QUICK if quick else MODELS)[model]
@@ -198,8 +198,8 @@ def floor_share(method, sample) -> float:
     """The share of naive's layer × position work that the patches can change: two full runs,
     then per condition the layers from its first and the positions from the first its patch
     changes (a patch that changes nothing: none)."""
-    from patchwork.interventions.activation_patching import first_change
-    from patchwork.interventions.patching import Patcher
+    from patchwork.methods.activation_patching import first_change
+    from patchwork.patching.patcher import Patcher
 
     patcher = Patcher(method.loaded.adapter)
     runs = {run: patcher.record(sample.runs[run], method.sites)[1] for run in method.runs()}
@@ -230,7 +230,7 @@ def store_share(quick: bool) -> dict[str, float]:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from patchwork.interventions.attribution import spearman as rank_correlation
+    from patchwork.patching.attribution import spearman as rank_correlation
 
     return rank_correlation(a.ravel(), b.ravel())
 

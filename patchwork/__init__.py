@@ -14,9 +14,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from patchwork._version import __version__
 from patchwork.errors import DataError, ModelError, PatchworkError, StoreError, StudyError
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from patchwork.engine.runner import RunSummary, run_study

@@ -39,7 +39,7 @@ METRIC_LABELS = {
 
 
 #: Smallest gap between the clean and the conflict logit difference with a defined normalized
-#: effect: :data:`patchwork.interventions.metrics.MIN_GAP` (copied, since that module needs torch).
+#: effect: :data:`patchwork.patching.metrics.MIN_GAP` (copied, since that module needs torch).
 MIN_GAP = 1e-6
 
 #: Reason of :func:`sample_coverage` for samples not marked done.

@@ -1,0 +1,7 @@
+"""Media and samples: decoded audio and frames (:mod:`~patchwork.data.media`,
+:mod:`~patchwork.data.video`), the media of one run (:class:`~patchwork.data.sample.RunMedia`), a
+sample's model inputs per run (:class:`~patchwork.data.sample.Sample`) and a lazily loaded list of
+samples (:class:`~patchwork.data.source.SampleSource`).
+
+Knows nothing of models: an adapter turns media into inputs. May import: ``errors``, ``study``.
+"""

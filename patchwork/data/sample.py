@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 ModelInputs = Mapping[str, torch.Tensor]
@@ -32,3 +33,22 @@ class Sample:
     audio_answer_id: int
     visual_answer_id: int
     meta: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunMedia:
+    """Decoded media of one run, before any model-specific feature extraction.
+
+    ``waveform``: mono float32 (n_samples,) at the adapter's ``sampling_rate``; ``frames``: uint8
+    RGB (n_frames, H, W, 3) sampled at ``fps``; ``image_features``: precomputed vision-tower
+    outputs (n_images, tokens, hidden) for families whose vision tower cannot run here.
+    """
+
+    waveform: np.ndarray | None = None
+    frames: np.ndarray | None = None
+    fps: float = 2.0
+    image_features: torch.Tensor | None = None
+    #: The soundtrack belongs to the video and is interleaved with its frames in time chunks.
+    audio_in_video: bool = False
+    #: The question as text (for adapters whose processor tokenizes the prompt itself).
+    question: str = ""

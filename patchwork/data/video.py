@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from patchwork.data import media
+from patchwork.data.sample import RunMedia
 from patchwork.errors import DataError
-from patchwork.models.adapter import RunMedia
 
 #: Frames per second sampled from a video (or assumed for still frames) unless a run gives ``fps``.
 DEFAULT_FPS = 2.0

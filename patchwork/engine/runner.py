@@ -24,9 +24,9 @@ from patchwork.data.sample import Sample
 from patchwork.data.source import SampleSource
 from patchwork.engine.lock import check_unlocked, store_lock
 from patchwork.errors import DataError, RunInterrupted, StoreError
-from patchwork.interventions.method import Method, method_registry
-from patchwork.interventions.patching import Patcher
-from patchwork.models.loading import LoadedModel, load_model
+from patchwork.loading.model import LoadedModel, load_model
+from patchwork.methods.method import Method, method_class
+from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import (
     ResultStore,
     SampleCoords,
@@ -129,9 +129,8 @@ def prepare(study: Study, store_root: Path | None = None) -> Prepared:
     root = Path(store_root) if store_root is not None else Path("store")
     store = store_path(study, store_root)
     loaded = load_model(study.model, study.where("model"))
-    registry = method_registry()
     methods = tuple(
-        registry[spec.kind](spec, index, study, loaded)
+        method_class(spec.kind)(spec, index, study, loaded)
         for index, spec in enumerate(study.interventions)
     )
     root.mkdir(parents=True, exist_ok=True)  # generated media are written under it, briefly
@@ -307,10 +306,10 @@ def run_unit_task(task: UnitTask, start: int, stop: int) -> tuple[int, int, froz
 def load_samples(study: Study, loaded: LoadedModel, media_root: Path | None = None) -> SampleSource:
     """The study's samples, from its generator or its manifest."""
     if study.dataset.manifest is not None:
-        from patchwork.data.manifest import load_manifest
+        from patchwork.loading.manifest import load_manifest
 
         return SampleSource.from_list(load_manifest(study, loaded))
-    from patchwork.data.generators import generate_samples
+    from patchwork.loading.generators import generate_samples
 
     return generate_samples(study, loaded, media_root=media_root)
 

@@ -9,37 +9,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
-from patchwork.data.sample import ModelInputs
+from patchwork.data.sample import ModelInputs, RunMedia
 from patchwork.errors import ModelError
 
 POSITION_GROUPS = ("audio", "video", "image", "text", "answer", "all")
-
-
-@dataclass(frozen=True)
-class RunMedia:
-    """Decoded media of one run, before any model-specific feature extraction.
-
-    ``waveform``: mono float32 (n_samples,) at the adapter's ``sampling_rate``; ``frames``: uint8
-    RGB (n_frames, H, W, 3) sampled at ``fps``; ``image_features``: precomputed vision-tower
-    outputs (n_images, tokens, hidden) for families whose vision tower cannot run here.
-    """
-
-    waveform: np.ndarray | None = None
-    frames: np.ndarray | None = None
-    fps: float = 2.0
-    image_features: torch.Tensor | None = None
-    #: The soundtrack belongs to the video and is interleaved with its frames in time chunks.
-    audio_in_video: bool = False
-    #: The question as text (for adapters whose processor tokenizes the prompt itself).
-    question: str = ""
 
 
 def _attribute(root: Any, dotted: str) -> Any:

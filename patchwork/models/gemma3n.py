@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from patchwork.data.sample import ModelInputs
+from patchwork.data.sample import ModelInputs, RunMedia
 from patchwork.errors import DataError, ModelError
-from patchwork.models.adapter import ModelAdapter, RunMedia, _attribute, text_and_answer
+from patchwork.models.adapter import ModelAdapter, _attribute, text_and_answer
 
 
 def gemma3n_without_vision_class() -> type[Any]:

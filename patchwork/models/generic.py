@@ -23,9 +23,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from patchwork.data.sample import ModelInputs
+from patchwork.data.sample import ModelInputs, RunMedia
 from patchwork.errors import DataError, ModelError
-from patchwork.models.adapter import ModelAdapter, RunMedia, _attribute, text_and_answer
+from patchwork.models.adapter import ModelAdapter, _attribute, text_and_answer
 from patchwork.study.schema import GenericSpec, parse_id_ranges
 
 

@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from patchwork.data import media
-from patchwork.data.sample import ModelInputs
+from patchwork.data.sample import ModelInputs, RunMedia
 from patchwork.errors import DataError, ModelError
-from patchwork.models.adapter import ModelAdapter, RunMedia, load_thinker, text_and_answer
+from patchwork.models.adapter import ModelAdapter, load_thinker, text_and_answer
 
 
 def audio_token_count(mel_frames: int) -> int:

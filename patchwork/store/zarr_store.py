@@ -292,7 +292,7 @@ def provenance(
     import torch
     import transformers
 
-    import patchwork
+    from patchwork._version import __version__
 
     return {
         "study_name": study_name,
@@ -301,7 +301,7 @@ def provenance(
         "config_sha256": config_sha256,
         "git_commit": _git_commit(),
         "versions": {
-            "patchwork": patchwork.__version__,
+            "patchwork": __version__,
             "python": platform.python_version(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,

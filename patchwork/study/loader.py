@@ -16,11 +16,10 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML, MappingNode, Node, SequenceNode
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from patchwork.errors import StudyError
-from patchwork.study.schema import Study
-
-FieldPath = tuple[str | int, ...]
-
+from patchwork import plugins
+from patchwork.errors import PatchworkError, StudyError
+from patchwork.study.locations import FieldPath, dotted, format_location
+from patchwork.study.schema import PluginIntervention, Study
 
 #: Fields that change how fast a run goes, never what it computes: outside the study hash.
 NOT_HASHED: dict[str, Any] = {"description": True, "execution": {"threads"}}
@@ -77,7 +76,32 @@ def parse_study(text: str, source: Path | None = None, overrides: Iterable[str] 
     study._text = text
     study._lines = lines
     study._overrides = overrides
+    _check_plugin_entries(study)
     return study
+
+
+def _check_plugin_entries(study: Study) -> None:
+    """Validate each intervention of another package's method by that method's ``spec_model``
+    (this imports the plug-in; studies of patchwork's own methods import nothing)."""
+    for index, entry in enumerate(study.interventions):
+        if not isinstance(entry, PluginIntervention):
+            continue
+        try:
+            model = getattr(plugins.load(plugins.METHODS, entry.kind), "spec_model", None)
+        except PatchworkError as error:
+            raise StudyError(f"{study.where('interventions', index, 'kind')}: {error}") from None
+        if model is None:
+            continue
+        try:
+            spec = model.model_validate(entry.model_dump())
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = study.where("interventions", index, *first["loc"])
+            raise StudyError(f"{where}: {_describe(first)}") from None
+        for run in getattr(spec, "run_names", ()):
+            if run not in study.runs:
+                where = study.where("interventions", index)
+                raise StudyError(f"{where}: names run {run!r}, not one of {list(study.runs)}")
 
 
 def parse_override(text: str) -> tuple[FieldPath, object]:
@@ -112,7 +136,7 @@ def describe_changes(stored_text: str, study: Study, stored_overrides: Iterable[
     old = stored.model_dump(mode="json", by_alias=True, exclude=NOT_HASHED)
     new = study.model_dump(mode="json", by_alias=True, exclude=NOT_HASHED)
     changed = _differences(old, new, ())
-    return "changed: " + ", ".join(_dotted(path) for path in changed) if changed else ""
+    return "changed: " + ", ".join(dotted(path) for path in changed) if changed else ""
 
 
 def _differences(old: object, new: object, path: FieldPath) -> list[FieldPath]:
@@ -129,28 +153,6 @@ def _differences(old: object, new: object, path: FieldPath) -> list[FieldPath]:
             for d in _differences(a, b, (*path, i))
         ]
     return [] if old == new else [path]
-
-
-def format_location(
-    source: Path | None, lines: Mapping[FieldPath, int], field_path: Iterable[str | int]
-) -> str:
-    """'file:line: a.b[0].c' using the deepest prefix of the path whose line is known."""
-    field_path = tuple(field_path)
-    line = None
-    for depth in range(len(field_path), -1, -1):
-        line = lines.get(field_path[:depth])
-        if line is not None:
-            break
-    label = str(source) if source else "<study>"
-    location = f"{label}:{line}" if line is not None else label
-    return f"{location}: {_dotted(field_path)}" if field_path else location
-
-
-def _dotted(field_path: FieldPath) -> str:
-    text = ""
-    for part in field_path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
 
 
 def _describe(error: Mapping) -> str:
@@ -230,7 +232,7 @@ def _override_of(overridden: Mapping[FieldPath, str], field_path: FieldPath) -> 
     """'--set a.b=v: a.b' when the invalid field is (inside) an override's value."""
     for path, override in overridden.items():
         if field_path[: len(path)] == path:
-            return f"--set {override}: {_dotted(field_path)}"
+            return f"--set {override}: {dotted(field_path)}"
     return None
 
 

@@ -11,7 +11,18 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from patchwork import plugins
 
 Component = Literal["residual", "attention", "mlp"]
 PositionGroup = Literal["audio", "video", "image", "text", "answer", "all"]
@@ -112,8 +123,11 @@ class GenericSpec(_Strict):
 class ModelSpec(_Strict):
     """Which model, and how to load it."""
 
-    family: Literal["qwen2_5_omni", "qwen3_omni", "gemma3n", "generic"] = Field(
-        "qwen2_5_omni", description="The adapter: which architecture family this model is."
+    family: str = Field(
+        "qwen2_5_omni",
+        description="The adapter: which architecture family this model is — qwen2_5_omni, "
+        "qwen3_omni, gemma3n, generic, or one another package registers (entry point "
+        "'patchwork.families').",
     )
     checkpoint: str | None = Field(
         None,
@@ -132,6 +146,14 @@ class ModelSpec(_Strict):
     trust_remote_code: bool = Field(
         False, description="Let transformers run code shipped with the checkpoint. Off by default."
     )
+
+    @field_validator("family")
+    @classmethod
+    def _family_is_installed(cls, family: str) -> str:
+        installed = plugins.names(plugins.FAMILIES)
+        if family not in installed:
+            raise ValueError(f"unknown model family; installed: {', '.join(installed)}")
+        return family
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -382,9 +404,52 @@ class BaseComparison(_Strict):
         return self.runs
 
 
+class PluginIntervention(BaseModel):
+    """An intervention of a method another package registers (entry point 'patchwork.methods'):
+    its other keys are checked by that method's own ``spec_model`` when the study loads."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        if kind not in plugins.names(plugins.METHODS):
+            installed = ", ".join(plugins.names(plugins.METHODS))
+            raise ValueError(f"unknown intervention kind; installed: {installed}")
+        return kind
+
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        return ()
+
+
+#: patchwork's own study kinds; any other kind is a plug-in's.
+BUILT_IN_KINDS = {
+    "activation_patching",
+    "attention_knockout",
+    "logit_lens",
+    "attention_share",
+    "probes",
+    "base_comparison",
+}
+
+
+def _kind_tag(value: object) -> str:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return str(kind) if kind in BUILT_IN_KINDS else "plugin"
+
+
 Intervention = Annotated[
-    ActivationPatching | AttentionKnockout | LogitLens | AttentionShare | Probes | BaseComparison,
-    Field(discriminator="kind"),
+    Annotated[ActivationPatching, Tag("activation_patching")]
+    | Annotated[AttentionKnockout, Tag("attention_knockout")]
+    | Annotated[LogitLens, Tag("logit_lens")]
+    | Annotated[AttentionShare, Tag("attention_share")]
+    | Annotated[Probes, Tag("probes")]
+    | Annotated[BaseComparison, Tag("base_comparison")]
+    | Annotated[PluginIntervention, Tag("plugin")],
+    Discriminator(_kind_tag),
 ]
 
 
@@ -482,6 +547,6 @@ class Study(_Strict):
 
     def where(self, *field_path: str | int) -> str:
         """'file:line: field.path' for messages; the line of the nearest enclosing key known."""
-        from patchwork.study.loader import format_location
+        from patchwork.study.locations import format_location
 
         return format_location(self._source, self._lines, field_path)

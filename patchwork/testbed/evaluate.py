@@ -209,7 +209,7 @@ def answer_patching_sweep(
     A quick localization check of where the picture overrides the sound (the full sweeps live in
     :mod:`patchwork.interventions`).
     """
-    from patchwork.testbed.windows import decoder_layers
+    from patchwork.models.blocks import decoder_layers
 
     layers = decoder_layers(model)
     sound = torch.tensor([s.audio_answer_id for s in samples])

@@ -181,6 +181,7 @@ def load(checkpoint_dir: str | Path, attention: str = "sdpa") -> tuple[torch.nn.
     """
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
+    from patchwork.models import blocks
     from patchwork.testbed import windows
 
     directory = Path(checkpoint_dir)
@@ -199,7 +200,7 @@ def load(checkpoint_dir: str | Path, attention: str = "sdpa") -> tuple[torch.nn.
     config: Any = model.config
     rules = windows.rules_from_meta(meta.get("windows"), config.text_config.num_hidden_layers)
     if rules:
-        windows.install(model, rules, windows.modality_token_ids(model.config))
+        blocks.install(model, rules, blocks.modality_token_ids(model.config))
     return model, tokenizer
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from patchwork.data import media
+from patchwork.models import blocks
 from patchwork.testbed import model as testbed_model
 from patchwork.testbed import windows, world
 
@@ -242,7 +243,7 @@ def train(
         model_config: Any = model.config
         rules = windows.rules_from_meta(window_meta, model_config.text_config.num_hidden_layers)
         if rules:
-            windows.install(model, rules, windows.modality_token_ids(model.config))
+            blocks.install(model, rules, blocks.modality_token_ids(model.config))
         torch.manual_seed(config.seed)
         losses = run_stage(
             model,

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from patchwork.analysis import AnalysisError, SampleCoverage, locate, synthetic_results
-from patchwork.analysis.commands import excluded_lines, located_as_json, parse_floor
 from patchwork.analysis.results import GAP_TOO_SMALL
 from patchwork.cli import _register_subcommands, app
+from patchwork.cli.analysis import excluded_lines, located_as_json, parse_floor
 
 from .conftest import ZERO_GAP_SAMPLE
 

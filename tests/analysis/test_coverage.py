@@ -141,6 +141,6 @@ def test_a_complete_store_says_n_without_of() -> None:
 
 
 def test_min_gap_is_the_one_the_metrics_use() -> None:
-    from patchwork.interventions import metrics
+    from patchwork.patching import metrics
 
     assert metrics.MIN_GAP == MIN_GAP

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from patchwork import ModelError
-from patchwork.data.generators import random_sample
-from patchwork.models.loading import RANDOM_SPECIALS, load_model
+from patchwork.loading.generators import random_sample
+from patchwork.loading.model import RANDOM_SPECIALS, load_model
 from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter, audio_token_count
 from patchwork.study.schema import ModelSpec, RandomInit, RunSpec
 

@@ -11,17 +11,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patchwork.data.generators import random_sample
-from patchwork.interventions.atp_star import (
+from patchwork.loading.generators import random_sample
+from patchwork.loading.model import load_model
+from patchwork.models.attention import project, recorded_attention
+from patchwork.patching.atp_star import (
     deltas,
     graddrop_magnitudes,
     qk_corrections,
     readout_corrections,
 )
-from patchwork.interventions.attribution import linearize, site_changes
-from patchwork.interventions.patching import Patcher, sweep_conditions
-from patchwork.models.attention import project, recorded_attention
-from patchwork.models.loading import load_model
+from patchwork.patching.attribution import linearize, site_changes
+from patchwork.patching.patcher import Patcher, sweep_conditions
 from patchwork.study.schema import ModelSpec, RandomInit, RunSpec
 
 from . import reference

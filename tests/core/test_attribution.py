@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from patchwork import open_results, parse_study, run_study
-from patchwork.data.generators import random_sample
-from patchwork.interventions.attribution import (
+from patchwork.loading.generators import random_sample
+from patchwork.loading.model import load_model
+from patchwork.patching.attribution import (
     condition_changes,
     linearize,
     site_changes,
     spearman,
 )
-from patchwork.interventions.patching import Patcher, sweep_conditions
-from patchwork.models.loading import load_model
+from patchwork.patching.patcher import Patcher, sweep_conditions
 from patchwork.study.schema import ModelSpec, RandomInit, RunSpec
 
 from . import reference

@@ -21,7 +21,7 @@ runner = CliRunner()
 
 def test_smoke_study_runs_end_to_end(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "patchwork.cli", "run", str(SMOKE), "--store", str(tmp_path)],
+        [sys.executable, "-m", "patchwork", "run", str(SMOKE), "--store", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,

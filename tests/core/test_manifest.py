@@ -119,8 +119,8 @@ def test_an_unreadable_audio_file_is_named(tmp_path: Path) -> None:
 
 def test_a_row_question_overrides_the_study_question(tmp_path: Path) -> None:
     from patchwork import load_study
-    from patchwork.data.manifest import load_manifest
-    from patchwork.models.loading import load_model
+    from patchwork.loading.manifest import load_manifest
+    from patchwork.loading.model import load_model
 
     make_media(tmp_path / "media")
     rows = manifest_rows()

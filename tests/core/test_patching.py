@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from patchwork import open_results, parse_study, run_study
-from patchwork.data.generators import random_sample
-from patchwork.interventions.metrics import answer_metrics
-from patchwork.interventions.patching import Patcher, sweep_conditions
-from patchwork.models.loading import load_model
+from patchwork.loading.generators import random_sample
+from patchwork.loading.model import load_model
+from patchwork.patching.metrics import answer_metrics
+from patchwork.patching.patcher import Patcher, sweep_conditions
 from patchwork.study.schema import ModelSpec, RandomInit, RunSpec
 
 from ..tolerance import normalized_effect_tolerance
@@ -153,7 +153,7 @@ def test_batched_conditions_equal_one_at_a_time(tiny_model) -> None:
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_resumed_patching_equals_full_traces(attention: str) -> None:
-    from patchwork.interventions.resume import ResumePatcher
+    from patchwork.patching.resume import ResumePatcher
 
     spec = ModelSpec(
         random_init=RandomInit(layers=3, hidden_size=32, heads=2, kv_heads=1, seed=4),
@@ -182,8 +182,8 @@ def test_reuse_does_not_change_stored_effects(tmp_path: Path) -> None:
 
 
 def test_a_batch_out_of_memory_is_halved_and_retried(tiny_model, monkeypatch) -> None:
-    from patchwork.interventions.activation_patching import _ExactRunner, first_change
-    from patchwork.interventions.metrics import answer_metrics as metrics_of
+    from patchwork.methods.activation_patching import _ExactRunner, first_change
+    from patchwork.patching.metrics import answer_metrics as metrics_of
 
     sample = random_sample(1, 0, RUNS, "what do you hear", tiny_model)
     patcher = Patcher(tiny_model.adapter)
@@ -223,9 +223,9 @@ def test_a_batch_out_of_memory_is_halved_and_retried(tiny_model, monkeypatch) ->
 def test_a_patch_that_changes_nothing_is_not_run(tiny_model, monkeypatch) -> None:
     """Patching a run with its own activations needs no run: every condition gets the target's
     metrics, and neither full traces nor resumed runs are started."""
-    from patchwork.interventions.activation_patching import _ExactRunner
-    from patchwork.interventions.metrics import answer_metrics as metrics_of
-    from patchwork.interventions.resume import ResumePatcher
+    from patchwork.methods.activation_patching import _ExactRunner
+    from patchwork.patching.metrics import answer_metrics as metrics_of
+    from patchwork.patching.resume import ResumePatcher
 
     sample = random_sample(1, 0, RUNS, "what do you hear", tiny_model)
     patcher = Patcher(tiny_model.adapter)

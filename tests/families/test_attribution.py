@@ -13,10 +13,10 @@ import torch
 from patchwork import load_study, open_results, run_study
 from patchwork.engine.runner import load_samples
 from patchwork.errors import StudyError
-from patchwork.interventions.attribution import condition_changes, linearize, site_changes
-from patchwork.interventions.metrics import answer_metrics
-from patchwork.interventions.patching import Patcher, sweep_conditions
-from patchwork.models.loading import load_model
+from patchwork.loading.model import load_model
+from patchwork.patching.attribution import condition_changes, linearize, site_changes
+from patchwork.patching.metrics import answer_metrics
+from patchwork.patching.patcher import Patcher, sweep_conditions
 
 from . import builders
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from patchwork.data import video
-from patchwork.models.loading import load_model
+from patchwork.loading.model import load_model
 from patchwork.models.qwen2_5_omni import chunk_bounds, fit_frames
 from patchwork.models.qwen3_omni import Qwen3OmniAdapter
 from patchwork.study.schema import ModelSpec

@@ -10,7 +10,7 @@ import pytest
 
 from patchwork import load_study, open_results, run_study
 from patchwork.engine.runner import load_samples
-from patchwork.models.loading import load_model
+from patchwork.loading.model import load_model
 
 from . import builders, reference
 

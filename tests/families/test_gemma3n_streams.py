@@ -11,8 +11,8 @@ import torch
 
 from patchwork import ModelError
 from patchwork.data import video
-from patchwork.interventions.patching import Condition, Patcher
-from patchwork.models.loading import load_model
+from patchwork.loading.model import load_model
+from patchwork.patching.patcher import Condition, Patcher
 from patchwork.study.schema import ModelSpec
 
 from . import reference
@@ -117,7 +117,7 @@ def test_merged_streams_are_what_the_final_norm_reads(loaded, family_root: Path)
 
 def test_audio_longer_than_30_seconds_is_refused(loaded) -> None:
     from patchwork import DataError
-    from patchwork.models.adapter import RunMedia
+    from patchwork.data.sample import RunMedia
 
     long_audio = RunMedia(
         waveform=np.zeros(31 * 16_000, np.float32), image_features=torch.zeros(1, 4, 16)

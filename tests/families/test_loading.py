@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from patchwork import ModelError
-from patchwork.models.loading import load_model
+from patchwork.loading.model import load_model
 from patchwork.study.schema import ModelSpec
 
 from . import checkpoints

@@ -10,7 +10,7 @@ import torch
 
 from patchwork import DataError, ModelError, PatchworkError, StudyError, load_study, run_study
 from patchwork.data import video
-from patchwork.models.loading import load_model
+from patchwork.loading.model import load_model
 from patchwork.study.schema import ModelSpec
 
 from . import builders
@@ -160,7 +160,7 @@ def test_text_before_the_media_marker_precedes_the_placeholders(
     tmp_path: Path, family_root: Path, checkpoint
 ) -> None:
     """A chat-template user turn goes before the media: ``question: "<turn> {media} …"``."""
-    from patchwork.data.manifest import load_manifest
+    from patchwork.loading.manifest import load_manifest
 
     rows = builders.family_rows("qwen2_5_omni", family_root / "media")[:1]
     rows[0]["question"] = "see the {media} what do you hear"
@@ -201,7 +201,7 @@ def test_clips_are_cut_to_a_common_length_and_size(family_root: Path) -> None:
 def test_a_csv_manifest_gives_the_same_runs_as_jsonl(
     tmp_path: Path, family_root: Path, checkpoint
 ) -> None:
-    from patchwork.data.manifest import load_manifest
+    from patchwork.loading.manifest import load_manifest
 
     media = family_root / "media"
     path = builders.family_study(tmp_path, "qwen3_omni", checkpoint("qwen3_omni"), media, True)

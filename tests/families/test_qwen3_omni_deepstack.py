@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from patchwork.data import video
-from patchwork.interventions.patching import Condition, Patcher
+from patchwork.loading.model import load_model
 from patchwork.models.adapter import ModelAdapter
-from patchwork.models.loading import load_model
+from patchwork.patching.patcher import Condition, Patcher
 from patchwork.study.schema import ModelSpec
 
 from . import reference

@@ -8,9 +8,9 @@ import pytest
 import xarray as xr
 
 from patchwork import open_results, parse_study, run_study
-from patchwork.data.generators import random_sample
 from patchwork.data.sample import Sample
-from patchwork.models.loading import LoadedModel, load_model
+from patchwork.loading.generators import random_sample
+from patchwork.loading.model import LoadedModel, load_model
 from patchwork.study.schema import Study
 
 from .helpers import study_text

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from patchwork.interventions import figures
-from patchwork.interventions.probes import probe_scores
+from patchwork.analysis import method_figures as figures
+from patchwork.methods.probes import probe_scores
 
 from .conftest import Stored
 

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patchwork.interventions.knockout import Knockout, generate_with_knockout
-from patchwork.models.loading import load_model
+from patchwork.loading.model import load_model
+from patchwork.methods.knockout import Knockout, generate_with_knockout
 from patchwork.study.schema import ModelSpec, RandomInit, RunSpec
 
 from ..tolerance import normalized_effect_tolerance
@@ -104,7 +104,7 @@ def test_rules_block_the_first_generated_token_and_the_next(attention: str) -> N
 
 
 def reference_sample(loaded, runs):
-    from patchwork.data.generators import random_sample
+    from patchwork.loading.generators import random_sample
 
     return random_sample(0, 3, runs, "what do you hear", loaded)
 
@@ -124,7 +124,7 @@ def test_labels_name_runs_of_layers() -> None:
     data=st.data(),
 )
 def test_blocked_pairs_are_exactly_the_rule_pairs(seq: int, data) -> None:
-    from patchwork.interventions.knockout import blocked_pairs
+    from patchwork.methods.knockout import blocked_pairs
 
     names = ("audio", "video", "text", "answer")
     owner = data.draw(st.lists(st.sampled_from(names[:3]), min_size=seq - 1, max_size=seq - 1))
@@ -156,7 +156,7 @@ def test_blocked_pairs_are_exactly_the_rule_pairs(seq: int, data) -> None:
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_blocking_everything_leaves_each_position_itself(attention: str) -> None:
-    from patchwork.interventions.knockout import knocked_out_logits
+    from patchwork.methods.knockout import knocked_out_logits
 
     loaded = load_model(
         ModelSpec(

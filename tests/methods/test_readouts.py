@@ -68,7 +68,7 @@ def test_attention_share_equals_hand_computed_weights(stored: Stored) -> None:
 
 
 def test_attention_share_leaves_the_attention_setting_alone(stored: Stored) -> None:
-    from patchwork.interventions.attention_share import attention_weights
+    from patchwork.methods.attention_share import attention_weights
 
     adapter = stored.loaded.adapter
     before = adapter.component(adapter.root, 0, "attention").config._attn_implementation
@@ -103,7 +103,7 @@ def test_probe_features_are_group_means_of_layer_outputs(stored: Stored) -> None
 
 
 def test_base_comparison_equals_two_plain_forwards(stored: Stored) -> None:
-    from patchwork.models.loading import load_model
+    from patchwork.loading.model import load_model
 
     results, thinker = stored.results, stored.loaded.model
     base_spec = stored.study.interventions[4].base.model_copy(

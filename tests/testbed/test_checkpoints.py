@@ -5,10 +5,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from patchwork.cli.testbed import register
 from patchwork.errors import ModelError
 from patchwork.testbed import checkpoint_path, evaluate, load
 from patchwork.testbed import model as testbed_model
-from patchwork.testbed.commands import register
 
 HEAR = ("what do you hear",)
 

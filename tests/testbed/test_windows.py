@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from patchwork.errors import PatchworkError
+from patchwork.models import blocks
 from patchwork.testbed import model as testbed_model
 from patchwork.testbed import windows, world
 from patchwork.testbed.samples import build_inputs, collate
@@ -19,7 +20,7 @@ def _random_windowed_model():
     tokenizer = testbed_model.build_tokenizer()
     model = testbed_model.build_model(tokenizer, seed=3).eval()
     rules = windows.planted_windows(8, VIDEO_SPAN, AUDIO_SPAN)
-    windows.install(model, rules, windows.modality_token_ids(model.config))
+    blocks.install(model, rules, blocks.modality_token_ids(model.config))
     return model, tokenizer
 
 
@@ -36,7 +37,7 @@ def _batch(tokenizer, rows=2):
 def test_eager_attention_puts_no_mass_on_blocked_pairs_and_matches_sdpa():
     model, tokenizer = _random_windowed_model()
     inputs = _batch(tokenizer)
-    groups = windows.position_groups(inputs["input_ids"], windows.modality_token_ids(model.config))
+    groups = blocks.position_groups(inputs["input_ids"], blocks.modality_token_ids(model.config))
     with torch.no_grad():
         sdpa_logits = model(**inputs).logits
         model.set_attn_implementation("eager")
@@ -81,11 +82,11 @@ def test_rows_of_a_batch_match_single_rows_and_nnsight_keeps_windows():
 
 def test_planted_windows_as_rules():
     rules = windows.planted_windows(8, (4, 5), None)
-    assert rules == (windows.BlockRule("text", "video", (0, 1, 2, 3, 6, 7)),)
+    assert rules == (blocks.BlockRule("text", "video", (0, 1, 2, 3, 6, 7)),)
     assert windows.planted_windows(8) == ()
     assert windows.rules_from_meta(None, 8) == ()
     with pytest.raises(ValueError, match="unknown position group"):
-        windows.BlockRule("speech", "video", (0,))
+        blocks.BlockRule("speech", "video", (0,))
 
 
 @pytest.mark.parametrize("text", ["4", "a:b", "5:4", "0:8", "-1:2"])
@@ -100,12 +101,12 @@ def test_mask_with_blocks_removes_exactly_the_blocked_pairs(query_len, extra_key
     key_len = query_len + extra_keys
     generator = torch.Generator().manual_seed(seed)
     blocked = torch.rand(2, query_len, key_len, generator=generator) < 0.3
-    built = windows.mask_with_blocks(None, blocked, additive=additive, dtype=torch.float32)
+    built = blocks.mask_with_blocks(None, blocked, additive=additive, dtype=torch.float32)
     allowed = built == 0 if additive else built
     causal = torch.ones(query_len, key_len, dtype=torch.bool).tril(extra_keys)
     assert torch.equal(allowed[:, 0], causal & ~blocked)
     given_mask = torch.where(causal, 0.0, torch.finfo(torch.float32).min)[None, None]
     before = given_mask.clone()
-    edited = windows.mask_with_blocks(given_mask, blocked, additive=True, dtype=torch.float32)
+    edited = blocks.mask_with_blocks(given_mask, blocked, additive=True, dtype=torch.float32)
     assert torch.equal(given_mask, before)  # never in place: eager shares the mask across layers
     assert torch.equal(edited[:, 0] == 0, causal & ~blocked)

@@ -28,17 +28,17 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from patchwork.interventions.attribution import (
+from patchwork.models.adapter import ModelAdapter, _attribute
+from patchwork.models.attention import project
+from patchwork.patching.attribution import (
     Cells,
     Linearization,
     condition_changes,
     site_changes,
     widened,
 )
-from patchwork.interventions.metrics import answer_metrics
-from patchwork.interventions.patching import Activations, Condition
-from patchwork.models.adapter import ModelAdapter, _attribute
-from patchwork.models.attention import project
+from patchwork.patching.metrics import answer_metrics
+from patchwork.patching.patcher import Activations, Condition
 
 #: Relative change of an activation, in units of its dtype's epsilon, below which a position
 #: counts as unchanged (float32: 1.2e-4).

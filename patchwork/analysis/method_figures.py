@@ -1,7 +1,7 @@
 """Figures of the knockout, logit-lens, attention-share, probe and base-comparison arrays.
 
 Every function reads a study store's dataset (``patchwork.open_results``) or, for probes, the
-output of :func:`~patchwork.interventions.probes.probe_scores`, and returns a
+output of :func:`~patchwork.methods.probes.probe_scores`, and returns a
 :class:`matplotlib.figure.Figure` built without pyplot (seaborn draws on its axes). Lines show the
 mean over samples with a 95% bootstrap interval (seaborn's default estimator).
 """

@@ -5,7 +5,7 @@ For a site (layer, component) with target activation ``a``, source activation ``
 metric by about ``Σ_{p∈P} (a'_p − a_p)·g_p``; a layer window sums its layers. One forward and one
 backward pass per metric give the estimate for every condition at once (Nanda 2023; Kramár et al.
 2024, "AtP*"). The estimate is linear: saturated attention, the final norm and cancelling paths make
-it err. :mod:`patchwork.interventions.atp_star` corrects the first two; ``attribution+verify``
+it err. :mod:`patchwork.patching.atp_star` corrects the first two; ``attribution+verify``
 patches the top conditions exactly and stores the agreement.
 """
 
@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from patchwork.data.sample import ModelInputs
-from patchwork.interventions.metrics import answer_metrics
-from patchwork.interventions.patching import Activations, Condition
 from patchwork.models.adapter import ModelAdapter, _attribute
 from patchwork.models.attention import AttentionRecord, recorded_attention
+from patchwork.patching.metrics import answer_metrics
+from patchwork.patching.patcher import Activations, Condition
 
 #: (layer, component, position_group) → estimated change of one metric.
 Cells = dict[tuple[int, str, str], float]

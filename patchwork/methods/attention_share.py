@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from patchwork.data.sample import ModelInputs, Sample
-from patchwork.interventions.method import Method
-from patchwork.interventions.patching import Patcher
+from patchwork.methods.method import Method
 from patchwork.models.adapter import ModelAdapter
 from patchwork.models.attention import decoder_attention
+from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import AttentionShare
 

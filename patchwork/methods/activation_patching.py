@@ -1,7 +1,7 @@
 """Activation patching as a study method: every (layer window, position group, component) cell.
 
 Stores ``effect`` and ``null_effect`` (sample, layer, position_group, component, metric) and
-``baseline`` (sample, run, metric); see :mod:`patchwork.interventions.metrics` for the metrics.
+``baseline`` (sample, run, metric); see :mod:`patchwork.patching.metrics` for the metrics.
 The noise floor patches sample i's target run with the source run of the next sample in the same
 unit (when their token layouts match); it stays NaN for a unit of one sample.
 """
@@ -18,13 +18,14 @@ import torch
 
 from patchwork.data.sample import Sample
 from patchwork.errors import DataError, StudyError
-from patchwork.interventions.atp_star import (
+from patchwork.methods.method import Method
+from patchwork.patching.atp_star import (
     deltas,
     graddrop_magnitudes,
     qk_corrections,
     readout_corrections,
 )
-from patchwork.interventions.attribution import (
+from patchwork.patching.attribution import (
     Cells,
     Linearization,
     condition_changes,
@@ -32,10 +33,9 @@ from patchwork.interventions.attribution import (
     site_changes,
     spearman,
 )
-from patchwork.interventions.method import Method
-from patchwork.interventions.metrics import answer_metrics, metric_table
-from patchwork.interventions.patching import Activations, Condition, Patcher, sweep_conditions
-from patchwork.interventions.resume import ResumePatcher, first_position
+from patchwork.patching.metrics import answer_metrics, metric_table
+from patchwork.patching.patcher import Activations, Condition, Patcher, sweep_conditions
+from patchwork.patching.resume import ResumePatcher, first_position
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, ActivationPatching
 

@@ -21,9 +21,9 @@ import torch
 
 from patchwork.data.sample import Sample
 from patchwork.errors import StudyError
-from patchwork.interventions.method import Method
-from patchwork.interventions.patching import Patcher
+from patchwork.methods.method import Method
 from patchwork.models.adapter import ModelAdapter
+from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import LogitLens
 

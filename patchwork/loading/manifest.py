@@ -30,7 +30,7 @@ import torch
 from patchwork.data import video
 from patchwork.data.sample import Sample
 from patchwork.errors import DataError, PatchworkError
-from patchwork.models.loading import LoadedModel
+from patchwork.loading.model import LoadedModel
 from patchwork.study.schema import Study
 
 REQUIRED = ("id", "audio_answer", "visual_answer", "runs")

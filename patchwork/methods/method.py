@@ -3,7 +3,9 @@
 A method is built from its study entry, the study and the loaded model; it checks what depends on
 the model (layer ranges …), declares the arrays it stores (first dimension always ``sample``) and
 computes them for a block of samples. The engine knows nothing else about it, so a new method is a
-new module plus one line in :func:`method_registry`.
+new module plus one entry point (``patchwork.methods`` in ``pyproject.toml``; see
+:mod:`patchwork.plugins`). A method from another package also names the pydantic model of its
+study entry (:attr:`Method.spec_model`), which the study loader checks with file and line.
 """
 
 from __future__ import annotations
@@ -13,21 +15,28 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel
 
+from patchwork import plugins
 from patchwork.data.sample import Sample
 from patchwork.errors import StudyError
-from patchwork.interventions.patching import Patcher
-from patchwork.models.loading import LoadedModel
+from patchwork.loading.model import LoadedModel
+from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
-from patchwork.study.schema import Study
+from patchwork.study.schema import PluginIntervention, Study
 
 
 class Method(ABC):
     """One intervention entry of a study, bound to the loaded model."""
 
     kind: ClassVar[str]
+    #: The study entry's model, for a method from another package (patchwork's own are in
+    #: :mod:`patchwork.study.schema`); its entry arrives validated by it.
+    spec_model: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, spec: Any, index: int, study: Study, loaded: LoadedModel) -> None:
+        if isinstance(spec, PluginIntervention) and self.spec_model is not None:
+            spec = self.spec_model.model_validate(spec.model_dump())
         self.spec = spec
         self.index = index
         self.study = study
@@ -71,21 +80,12 @@ class Method(ABC):
         """This method's arrays for a block of samples, each shaped ``variable.shape(len)``."""
 
 
-def method_registry() -> dict[str, type[Method]]:
-    """Every method by study ``kind``."""
-    from patchwork.interventions.activation_patching import ActivationPatchingMethod
-    from patchwork.interventions.attention_share import AttentionShareMethod
-    from patchwork.interventions.base_comparison import BaseComparisonMethod
-    from patchwork.interventions.knockout import AttentionKnockoutMethod
-    from patchwork.interventions.logit_lens import LogitLensMethod
-    from patchwork.interventions.probes import ProbesMethod
+def method_class(kind: str) -> type[Method]:
+    """The method registered for study ``kind`` (entry point ``patchwork.methods``)."""
+    method: type[Method] = plugins.load(plugins.METHODS, kind)
+    return method
 
-    methods: tuple[type[Method], ...] = (
-        ActivationPatchingMethod,
-        AttentionKnockoutMethod,
-        LogitLensMethod,
-        AttentionShareMethod,
-        ProbesMethod,
-        BaseComparisonMethod,
-    )
-    return {method.kind: method for method in methods}
+
+def method_registry() -> dict[str, type[Method]]:
+    """Every installed method by study ``kind`` (imports them all)."""
+    return {kind: method_class(kind) for kind in plugins.names(plugins.METHODS)}

@@ -13,28 +13,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from patchwork import plugins
 from patchwork.errors import ModelError
 from patchwork.models.adapter import ModelAdapter
-from patchwork.models.gemma3n import Gemma3nAdapter
 from patchwork.models.generic import GenericAdapter
-from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter, seeded_thinker
-from patchwork.models.qwen3_omni import Qwen3OmniAdapter
+from patchwork.models.qwen2_5_omni import seeded_thinker
 from patchwork.study.schema import ModelSpec, RandomInit
 
-ADAPTERS: dict[str, type[ModelAdapter]] = {
-    adapter.family: adapter
-    for adapter in (Qwen25OmniAdapter, Qwen3OmniAdapter, Gemma3nAdapter, GenericAdapter)
-}
 #: Files whose presence in a checkpoint directory means it ships a tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def adapter_class(spec: ModelSpec) -> type[ModelAdapter]:
-    """The adapter of ``spec.family`` (a generic one carries the study's declared paths)."""
-    if spec.family == "generic":
+    """The adapter registered as ``spec.family`` (entry point ``patchwork.families``); a generic
+    one carries the study's declared paths."""
+    adapter: type[ModelAdapter] = plugins.load(plugins.FAMILIES, spec.family)
+    if issubclass(adapter, GenericAdapter):
         assert spec.generic is not None
-        return GenericAdapter.declare(spec.generic, spec.trust_remote_code)
-    return ADAPTERS[spec.family]
+        return adapter.declare(spec.generic, spec.trust_remote_code)
+    return adapter
 
 
 #: Token ids of a random-init thinker: specials at the top of its vocabulary.

@@ -18,7 +18,7 @@ import torch
 
 from patchwork.data.sample import Sample
 from patchwork.data.source import SampleInfo, SampleSource
-from patchwork.models.loading import RANDOM_SPECIALS, LoadedModel
+from patchwork.loading.model import RANDOM_SPECIALS, LoadedModel
 from patchwork.models.qwen2_5_omni import audio_token_count
 from patchwork.study.schema import RunSpec, Study
 

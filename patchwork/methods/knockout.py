@@ -5,7 +5,7 @@ A rule without ``window`` is one knockout (all its layers blocked together); wit
 is a sweep, one knockout per first layer ``l`` in its ``layers`` blocking ``l … l+k−1`` (clipped
 at the last layer). Every knockout is one row of a batched forward: a pre-hook on each decoder
 layer's attention replaces the attention mask by one with that row's blocked pairs removed, through
-:func:`patchwork.testbed.windows.mask_with_blocks` (sdpa's ``None`` mask becomes a full causal one;
+:func:`patchwork.models.blocks.mask_with_blocks` (sdpa's ``None`` mask becomes a full causal one;
 eager's shared additive mask is never edited in place). Hooks stack on top of planted windows.
 
 Position groups are the adapter's: ``answer`` is the last prompt position — the query that
@@ -32,13 +32,14 @@ import torch
 
 from patchwork.data.sample import ModelInputs, Sample
 from patchwork.errors import DataError, StudyError
-from patchwork.interventions.method import Method
-from patchwork.interventions.metrics import answer_metrics, metric_table
-from patchwork.interventions.patching import Patcher
+from patchwork.methods.method import Method
+from patchwork.models import blocks
 from patchwork.models.adapter import ModelAdapter
+from patchwork.models.blocks import with_blocked_mask
+from patchwork.patching.metrics import answer_metrics, metric_table
+from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, AttentionKnockout
-from patchwork.testbed.windows import with_blocked_mask
 
 
 @dataclass(frozen=True)
@@ -146,20 +147,18 @@ def generate_with_knockout(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy generation (Qwen2.5-Omni thinkers) with ``rules`` active in prefill and decoding.
 
-    Groups are read from the token ids on every step (:mod:`patchwork.testbed.windows`), so
+    Groups are read from the token ids on every step (:mod:`patchwork.models.blocks`), so
     ``answer`` is the last prompt position in the prefill and each generated position after it
     (there ``text`` covers every non-modality position, the answer included). Returns the
     generated ids (1, max_new_tokens) and each step's logits (max_new_tokens, vocab).
     """
-    from patchwork.testbed import windows
-
     block_rules = [
-        windows.BlockRule(query, key, knockout.layers)
+        blocks.BlockRule(query, key, knockout.layers)
         for knockout in rules
         for query in knockout.queries
         for key in knockout.keys
     ]
-    hooks = windows.install(model, block_rules, windows.modality_token_ids(model.config))
+    hooks = blocks.install(model, block_rules, blocks.modality_token_ids(model.config))
     try:
         with torch.no_grad():
             out = model.generate(  # type: ignore[operator]

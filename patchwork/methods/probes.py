@@ -22,8 +22,8 @@ import torch
 import xarray as xr
 
 from patchwork.data.sample import Sample
-from patchwork.interventions.method import Method
-from patchwork.interventions.patching import Patcher
+from patchwork.methods.method import Method
+from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import Probes
 

@@ -1,8 +1,6 @@
-"""The ``patchwork`` command line: thin wrappers over the library, one readable line per error.
-
-Exit codes: 0 success; 2 a mistake the user can fix (a :class:`~patchwork.errors.PatchworkError`
-or a bad argument), printed as one line; 130 interrupted (Ctrl-C), printed as one line saying what
-was kept; 1 a bug in patchwork (with its traceback).
+"""The ``patchwork`` command line: thin wrappers over the library, one readable line per error
+(exit codes in :mod:`patchwork.cli.output`). This module holds the app and the commands that
+drive a run; :mod:`patchwork.cli.analysis` and :mod:`patchwork.cli.testbed` add the others.
 
 Only ``run`` and the ``testbed`` commands load torch, transformers and nnsight; ``--help``,
 ``validate``, ``status``, ``locate`` and ``plot`` start without them.
@@ -10,19 +8,18 @@ Only ``run`` and the ``testbed`` commands load torch, transformers and nnsight; 
 
 from __future__ import annotations
 
-import functools
-import importlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from patchwork.errors import PatchworkError
-
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+from patchwork.cli.output import (
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    console,
+    one_line,
+    user_errors,
+)
 
 app = typer.Typer(
     name="patchwork",
@@ -31,38 +28,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-errors = Console(stderr=True)
-
-#: Modules that add their own commands (they live beside the code they drive).
-SUBCOMMAND_MODULES = ("patchwork.analysis.commands", "patchwork.testbed.commands")
-
-
-def fail(message: str, code: int) -> typer.Exit:
-    """Print ``message`` as one line on stderr; the exit to raise."""
-    return typer.Exit(code=_one_line(message, code))
-
-
-def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """A :class:`PatchworkError` becomes one line and exit code 2; Ctrl-C one line and 130."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except PatchworkError as error:
-            raise fail(f"error: {error}", EXIT_USER_ERROR) from None
-        except KeyboardInterrupt as error:
-            raise fail(
-                f"interrupted: {error}" if str(error) else "interrupted", EXIT_INTERRUPTED
-            ) from None
-
-    return wrapper
 
 
 def _version(value: bool) -> None:
     if value:
-        from patchwork import __version__
+        from patchwork._version import __version__
 
         typer.echo(f"patchwork {__version__}")
         raise typer.Exit()
@@ -320,14 +290,12 @@ def open_results_any(store: Path) -> Any:
 
 
 def _register_subcommands() -> None:
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
-            continue
-        module.register(app)
+    """``locate`` and ``plot`` (:mod:`patchwork.cli.analysis`), ``testbed …``
+    (:mod:`patchwork.cli.testbed`)."""
+    from patchwork.cli import analysis, testbed
+
+    analysis.register(app)
+    testbed.register(app)
 
 
 def main() -> None:
@@ -336,7 +304,7 @@ def main() -> None:
         _register_subcommands()
         code = app(prog_name="patchwork", standalone_mode=False)
     except (KeyboardInterrupt, typer.Abort):
-        raise SystemExit(_one_line("interrupted", EXIT_INTERRUPTED)) from None
+        raise SystemExit(one_line("interrupted", EXIT_INTERRUPTED)) from None
     except typer.TyperException as error:  # bad arguments, unknown commands and options
         context = getattr(error, "ctx", None)
         command = context.command_path if context is not None else "patchwork"
@@ -344,13 +312,8 @@ def main() -> None:
         code = getattr(error, "exit_code", EXIT_USER_ERROR)
         if not message.strip():  # no arguments: the help was shown
             raise SystemExit(code) from None
-        raise SystemExit(_one_line(f"error: {message} (see {command} --help)", code)) from None
+        raise SystemExit(one_line(f"error: {message} (see {command} --help)", code)) from None
     raise SystemExit(code if isinstance(code, int) else 0)
-
-
-def _one_line(message: str, code: int) -> int:
-    errors.print(" ".join(message.split()), highlight=False, soft_wrap=True, markup=False)
-    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

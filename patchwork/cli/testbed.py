@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         help="The embedded default model (a small Qwen2.5-Omni).",
         no_args_is_help=True,
     )
-    from patchwork.cli import user_errors
+    from patchwork.cli.output import user_errors
 
     group.command("train")(user_errors(train_command))
     group.command("eval")(user_errors(eval_command))

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from patchwork.data.sample import ModelInputs
-from patchwork.interventions.patching import Activations, Condition
 from patchwork.models.adapter import ModelAdapter, _attribute
 from patchwork.models.attention import GROUPED_SDPA, decoder_attention, decoder_implementation
+from patchwork.patching.patcher import Activations, Condition
 
 
 @dataclass

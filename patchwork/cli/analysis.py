@@ -33,7 +33,7 @@ ResamplesOption = Annotated[int, typer.Option("--resamples", help="Bootstrap res
 
 def open_store(path: Path, model: str | None = None) -> Any:
     """Open a results store as an :class:`xarray.Dataset` (raises ``StoreError`` if missing)."""
-    from patchwork import open_results
+    from patchwork.store.zarr_store import open_results
 
     return open_results(path, model)
 
@@ -99,7 +99,7 @@ def _plain(value: Any) -> Any:
 
 def register(app: typer.Typer) -> None:
     """Add ``locate`` and ``plot`` to the ``patchwork`` command line."""
-    from patchwork.cli import user_errors
+    from patchwork.cli.output import user_errors
 
     @app.command()
     @user_errors

@@ -19,9 +19,9 @@ import torch
 
 from patchwork.data.sample import ModelInputs, Sample
 from patchwork.errors import StudyError
-from patchwork.interventions.method import Method
-from patchwork.interventions.patching import Patcher
-from patchwork.models.loading import LoadedModel, load_model
+from patchwork.loading.model import LoadedModel, load_model
+from patchwork.methods.method import Method
+from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import BaseComparison
 
