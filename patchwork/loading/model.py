@@ -79,18 +79,27 @@ class LoadedModel:
 
 
 def load_model(spec: ModelSpec, study_where: str = "model") -> LoadedModel:
-    """Load what ``spec`` describes, in eval mode, on its device and dtype."""
+    """Load what ``spec`` describes, in eval mode, on its device and dtype.
+
+    The dtype is applied as transformers' ``from_pretrained(dtype=…)`` applies it — never by
+    casting the loaded model, which would also cast the buffers transformers keeps in float32
+    (rotary frequencies, sinusoidal positions) and so change the model.
+    """
     adapter_type = adapter_class(spec)
     dtype = getattr(torch, spec.dtype)
     tokenizer = None
     source = None
     if spec.random_init is not None:
         model: nn.Module = random_thinker(spec.random_init, spec.attention)
+        if dtype != torch.float32:
+            model = _as_loaded(model, dtype, spec.attention)
         name = "random_init"
     elif spec.checkpoint is not None and spec.checkpoint.startswith("testbed"):
         from patchwork import testbed
 
-        model, tokenizer = testbed.load(testbed.checkpoint_path(spec.checkpoint))
+        model, tokenizer = testbed.load(
+            testbed.checkpoint_path(spec.checkpoint), spec.attention, dtype
+        )
         name = spec.checkpoint
     else:
         source = Path(spec.checkpoint or "")
@@ -98,7 +107,7 @@ def load_model(spec: ModelSpec, study_where: str = "model") -> LoadedModel:
         tokenizer = _tokenizer(source, spec, study_where)
         name = source.name
     try:
-        model = model.to(device=torch.device(spec.device), dtype=dtype).eval()
+        model = model.to(device=torch.device(spec.device)).eval()
     except (RuntimeError, AssertionError) as error:
         raise ModelError(
             f"{study_where}.device: cannot use device {spec.device!r} ({error})"
@@ -112,6 +121,18 @@ def load_model(spec: ModelSpec, study_where: str = "model") -> LoadedModel:
             raise ModelError(f"{study_where}.{error}") from None
     is_testbed = name.startswith("testbed") if source is None else _is_testbed(source)
     return LoadedModel(model, adapter, name, tokenizer, testbed=is_testbed)
+
+
+def _as_loaded(model: nn.Module, dtype: torch.dtype, attention: str) -> nn.Module:
+    """``model`` saved and loaded back by transformers in ``dtype`` (what a checkpoint of it
+    would give)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)  # type: ignore[operator]
+        return type(model).from_pretrained(  # type: ignore[attr-defined,no-any-return]
+            folder, dtype=dtype, attn_implementation=attention, local_files_only=True
+        )
 
 
 def _is_testbed(path: Path) -> bool:
@@ -177,7 +198,7 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
     if _is_testbed(path):
         from patchwork import testbed
 
-        return testbed.load(path)[0]
+        return testbed.load(path, spec.attention, getattr(torch, spec.dtype))[0]
     if not any(path.glob("*.safetensors")):
         raise ModelError(
             f"{where}.checkpoint: {path} holds no *.safetensors weights (pickled weights are "

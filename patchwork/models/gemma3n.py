@@ -76,7 +76,8 @@ def gemma3n_without_vision_class() -> type[Any]:
             if image_features is not None:
                 config: Any = self.config
                 scale = config.vision_config.hidden_size**0.5
-                embedded = self.model.embed_vision(inputs_embeds=image_features * scale)
+                features = image_features.to(self.model.embed_vision.embedding_projection.weight)
+                embedded = self.model.embed_vision(inputs_embeds=features * scale)
                 kwargs["mm_encoder_outputs"] = {
                     "image": BaseModelOutputWithPooling(pooler_output=embedded)
                 }

@@ -173,8 +173,13 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load(checkpoint_dir: str | Path, attention: str = "sdpa") -> tuple[torch.nn.Module, Tokenizer]:
+def load(
+    checkpoint_dir: str | Path, attention: str = "sdpa", dtype: torch.dtype = torch.float32
+) -> tuple[torch.nn.Module, Tokenizer]:
     """Load a testbed checkpoint in eval mode, planted windows (if declared) installed.
+
+    ``dtype`` is applied as transformers' ``from_pretrained`` applies it (rotary frequencies and
+    other buffers it keeps in float32 stay float32).
 
     The windows are forward pre-hooks, so they stay active under ``nnsight.NNsight`` wrapping, for
     batches of several rows, and after ``set_attn_implementation``.
@@ -192,7 +197,11 @@ def load(checkpoint_dir: str | Path, attention: str = "sdpa") -> tuple[torch.nn.
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     try:
         model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-            directory, use_safetensors=True, local_files_only=True, attn_implementation=attention
+            directory,
+            use_safetensors=True,
+            local_files_only=True,
+            attn_implementation=attention,
+            dtype=dtype,
         )
     except OSError as error:
         raise ModelError(f"cannot load testbed checkpoint {directory}: {error}") from None
