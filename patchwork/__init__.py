@@ -5,8 +5,8 @@ conflicting picture) into a conflict run, layer by layer and position group by p
 and store every effect as chunked Zarr arrays that open in xarray.
 
 The names below are imported on first use, so ``import patchwork`` (and the command line's
-``--help``, ``validate``, ``status``, ``locate`` and ``plot``) never loads torch, transformers or
-nnsight; only running a study does.
+``--help``, ``validate --schema-only``, ``status``, ``locate`` and ``plot``) never loads torch,
+transformers or nnsight; running or fully validating a study does.
 """
 
 from __future__ import annotations

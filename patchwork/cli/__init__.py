@@ -2,8 +2,9 @@
 (exit codes in :mod:`patchwork.cli.output`). This module holds the app and the commands that
 drive a run; :mod:`patchwork.cli.analysis` and :mod:`patchwork.cli.testbed` add the others.
 
-Only ``run`` and the ``testbed`` commands load torch, transformers and nnsight; ``--help``,
-``validate``, ``status``, ``locate`` and ``plot`` start without them.
+Only ``run``, ``validate`` (which builds the model on the meta device) and the ``testbed`` commands
+load torch, transformers and nnsight; ``--help``, ``validate --schema-only``, ``status``,
+``locate`` and ``plot`` start without them.
 """
 
 from __future__ import annotations
@@ -79,12 +80,28 @@ def overrides(assignments: list[str] | None = None, **short_forms: object) -> li
 def validate(
     study: Annotated[Path, typer.Argument(help="A study YAML file.")],
     assignments: SetOption = None,
+    schema_only: Annotated[
+        bool,
+        typer.Option(
+            "--schema-only", help="Check the file against the schema only (no torch, instant)."
+        ),
+    ] = False,
 ) -> None:
-    """Check a study file against the schema (no model is loaded)."""
+    """Check a study as `run` would before computing — schema, checkpoint, layer ranges, media,
+    manifest rows, words — without loading the model's weights."""
     from patchwork.study import load_study
 
     loaded = load_study(study, overrides(assignments))
-    console.print(f"[green]ok[/] {study}: study {loaded.name!r} is valid")
+    if not schema_only:
+        from patchwork.engine.runner import check_study
+
+        prepared = check_study(loaded)
+        console.print(
+            f"[green]ok[/] {study}: study {loaded.name!r} is valid for {prepared.loaded.name} "
+            f"({prepared.loaded.adapter.num_layers} layers, {len(prepared.samples)} samples)"
+        )
+        return
+    console.print(f"[green]ok[/] {study}: study {loaded.name!r} matches the schema")
 
 
 @app.command()

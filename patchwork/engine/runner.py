@@ -115,6 +115,14 @@ class Prepared:
         return tuple(dict.fromkeys(group for groups in named for group in groups))
 
 
+def check_study(study: Study) -> Prepared:
+    """Every check :func:`run_study` makes before it computes, without the model's weights: the
+    checkpoint's files and config, layer ranges, manifest rows and media files, token layouts and
+    placeholder counts, answer and question words. The model is built on the meta device (no
+    weights read, no memory); nothing is written."""
+    return prepare(study, weights=False)
+
+
 def store_path(study: Study, store_root: Path | None = None) -> Path:
     """Where ``study``'s store goes: ``store_root / study.store`` (default ``store/<name>.zarr``),
     refused when it would leave the store root."""
@@ -122,19 +130,22 @@ def store_path(study: Study, store_root: Path | None = None) -> Path:
     return resolve_store_path(root, study.store or Path(f"{study.name}.zarr"))
 
 
-def prepare(study: Study, store_root: Path | None = None) -> Prepared:
-    """Load the model and samples and check everything a run needs; writes nothing."""
+def prepare(study: Study, store_root: Path | None = None, weights: bool = True) -> Prepared:
+    """Load the model and samples and check everything a run needs; writes nothing.
+
+    ``weights=False`` builds the model from its config alone (see :func:`check_study`)."""
     torch.manual_seed(study.execution.seed)
     torch.set_num_threads(study.execution.threads)
     root = Path(store_root) if store_root is not None else Path("store")
     store = store_path(study, store_root)
-    loaded = load_model(study.model, study.where("model"))
+    loaded = load_model(study.model, study.where("model"), weights=weights)
     methods = tuple(
         method_class(spec.kind)(spec, index, study, loaded)
         for index, spec in enumerate(study.interventions)
     )
-    root.mkdir(parents=True, exist_ok=True)  # generated media are written under it, briefly
-    samples = load_samples(study, loaded, media_root=root)
+    if weights:
+        root.mkdir(parents=True, exist_ok=True)  # generated media are written under it, briefly
+    samples = load_samples(study, loaded, media_root=root if weights else None)
     size = study.execution.unit_size
     units = tuple(
         (start, min(start + size, len(samples))) for start in range(0, len(samples), size)

@@ -18,6 +18,7 @@ import torch
 
 from patchwork.data.sample import Sample
 from patchwork.data.source import SampleInfo, SampleSource
+from patchwork.errors import ModelError
 from patchwork.loading.model import RANDOM_SPECIALS, LoadedModel
 from patchwork.models.qwen2_5_omni import audio_token_count
 from patchwork.study.schema import RunSpec, Study
@@ -39,17 +40,22 @@ def generate_samples(
         directory = Path(named)
         checkpoint = directory if directory.is_dir() else testbed.checkpoint_path(named)
         with tempfile.TemporaryDirectory(prefix="patchwork-media-", dir=media_root) as media:
-            return SampleSource.from_list(
-                testbed.make_samples(
+            try:
+                samples = testbed.make_samples(
                     checkpoint, spec.samples, spec.seed, runs, study.question, Path(media)
                 )
-            )
+            except ModelError as error:
+                raise ModelError(f"{study.where('question')}: {error}") from None
+            return SampleSource.from_list(samples)
 
     def load(start: int, stop: int) -> list[Sample]:
-        return [
-            random_sample(index, spec.seed, study.runs, study.question, loaded)
-            for index in range(start, stop)
-        ]
+        try:
+            return [
+                random_sample(index, spec.seed, study.runs, study.question, loaded)
+                for index in range(start, stop)
+            ]
+        except ModelError as error:
+            raise ModelError(f"{study.where('question')}: {error}") from None
 
     infos = [random_info(index, spec.seed, loaded) for index in range(spec.samples)]
     return SampleSource(infos, load)

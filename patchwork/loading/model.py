@@ -56,9 +56,45 @@ class LoadedModel:
     tokenizer: Any = None
     testbed: bool = False
     """A testbed checkpoint: trained on one clip length and one picture size."""
+    has_weights: bool = True
+    """False for a model built from its config alone (meta device): checks only, no forwards."""
 
     def token_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` without special tokens (random-init models: one id per word)."""
+        """Token ids of ``text`` without special tokens (random-init models: one id per word).
+
+        Raises:
+            ModelError: when a word is not in the vocabulary (the tokenizer would map it to its
+                unknown token, and every metric on it would be meaningless).
+        """
+        ids = self._encode(text)
+        unknown = self._unknown_id()
+        if unknown is not None and unknown in ids:
+            words = [word for word in text.split() if unknown in self._encode(word)]
+            raise ModelError(
+                f"{words or [text]} not in the model's vocabulary (the tokenizer makes them its "
+                "unknown token)"
+            )
+        return ids
+
+    def answer_id(self, word: str) -> int:
+        """The single token id of an answer word, as the model would emit it: the word itself, or
+        with a leading space where only that variant is one token (BPE vocabularies).
+
+        Raises:
+            ModelError: when the word is unknown or neither variant is a single token.
+        """
+        ids = self.token_ids(word)
+        if len(ids) != 1 and self.tokenizer is not None:
+            spaced = self.token_ids(f" {word}")
+            ids = spaced if len(spaced) == 1 else ids
+        if len(ids) != 1:
+            raise ModelError(
+                f"answer {word!r} is {len(ids)} tokens for this model's tokenizer; answers must "
+                "be single tokens"
+            )
+        return ids[0]
+
+    def _encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
             vocab = self.adapter.config.text_config.vocab_size
             first = max(RANDOM_SPECIALS.values()) + 1
@@ -67,28 +103,31 @@ class LoadedModel:
             return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def answer_id(self, word: str) -> int:
-        """The single token id of an answer word; ModelError when it is not one token."""
-        ids = self.token_ids(word)
-        if len(ids) != 1:
-            raise ModelError(
-                f"answer {word!r} is {len(ids)} tokens for this model's tokenizer; answers must "
-                "be single tokens"
-            )
-        return ids[0]
+    def _unknown_id(self) -> int | None:
+        """The tokenizer's unknown-token id (None: every text has tokens, e.g. byte-level BPE)."""
+        if self.tokenizer is None:
+            return None
+        if hasattr(self.tokenizer, "unk_token_id"):  # transformers' tokenizers
+            return self.tokenizer.unk_token_id  # type: ignore[no-any-return]
+        unknown = getattr(self.tokenizer.model, "unk_token", None)  # a tokenizers.Tokenizer
+        return self.tokenizer.token_to_id(unknown) if unknown else None
 
 
-def load_model(spec: ModelSpec, study_where: str = "model") -> LoadedModel:
+def load_model(spec: ModelSpec, study_where: str = "model", weights: bool = True) -> LoadedModel:
     """Load what ``spec`` describes, in eval mode, on its device and dtype.
 
     The dtype is applied as transformers' ``from_pretrained(dtype=…)`` applies it — never by
     casting the loaded model, which would also cast the buffers transformers keeps in float32
-    (rotary frequencies, sinusoidal positions) and so change the model.
+    (rotary frequencies, sinusoidal positions) and so change the model. ``weights=False`` builds
+    the model from its config on the meta device instead (modules and shapes, no weights read, no
+    memory), with its tokenizer: what ``patchwork validate`` checks a study against.
     """
     adapter_type = adapter_class(spec)
     dtype = getattr(torch, spec.dtype)
     tokenizer = None
     source = None
+    if not weights:
+        return _without_weights(spec, study_where)
     if spec.random_init is not None:
         model: nn.Module = random_thinker(spec.random_init, spec.attention)
         if dtype != torch.float32:
@@ -121,6 +160,56 @@ def load_model(spec: ModelSpec, study_where: str = "model") -> LoadedModel:
             raise ModelError(f"{study_where}.{error}") from None
     is_testbed = name.startswith("testbed") if source is None else _is_testbed(source)
     return LoadedModel(model, adapter, name, tokenizer, testbed=is_testbed)
+
+
+def _without_weights(spec: ModelSpec, where: str) -> LoadedModel:
+    from patchwork.models.adapter import empty_model
+
+    adapter_type = adapter_class(spec)
+    if spec.random_init is not None:
+        with torch.device("meta"):
+            model = random_thinker(spec.random_init, spec.attention)
+        return LoadedModel(model, adapter_type(model), "random_init", has_weights=False)
+    import transformers
+
+    from patchwork.testbed.model import checkpoint_path, load_tokenizer
+
+    named = spec.checkpoint or ""
+    is_shipped = named.startswith("testbed")
+    path = checkpoint_path(named) if is_shipped else Path(named)
+    if not path.is_dir():
+        raise ModelError(f"{where}.checkpoint: no checkpoint directory at {path}")
+    if not _is_testbed(path) and not any(path.glob("*.safetensors")):
+        raise ModelError(
+            f"{where}.checkpoint: {path} holds no *.safetensors weights (pickled weights are "
+            "refused)"
+        )
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            path, local_files_only=True, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{where}.checkpoint: cannot read {path}/config.json ({error})") from None
+    if _is_testbed(path):
+        model = empty_model(transformers.Qwen2_5OmniThinkerForConditionalGeneration, config)
+        tokenizer: Any = load_tokenizer(path)
+    else:
+        try:
+            model = adapter_type.empty(path, config)
+        except ModelError as error:
+            raise ModelError(f"{where}.family: {error}") from None
+        tokenizer = _tokenizer(path, spec, where)
+    source = None if is_shipped else path
+    adapter = adapter_type(model, source)
+    if isinstance(adapter, GenericAdapter):
+        try:
+            adapter.check_paths()
+        except ModelError as error:
+            raise ModelError(f"{where}.{error}") from None
+    name = named if is_shipped else path.name
+    return LoadedModel(
+        model, adapter, name, tokenizer, testbed=_is_testbed(path), has_weights=False
+    )
 
 
 def _as_loaded(model: nn.Module, dtype: torch.dtype, attention: str) -> nn.Module:

@@ -48,7 +48,9 @@ class BaseComparisonMethod(Method):
         base_spec = self.spec.base.model_copy(
             update={"dtype": model.dtype, "device": model.device, "attention": model.attention}
         )
-        self.base: LoadedModel = load_model(base_spec, self.where("base"))
+        self.base: LoadedModel = load_model(
+            base_spec, self.where("base"), weights=self.loaded.has_weights
+        )
         vocab = _vocab_size(self.loaded.model)
         if _vocab_size(self.base.model) != vocab:
             raise StudyError(

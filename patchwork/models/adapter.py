@@ -29,21 +29,36 @@ def _attribute(root: Any, dotted: str) -> Any:
 
 
 def load_thinker(
-    thinker_class: Any, full_type: str, label: str, path: Path, config: Any, **options: Any
+    thinker_class: Any,
+    full_type: str,
+    label: str,
+    path: Path,
+    config: Any,
+    weights: bool = True,
+    **options: Any,
 ) -> nn.Module:
     """The thinker of an omni model from a thinker checkpoint (``<full_type>_thinker``) or from a
     full one (``<full_type>``, thinker weights under ``thinker.*``; its talker and vocoder are not
-    loaded — a full model's own ``from_pretrained`` would also unpickle speaker files)."""
-    if config.model_type == full_type:
-        return thinker_class.from_pretrained(
-            path, config=config.thinker_config, key_mapping={r"^thinker\.": ""}, **options
+    loaded — a full model's own ``from_pretrained`` would also unpickle speaker files).
+    ``weights=False`` builds it from the config on the meta device (:meth:`ModelAdapter.empty`)."""
+    if config.model_type not in (full_type, f"{full_type}_thinker"):
+        raise ModelError(
+            f"{path} is a {config.model_type!r} model, not a {label} one "
+            f"({full_type!r} or '{full_type}_thinker')"
         )
-    if config.model_type == f"{full_type}_thinker":
-        return thinker_class.from_pretrained(path, config=config, **options)
-    raise ModelError(
-        f"{path} is a {config.model_type!r} model, not a {label} one "
-        f"({full_type!r} or '{full_type}_thinker')"
-    )
+    full = config.model_type == full_type
+    thinker_config = config.thinker_config if full else config
+    if not weights:
+        return empty_model(thinker_class, thinker_config)
+    mapping = {"key_mapping": {r"^thinker\.": ""}} if full else {}
+    return thinker_class.from_pretrained(path, config=thinker_config, **mapping, **options)
+
+
+def empty_model(model_class: Any, config: Any) -> nn.Module:
+    """``model_class`` built from ``config`` on the meta device: its modules and shapes, no
+    weights read and no memory."""
+    with torch.device("meta"):
+        return model_class._from_config(config)  # type: ignore[no-any-return]
 
 
 class ModelAdapter(ABC):
@@ -77,6 +92,13 @@ class ModelAdapter(ABC):
     @abstractmethod
     def from_pretrained(cls, path: Path, config: Any, **options: Any) -> nn.Module:
         """Load a local checkpoint of this family (``options`` go to transformers)."""
+
+    @classmethod
+    def empty(cls, path: Path, config: Any) -> nn.Module:
+        """The model of a checkpoint built from its config on the meta device, without reading
+        its weights: enough for every check that needs only module paths and shapes
+        (``patchwork validate``)."""
+        raise ModelError(f"the {cls.family} adapter cannot build its model without the weights")
 
     @classmethod
     def resolve_root(cls, model: nn.Module) -> nn.Module:

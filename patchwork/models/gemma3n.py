@@ -28,7 +28,7 @@ from torch import nn
 
 from patchwork.data.sample import ModelInputs, RunMedia
 from patchwork.errors import DataError, ModelError
-from patchwork.models.adapter import ModelAdapter, _attribute, text_and_answer
+from patchwork.models.adapter import ModelAdapter, _attribute, empty_model, text_and_answer
 
 
 def gemma3n_without_vision_class() -> type[Any]:
@@ -97,6 +97,12 @@ class Gemma3nAdapter(ModelAdapter):
         if config.model_type != "gemma3n":
             raise ModelError(f"{path} is a {config.model_type!r} model, not a Gemma 3n one")
         return gemma3n_without_vision_class().from_pretrained(path, config=config, **options)
+
+    @classmethod
+    def empty(cls, path: Path, config: Any) -> nn.Module:
+        if config.model_type != "gemma3n":
+            raise ModelError(f"{path} is a {config.model_type!r} model, not a Gemma 3n one")
+        return empty_model(gemma3n_without_vision_class(), config)
 
     def batch_axis(self, component: str) -> int:
         return 1 if component == "residual" else 0

@@ -25,7 +25,7 @@ from torch import nn
 
 from patchwork.data.sample import ModelInputs, RunMedia
 from patchwork.errors import DataError, ModelError
-from patchwork.models.adapter import ModelAdapter, _attribute, text_and_answer
+from patchwork.models.adapter import ModelAdapter, _attribute, empty_model, text_and_answer
 from patchwork.study.schema import GenericSpec, parse_id_ranges
 
 
@@ -52,7 +52,8 @@ class GenericAdapter(ModelAdapter):
         return type(f"Declared{spec.architecture}Adapter", (cls,), attributes)
 
     @classmethod
-    def from_pretrained(cls, path: Path, config: Any, **options: Any) -> nn.Module:
+    def model_class(cls) -> Any:
+        """The transformers class the study names (``generic.architecture``)."""
         import transformers
 
         model_class = getattr(transformers, cls.spec.architecture, None)
@@ -60,7 +61,15 @@ class GenericAdapter(ModelAdapter):
             raise ModelError(
                 f"generic.architecture: transformers has no model class {cls.spec.architecture!r}"
             )
-        return model_class.from_pretrained(path, config=config, **options)
+        return model_class
+
+    @classmethod
+    def from_pretrained(cls, path: Path, config: Any, **options: Any) -> nn.Module:
+        return cls.model_class().from_pretrained(path, config=config, **options)  # type: ignore[no-any-return]
+
+    @classmethod
+    def empty(cls, path: Path, config: Any) -> nn.Module:
+        return empty_model(cls.model_class(), config)
 
     @classmethod
     def resolve_root(cls, model: nn.Module) -> nn.Module:

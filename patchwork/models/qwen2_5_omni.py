@@ -108,6 +108,12 @@ class Qwen25OmniAdapter(ModelAdapter):
         return load_thinker(Thinker, "qwen2_5_omni", "Qwen2.5-Omni", path, config, **options)
 
     @classmethod
+    def empty(cls, path: Path, config: Any) -> nn.Module:
+        from transformers import Qwen2_5OmniThinkerForConditionalGeneration as Thinker
+
+        return load_thinker(Thinker, "qwen2_5_omni", "Qwen2.5-Omni", path, config, weights=False)
+
+    @classmethod
     def resolve_root(cls, model: nn.Module) -> nn.Module:
         thinker = getattr(model, "thinker", None)
         return thinker if thinker is not None else model

@@ -62,6 +62,12 @@ class Qwen3OmniAdapter(Qwen25OmniAdapter):
 
         return load_thinker(Thinker, "qwen3_omni_moe", "Qwen3-Omni", path, config, **options)
 
+    @classmethod
+    def empty(cls, path: Path, config: Any) -> nn.Module:
+        from transformers import Qwen3OmniMoeThinkerForConditionalGeneration as Thinker
+
+        return load_thinker(Thinker, "qwen3_omni_moe", "Qwen3-Omni", path, config, weights=False)
+
     def _token_ids(self) -> dict[str, int]:
         config = self.config
         return {

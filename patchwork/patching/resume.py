@@ -73,10 +73,16 @@ class ResumePatcher:
 
     @staticmethod
     def applicable(adapter: ModelAdapter, inputs: ModelInputs) -> bool:
-        """True when this adapter opts in and the run has no padding."""
+        """True when this adapter opts in, the run has no padding and no decoder layer attends
+        through a sliding window shorter than the run (the resumed layers use a full causal
+        mask; such runs take full traces, which transformers masks itself)."""
         mask = inputs.get("attention_mask")
         no_padding = mask is None or bool(mask.all())
-        return bool(getattr(adapter, "supports_resume", False)) and no_padding
+        text = getattr(adapter.config, "text_config", adapter.config)
+        window = getattr(text, "sliding_window", None)
+        sliding = "sliding_attention" in (getattr(text, "layer_types", None) or ())
+        windowed = sliding and window is not None and inputs["input_ids"].shape[-1] > window
+        return bool(getattr(adapter, "supports_resume", False)) and no_padding and not windowed
 
     def prepare(self, target: ModelInputs, sites: Iterable[tuple[int, str]] = ()) -> TargetCache:
         """One full forward of the target run, keeping each layer's input, the rotary position

@@ -191,10 +191,7 @@ def load(
 
     directory = Path(checkpoint_dir)
     meta = read_meta(directory)
-    tokenizer_path = directory / "tokenizer.json"
-    if not tokenizer_path.is_file():
-        raise ModelError(f"testbed checkpoint {directory} has no tokenizer.json")
-    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    tokenizer = load_tokenizer(directory)
     try:
         model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
             directory,
@@ -211,6 +208,14 @@ def load(
     if rules:
         blocks.install(model, rules, blocks.modality_token_ids(model.config))
     return model, tokenizer
+
+
+def load_tokenizer(directory: Path) -> Tokenizer:
+    """The word-level tokenizer saved beside a testbed checkpoint."""
+    path = Path(directory) / "tokenizer.json"
+    if not path.is_file():
+        raise ModelError(f"testbed checkpoint {directory} has no tokenizer.json")
+    return Tokenizer.from_file(str(path))
 
 
 def checkpoint_path(name: str = "testbed") -> Path:

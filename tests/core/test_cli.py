@@ -52,7 +52,7 @@ def test_smoke_study_runs_end_to_end(tmp_path: Path) -> None:
 def test_validate_accepts_a_good_study() -> None:
     result = runner.invoke(app, ["validate", str(SMOKE)])
     assert result.exit_code == 0
-    assert "valid" in result.stdout
+    assert "valid for random_init (4 layers, 8 samples)" in " ".join(result.stdout.split())
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -77,12 +77,19 @@ BAD_STUDIES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_STUDIES))
-def test_bad_input_is_one_line_exit_2_and_no_store(tmp_path: Path, case: str) -> None:
+#: ``validate`` catches every mistake ``run`` does but the store path (a run's store root).
+COMMANDS = [(case, "run") for case in sorted(BAD_STUDIES)] + [
+    (case, "validate") for case in sorted(BAD_STUDIES) if case != "store outside root"
+]
+
+
+@pytest.mark.parametrize(("case", "command"), COMMANDS)
+def test_bad_input_is_one_line_exit_2_and_no_store(tmp_path: Path, case: str, command: str) -> None:
     edit, expected = BAD_STUDIES[case]
     study = write(tmp_path, edit(study_text()))
     store = tmp_path / "store"
-    result = runner.invoke(app, ["run", str(study), "--store", str(store)])
+    args = ["--store", str(store)] if command == "run" else []
+    result = runner.invoke(app, [command, str(study), *args])
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,7 @@ def test_version() -> None:
 
 LIGHT_COMMANDS = {
     "help": ["--help"],
-    "validate": ["validate", str(SMOKE)],
+    "validate --schema-only": ["validate", str(SMOKE), "--schema-only"],
     "status": ["status", "{store}"],
     "locate": ["locate", "{store}", "--resamples", "50"],
     "plot": ["plot", "{store}", "--out", "{out}", "--resamples", "20", "--image-format", "png"],
@@ -231,8 +232,10 @@ def _done_units(store: Path) -> int:
     return int(done.sum())
 
 
-def _interrupt(args: list[str], when: object, timeout: float = 240) -> tuple[int, str, str]:
-    """Run ``patchwork ARGS``, send SIGINT once ``when()`` holds; return (code, out, err)."""
+def _interrupt(
+    args: list[str], when: Callable[[int], bool], timeout: float = 240
+) -> tuple[int, str, str]:
+    """Run ``patchwork ARGS``, send SIGINT once ``when(pid)`` holds; return (code, out, err)."""
     child = subprocess.Popen(
         [sys.executable, "-m", "patchwork", *args],
         stdout=subprocess.PIPE,
@@ -241,19 +244,25 @@ def _interrupt(args: list[str], when: object, timeout: float = 240) -> tuple[int
         env=ENV,
     )
     deadline = time.monotonic() + timeout
-    while not when() and child.poll() is None and time.monotonic() < deadline:  # type: ignore[operator]
-        time.sleep(0.05)
+    while not when(child.pid) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert child.poll() is None, "the command ended before it could be interrupted"
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=60)
     return child.returncode, out, err
 
 
+def _loading_torch(pid: int) -> bool:
+    """The process has begun loading torch's libraries: the run is past its start, loading."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
 def test_ctrl_c_while_loading_is_one_line_and_writes_no_results(tmp_path: Path) -> None:
     study = _write(tmp_path, study_text(layers=2, samples=4))
-    started = time.monotonic()
-    code, _, err = _interrupt(
-        ["run", study, "--store", str(tmp_path)], lambda: time.monotonic() - started > 1.0
-    )
+    code, _, err = _interrupt(["run", study, "--store", str(tmp_path)], _loading_torch)
     assert code == 130, err
     assert [line for line in err.splitlines() if line.strip()] == ["interrupted"]
     assert _done_units(tmp_path / "tiny.zarr") == 0
@@ -262,7 +271,9 @@ def test_ctrl_c_while_loading_is_one_line_and_writes_no_results(tmp_path: Path) 
 def test_ctrl_c_during_the_sweep_keeps_finished_units_and_resumes(tmp_path: Path) -> None:
     study = _write(tmp_path, study_text(layers=3, samples=40, unit_size=2))
     store = tmp_path / "tiny.zarr"
-    code, _, err = _interrupt(["run", study, "--store", str(tmp_path)], lambda: _done_units(store))
+    code, _, err = _interrupt(
+        ["run", study, "--store", str(tmp_path)], lambda pid: _done_units(store) > 0
+    )
     assert code == 130, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("interrupted: "), err

@@ -271,3 +271,39 @@ def test_grouped_sdpa_is_sdpa_with_repeated_keys(boolean: bool) -> None:
         scale=0.3,
     )
     torch.testing.assert_close(output, expected.transpose(1, 2))
+
+
+def test_sliding_window_layers_take_full_traces(tmp_path: Path) -> None:
+    """The resumed path's full causal mask would let a sliding-window layer see too far back; such
+    runs are not resumed, and the exact path then equals the model's own masking."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration as Thinker
+
+    from patchwork.methods.activation_patching import _ExactRunner
+    from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter
+    from patchwork.patching.resume import ResumePatcher
+
+    spec = RandomInit(layers=3, hidden_size=32, heads=2, kv_heads=1, seed=4)
+    plain = load_model(ModelSpec(random_init=spec))
+    sample = random_sample(2, 1, RUNS, "what do you hear", plain)
+    conflict, clean_run = sample.runs["conflict"], sample.runs["clean"]
+    assert conflict["input_ids"].shape[-1] > 8
+    assert ResumePatcher.applicable(plain.adapter, conflict)
+    text = plain.model.config.text_config
+    text.use_sliding_window, text.sliding_window = True, 8
+    text.layer_types = ["full_attention", "sliding_attention", "sliding_attention"]
+    plain.model.save_pretrained(tmp_path)
+    windowed = Qwen25OmniAdapter(Thinker.from_pretrained(tmp_path).eval())
+    assert not ResumePatcher.applicable(windowed, conflict)
+
+    patcher = Patcher(windowed)
+    conditions = sweep_conditions(range(3), 1, 3, GROUPS, COMPONENTS)
+    sites = {(layer, c.component) for c in conditions for layer in c.layers}
+    _, clean = patcher.record(clean_run, sites)
+    masks = windowed.position_groups(conflict["input_ids"])
+    full = patcher.patched(conflict, clean, conditions, masks)
+    resume = ResumePatcher(windowed)
+    forced = resume.patched(resume.prepare(conflict), clean, conditions, masks)
+    assert float((forced - full).abs().max()) > 1e-3  # resuming anyway would be wrong
+    runner = _ExactRunner(patcher, reuse=True, batch_size=64)
+    runner.start(conflict, masks, sites)
+    assert not runner.resumed  # the exact path took full traces

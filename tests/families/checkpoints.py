@@ -7,22 +7,31 @@ from pathlib import Path
 
 import torch
 
-WORDS = "what do you hear see the sound bark meow siren chirp dog cat bird car".split()
+WORDS = (
+    "what do you hear see the sound bark meow siren chirp dog cat bird car "
+    # the shipped studies' prompts, split at whitespace as this tokenizer splits them
+    "What hear? Answer with one word. user assistant model"
+).split()
+#: The chat templates' markers (Qwen and Gemma), special tokens after the words.
+CHAT = ("<|im_start|>", "<|im_end|>", "<bos>", "<start_of_turn>", "<end_of_turn>")
 
 
 def tokenizer(specials: dict[str, int], vocab_size: int, first_word: int):
-    """A word-level fast tokenizer: specials at the given ids, WORDS from ``first_word``."""
+    """A word-level fast tokenizer: specials at the given ids, WORDS from ``first_word``, then
+    the chat markers; any other word is its unknown token."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, **specials}
     for offset, word in enumerate(WORDS):
         vocab[word] = first_word + offset
+    chat = {marker: first_word + len(WORDS) + index for index, marker in enumerate(CHAT)}
+    vocab.update(chat)
     assert max(vocab.values()) < vocab_size
     model = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     model.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
-        tokenizer_object=model, unk_token="<unk>", additional_special_tokens=list(specials)
+        tokenizer_object=model, unk_token="<unk>", additional_special_tokens=[*specials, *chat]
     )
 
 
@@ -209,7 +218,7 @@ def qwen2_audio_checkpoint(folder: Path) -> Path:
         ),
         text_config=dict(
             model_type="qwen2",
-            vocab_size=32,
+            vocab_size=64,
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=2,
@@ -222,6 +231,6 @@ def qwen2_audio_checkpoint(folder: Path) -> Path:
     model.save_pretrained(folder)
     extractor = WhisperFeatureExtractor(feature_size=32, sampling_rate=16_000, chunk_length=3)
     Qwen2AudioProcessor(
-        feature_extractor=extractor, tokenizer=tokenizer(specials, 32, 8)
+        feature_extractor=extractor, tokenizer=tokenizer(specials, 64, 8)
     ).save_pretrained(folder)
     return folder
