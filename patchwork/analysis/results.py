@@ -284,3 +284,60 @@ def used_samples(
     if coverage.used == 0:
         raise AnalysisError(f"no done sample has a usable {metric}: {coverage}")
     return results.isel(sample=~np.logical_or.reduce(list(masks.values()))), coverage
+
+
+@dataclass(frozen=True)
+class BaselineReport:
+    """Do the unpatched runs show the behaviour a study looks for? Over the samples marked done:
+    how many clean runs prefer the audio answer (logit difference > 0) and how many conflict runs
+    prefer the picture's (< 0), and the ids of the samples that do not."""
+
+    done: int
+    clean_prefers_audio: int
+    conflict_prefers_picture: int
+    flagged: Mapping[str, tuple[str, ...]]
+
+    def describe(self) -> str:
+        """E.g. ``"clean runs prefer the audio answer in 61/64 samples, conflict runs the
+        picture's in 58/64"``."""
+        return (
+            f"clean runs prefer the audio answer in {self.clean_prefers_audio}/{self.done} "
+            f"samples, conflict runs the picture's in {self.conflict_prefers_picture}/{self.done}"
+        )
+
+    def flagged_lines(self, shown: int = 3) -> list[str]:
+        """One line per flag that holds for some sample: the flag, the first ids, the count."""
+        return [
+            f"flagged, {flag}: {', '.join(ids[:shown])}{', …' if len(ids) > shown else ''} "
+            f"({len(ids)})"
+            for flag, ids in self.flagged.items()
+            if ids
+        ]
+
+
+CLEAN_NOT_AUDIO = "clean run does not prefer the audio answer"
+CONFLICT_NOT_PICTURE = "conflict run does not prefer the picture's answer"
+
+
+def baseline_report(results: xr.Dataset) -> BaselineReport | None:
+    """:class:`BaselineReport` of the stored ``baseline`` (None when the store has none or no
+    sample is done). Flagged samples are still analysed; the report says which they are."""
+    if "baseline" not in results.data_vars:
+        return None
+    done = results["done"].values.astype(bool) if "done" in results else None
+    finished = results if done is None else results.isel(sample=done)
+    if finished.sizes["sample"] == 0:
+        return None
+    difference = finished["baseline"].sel(metric="logit_diff")
+    clean = difference.sel(run="clean").values
+    conflict = difference.sel(run="conflict").values
+    ids = np.array([str(sample) for sample in finished["sample"].values])
+    return BaselineReport(
+        done=len(ids),
+        clean_prefers_audio=int((clean > 0).sum()),
+        conflict_prefers_picture=int((conflict < 0).sum()),
+        flagged={
+            CLEAN_NOT_AUDIO: tuple(ids[~(clean > 0)]),
+            CONFLICT_NOT_PICTURE: tuple(ids[~(conflict < 0)]),
+        },
+    )

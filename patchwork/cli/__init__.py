@@ -213,6 +213,9 @@ def run(
         )
     if summary.layer_profile is not None:
         console.print(_profile_table(loaded.name, summary.layer_profile))
+    from patchwork.store.zarr_store import open_results
+
+    _print_baselines(open_results(summary.store, summary.model))
     console.print(
         f"{summary.samples} samples on "
         f"{summary.model}: {summary.units_run} units run, {summary.units_skipped} already done, "
@@ -293,6 +296,19 @@ def status(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).
         if "effect" in results:
             coverage = sample_coverage(results)
             console.print(f"  analysis of the normalized effect uses {coverage}")
+        _print_baselines(results)
+
+
+def _print_baselines(results: Any) -> None:
+    """The unpatched runs' behaviour and the samples that do not show it (status and run)."""
+    from patchwork.analysis.results import baseline_report
+
+    report = baseline_report(results)
+    if report is None:
+        return
+    console.print(f"  baselines: {report.describe()}")
+    for line in report.flagged_lines():
+        console.print(f"  [yellow]{line}[/]")
 
 
 def open_results_any(store: Path) -> Any:

@@ -63,8 +63,8 @@ class LoadedModel:
         """Token ids of ``text`` without special tokens (random-init models: one id per word).
 
         Raises:
-            ModelError: when a word is not in the vocabulary (the tokenizer would map it to its
-                unknown token, and every metric on it would be meaningless).
+            patchwork.errors.ModelError: when a word is not in the vocabulary (the tokenizer
+                would map it to its unknown token, and every metric on it would be meaningless).
         """
         ids = self._encode(text)
         unknown = self._unknown_id()
@@ -81,7 +81,8 @@ class LoadedModel:
         with a leading space where only that variant is one token (BPE vocabularies).
 
         Raises:
-            ModelError: when the word is unknown or neither variant is a single token.
+            patchwork.errors.ModelError: when the word is unknown or neither variant is one
+                token.
         """
         ids = self.token_ids(word)
         if len(ids) != 1 and self.tokenizer is not None:
