@@ -178,19 +178,7 @@ def _without_weights(spec: ModelSpec, where: str) -> LoadedModel:
     named = spec.checkpoint or ""
     is_shipped = named.startswith("testbed")
     path = checkpoint_path(named) if is_shipped else Path(named)
-    if not path.is_dir():
-        raise ModelError(f"{where}.checkpoint: no checkpoint directory at {path}")
-    if not _is_testbed(path) and not any(path.glob("*.safetensors")):
-        raise ModelError(
-            f"{where}.checkpoint: {path} holds no *.safetensors weights (pickled weights are "
-            "refused)"
-        )
-    try:
-        config = transformers.AutoConfig.from_pretrained(
-            path, local_files_only=True, trust_remote_code=spec.trust_remote_code
-        )
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{where}.checkpoint: cannot read {path}/config.json ({error})") from None
+    config = _checkpoint_config(path, spec, where)
     if _is_testbed(path):
         model = empty_model(transformers.Qwen2_5OmniThinkerForConditionalGeneration, config)
         tokenizer: Any = load_tokenizer(path)
@@ -282,26 +270,33 @@ def random_thinker(spec: RandomInit, attention: str = "sdpa") -> nn.Module:
     )
 
 
-def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
+def _checkpoint_config(path: Path, spec: ModelSpec, where: str) -> Any:
+    """The config of a checkpoint directory, once it is known to be one: a directory, with
+    safetensors weights (a testbed checkpoint has them by construction), with a readable
+    config.json."""
+    import transformers
+
     if not path.is_dir():
         raise ModelError(f"{where}.checkpoint: no checkpoint directory at {path}")
-    if _is_testbed(path):
-        from patchwork import testbed
-
-        return testbed.load(path, spec.attention, getattr(torch, spec.dtype))[0]
-    if not any(path.glob("*.safetensors")):
+    if not _is_testbed(path) and not any(path.glob("*.safetensors")):
         raise ModelError(
             f"{where}.checkpoint: {path} holds no *.safetensors weights (pickled weights are "
             "refused)"
         )
-    import transformers
-
     try:
-        config = transformers.AutoConfig.from_pretrained(
+        return transformers.AutoConfig.from_pretrained(
             path, local_files_only=True, trust_remote_code=spec.trust_remote_code
         )
     except (OSError, ValueError) as error:
         raise ModelError(f"{where}.checkpoint: cannot read {path}/config.json ({error})") from None
+
+
+def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
+    config = _checkpoint_config(path, spec, where)
+    if _is_testbed(path):
+        from patchwork import testbed
+
+        return testbed.load(path, spec.attention, getattr(torch, spec.dtype))[0]
     try:
         return adapter_class(spec).from_pretrained(
             path,
