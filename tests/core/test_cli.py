@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,10 @@ BAD_STUDIES = {
         "manifest not found",
     ),
     "store outside root": (lambda t: t + "store: ../elsewhere.zarr\n", "outside the store root"),
+    "missing checkpoint": (
+        lambda t: re.sub(r"random_init: .*", "checkpoint: nowhere", t),
+        "model.checkpoint: no checkpoint directory at nowhere",
+    ),
 }
 
 
