@@ -221,11 +221,19 @@ class ResultStore:
         return {name: np.asarray(self._array(name)[start:stop]) for name in self.data_variables()}
 
     def data_variables(self) -> list[str]:
-        """Arrays that units write (everything along ``sample`` but the marks and coordinates)."""
+        """Arrays that units write: everything along ``sample`` but the marks and the coordinates
+        (dimension coordinates, and those xarray lists in a variable's ``coordinates``), so also
+        one-dimensional variables such as ``probe_logit_diff (sample,)``."""
+        arrays = dict(self._group.arrays())
+        coordinates = {
+            coordinate
+            for array in arrays.values()
+            for coordinate in str(array.attrs.get("coordinates", "")).split()
+        }
         names = []
-        for name, array in self._group.arrays():
+        for name, array in arrays.items():
             dims = array.metadata.dimension_names or ()  # type: ignore[union-attr]
-            if dims and dims[0] == "sample" and name not in MARKS and len(dims) > 1:
+            if dims and dims[0] == "sample" and name not in {*MARKS, *coordinates, *dims}:
                 names.append(name)
         return sorted(names)
 
