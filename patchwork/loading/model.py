@@ -298,7 +298,7 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
 
         return testbed.load(path, spec.attention, getattr(torch, spec.dtype))[0]
     try:
-        return adapter_class(spec).from_pretrained(
+        loaded: Any = adapter_class(spec).from_pretrained(
             path,
             config,
             local_files_only=True,
@@ -306,9 +306,20 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
             trust_remote_code=spec.trust_remote_code,
             attn_implementation=spec.attention,
             dtype=getattr(torch, spec.dtype),
+            output_loading_info=True,
         )
     except ModelError as error:
         raise ModelError(f"{where}.family: {error}") from None
+    model, info = loaded
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        total = len(model.state_dict())
+        raise ModelError(
+            f"{where}.checkpoint: {len(missing)} of the model's {total} weights are not in "
+            f"{path} (e.g. {', '.join(missing[:3])}); they would run on random values — is it "
+            f"a {spec.family} checkpoint?"
+        )
+    return model  # type: ignore[no-any-return]
 
 
 def _tokenizer(path: Path, spec: ModelSpec, where: str) -> Any:

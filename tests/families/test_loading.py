@@ -67,3 +67,21 @@ def test_the_directorys_tokenizer_is_used(checkpoint) -> None:
 def test_a_checkpoint_of_another_family_is_refused(checkpoint) -> None:
     with pytest.raises(ModelError, match="model.family: .* is a 'gemma3n' model, not a Qwen3"):
         load_model(ModelSpec(family="qwen3_omni", checkpoint=str(checkpoint("gemma3n"))))
+
+
+def test_a_checkpoint_without_the_models_weights_is_refused(tmp_path: Path, checkpoint) -> None:
+    """transformers would initialise the missing weights at random and run; patchwork refuses."""
+    import shutil
+
+    source = checkpoint("qwen2_5_omni")
+    foreign = tmp_path / "foreign"
+    shutil.copytree(source, foreign)
+    weights = load_file(str(source / "model.safetensors"))
+    kept = dict(list(weights.items())[: len(weights) // 2])
+    renamed = {f"other.{key}": value for key, value in weights.items() if key not in kept}
+    save_file({**kept, **renamed}, str(foreign / "model.safetensors"), metadata={"format": "pt"})
+    missing = len(weights) - len(kept)
+    with pytest.raises(
+        ModelError, match=rf"model\.checkpoint: {missing} of the model's \d+ weights"
+    ):
+        load_model(ModelSpec(family="qwen2_5_omni", checkpoint=str(foreign)))
