@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 from ruamel.yaml import YAML, MappingNode, Node, SequenceNode
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent
 
 from patchwork import plugins
 from patchwork.errors import PatchworkError, StudyError
@@ -47,6 +48,7 @@ def parse_study(text: str, source: Path | None = None, overrides: Iterable[str] 
     label = str(source) if source else "<study>"
     overrides = tuple(overrides)
     try:
+        _check_shape(text, label)
         data = YAML(typ="safe", pure=True).load(text)
         lines = _key_lines(YAML(typ="safe", pure=True).compose(text))
     except MarkedYAMLError as error:
@@ -78,6 +80,31 @@ def parse_study(text: str, source: Path | None = None, overrides: Iterable[str] 
     study._overrides = overrides
     _check_plugin_entries(study)
     return study
+
+
+#: Bounds on a study file, checked on its event stream before anything is built from it: a
+#: few hundred lines are typical, and anchors only serve alias bombs ("billion laughs").
+MAX_STUDY_BYTES = 1_000_000
+MAX_NESTING = 32
+
+
+def _check_shape(text: str, label: str) -> None:
+    """Refuse, in one pass over the YAML events, what could make loading hang or recurse: text
+    over :data:`MAX_STUDY_BYTES`, aliases (``*name``), nesting deeper than :data:`MAX_NESTING`."""
+    size = len(text.encode("utf-8"))
+    if size > MAX_STUDY_BYTES:
+        raise StudyError(f"{label}: {size:,} bytes; a study file is at most {MAX_STUDY_BYTES:,}")
+    depth = 0
+    for event in YAML(typ="safe", pure=True).parse(text):
+        line = event.start_mark.line + 1 if event.start_mark is not None else 1
+        if isinstance(event, AliasEvent):
+            raise StudyError(f"{label}:{line}: YAML aliases (*{event.anchor}) are not allowed")
+        if isinstance(event, CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise StudyError(f"{label}:{line}: nested more than {MAX_NESTING} levels deep")
+        elif isinstance(event, CollectionEndEvent):
+            depth -= 1
 
 
 def _check_plugin_entries(study: Study) -> None:
@@ -113,6 +140,7 @@ def parse_override(text: str) -> tuple[FieldPath, object]:
     if not sep or not all(part.strip() for part in parts):
         raise StudyError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. model.dtype=bfloat16")
     try:
+        _check_shape(value, f"--set {text}")
         parsed = YAML(typ="safe", pure=True).load(value) if value.strip() else ""
     except YAMLError as error:
         raise StudyError(f"--set {text}: the value is not valid YAML ({error})") from None

@@ -109,3 +109,28 @@ def test_hash_ignores_formatting_but_not_content() -> None:
 def test_manifest_path_is_relative_to_the_study(tmp_path: Path) -> None:
     text = study_text().replace("generator: random", "manifest: data/m.jsonl")
     assert load_study(write(tmp_path, text)).dataset.manifest == tmp_path / "data" / "m.jsonl"
+
+
+BOMBS = {
+    "billion laughs": "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(9)
+    )
+    + "name: bomb\n",
+    "recursive alias": "name: &r [*r]\n",
+    "deep nesting": "name: " + "[" * 5000 + "]" * 5000 + "\n",
+    "too large": "name: x\n" + "# padding\n" * 120_000,
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOMBS))
+def test_hostile_yaml_is_refused_before_anything_is_built(case: str) -> None:
+    """Aliases, deep nesting and huge files are refused from the event stream (an alias bomb
+    otherwise expands exponentially in validation, deep nesting overflows the recursion)."""
+    with pytest.raises(StudyError, match=r"^<study>(:\d+)?: (YAML aliases|nested|[\d,]+ bytes)"):
+        parse_study(BOMBS[case])
+
+
+def test_an_override_cannot_smuggle_an_alias() -> None:
+    with pytest.raises(StudyError, match=r"--set model\.device=\[&a x, \*a\]:1: YAML aliases"):
+        parse_study(study_text(), overrides=["model.device=[&a x, *a]"])
