@@ -123,12 +123,11 @@ def load_model(spec: ModelSpec, study_where: str = "model", weights: bool = True
     the model from its config on the meta device instead (modules and shapes, no weights read, no
     memory), with its tokenizer: what ``patchwork validate`` checks a study against.
     """
-    adapter_type = adapter_class(spec)
+    if not weights:
+        return _without_weights(spec, study_where)
     dtype = getattr(torch, spec.dtype)
     tokenizer = None
     source = None
-    if not weights:
-        return _without_weights(spec, study_where)
     if spec.random_init is not None:
         model: nn.Module = random_thinker(spec.random_init, spec.attention)
         if dtype != torch.float32:
@@ -153,24 +152,30 @@ def load_model(spec: ModelSpec, study_where: str = "model", weights: bool = True
             f"{study_where}.device: cannot use device {spec.device!r} ({error})"
         ) from None
     _set_attention(model, spec.attention)
-    adapter = adapter_type(model, source)
+    adapter = _adapter(spec, model, source, study_where)
+    is_testbed = name.startswith("testbed") if source is None else _is_testbed(source)
+    return LoadedModel(model, adapter, name, tokenizer, testbed=is_testbed)
+
+
+def _adapter(spec: ModelSpec, model: nn.Module, source: Path | None, where: str) -> ModelAdapter:
+    """The family's adapter over ``model``; a generic one checks its declared module paths."""
+    adapter = adapter_class(spec)(model, source)
     if isinstance(adapter, GenericAdapter):
         try:
             adapter.check_paths()
         except ModelError as error:
-            raise ModelError(f"{study_where}.{error}") from None
-    is_testbed = name.startswith("testbed") if source is None else _is_testbed(source)
-    return LoadedModel(model, adapter, name, tokenizer, testbed=is_testbed)
+            raise ModelError(f"{where}.{error}") from None
+    return adapter
 
 
 def _without_weights(spec: ModelSpec, where: str) -> LoadedModel:
     from patchwork.models.adapter import empty_model
 
-    adapter_type = adapter_class(spec)
     if spec.random_init is not None:
         with torch.device("meta"):
             model = random_thinker(spec.random_init, spec.attention)
-        return LoadedModel(model, adapter_type(model), "random_init", has_weights=False)
+        adapter = _adapter(spec, model, None, where)
+        return LoadedModel(model, adapter, "random_init", has_weights=False)
     import transformers
 
     from patchwork.testbed.model import checkpoint_path, load_tokenizer
@@ -184,17 +189,11 @@ def _without_weights(spec: ModelSpec, where: str) -> LoadedModel:
         tokenizer: Any = load_tokenizer(path)
     else:
         try:
-            model = adapter_type.empty(path, config)
+            model = adapter_class(spec).empty(path, config)
         except ModelError as error:
             raise ModelError(f"{where}.family: {error}") from None
         tokenizer = _tokenizer(path, spec, where)
-    source = None if is_shipped else path
-    adapter = adapter_type(model, source)
-    if isinstance(adapter, GenericAdapter):
-        try:
-            adapter.check_paths()
-        except ModelError as error:
-            raise ModelError(f"{where}.{error}") from None
+    adapter = _adapter(spec, model, None if is_shipped else path, where)
     name = named if is_shipped else path.name
     return LoadedModel(
         model, adapter, name, tokenizer, testbed=_is_testbed(path), has_weights=False
