@@ -74,13 +74,13 @@ def resample(waveform: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _feature_extractor(n_mels: int, n_fft: int):
+def _feature_extractor(n_mels: int, n_fft: int, hop_length: int = HOP_LENGTH):
     from transformers import WhisperFeatureExtractor
 
     return WhisperFeatureExtractor(
         feature_size=n_mels,
         sampling_rate=SAMPLING_RATE,
-        hop_length=HOP_LENGTH,
+        hop_length=hop_length,
         chunk_length=30,
         n_fft=n_fft,
         padding_value=0.0,
@@ -111,6 +111,68 @@ def audio_features(
     features = torch.from_numpy(np.ascontiguousarray(batch["input_features"], dtype=np.float32))
     mask = torch.from_numpy(np.asarray(batch["attention_mask"], dtype=np.int64))
     return {"input_features": features, "feature_attention_mask": mask[:, :mel_frames]}
+
+
+def clip_features(
+    waveform: np.ndarray,
+    n_mels: int,
+    max_samples: int | None,
+    n_fft: int = 400,
+    hop_length: int = HOP_LENGTH,
+) -> dict[str, torch.Tensor]:
+    """Whisper log-mel features of one 16 kHz clip exactly as the Qwen-Omni processors make them.
+
+    - ``max_samples`` given (Qwen2.5-Omni): the processor pads every clip with zeros to that
+      many samples (the extractor's ``n_samples``), computes the features of the padded clip, and
+      the model keeps the ⌈n / hop⌉ frames its ``feature_attention_mask`` marks. A frame depends
+      only on the samples under its window and the frames past the clip sit at the floor of the
+      log clamp, so padding just past the last window gives the same kept frames at a fraction of
+      the cost. A longer clip raises :class:`DataError` (the processor would silently cut it).
+    - ``max_samples=None`` (Qwen3-Omni): the clip as it is, unpadded and uncut: ⌊n / hop⌋ frames.
+
+    Both are tested against the feature extractor called as the processors call it.
+    Returns ``input_features`` float32 (1, n_mels, frames) and ``feature_attention_mask`` int64
+    (1, frames), all ones.
+    """
+    waveform = np.asarray(waveform, dtype=np.float32)
+    if waveform.ndim != 1 or len(waveform) <= n_fft // 2:
+        raise DataError(
+            f"a clip must be a mono waveform of more than {n_fft // 2} samples "
+            f"({n_fft // 2 / SAMPLING_RATE * 1000:g} ms), got shape {waveform.shape}"
+        )
+    extractor = _feature_extractor(n_mels, n_fft, hop_length)
+    if max_samples is None:
+        batch = extractor(
+            [waveform],
+            sampling_rate=SAMPLING_RATE,
+            padding="longest",
+            truncation=False,
+            return_tensors="np",
+        )
+        frames = batch["input_features"].shape[-1]
+    else:
+        if len(waveform) > max_samples:
+            raise DataError(
+                f"the clip lasts {len(waveform) / SAMPLING_RATE:.1f} s; the model's feature "
+                f"extractor reads at most {max_samples / SAMPLING_RATE:g} s and would silently "
+                "cut the rest: shorten it"
+            )
+        frames = -(-len(waveform) // hop_length)
+        # the last frame whose window reaches into the clip, two more, and room for its window
+        padded = min(max_samples, (-(-(len(waveform) + n_fft) // hop_length) + 2) * hop_length)
+        batch = extractor(
+            [waveform],
+            sampling_rate=SAMPLING_RATE,
+            padding="max_length",
+            max_length=padded,
+            truncation=True,
+            return_tensors="np",
+        )
+    features = np.ascontiguousarray(batch["input_features"][:, :, :frames], dtype=np.float32)
+    return {
+        "input_features": torch.from_numpy(features),
+        "feature_attention_mask": torch.ones(1, frames, dtype=torch.long),
+    }
 
 
 def load_frames(paths: Sequence[str | Path]) -> np.ndarray:
@@ -145,11 +207,17 @@ def save_frame(path: str | Path, frame: np.ndarray) -> Path:
 
 
 def video_patches(
-    frames: np.ndarray, patch_size: int = 4, temporal_patch_size: int = 2, merge_size: int = 2
+    frames: np.ndarray,
+    patch_size: int = 4,
+    temporal_patch_size: int = 2,
+    merge_size: int = 2,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
 ) -> dict[str, torch.Tensor]:
     """Cut uint8 RGB frames (n_frames, H, W, 3) into Qwen2-VL video patches.
 
-    Pixels are scaled to [0, 1] and normalized with the CLIP mean/std; the frame count is padded
+    Pixels are scaled to [0, 1] and normalized with ``mean``/``std`` (default CLIP's, as
+    Qwen2-VL's processor); the frame count is padded
     to a multiple of ``temporal_patch_size`` by repeating the last frame. H and W must be
     multiples of ``patch_size · merge_size`` (no resizing here). Patches are ordered so that each
     ``merge_size × merge_size`` block of neighbours is contiguous, as the vision merger expects.
@@ -165,7 +233,7 @@ def video_patches(
     if height % unit or width % unit:
         raise DataError(f"frame size {height}x{width} is not a multiple of {unit} (patch·merge)")
     scaled = frames.astype(np.float32) / 255.0
-    normalized = (scaled - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+    normalized = (scaled - np.array(mean, np.float32)) / np.array(std, np.float32)
     pixels = normalized.transpose(0, 3, 1, 2)  # (n_frames, 3, H, W)
     if n_frames % temporal_patch_size:
         repeat = temporal_patch_size - n_frames % temporal_patch_size

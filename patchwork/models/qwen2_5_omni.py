@@ -71,29 +71,51 @@ class Qwen25OmniAdapter(ModelAdapter):
     #: Most pixels per frame (the released processors' video budget, 768 merged patches of 28²).
     max_frame_pixels: int = 768 * 28 * 28
 
+    #: Longest clip (samples at 16 kHz) of the feature extractor when the checkpoint names none;
+    #: None where the processor neither pads nor cuts clips.
+    max_audio_samples: int | None = 30 * media.SAMPLING_RATE
+
+    @cached_property
+    def _saved_processor(self) -> dict[str, Any]:
+        """The checkpoint's ``preprocessor_config.json`` (feature extractor and image processor
+        settings), with ``video_preprocessor_config.json`` over it; empty without a checkpoint."""
+        settings: dict[str, Any] = {}
+        for name in ("preprocessor_config.json", "video_preprocessor_config.json"):
+            path = self.source / name if self.source is not None else None
+            if path is not None and path.is_file():
+                settings.update(json.loads(path.read_text(encoding="utf-8")))
+        return settings
+
     @cached_property
     def _vision_settings(self) -> dict[str, Any]:
         """Pixel statistics and budget: the checkpoint's (video) preprocessor config, if any."""
-        settings: dict[str, Any] = {
-            "mean": self.pixel_mean,
-            "std": self.pixel_std,
-            "max_pixels": self.max_frame_pixels,
-            "min_pixels": 0,
+        saved = self._saved_processor
+        size = saved.get("size") or {}
+        return {
+            "mean": tuple(saved.get("image_mean", self.pixel_mean)),
+            "std": tuple(saved.get("image_std", self.pixel_std)),
+            "max_pixels": int(
+                saved.get("max_pixels") or size.get("longest_edge") or self.max_frame_pixels
+            ),
+            "min_pixels": int(saved.get("min_pixels") or size.get("shortest_edge") or 0),
         }
-        for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
-            path = self.source / name if self.source is not None else None
-            if path is None or not path.is_file():
-                continue
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            size = saved.get("size") or {}
-            settings["mean"] = tuple(saved.get("image_mean", settings["mean"]))
-            settings["std"] = tuple(saved.get("image_std", settings["std"]))
-            settings["max_pixels"] = int(
-                saved.get("max_pixels") or size.get("longest_edge") or settings["max_pixels"]
+
+    @cached_property
+    def _audio_settings(self) -> dict[str, Any]:
+        """The feature extractor's mel bins, window, hop and longest clip: the checkpoint's
+        preprocessor config, else the model's mel bins and Whisper's defaults."""
+        saved = self._saved_processor
+        longest = self.max_audio_samples
+        if longest is not None and (saved.get("n_samples") or saved.get("chunk_length")):
+            longest = int(
+                saved.get("n_samples") or int(saved["chunk_length"]) * media.SAMPLING_RATE
             )
-            settings["min_pixels"] = int(saved.get("min_pixels") or size.get("shortest_edge") or 0)
-            break
-        return settings
+        return {
+            "n_mels": int(saved.get("feature_size", self.config.audio_config.num_mel_bins)),
+            "n_fft": int(saved.get("n_fft", 400)),
+            "hop_length": int(saved.get("hop_length", media.HOP_LENGTH)),
+            "max_samples": longest,
+        }
 
     @classmethod
     def from_pretrained(cls, path: Path, config: Any, **options: Any) -> nn.Module:
@@ -196,33 +218,16 @@ class Qwen25OmniAdapter(ModelAdapter):
         return dict(inputs)
 
     def build_inputs(self, text_ids: Sequence[int], media_run: RunMedia) -> dict[str, torch.Tensor]:
-        """Whisper log-mel audio, Qwen-VL video patches (frames fitted to patch·merge), prompt
+        """Whisper log-mel audio and Qwen-VL video patches as the family's processors make them
+        (frames fitted to patch·merge and the pixel budget as ``smart_resize`` fits them), prompt
         ids with each clip's placeholders — interleaved when ``media_run.audio_in_video``."""
         config = self.config
         vision = config.vision_config
         if media_run.waveform is None or media_run.frames is None:
             raise DataError(f"{self.family} runs need both audio and frames (or a video)")
-        waveform = media_run.waveform
-        mel_frames = max(1, -(-len(waveform) // media.HOP_LENGTH))
-        audio = media.audio_features(
-            [waveform], n_mels=config.audio_config.num_mel_bins, mel_frames=mel_frames
-        )
-        settings = self._vision_settings
-        frames = fit_frames(
-            media_run.frames,
-            vision.patch_size * vision.spatial_merge_size,
-            settings["max_pixels"],
-            settings["min_pixels"],
-        )
-        video = media.video_patches(
-            frames,
-            patch_size=vision.patch_size,
-            temporal_patch_size=vision.temporal_patch_size,
-            merge_size=vision.spatial_merge_size,
-        )
-        video["pixel_values_videos"] = renormalize(
-            video["pixel_values_videos"], settings["mean"], settings["std"]
-        )
+        audio = media.clip_features(media_run.waveform, **self._audio_settings)
+        mel_frames = audio["input_features"].shape[-1]
+        video = vision_patches(media_run.frames, vision, **self._vision_settings)
         seconds_per_grid = vision.temporal_patch_size / float(media_run.fps)
         audio_tokens = self.audio_token_count(mel_frames)
         if media_run.audio_in_video:
@@ -272,23 +277,34 @@ class Qwen25OmniAdapter(ModelAdapter):
                 )
 
 
+def fitted_size(
+    height: int, width: int, unit: int, max_pixels: int | None, min_pixels: int
+) -> tuple[int, int]:
+    """(H, W) a frame is resized to: multiples of ``unit`` nearest the frame, scaled down (up)
+    keeping the aspect ratio when that exceeds ``max_pixels`` (falls short of ``min_pixels``) —
+    the rule of Qwen-VL's ``smart_resize``."""
+    if max(height, width) > 200 * min(height, width):
+        raise DataError(f"frames of {height}x{width} pixels: the aspect ratio must be below 200")
+    fitted_h = max(unit, round(height / unit) * unit)
+    fitted_w = max(unit, round(width / unit) * unit)
+    if max_pixels and fitted_h * fitted_w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        fitted_h = max(unit, math.floor(height / beta / unit) * unit)
+        fitted_w = max(unit, math.floor(width / beta / unit) * unit)
+    elif min_pixels and fitted_h * fitted_w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        fitted_h = math.ceil(height * beta / unit) * unit
+        fitted_w = math.ceil(width * beta / unit) * unit
+    return fitted_h, fitted_w
+
+
 def fit_frames(
     frames: np.ndarray, unit: int, max_pixels: int | None = None, min_pixels: int = 0
 ) -> np.ndarray:
-    """Frames (n, H, W, 3) resized (bicubic) so that H and W are multiples of ``unit`` and
-    H·W stays within [min_pixels, max_pixels], keeping the aspect ratio (as Qwen's
-    ``smart_resize``); returned unchanged when they already fit."""
+    """Frames (n, H, W, 3) resized (bicubic, Pillow) to :func:`fitted_size`; returned unchanged
+    when they already fit."""
     height, width = frames.shape[1:3]
-    scale = 1.0
-    if max_pixels and height * width > max_pixels:
-        scale = (max_pixels / (height * width)) ** 0.5
-    elif min_pixels and height * width < min_pixels:
-        scale = (min_pixels / (height * width)) ** 0.5
-    rounding = math.floor if scale < 1 else math.ceil if scale > 1 else round
-    fitted = (
-        max(unit, int(rounding(height * scale / unit)) * unit),
-        max(unit, int(rounding(width * scale / unit)) * unit),
-    )
+    fitted = fitted_size(height, width, unit, max_pixels, min_pixels)
     if fitted == (height, width):
         return frames
     from PIL import Image
@@ -301,16 +317,29 @@ def fit_frames(
     )
 
 
-def renormalize(patches: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Patches (n, 3·rest) normalized with CLIP statistics, re-normalized with ``mean``/``std``."""
-    if tuple(mean) == media.CLIP_MEAN and tuple(std) == media.CLIP_STD:
-        return patches
-    channels = patches.reshape(patches.shape[0], 3, -1)
-    clip_mean = torch.tensor(media.CLIP_MEAN).view(1, 3, 1)
-    clip_std = torch.tensor(media.CLIP_STD).view(1, 3, 1)
-    pixels = channels * clip_std + clip_mean
-    target = (pixels - torch.tensor(mean).view(1, 3, 1)) / torch.tensor(std).view(1, 3, 1)
-    return target.reshape(patches.shape).to(patches.dtype)
+def vision_patches(
+    frames: np.ndarray,
+    vision: Any,
+    mean: Sequence[float],
+    std: Sequence[float],
+    max_pixels: int | None,
+    min_pixels: int,
+) -> dict[str, torch.Tensor]:
+    """``pixel_values_videos`` and ``video_grid_thw`` of uint8 frames (n, H, W, 3) for a vision
+    tower configured by ``vision`` (its patch, temporal patch and merge sizes): frames fitted by
+    :func:`fit_frames`, scaled to [0, 1], normalized with ``mean``/``std`` and cut into patches —
+    for one frame, equal to the Qwen-VL image processor's ``pixel_values`` (tested)."""
+    fitted = fit_frames(
+        frames, vision.patch_size * vision.spatial_merge_size, max_pixels, min_pixels
+    )
+    return media.video_patches(
+        fitted,
+        patch_size=vision.patch_size,
+        temporal_patch_size=vision.temporal_patch_size,
+        merge_size=vision.spatial_merge_size,
+        mean=mean,
+        std=std,
+    )
 
 
 def seeded_thinker(

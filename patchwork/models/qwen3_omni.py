@@ -54,6 +54,9 @@ class Qwen3OmniAdapter(Qwen25OmniAdapter):
     family = "qwen3_omni"
     pixel_mean = (0.5, 0.5, 0.5)
     pixel_std = (0.5, 0.5, 0.5)
+    max_frame_pixels = 768 * 32 * 32
+    #: Its processor neither pads nor cuts clips (``padding=True``, ``truncation=False``).
+    max_audio_samples = None
 
     @classmethod
     def from_pretrained(cls, path: Path, config: Any, **options: Any) -> nn.Module:
