@@ -13,8 +13,10 @@ relative to the manifest; a run may give ``fps`` of its frames (default 2). Inst
 names another file), and ``image_features`` precomputed for models whose vision tower cannot run
 here; see :mod:`patchwork.data.video`. The model's adapter turns decoded media into inputs.
 Every run of a row must yield the same token layout. Errors name the manifest line, the sample
-and the file; nothing is written before every row has been read. A question may hold ``{media}``:
-the text before it (e.g. a chat template's user turn) precedes the media placeholders.
+and the file; nothing is written before every row has been read. The question is rendered by the
+checkpoint's chat template (:mod:`patchwork.loading.chat`) or written with its turns by hand; a
+question may hold ``{media}``: the text before it (e.g. a user turn) precedes the media
+placeholders.
 """
 
 from __future__ import annotations
@@ -30,12 +32,11 @@ import torch
 from patchwork.data import video
 from patchwork.data.sample import Sample
 from patchwork.errors import DataError, PatchworkError
+from patchwork.loading.chat import MEDIA_MARKER, chat_prompt
 from patchwork.loading.model import LoadedModel
-from patchwork.study.schema import Study
+from patchwork.study.schema import ChatSpec, Study
 
 REQUIRED = ("id", "audio_answer", "visual_answer", "runs")
-#: Where in the question the media placeholders go (default: before the whole question).
-MEDIA_MARKER = "{media}"
 
 
 def load_manifest(study: Study, loaded: LoadedModel) -> list[Sample]:
@@ -44,6 +45,10 @@ def load_manifest(study: Study, loaded: LoadedModel) -> list[Sample]:
     assert path is not None
     if not path.is_file():
         raise DataError(f"{study.where('dataset', 'manifest')}: manifest not found: {path}")
+    try:
+        question = chat_prompt(loaded, study.question, study.chat)
+    except PatchworkError as error:
+        raise type(error)(f"{study.where('chat', 'template')}: {error}") from None
     samples = []
     seen: dict[str, int] = {}
     for line, row in _rows(path):
@@ -57,7 +62,7 @@ def load_manifest(study: Study, loaded: LoadedModel) -> list[Sample]:
             raise DataError(f"{label}: sample id {sample_id!r} repeats line {seen[sample_id]}")
         seen[sample_id] = line
         try:
-            samples.append(_sample(row, path.parent, study, loaded))
+            samples.append(_sample(row, path.parent, question, loaded, study.chat))
         except PatchworkError as error:
             raise type(error)(f"{label}: sample {sample_id}: {error}") from None
     if not samples:
@@ -98,9 +103,13 @@ def _unflatten(row: Mapping[str, str]) -> dict[str, Any]:
     return nested
 
 
-def _sample(row: Mapping[str, Any], base: Path, study: Study, loaded: LoadedModel) -> Sample:
+def _sample(
+    row: Mapping[str, Any], base: Path, question: str, loaded: LoadedModel, chat: ChatSpec
+) -> Sample:
+    """One row's sample; ``question`` is the study's, rendered (a row's own is rendered here)."""
     adapter = loaded.adapter
-    question = str(row.get("question") or study.question)
+    if row.get("question"):
+        question = chat_prompt(loaded, str(row["question"]), chat)
     # "{media}" in the question splits it: the text before goes before the media placeholders
     # (e.g. a chat template's user turn), the text after follows them
     before, marker, after = question.rpartition(MEDIA_MARKER)

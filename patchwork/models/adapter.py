@@ -82,6 +82,9 @@ class ModelAdapter(ABC):
     unembed_path: ClassVar[str]
     #: Audio sampling rate (Hz) the model's feature extractor expects.
     sampling_rate: ClassVar[int] = 16_000
+    #: The chat template's content types of a user turn's media, in the order of the adapter's
+    #: placeholder layout (empty: the adapter cannot render its prompt with a chat template).
+    chat_media: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, source: Path | None = None) -> None:
         self.root = self.resolve_root(model)
@@ -99,6 +102,10 @@ class ModelAdapter(ABC):
         its weights: enough for every check that needs only module paths and shapes
         (``patchwork validate``)."""
         raise ModelError(f"the {cls.family} adapter cannot build its model without the weights")
+
+    def media_token_ids(self) -> list[int]:
+        """Every token id of the media placeholders and their delimiters."""
+        return []
 
     @classmethod
     def resolve_root(cls, model: nn.Module) -> nn.Module:

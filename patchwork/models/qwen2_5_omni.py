@@ -153,6 +153,11 @@ class Qwen25OmniAdapter(ModelAdapter):
         modality = {name: ids == token for name, token in self._token_ids().items()}
         return text_and_answer(modality, ids.numel())
 
+    chat_media = ("audio", "video")
+
+    def media_token_ids(self) -> list[int]:
+        return [*self._token_ids().values(), *self._specials().values()]
+
     def _specials(self) -> dict[str, int]:
         config = self.config
         return {

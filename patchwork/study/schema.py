@@ -169,6 +169,22 @@ class ModelSpec(_Strict):
         return self
 
 
+class ChatSpec(_Strict):
+    """How the question becomes the model's prompt."""
+
+    template: Literal["auto", "checkpoint", "none"] = Field(
+        "auto",
+        description="'checkpoint': render the question as a user turn holding the media with the "
+        "checkpoint's chat template (refused when it ships none); 'none': the question as "
+        "written (turns and '{media}' by hand); 'auto': the template when the checkpoint ships "
+        "one, the family can place its media in it and the question has no '{media}'; else as "
+        "written.",
+    )
+    system: str | None = Field(
+        None, description="The system turn rendered by the template; null: the template's own."
+    )
+
+
 class DatasetSpec(_Strict):
     """Where the samples come from: a named generator or a manifest of media files."""
 
@@ -492,6 +508,7 @@ class Study(_Strict):
         }
     )
     question: str = "what do you hear"
+    chat: ChatSpec = Field(default_factory=ChatSpec)
     interventions: tuple[Intervention, ...] = Field(min_length=1)
     metrics: tuple[Metric, ...] = Field(METRICS, min_length=1)
     execution: Execution = Field(default_factory=Execution)

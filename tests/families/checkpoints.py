@@ -10,7 +10,9 @@ import torch
 WORDS = (
     "what do you hear see the sound bark meow siren chirp dog cat bird car "
     # the shipped studies' prompts, split at whitespace as this tokenizer splits them
-    "What hear? Answer with one word. user assistant model"
+    "What hear? Answer with one word. user assistant model "
+    # the Qwen chat template's default system turn
+    "system You are a helpful assistant."
 ).split()
 #: The chat templates' markers (Qwen and Gemma), special tokens after the words.
 CHAT = ("<|im_start|>", "<|im_end|>", "<bos>", "<start_of_turn>", "<end_of_turn>")

@@ -90,7 +90,9 @@ def test_the_checkpoints_feature_extractor_settings_are_used(tmp_path: Path, che
     inputs are that extractor's, called as the processor calls it; a longer clip is refused."""
     extractor = _extractor(32, chunk_length=5)
     extractor.save_pretrained(tmp_path)
-    loaded = load_model(ModelSpec(family="qwen2_5_omni", checkpoint=str(checkpoint("qwen2_5_omni"))))
+    loaded = load_model(
+        ModelSpec(family="qwen2_5_omni", checkpoint=str(checkpoint("qwen2_5_omni")))
+    )
     adapter = Qwen25OmniAdapter(loaded.model, tmp_path)
     frames = np.zeros((1, 32, 32, 3), dtype=np.uint8)
     clip = _clip(30_000)
@@ -142,7 +144,9 @@ def test_picture_patches_equal_the_qwen_vl_image_processors(family, size) -> Non
         size={"shortest_edge": family["low"], "longest_edge": family["high"]},
     )
     reference = processor(images=[picture], return_tensors="np")
-    vision = SimpleNamespace(patch_size=family["patch"], spatial_merge_size=2, temporal_patch_size=2)
+    vision = SimpleNamespace(
+        patch_size=family["patch"], spatial_merge_size=2, temporal_patch_size=2
+    )
     ours = vision_patches(
         picture[None],
         vision,
