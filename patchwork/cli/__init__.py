@@ -2,9 +2,9 @@
 (exit codes in :mod:`patchwork.cli.output`). This module holds the app and the commands that
 drive a run; :mod:`patchwork.cli.analysis` and :mod:`patchwork.cli.testbed` add the others.
 
-Only ``run``, ``validate`` (which builds the model on the meta device) and the ``testbed`` commands
-load torch, transformers and nnsight; ``--help``, ``validate --schema-only``, ``status``,
-``locate`` and ``plot`` start without them.
+Only ``run``, ``validate`` and ``plan`` (which build the model on the meta device) and the
+``testbed`` commands load torch, transformers and nnsight; ``--help``,
+``validate --schema-only``, ``status``, ``locate`` and ``plot`` start without them.
 """
 
 from __future__ import annotations
@@ -102,6 +102,27 @@ def validate(
         )
         return
     console.print(f"[green]ok[/] {study}: study {loaded.name!r} matches the schema")
+
+
+@app.command()
+@user_errors
+def plan(
+    study: Annotated[Path, typer.Argument(help="A study YAML file.")],
+    assignments: SetOption = None,
+) -> None:
+    """What a study will cost, before it runs: cells, positions per group, forwards and FLOPs of
+    the exact path vs a naive sweep, weights and peak memory, and whether it fits the device.
+    Builds the model from its config alone (no weights read, no memory); checks as `validate`."""
+    from rich.table import Table
+
+    from patchwork.engine.plan import plan_study
+    from patchwork.study import load_study
+
+    estimate = plan_study(load_study(study, overrides(assignments)))
+    table = Table(title=f"plan: {estimate.study}", show_header=False)
+    for name, value in estimate.rows():
+        table.add_row(name, value)
+    console.print(table)
 
 
 @app.command()

@@ -115,12 +115,13 @@ class Prepared:
         return tuple(dict.fromkeys(group for groups in named for group in groups))
 
 
-def check_study(study: Study) -> Prepared:
+def check_study(study: Study, config_only: bool = False) -> Prepared:
     """Every check :func:`run_study` makes before it computes, without the model's weights: the
     checkpoint's files and config, layer ranges, manifest rows and media files, token layouts and
     placeholder counts, answer and question words. The model is built on the meta device (no
-    weights read, no memory); nothing is written."""
-    return prepare(study, weights=False)
+    weights read, no memory); nothing is written. ``config_only=True`` accepts a checkpoint
+    directory without its weight files."""
+    return prepare(study, weights=False, config_only=config_only)
 
 
 def store_path(study: Study, store_root: Path | None = None) -> Path:
@@ -130,7 +131,9 @@ def store_path(study: Study, store_root: Path | None = None) -> Path:
     return resolve_store_path(root, study.store or Path(f"{study.name}.zarr"))
 
 
-def prepare(study: Study, store_root: Path | None = None, weights: bool = True) -> Prepared:
+def prepare(
+    study: Study, store_root: Path | None = None, weights: bool = True, config_only: bool = False
+) -> Prepared:
     """Load the model and samples and check everything a run needs; writes nothing.
 
     ``weights=False`` builds the model from its config alone (see :func:`check_study`)."""
@@ -138,7 +141,7 @@ def prepare(study: Study, store_root: Path | None = None, weights: bool = True) 
     torch.set_num_threads(study.execution.threads)
     root = Path(store_root) if store_root is not None else Path("store")
     store = store_path(study, store_root)
-    loaded = load_model(study.model, study.where("model"), weights=weights)
+    loaded = load_model(study.model, study.where("model"), weights, config_only)
     methods = tuple(
         method_class(spec.kind)(spec, index, study, loaded)
         for index, spec in enumerate(study.interventions)

@@ -114,17 +114,21 @@ class LoadedModel:
         return self.tokenizer.token_to_id(unknown) if unknown else None
 
 
-def load_model(spec: ModelSpec, study_where: str = "model", weights: bool = True) -> LoadedModel:
+def load_model(
+    spec: ModelSpec, study_where: str = "model", weights: bool = True, config_only: bool = False
+) -> LoadedModel:
     """Load what ``spec`` describes, in eval mode, on its device and dtype.
 
     The dtype is applied as transformers' ``from_pretrained(dtype=…)`` applies it — never by
     casting the loaded model, which would also cast the buffers transformers keeps in float32
     (rotary frequencies, sinusoidal positions) and so change the model. ``weights=False`` builds
     the model from its config on the meta device instead (modules and shapes, no weights read, no
-    memory), with its tokenizer: what ``patchwork validate`` checks a study against.
+    memory), with its tokenizer: what ``patchwork validate`` checks a study against;
+    ``config_only=True`` then accepts a checkpoint directory without its weight files (``patchwork
+    plan`` before a download).
     """
     if not weights:
-        return _without_weights(spec, study_where)
+        return _without_weights(spec, study_where, config_only)
     dtype = getattr(torch, spec.dtype)
     tokenizer = None
     source = None
@@ -168,7 +172,7 @@ def _adapter(spec: ModelSpec, model: nn.Module, source: Path | None, where: str)
     return adapter
 
 
-def _without_weights(spec: ModelSpec, where: str) -> LoadedModel:
+def _without_weights(spec: ModelSpec, where: str, config_only: bool = False) -> LoadedModel:
     from patchwork.models.adapter import empty_model
 
     if spec.random_init is not None:
@@ -183,7 +187,7 @@ def _without_weights(spec: ModelSpec, where: str) -> LoadedModel:
     named = spec.checkpoint or ""
     is_shipped = named.startswith("testbed")
     path = checkpoint_path(named) if is_shipped else Path(named)
-    config = _checkpoint_config(path, spec, where)
+    config = _checkpoint_config(path, spec, where, needs_weights=not config_only)
     if _is_testbed(path):
         model = empty_model(transformers.Qwen2_5OmniThinkerForConditionalGeneration, config)
         tokenizer: Any = load_tokenizer(path)
@@ -269,15 +273,15 @@ def random_thinker(spec: RandomInit, attention: str = "sdpa") -> nn.Module:
     )
 
 
-def _checkpoint_config(path: Path, spec: ModelSpec, where: str) -> Any:
+def _checkpoint_config(path: Path, spec: ModelSpec, where: str, needs_weights: bool = True) -> Any:
     """The config of a checkpoint directory, once it is known to be one: a directory, with
-    safetensors weights (a testbed checkpoint has them by construction), with a readable
-    config.json."""
+    safetensors weights (a testbed checkpoint has them by construction; not checked when
+    ``needs_weights`` is False), with a readable config.json."""
     import transformers
 
     if not path.is_dir():
         raise ModelError(f"{where}.checkpoint: no checkpoint directory at {path}")
-    if not _is_testbed(path) and not any(path.glob("*.safetensors")):
+    if needs_weights and not _is_testbed(path) and not any(path.glob("*.safetensors")):
         raise ModelError(
             f"{where}.checkpoint: {path} holds no *.safetensors weights (pickled weights are "
             "refused)"
