@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import xarray as xr
@@ -80,9 +81,9 @@ class PatchworkAccessor:
         return _windows.locate_table(self.locate(metric, **options))
 
     def _profile_and_windows(
-        self, metric: str, seed: int, n_resamples: int
+        self, metric: str, seed: int, n_resamples: int, **options: Any
     ) -> tuple[xr.Dataset, xr.Dataset]:
-        options = {"seed": seed, "n_resamples": n_resamples}
+        options.update(seed=seed, n_resamples=n_resamples)
         return self.layer_profile(metric, **options), self.locate(metric, **options)
 
     def plot_heatmap(
@@ -124,8 +125,10 @@ class PatchworkAccessor:
         formats: Sequence[str] = ("png", "svg"),
         seed: int = 0,
         n_resamples: int = 1000,
+        **options: Any,
     ) -> list[Path]:
         """Write every standard figure into ``directory``; returns the paths
-        (see :func:`~patchwork.analysis.save_figures`)."""
-        profile, located = self._profile_and_windows(metric, seed, n_resamples)
+        (see :func:`~patchwork.analysis.save_figures`). ``options`` (``estimator``,
+        ``min_relative_gap``) go to the profile and the windows."""
+        profile, located = self._profile_and_windows(metric, seed, n_resamples, **options)
         return _plots.save_figures(profile, located, directory, formats)

@@ -36,12 +36,17 @@ def bootstrap_weights(sample_count: int, n_resamples: int = 1000, seed: int = 0)
     return xr.DataArray(counts, dims=("resample", "sample"), name="bootstrap_weights")
 
 
-def resampled_means(values: xr.DataArray, weights: xr.DataArray) -> xr.DataArray:
-    """The mean over ``sample`` of ``values`` in every resample, skipping NaN cells.
+def resampled_means(
+    values: xr.DataArray, weights: xr.DataArray, denominator: xr.DataArray | None = None
+) -> xr.DataArray:
+    """The mean over ``sample`` of ``values`` in every resample, skipping NaN cells; with a
+    ``denominator``, the ratio of sums Σ values / Σ denominator over the same samples instead.
 
     Args:
         values: DataArray with a ``sample`` dimension of size n, any other dimensions.
         weights: counts from :func:`bootstrap_weights`, dims ``(resample, sample)``.
+        denominator: per-sample DataArray (``sample``, or any dims ``values`` has); each cell
+            sums it over the samples whose value is finite.
 
     Returns:
         float DataArray with dims ``(resample, *other dims of values)``; NaN where a resample drew
@@ -57,7 +62,23 @@ def resampled_means(values: xr.DataArray, weights: xr.DataArray) -> xr.DataArray
     finite = values.notnull().astype("float64")
     total = xr.dot(weights.astype("float64"), values.fillna(0.0), dim="sample")
     count = xr.dot(weights.astype("float64"), finite, dim="sample")
-    return (total / count.where(count > 0)).transpose("resample", ...)
+    if denominator is None:
+        return (total / count.where(count > 0)).transpose("resample", ...)
+    plain = denominator.drop_vars("sample", errors="ignore").reset_coords(drop=True)
+    below = xr.dot(weights.astype("float64"), finite * plain.astype("float64"), dim="sample")
+    return (total / below.where(count > 0)).transpose("resample", ...)
+
+
+def ratio_mean(values: xr.DataArray, denominator: xr.DataArray | None = None) -> xr.DataArray:
+    """The mean over ``sample`` of ``values`` (NaN skipped), or with a ``denominator`` the ratio
+    of sums over the samples finite in each cell (see :func:`resampled_means`)."""
+    plain = values.drop_vars("sample", errors="ignore").reset_coords(drop=True)
+    if denominator is None:
+        return plain.mean("sample", skipna=True)
+    below = denominator.drop_vars("sample", errors="ignore").reset_coords(drop=True)
+    finite = plain.notnull()
+    total = plain.fillna(0.0).sum("sample")
+    return (total / (below * finite).sum("sample")).where(finite.any("sample"))
 
 
 def bootstrap_mean(
@@ -65,11 +86,14 @@ def bootstrap_mean(
     confidence: float = 0.95,
     n_resamples: int = 1000,
     seed: int = 0,
+    denominator: xr.DataArray | None = None,
 ) -> xr.Dataset:
-    """Mean over samples with a percentile bootstrap confidence interval.
+    """Mean over samples (or ratio of sums, with a ``denominator``) with a percentile bootstrap
+    confidence interval.
 
     Args:
         values: DataArray with a ``sample`` dimension; NaN cells are skipped.
+        denominator: see :func:`resampled_means`.
         confidence: coverage of the interval, in (0, 1).
         n_resamples: bootstrap resamples.
         seed: seed of the resampling.
@@ -81,13 +105,13 @@ def bootstrap_mean(
     if not 0.0 < confidence < 1.0:
         raise AnalysisError(f"confidence must lie strictly between 0 and 1; got {confidence}")
     weights = bootstrap_weights(values.sizes["sample"], n_resamples, seed)
-    means = resampled_means(values, weights)
+    means = resampled_means(values, weights, denominator)
     alpha = 1.0 - confidence
     bounds = means.quantile([alpha / 2, 1 - alpha / 2], dim="resample", skipna=True)
     plain = values.drop_vars("sample", errors="ignore")
     return xr.Dataset(
         {
-            "mean": plain.mean("sample", skipna=True),
+            "mean": ratio_mean(values, denominator),
             "ci_low": bounds.isel(quantile=0, drop=True),
             "ci_high": bounds.isel(quantile=1, drop=True),
             "n_samples": plain.notnull().sum("sample"),

@@ -37,6 +37,8 @@ def _title(profile: xr.Dataset, what: str) -> str:
     """``what``, then the study and model and the samples used, e.g. ``n = 16 of 64 (partial)``."""
     subtitle = describe(xr.Dataset(attrs=profile.attrs))
     coverage = SampleCoverage.from_attrs(profile.attrs)
+    if profile.attrs.get("metric", "normalized_effect") == "normalized_effect":
+        subtitle += f", {str(profile.attrs.get('estimator', 'mean')).replace('_', ' ')}"
     return f"{what}\n{subtitle}" + ("" if coverage is None else f", {coverage.short()}")
 
 

@@ -44,8 +44,68 @@ MIN_GAP = 1e-6
 
 #: Reason of :func:`sample_coverage` for samples not marked done.
 UNFINISHED = "unfinished"
-#: Reason of :func:`sample_coverage` for samples whose normalized effect is undefined.
-GAP_TOO_SMALL = f"baseline gap below {MIN_GAP:g} (normalized effect undefined)"
+#: Reason of :func:`sample_coverage`: the normalized effect's sign would be meaningless.
+WRONG_DIRECTION = "clean run not preferring the audio answer, or conflict run already preferring it"
+#: Reason of :func:`sample_coverage`: one such sample would outweigh many typical ones.
+GAP_TOO_SMALL = "clean − conflict gap below min_relative_gap × the median gap"
+
+#: Estimators of a mean normalized effect over samples (see :mod:`patchwork.analysis.profile`).
+ESTIMATORS = ("ratio_of_means", "mean_of_ratios")
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """How normalized-effect analyses read a store: the estimator and the gap threshold.
+
+    Defaults are the study's ``analysis`` section stored with the results
+    (:meth:`from_results`), else :class:`patchwork.study.schema.AnalysisSpec`'s.
+    """
+
+    estimator: str = "ratio_of_means"
+    min_relative_gap: float = 0.05
+
+    @classmethod
+    def from_results(
+        cls,
+        results: xr.Dataset,
+        estimator: str | None = None,
+        min_relative_gap: float | None = None,
+    ) -> AnalysisSettings:
+        """The settings stored with ``results``, with the given ones over them."""
+        stored = _stored_analysis(results)
+        settings = cls(
+            estimator=estimator or stored.get("estimator", cls.estimator),
+            min_relative_gap=float(
+                stored.get("min_relative_gap", cls.min_relative_gap)
+                if min_relative_gap is None
+                else min_relative_gap
+            ),
+        )
+        check_choice("estimator", settings.estimator, ESTIMATORS)
+        if not 0.0 <= settings.min_relative_gap < 1.0:
+            raise AnalysisError(
+                f"min_relative_gap must lie in [0, 1); got {settings.min_relative_gap}"
+            )
+        return settings
+
+    def attrs(self) -> dict[str, Any]:
+        return {"estimator": self.estimator, "min_relative_gap": self.min_relative_gap}
+
+
+def _stored_analysis(results: xr.Dataset) -> dict[str, Any]:
+    """The ``analysis`` section of the study text stored with ``results`` ({} when none)."""
+    text = results.attrs.get("study")
+    if not isinstance(text, str) or "analysis" not in text:
+        return {}
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        study = YAML(typ="safe", pure=True).load(text)
+    except YAMLError:
+        return {}
+    section = study.get("analysis") if isinstance(study, dict) else None
+    return dict(section) if isinstance(section, dict) else {}
 
 
 class AnalysisError(PatchworkError):
@@ -201,29 +261,55 @@ class SampleCoverage:
         )
 
 
-ExclusionRule = Callable[[xr.Dataset, str], tuple[str, np.ndarray]]
+ExclusionRule = Callable[[xr.Dataset, str, AnalysisSettings], tuple[str, np.ndarray]]
 
 
-def _gap_too_small(done: xr.Dataset, metric: str) -> tuple[str, np.ndarray]:
+def _baselines(done: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(source, target) logit differences per sample: the runs in the order the method stored
+    them (from, into), e.g. clean and conflict."""
+    runs = done["baseline"].sel(metric="logit_diff")
+    return runs.isel(run=0).values, runs.isel(run=1).values
+
+
+def _wrong_direction(
+    done: xr.Dataset, metric: str, settings: AnalysisSettings
+) -> tuple[str, np.ndarray]:
+    if metric != "normalized_effect" or "baseline" not in done.data_vars:
+        return WRONG_DIRECTION, np.zeros(done.sizes["sample"], dtype=bool)
+    source, target = _baselines(done)
+    with np.errstate(invalid="ignore"):
+        return WRONG_DIRECTION, np.isfinite(source - target) & ~((target < 0) & (0 < source))
+
+
+def _gap_too_small(
+    done: xr.Dataset, metric: str, settings: AnalysisSettings
+) -> tuple[str, np.ndarray]:
     if metric != "normalized_effect" or "baseline" not in done.data_vars:
         return GAP_TOO_SMALL, np.zeros(done.sizes["sample"], dtype=bool)
-    runs = done["baseline"].sel(metric="logit_diff")
-    gap = abs(runs.sel(run="clean") - runs.sel(run="conflict")).values
-    return GAP_TOO_SMALL, np.isfinite(gap) & (gap < MIN_GAP)
+    source, target = _baselines(done)
+    gap = np.abs(source - target)
+    finite = gap[np.isfinite(gap)]
+    threshold = max(
+        MIN_GAP, settings.min_relative_gap * float(np.median(finite)) if finite.size else 0.0
+    )
+    return GAP_TOO_SMALL, np.isfinite(gap) & (gap < threshold)
 
 
-def _no_values(done: xr.Dataset, metric: str) -> tuple[str, np.ndarray]:
+def _no_values(done: xr.Dataset, metric: str, settings: AnalysisSettings) -> tuple[str, np.ndarray]:
     stored = select_metric(done, metric).notnull().any(("layer", "position_group", "component"))
     return f"without a {metric} value", ~stored.values
 
 
 #: The checks of :func:`sample_coverage` after "unfinished", in order. Each maps the done samples
-#: and a metric to (reason, mask of the samples it excludes); a sample takes the first reason it
-#: meets, so a later check (e.g. of the baselines) adds a rule here.
-EXCLUSION_RULES: tuple[ExclusionRule, ...] = (_gap_too_small, _no_values)
+#: left by the checks before it, a metric and the settings to (reason, mask of the samples it
+#: excludes); a sample takes the first reason it meets. The gap threshold is relative to the
+#: median gap of the samples whose baselines point the right way.
+EXCLUSION_RULES: tuple[ExclusionRule, ...] = (_wrong_direction, _gap_too_small, _no_values)
 
 
-def _excluded_masks(results: xr.Dataset, metric: str) -> dict[str, np.ndarray]:
+def _excluded_masks(
+    results: xr.Dataset, metric: str, settings: AnalysisSettings
+) -> dict[str, np.ndarray]:
     """Reason → mask over all samples of ``results``; masks are disjoint."""
     check_results(results)
     finished = np.ones(results.sizes["sample"], dtype=bool)
@@ -232,7 +318,7 @@ def _excluded_masks(results: xr.Dataset, metric: str) -> dict[str, np.ndarray]:
     masks = {UNFINISHED: ~finished}
     left = finished.copy()
     for rule in EXCLUSION_RULES:
-        reason, mask = rule(results.isel(sample=left), metric)
+        reason, mask = rule(results.isel(sample=left), metric, settings)
         full = np.zeros_like(left)
         full[np.flatnonzero(left)[mask]] = True
         masks[reason] = masks.get(reason, np.zeros_like(left)) | full
@@ -240,19 +326,31 @@ def _excluded_masks(results: xr.Dataset, metric: str) -> dict[str, np.ndarray]:
     return masks
 
 
-def sample_coverage(results: xr.Dataset, metric: str = "normalized_effect") -> SampleCoverage:
+def sample_coverage(
+    results: xr.Dataset,
+    metric: str = "normalized_effect",
+    min_relative_gap: float | None = None,
+) -> SampleCoverage:
     """Which samples an analysis of ``metric`` uses, and why it leaves the others out.
 
-    Left out are samples not marked done (``"unfinished"``), done samples whose clean and conflict
-    logit differences are closer than :data:`MIN_GAP` when ``metric`` is the normalized effect
-    (:data:`GAP_TOO_SMALL`), and done samples with no value of ``metric`` at all; see
+    Left out are samples not marked done (``"unfinished"``); for the normalized effect, done
+    samples whose clean run does not prefer the audio answer or whose conflict run already does
+    (:data:`WRONG_DIRECTION`: the ratio's sign means nothing there) and samples whose clean −
+    conflict gap is below ``min_relative_gap`` × the median gap (:data:`GAP_TOO_SMALL`: one such
+    sample would outweigh many); and done samples with no value of ``metric`` at all; see
     :data:`EXCLUSION_RULES`. Reasons that exclude nothing are not listed.
+
+    Args:
+        results: a result dataset.
+        metric: the metric analysed.
+        min_relative_gap: default: the stored study's ``analysis.min_relative_gap``, else 0.05.
 
     Raises:
         patchwork.analysis.AnalysisError: when ``results`` are no result dataset or lack
             ``metric``.
     """
-    return _coverage(results, _excluded_masks(results, metric))
+    settings = AnalysisSettings.from_results(results, min_relative_gap=min_relative_gap)
+    return _coverage(results, _excluded_masks(results, metric, settings))
 
 
 def _coverage(results: xr.Dataset, masks: dict[str, np.ndarray]) -> SampleCoverage:
@@ -267,9 +365,12 @@ def _coverage(results: xr.Dataset, masks: dict[str, np.ndarray]) -> SampleCovera
 
 
 def used_samples(
-    results: xr.Dataset, metric: str = "normalized_effect"
+    results: xr.Dataset,
+    metric: str = "normalized_effect",
+    settings: AnalysisSettings | None = None,
 ) -> tuple[xr.Dataset, SampleCoverage]:
-    """The samples of ``results`` that an analysis of ``metric`` uses, and their coverage.
+    """The samples of ``results`` that an analysis of ``metric`` uses, and their coverage
+    (``settings``: default :meth:`AnalysisSettings.from_results`).
 
     Returns:
         ``results`` restricted along ``sample`` to the used samples, and
@@ -279,7 +380,8 @@ def used_samples(
         patchwork.analysis.AnalysisError: when no sample is done, or none of them is usable.
     """
     done_samples(results)
-    masks = _excluded_masks(results, metric)
+    settings = settings or AnalysisSettings.from_results(results)
+    masks = _excluded_masks(results, metric, settings)
     coverage = _coverage(results, masks)
     if coverage.used == 0:
         raise AnalysisError(f"no done sample has a usable {metric}: {coverage}")

@@ -29,9 +29,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from patchwork.analysis.bootstrap import bootstrap_weights, resampled_means
-from patchwork.analysis.profile import DEFAULT_FIXED_FLOOR, _provenance, noise_floor
-from patchwork.analysis.results import AnalysisError, select_metric, used_samples
+from patchwork.analysis.bootstrap import bootstrap_weights, ratio_mean, resampled_means
+from patchwork.analysis.profile import (
+    DEFAULT_FIXED_FLOOR,
+    _provenance,
+    estimator_terms,
+    noise_floor,
+)
+from patchwork.analysis.results import AnalysisError, AnalysisSettings, used_samples
 
 _FLOAT_FIELDS = (
     "start_layer",
@@ -81,6 +86,8 @@ def locate(
     n_resamples: int = 1000,
     seed: int = 0,
     coverage: float = 0.9,
+    estimator: str | None = None,
+    min_relative_gap: float | None = None,
 ) -> xr.Dataset:
     """The layer window where the effect changes most, per position group and component.
 
@@ -97,6 +104,11 @@ def locate(
         seed: seed of the resampling; equal seeds give equal answers.
         coverage: the window is the shortest run of layers carrying this fraction of the largest
             change, in (0, 1].
+        estimator: how the normalized effect is averaged over samples (``"ratio_of_means"`` or
+            ``"mean_of_ratios"``, see :mod:`patchwork.analysis.profile`); default: the stored
+            study's ``analysis.estimator``, else ratio of means.
+        min_relative_gap: samples with a smaller clean − conflict gap (relative to the median)
+            are left out (see :func:`~patchwork.analysis.results.sample_coverage`).
 
     Returns:
         Dataset with dims ``(position_group, component)``:
@@ -114,23 +126,26 @@ def locate(
         - ``null_change``: the same window's change under mismatched patches (NaN without
           ``null_effect``); ``floor``: the floor used; ``n_samples``: samples used in the cell.
 
-        Its attrs add ``floor_source`` (``"auto"``, ``"fixed"`` for a number, or ``"null"``) and
-        the samples used of all: ``n_used``, ``n_total`` and ``excluded_samples``
+        Its attrs add ``floor_source`` (``"auto"``, ``"fixed"`` for a number, or ``"null"``),
+        ``estimator`` and ``min_relative_gap``, and the samples used of all: ``n_used``,
+        ``n_total`` and ``excluded_samples``
         (:meth:`~patchwork.analysis.results.SampleCoverage.attrs`).
     """
     if not 0.0 < confidence < 1.0:
         raise AnalysisError(f"confidence must lie strictly between 0 and 1; got {confidence}")
     if not 0.0 < coverage <= 1.0:
         raise AnalysisError(f"coverage must lie in (0, 1]; got {coverage}")
-    done, used = used_samples(results, metric)
-    effect = select_metric(done, metric).sortby("layer")
+    settings = AnalysisSettings.from_results(results, estimator, min_relative_gap)
+    done, used = used_samples(results, metric, settings)
+    effect, denominator = estimator_terms(done, metric, settings.estimator)
+    effect = effect.sortby("layer")
     if effect.sizes["layer"] < 2:
         raise AnalysisError("locating a window needs at least two layers in the store")
-    floors = _resolve_floor(done, floor, metric, confidence, n_resamples, seed)
+    floors = _resolve_floor(done, floor, metric, confidence, n_resamples, seed, settings)
     weights = bootstrap_weights(done.sizes["sample"], n_resamples, seed)
-    boot = resampled_means(effect, weights)
-    mean_effect = effect.mean("sample", skipna=True)
-    null_mean = _null_mean(done, metric)
+    boot = resampled_means(effect, weights, denominator)
+    mean_effect = ratio_mean(effect, denominator)
+    null_mean = _null_mean(done, metric, settings.estimator)
     layers = effect["layer"].values
 
     groups = effect["position_group"].values
@@ -161,7 +176,7 @@ def locate(
         coords={"position_group": groups, "component": components},
     )
     located.attrs.update(
-        {**_provenance(results), **used.attrs()},
+        {**_provenance(results), **used.attrs(), **settings.attrs()},
         metric=metric,
         confidence=confidence,
         n_resamples=n_resamples,
@@ -206,15 +221,18 @@ def _resolve_floor(
     confidence: float,
     n_resamples: int,
     seed: int,
+    settings: AnalysisSettings,
 ) -> xr.DataArray:
-    """The floor per (position_group, component); its ``source`` attr says which kind."""
+    """The floor per (position_group, component) over the used samples ``done``; its ``source``
+    attr says which kind."""
     template = xr.zeros_like(
         done["effect"].isel(sample=0, layer=0, metric=0, drop=True), dtype="float64"
     ).reset_coords(drop=True)
     source = "fixed"
     if isinstance(floor, str):
         if floor == "null":
-            return noise_floor(done, metric, confidence, n_resamples, seed)
+            # the samples are chosen already: no second gap threshold over them
+            return noise_floor(done, metric, confidence, n_resamples, seed, settings.estimator, 0.0)
         if floor != "auto":
             raise AnalysisError(f"floor must be 'auto', 'null' or a number; got {floor!r}")
         source, floor = "auto", DEFAULT_FIXED_FLOOR * _clean_conflict_gap(done, metric)
@@ -234,11 +252,12 @@ def _clean_conflict_gap(done: xr.Dataset, metric: str) -> float:
     return gap if np.isfinite(gap) and gap > 0 else 1.0
 
 
-def _null_mean(done: xr.Dataset, metric: str) -> xr.DataArray | None:
+def _null_mean(done: xr.Dataset, metric: str, estimator: str) -> xr.DataArray | None:
     if "null_effect" not in done.data_vars:
         return None
-    null = select_metric(done, metric, "null_effect").sortby("layer")
-    return null.mean("sample", skipna=True) if bool(null.notnull().any()) else None
+    null, denominator = estimator_terms(done, metric, estimator, "null_effect")
+    null = null.sortby("layer")
+    return ratio_mean(null, denominator) if bool(null.notnull().any()) else None
 
 
 def _window_change(

@@ -28,6 +28,22 @@ MetricOption = Annotated[
     str, typer.Option("--metric", help="logit_diff, audio_probability or normalized_effect.")
 ]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")]
+EstimatorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--estimator",
+        help="How the normalized effect is averaged over samples: ratio_of_means (Σ restored / "
+        "Σ gap; default) or mean_of_ratios. Default: the study's analysis.estimator.",
+    ),
+]
+MinGapOption = Annotated[
+    float | None,
+    typer.Option(
+        "--min-gap",
+        help="Leave out samples whose clean − conflict gap is below this fraction of the median "
+        "(default: the study's analysis.min_relative_gap, else 0.05).",
+    ),
+]
 ResamplesOption = Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")]
 
 
@@ -60,7 +76,16 @@ def located_as_json(located: Any) -> str:
         {key: _plain(value) for key, value in row.items()}
         for row in table.to_dict(orient="records")
     ]
-    keys = ("study_name", "model_name", "metric", "confidence", "n_resamples", "seed")
+    keys = (
+        "study_name",
+        "model_name",
+        "metric",
+        "estimator",
+        "min_relative_gap",
+        "confidence",
+        "n_resamples",
+        "seed",
+    )
     header = {key: _plain(located.attrs.get(key)) for key in keys}
     header["floor_source"] = located.attrs.get("floor_source")
     coverage = SampleCoverage.from_attrs(located.attrs)
@@ -124,6 +149,8 @@ def register(app: typer.Typer) -> None:
         confidence: Annotated[float, typer.Option(help="Coverage of the intervals.")] = 0.95,
         resamples: ResamplesOption = 1000,
         seed: SeedOption = 0,
+        estimator: EstimatorOption = None,
+        min_gap: MinGapOption = None,
     ) -> None:
         """Print, per position group and component, the layer window where the effect changes."""
         from patchwork.analysis.windows import locate as locate_windows
@@ -136,6 +163,8 @@ def register(app: typer.Typer) -> None:
             confidence=confidence,
             n_resamples=resamples,
             seed=seed,
+            estimator=estimator,
+            min_relative_gap=min_gap,
         )
         if output is OutputFormat.json:
             typer.echo(located_as_json(located))
@@ -155,6 +184,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
         resamples: ResamplesOption = 1000,
         seed: SeedOption = 0,
+        estimator: EstimatorOption = None,
+        min_gap: MinGapOption = None,
     ) -> None:
         """Write the heatmap, per-component profiles and small multiples of a store."""
         import patchwork.analysis  # noqa: F401  (registers the accessor)
@@ -162,7 +193,13 @@ def register(app: typer.Typer) -> None:
         results = open_store(store, model)
         formats = image_format or ["png", "svg"]
         paths = results.patchwork.save_figures(
-            out, metric=metric, formats=formats, seed=seed, n_resamples=resamples
+            out,
+            metric=metric,
+            formats=formats,
+            seed=seed,
+            n_resamples=resamples,
+            estimator=estimator,
+            min_relative_gap=min_gap,
         )
         for path in paths:
             typer.echo(str(path))
@@ -172,6 +209,12 @@ def _number(value: float, signed: bool = False) -> str:
     if not math.isfinite(value):
         return ""
     return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def _estimator(attrs: Any) -> str:
+    if attrs.get("metric") != "normalized_effect" or "estimator" not in attrs:
+        return ""
+    return f" ({str(attrs['estimator']).replace('_', ' ')})"
 
 
 def _print_table(located: Any) -> None:
@@ -191,7 +234,7 @@ def _print_table(located: Any) -> None:
     )
     title = (
         f"{attrs.get('study_name', 'study')} · {attrs.get('model_name', 'model')}, {samples}\n"
-        f"where {attrs['metric']} changes most across layers "
+        f"where {attrs['metric']}{_estimator(attrs)} changes most across layers "
         f"({attrs['confidence']:.0%} CI, floor: {attrs['floor_source']}; "
         "null Δ: the same window under mismatched patches)"
     )

@@ -22,8 +22,9 @@ from patchwork.errors import PatchworkError, StudyError
 from patchwork.study.locations import FieldPath, dotted, format_location
 from patchwork.study.schema import PluginIntervention, Study
 
-#: Fields that change how fast a run goes, never what it computes: outside the study hash.
-NOT_HASHED: dict[str, Any] = {"description": True, "execution": {"threads"}}
+#: Fields that change how fast a run goes or how it is analysed, never what it computes: outside
+#: the study hash.
+NOT_HASHED: dict[str, Any] = {"description": True, "execution": {"threads"}, "analysis": True}
 
 
 def load_study(path: str | Path, overrides: Iterable[str] = ()) -> Study:

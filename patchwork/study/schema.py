@@ -469,6 +469,26 @@ Intervention = Annotated[
 ]
 
 
+class AnalysisSpec(_Strict):
+    """How analyses of the normalized effect read the store (not part of the study hash: a
+    finished store may be analysed under other settings)."""
+
+    estimator: Literal["ratio_of_means", "mean_of_ratios"] = Field(
+        "ratio_of_means",
+        description="ratio_of_means: Σ(patched − conflict) / Σ(clean − conflict) over samples "
+        "(each sample weighs by its gap); mean_of_ratios: the mean of per-sample normalized "
+        "effects.",
+    )
+    min_relative_gap: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Samples whose clean − conflict gap is below this fraction of the median gap "
+        "are left out of normalized-effect analyses (as are samples whose clean run does not "
+        "prefer the audio answer or whose conflict run already does).",
+    )
+
+
 class Execution(_Strict):
     """How the sweep runs: batch of patched conditions per forward, samples per stored unit."""
 
@@ -512,6 +532,7 @@ class Study(_Strict):
     interventions: tuple[Intervention, ...] = Field(min_length=1)
     metrics: tuple[Metric, ...] = Field(METRICS, min_length=1)
     execution: Execution = Field(default_factory=Execution)
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     store: Path | None = Field(
         None, description="Where the store goes, under the store root; default <name>.zarr."
     )

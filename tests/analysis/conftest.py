@@ -22,6 +22,16 @@ def results() -> xr.Dataset:
     return synthetic_results(n_samples=32, done_fraction=0.75, seed=3)
 
 
+def raise_normalized(results: xr.Dataset, cell: dict, amount) -> None:
+    """Add ``amount`` to the normalized effect of ``cell`` in place, and the same share of each
+    sample's clean − conflict gap to its logit difference, as a store would hold them."""
+    runs = results["baseline"].sel(metric="logit_diff")
+    gap = runs.sel(run="clean", drop=True) - runs.sel(run="conflict", drop=True)
+    for metric, step in (("normalized_effect", amount), ("logit_diff", amount * gap)):
+        where = {**cell, "metric": metric}
+        results["effect"].loc[where] = results["effect"].loc[where] + step
+
+
 #: The done sample of :func:`flagged_results` whose normalized effect is undefined.
 ZERO_GAP_SAMPLE = "s0002"
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from patchwork.analysis import AnalysisError, SampleCoverage, locate, synthetic_results
-from patchwork.analysis.results import GAP_TOO_SMALL
+from patchwork.analysis.results import WRONG_DIRECTION
 from patchwork.cli import _register_subcommands, app
 from patchwork.cli.analysis import excluded_lines, located_as_json, parse_floor
 
@@ -100,7 +100,7 @@ def test_locate_header_says_how_many_samples_of_all_and_which_were_excluded(
     assert result.exit_code == 0, result.output
     text = _flat(result.output)
     assert "synthetic-model, 23 of 32 samples (partial: 8 unfinished, 1 excluded) where" in text
-    assert f"excluded, {GAP_TOO_SMALL}: {ZERO_GAP_SAMPLE} (1)" in text
+    assert f"excluded, {WRONG_DIRECTION}: {ZERO_GAP_SAMPLE} (1)" in text
 
 
 def test_locate_json_lists_the_excluded_samples_by_reason(flagged_store: Path) -> None:
@@ -108,9 +108,9 @@ def test_locate_json_lists_the_excluded_samples_by_reason(flagged_store: Path) -
     assert (document["n_used"], document["n_total"]) == (23, 32)
     assert document["excluded"] == {
         "unfinished": [f"s{i:04d}" for i in range(24, 32)],
-        GAP_TOO_SMALL: [ZERO_GAP_SAMPLE],
+        WRONG_DIRECTION: [ZERO_GAP_SAMPLE],
     }
-    assert document["samples"] == f"23 of 32 samples (partial: 8 unfinished, 1 {GAP_TOO_SMALL})"
+    assert document["samples"] == f"23 of 32 samples (partial: 8 unfinished, 1 {WRONG_DIRECTION})"
     assert max(w["n_samples"] for w in document["windows"]) == 23
 
 

@@ -19,7 +19,12 @@ from patchwork.analysis import (
     sample_coverage,
     synthetic_results,
 )
-from patchwork.analysis.results import GAP_TOO_SMALL, MIN_GAP, UNFINISHED, used_samples
+from patchwork.analysis.results import (
+    MIN_GAP,
+    UNFINISHED,
+    WRONG_DIRECTION,
+    used_samples,
+)
 
 from .conftest import ZERO_GAP_SAMPLE, with_zero_gap
 
@@ -33,13 +38,12 @@ def test_a_partial_store_counts_unfinished_and_undefined_samples(
     assert (coverage.used, coverage.total) == (23, 32)
     assert dict(coverage.excluded) == {
         UNFINISHED: UNFINISHED_IDS,
-        GAP_TOO_SMALL: (ZERO_GAP_SAMPLE,),
+        WRONG_DIRECTION: (ZERO_GAP_SAMPLE,),
     }
-    assert GAP_TOO_SMALL == "baseline gap below 1e-06 (normalized effect undefined)"
     assert coverage.partial
     assert str(coverage) == (
-        "23 of 32 samples (partial: 8 unfinished, "
-        "1 baseline gap below 1e-06 (normalized effect undefined))"
+        "23 of 32 samples (partial: 8 unfinished, 1 clean run not preferring the audio answer, "
+        "or conflict run already preferring it)"
     )
     assert (
         coverage.describe(reasons=False) == "23 of 32 samples (partial: 8 unfinished, 1 excluded)"
@@ -131,13 +135,13 @@ def test_figure_titles_state_the_samples_used_of_all(
     assert (profile.attrs["n_used"], profile.attrs["n_total"]) == (23 + (not flag), 32)
     for figure in (plot_heatmap(profile), plot_layer_profile(profile), plot_components(profile)):
         subtitle = figure.get_suptitle().splitlines()[-1]
-        assert subtitle == f"synthetic · synthetic-model, {label}"
+        assert subtitle == f"synthetic · synthetic-model, ratio of means, {label}"
 
 
 def test_a_complete_store_says_n_without_of() -> None:
     results = synthetic_results(n_samples=6, n_layers=3, position_groups=("answer",))
     profile = layer_profile(results.isel(component=[0]), n_resamples=20)
-    assert plot_heatmap(profile).get_suptitle().endswith("synthetic-model, n = 6")
+    assert plot_heatmap(profile).get_suptitle().endswith("synthetic-model, ratio of means, n = 6")
 
 
 def test_min_gap_is_the_one_the_metrics_use() -> None:

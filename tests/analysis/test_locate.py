@@ -18,6 +18,8 @@ from patchwork.analysis import (
     synthetic_results,
 )
 
+from .conftest import raise_normalized
+
 CELL = {"position_group": "answer", "component": "residual"}
 
 
@@ -123,8 +125,7 @@ def test_window_spans_a_two_layer_rise() -> None:
     results = synthetic_results(
         n_samples=40, step_layer=5, steps={("answer", "residual"): (0.0, 1.0)}, noise=0.05, seed=2
     )
-    at_four = dict(CELL, layer=4, metric="normalized_effect")
-    results["effect"].loc[at_four] = results["effect"].loc[at_four] + 0.4
+    raise_normalized(results, dict(CELL, layer=4), 0.4)
     found = locate(results, n_resamples=300).sel(CELL)
     assert (int(found["start_layer"]), int(found["end_layer"])) == (4, 5)
     assert int(found["peak_layer"]) == 5
@@ -200,8 +201,7 @@ def _planted_like() -> xr.Dataset:
     results = synthetic_results(
         n_samples=64, step_layer=5, steps={("answer", "residual"): (0.10, 0.90)}, noise=0.1, seed=6
     )
-    at_four = dict(CELL, layer=4, metric="normalized_effect")
-    results["effect"].loc[at_four] = results["effect"].loc[at_four] + 0.13
+    raise_normalized(results, dict(CELL, layer=4), 0.13)
     return results
 
 
@@ -217,8 +217,7 @@ def test_a_gradual_rise_gives_a_long_window() -> None:
     """0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0: the change is spread over layers 1-5."""
     results = synthetic_results(n_samples=40, steps={}, noise=0.05, seed=8)
     ramp = xr.DataArray(np.minimum(np.arange(8) * 0.2, 1.0), dims="layer")
-    cell = dict(CELL, metric="normalized_effect")
-    results["effect"].loc[cell] = results["effect"].loc[cell] + ramp
+    raise_normalized(results, CELL, ramp)
     found = locate(results, n_resamples=300).sel(CELL)
     assert str(found["direction"].values) == "rise"
     assert int(found["start_layer"]) in (1, 2) and int(found["end_layer"]) == 5

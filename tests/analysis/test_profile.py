@@ -22,10 +22,16 @@ def test_profile_has_named_dims_and_uses_only_done_samples(results: xr.Dataset) 
     assert set(profile.data_vars) == {"mean", "ci_low", "ci_high", "n_samples"}
     assert (profile["n_samples"] == int(results["done"].sum())).all()
     done = results.isel(sample=results["done"].values)
+    # ratio of means (default): Σ(patched − conflict) / Σ(clean − conflict) of the logit difference
+    logit = done["effect"].sel(metric="logit_diff").values.astype("float64")
+    clean, conflict = done["baseline"].sel(metric="logit_diff").values.astype("float64").T
+    expected = (logit - conflict[:, None, None, None]).sum(0) / (clean - conflict).sum()
+    np.testing.assert_allclose(profile["mean"].values, expected, rtol=0, atol=1e-5)
+    assert profile.attrs["estimator"] == "ratio_of_means"
+    # mean of ratios: the plain mean of per-sample normalized effects
+    plain = layer_profile(results, n_resamples=50, estimator="mean_of_ratios")
     expected = done["effect"].sel(metric="normalized_effect").mean("sample")
-    np.testing.assert_allclose(
-        profile["mean"], expected.transpose(*profile["mean"].dims), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(plain["mean"], expected.transpose(*plain["mean"].dims), atol=1e-6)
     assert profile.attrs["study_name"] == "synthetic"
     assert profile.attrs["metric"] == "normalized_effect"
 

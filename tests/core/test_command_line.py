@@ -109,8 +109,20 @@ LIGHT_COMMANDS = {
     "help": ["--help"],
     "validate --schema-only": ["validate", str(SMOKE), "--schema-only"],
     "status": ["status", "{store}"],
-    "locate": ["locate", "{store}", "--resamples", "50"],
-    "plot": ["plot", "{store}", "--out", "{out}", "--resamples", "20", "--image-format", "png"],
+    # the random-init store has no sample whose baselines suit the normalized effect
+    "locate": ["locate", "{store}", "--resamples", "50", "--metric", "logit_diff"],
+    "plot": [
+        "plot",
+        "{store}",
+        "--out",
+        "{out}",
+        "--resamples",
+        "20",
+        "--image-format",
+        "png",
+        "--metric",
+        "logit_diff",
+    ],
 }
 
 PROBE = """
