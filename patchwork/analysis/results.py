@@ -162,7 +162,8 @@ def done_samples(results: xr.Dataset) -> xr.Dataset:
 
 def select_metric(results: xr.Dataset, metric: str, variable: str = "effect") -> xr.DataArray:
     """``results[variable]`` at one metric, as float64 with dims (sample, layer, position_group,
-    component).
+    component); a ``null_effect`` with several noise-floor partners per sample is averaged over
+    them (NaN where a sample has none).
 
     Raises:
         patchwork.analysis.AnalysisError: when the variable is absent or the metric is not stored.
@@ -170,13 +171,11 @@ def select_metric(results: xr.Dataset, metric: str, variable: str = "effect") ->
     check_results(results, variable)
     stored = [str(m) for m in results[variable]["metric"].values]
     check_choice("metric", metric, stored)
-    return (
-        results[variable]
-        .sel(metric=metric, drop=True)
-        .astype("float64")
-        .transpose("sample", "layer", "position_group", "component")
-        .compute()
-    )
+    values = results[variable].sel(metric=metric, drop=True).astype("float64")
+    if "partner" in values.dims:
+        count = values.notnull().sum("partner")
+        values = (values.sum("partner", skipna=True) / count).where(count > 0)
+    return values.transpose("sample", "layer", "position_group", "component").compute()
 
 
 def describe(results: xr.Dataset) -> str:

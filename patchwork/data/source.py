@@ -7,7 +7,8 @@ memory flat however many samples a study has.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from patchwork.data.sample import Sample
@@ -15,11 +16,23 @@ from patchwork.data.sample import Sample
 
 @dataclass(frozen=True)
 class SampleInfo:
-    """What the store records about a sample before it is computed."""
+    """What the store records about a sample before it is computed, and what is known of its
+    token layouts (run → digest of its ``input_ids``; None where the source does not say)."""
 
     sample_id: str
     audio_answer: str
     visual_answer: str
+    layouts: Mapping[str, str] | None = None
+
+
+def layout_digests(sample: Sample) -> dict[str, str]:
+    """Run → digest of its ``input_ids`` (shape and values): equal digests, equal token layout."""
+    digests = {}
+    for run, inputs in sample.runs.items():
+        ids = inputs["input_ids"]
+        data = repr(tuple(ids.shape)).encode() + ids.cpu().numpy().tobytes()
+        digests[run] = hashlib.sha256(data).hexdigest()[:16]
+    return digests
 
 
 class SampleSource:
@@ -40,5 +53,8 @@ class SampleSource:
     def from_list(cls, samples: Sequence[Sample]) -> SampleSource:
         """A source over samples already in memory."""
         held = list(samples)
-        infos = [SampleInfo(s.sample_id, s.audio_answer, s.visual_answer) for s in held]
+        infos = [
+            SampleInfo(s.sample_id, s.audio_answer, s.visual_answer, layout_digests(s))
+            for s in held
+        ]
         return cls(infos, lambda start, stop: held[start:stop])

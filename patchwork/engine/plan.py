@@ -148,12 +148,15 @@ def plan_study(study: Study) -> Plan:
                 / length
                 for c in conditions
             ]
-            forwards_naive += 2 + len(shares)
-            forwards_exact += 2 + sum(shares)
-            flops_naive += (2 + len(shares)) * full
-            flops_exact += (2 + sum(shares)) * full
-            if getattr(method, "with_null_effect", False):  # each cell again from a partner
-                shares, conditions = shares * 2, (*conditions, *conditions)
+            baselines = 2
+            if getattr(method, "with_null_effect", False):  # each cell again per partner
+                partners = int(method.spec.noise_partners)
+                shares, conditions = shares * (1 + partners), tuple(conditions) * (1 + partners)
+                baselines += partners  # the partners' source runs
+            forwards_naive += baselines + len(shares)
+            forwards_exact += baselines + sum(shares)
+            flops_naive += (baselines + len(shares)) * full
+            flops_exact += (baselines + sum(shares)) * full
             sites = {(layer, c.component) for c in conditions for layer in c.layers}
             peak_activations = max(
                 peak_activations,

@@ -153,8 +153,11 @@ def prepare(
     units = tuple(
         (start, min(start + size, len(samples))) for start in range(0, len(samples), size)
     )
+    for method in methods:
+        method.attach(samples)
     first = samples.load(0, 1)
-    prepared = Prepared(study, store, loaded, samples, methods, units, media_notes(loaded, first))
+    notes = (*media_notes(loaded, first), *(note for m in methods for note in m.notes()))
+    prepared = Prepared(study, store, loaded, samples, methods, units, notes)
     check_samples(prepared, first)
     return prepared
 

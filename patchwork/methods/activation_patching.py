@@ -2,13 +2,16 @@
 
 Stores ``effect`` and ``null_effect`` (sample, layer, position_group, component, metric) and
 ``baseline`` (sample, run, metric); see :mod:`patchwork.patching.metrics` for the metrics.
-The noise floor patches sample i's target run with the source run of the next sample in the same
-unit (when their token layouts match); it stays NaN for a unit of one sample.
+The noise floor patches sample i's target run with the source runs of ``noise_partners`` other
+samples of the same token layout, drawn from the whole dataset by a generator seeded with
+(execution.seed, i) — the same partners whatever the units and workers (:func:`noise_partners`).
+A slot without a partner stays NaN; the store says which sample each slot used (``null_partner``).
 """
 
 from __future__ import annotations
 
 import zlib
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from functools import cached_property
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 
 from patchwork.data.sample import Sample
+from patchwork.data.source import SampleSource
 from patchwork.errors import DataError, StudyError
 from patchwork.methods.method import Method
 from patchwork.patching.atp_star import (
@@ -40,6 +44,23 @@ from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, ActivationPatching
 
 EFFECT_DIMS = ("sample", "layer", "position_group", "component", "metric")
+NULL_DIMS = ("sample", "partner", *EFFECT_DIMS[1:])
+
+
+def noise_partners(layouts: Sequence[str | None], count: int, seed: int) -> list[list[int]]:
+    """For each sample, up to ``count`` other samples with the same layout key (None: unknown,
+    matched with the other unknowns and checked when the sample runs), drawn without replacement
+    by a generator seeded with (``seed``, index): independent of units and workers."""
+    groups: dict[str | None, list[int]] = defaultdict(list)
+    for index, key in enumerate(layouts):
+        groups[key].append(index)
+    partners = []
+    for index, key in enumerate(layouts):
+        candidates = [other for other in groups[key] if other != index]
+        rng = np.random.default_rng([seed, index])
+        chosen = rng.permutation(len(candidates))[:count]
+        partners.append([candidates[c] for c in chosen])
+    return partners
 
 
 class ActivationPatchingMethod(Method):
@@ -107,6 +128,33 @@ class ActivationPatchingMethod(Method):
     def with_null_effect(self) -> bool:
         return self.spec.noise_floor == "mismatched"
 
+    def attach(self, source: SampleSource) -> None:
+        self.source = source
+        self.position = {info.sample_id: index for index, info in enumerate(source.infos)}
+        target = self.spec.target
+        layouts = [(info.layouts or {}).get(target) for info in source.infos]
+        count = self.spec.noise_partners if self.with_null_effect else 0
+        self.partners = noise_partners(layouts, count, self.study.execution.seed)
+
+    def notes(self) -> tuple[str, ...]:
+        if not self.with_null_effect:
+            return ()
+        wanted = self.spec.noise_partners
+        short = [
+            (info.sample_id, len(found))
+            for info, found in zip(self.source.infos, self.partners, strict=True)
+            if len(found) < wanted
+        ]
+        if not short:
+            return ()
+        shown = ", ".join(f"{sample}: {found}" for sample, found in short[:3])
+        more = ", …" if len(short) > 3 else ""
+        return (
+            f"noise floor: {len(short)} of {len(self.partners)} samples have fewer than {wanted} "
+            f"other sample(s) of the same token layout ({shown}{more}); their missing "
+            "null_effect partners stay NaN",
+        )
+
     def runs(self) -> tuple[str, ...]:
         return (self.spec.source, self.spec.target)
 
@@ -142,8 +190,19 @@ class ActivationPatchingMethod(Method):
             ),
         }
         if self.with_null_effect:
-            variables["null_effect"] = replace(
-                effect, long_name=f"{effect.long_name}, source taken from another sample"
+            partners = {"partner": list(range(self.spec.noise_partners))}
+            variables["null_effect"] = ArraySpec(
+                NULL_DIMS,
+                {**partners, **{dim: effect.coords[dim] for dim in EFFECT_DIMS[1:]}},
+                long_name=f"{effect.long_name}, source taken from another sample",
+                units="1",
+            )
+            variables["null_partner"] = ArraySpec(
+                ("sample", "partner"),
+                partners,
+                long_name="index (along sample) of the sample whose source run each noise-floor "
+                "slot patched in (NaN: no partner of the same token layout)",
+                units="1",
             )
         if "graddrop" in self.corrections:
             coords = {dim: effect.coords[dim] for dim in EFFECT_DIMS[1:-1]}
@@ -177,6 +236,21 @@ class ActivationPatchingMethod(Method):
             return {key: value.to(device) for key, value in sample.runs[run].items()}
 
         sources = [patcher.record(on_device(s, spec.source), self.sites) for s in samples]
+        rows = {self.position[s.sample_id]: row for row, s in enumerate(samples)}
+        outside: dict[int, tuple[Sample, Activations]] = {}
+
+        def partner_source(index: int) -> tuple[Sample, Activations]:
+            """A partner's sample and source activations (recorded once per unit)."""
+            if index in rows:
+                return samples[rows[index]], sources[rows[index]][1]
+            if index not in outside:
+                partner = self.source.load(index, index + 1)[0]
+                outside[index] = (
+                    partner,
+                    patcher.record(on_device(partner, spec.source), self.sites)[1],
+                )
+            return outside[index]
+
         runner = _ExactRunner(patcher, self.study.execution.reuse, self.study.execution.batch_size)
         for row, sample in enumerate(samples):
             target = on_device(sample, spec.target)
@@ -186,19 +260,20 @@ class ActivationPatchingMethod(Method):
             conflict = answer_metrics(runner.start(target, masks, self.sites), *ids)
             for run_index, base in enumerate((clean, conflict)):
                 arrays["baseline"][row, run_index] = _table(base, clean, conflict)[0]
-            partner = (row + 1) % len(samples)
-            passes = [("effect", sources[row][1])]
-            if (
-                self.with_null_effect
-                and partner != row
-                and _same_layout(sample, samples[partner], spec.target)
-            ):
-                passes.append(("null_effect", sources[partner][1]))
+            # (variable, index of the cell's row in it, source activations)
+            passes: list[tuple[str, tuple[int, ...], Activations]] = [
+                ("effect", (row,), sources[row][1])
+            ]
+            for slot, index in enumerate(self.partners[self.position[sample.sample_id]]):
+                partner, activations = partner_source(index)
+                if _same_layout(sample, partner, spec.target):
+                    arrays["null_partner"][row, slot] = index
+                    passes.append(("null_effect", (row, slot), activations))
             if spec.method == "exact":
-                for name, activations in passes:
+                for name, at, activations in passes:
                     tables = runner.patch(self.conditions, activations, ids, clean, conflict)
                     for condition, values in zip(self.conditions, tables, strict=True):
-                        arrays[name][(row, *self.cell[condition])] = values
+                        arrays[name][(*at, *self.cell[condition])] = values
                 continue
             linearization = linearize(
                 patcher.adapter,
@@ -209,7 +284,7 @@ class ActivationPatchingMethod(Method):
                 readout="readout" in self.corrections,
                 graddrop="graddrop" in self.corrections,
             )
-            for name, activations in passes:
+            for name, at, activations in passes:
                 delta = deltas(activations, linearization)
                 cells = self._estimate(linearization, delta, masks, ids)
                 estimated = {
@@ -220,7 +295,7 @@ class ActivationPatchingMethod(Method):
                 for condition, values in zip(
                     self.conditions, _table(estimated, clean, conflict), strict=True
                 ):
-                    arrays[name][(row, *self.cell[condition])] = values
+                    arrays[name][(*at, *self.cell[condition])] = values
                 if name == "effect" and "graddrop" in self.corrections:
                     magnitudes = graddrop_magnitudes(self.conditions, linearization, delta, masks)
                     for condition, magnitude in zip(self.conditions, magnitudes, strict=True):

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from patchwork import plugins
 from patchwork.data.sample import Sample
+from patchwork.data.source import SampleSource
 from patchwork.errors import StudyError
 from patchwork.loading.model import LoadedModel
 from patchwork.patching.patcher import Patcher
@@ -66,6 +67,14 @@ class Method(ABC):
 
     def runs(self) -> tuple[str, ...]:
         """The study runs this method reads."""
+        return ()
+
+    def attach(self, source: SampleSource) -> None:  # noqa: B027 - optional hook
+        """Called once the study's samples are known, before any unit runs: a method that reads
+        samples outside the unit it computes (e.g. noise-floor partners) keeps ``source``."""
+
+    def notes(self) -> tuple[str, ...]:
+        """Warnings about the study's samples for this method (after :meth:`attach`)."""
         return ()
 
     def check_sample(self, sample: Sample) -> None:  # noqa: B027 - optional hook

@@ -278,8 +278,16 @@ class ActivationPatching(_Strict):
     )
     noise_floor: Literal["mismatched", "none"] = Field(
         "mismatched",
-        description="'mismatched' also patches from the next sample's source run, a noise floor "
-        "stored as null_effect.",
+        description="'mismatched' also patches each sample's target run with the source runs of "
+        "other samples of the same token layout, drawn from the whole dataset (seeded by "
+        "execution.seed): a noise floor stored as null_effect (sample, partner, …).",
+    )
+    noise_partners: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Partners per sample for the mismatched noise floor; each costs one more "
+        "source forward and one more patched pass per sample.",
     )
 
     _layers = field_validator("layers", mode="before")(_parse_layers)

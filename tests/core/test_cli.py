@@ -39,9 +39,13 @@ def test_smoke_study_runs_end_to_end(tmp_path: Path) -> None:
         "component": 3,
         "metric": 3,
         "run": 2,
+        "partner": 1,
     }
     assert np.isfinite(results["effect"].values).all()
     assert np.isfinite(results["null_effect"].values).all()
+    # each sample's noise-floor partner: another sample, recorded by index
+    partners = results["null_partner"].values[:, 0]
+    assert (partners != np.arange(8)).all() and set(partners) <= set(range(8))
     assert results.attrs["study"] == SMOKE.read_text()
     assert set(results.attrs["versions"]) >= {"torch", "transformers", "nnsight", "zarr"}
 
