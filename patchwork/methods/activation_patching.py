@@ -45,6 +45,12 @@ from patchwork.study.schema import METRICS, ActivationPatching
 
 EFFECT_DIMS = ("sample", "layer", "position_group", "component", "metric")
 NULL_DIMS = ("sample", "partner", *EFFECT_DIMS[1:])
+#: attribution+verify's agreement of estimate and exact patching, per sample, over the 2k verified
+#: cells (the estimate's top k and k random others): Spearman of the changes; the share of the
+#: exact top k that the estimate put in its top k (chance: 0.5, as half the verified cells are the
+#: estimate's top k); mean exact change of the estimate's top k over that of the k random cells
+#: (chance: 1).
+AGREEMENT_STATS = ("spearman", "recall_among_verified", "top_k_lift")
 
 
 def noise_partners(layouts: Sequence[str | None], count: int, seed: int) -> list[list[int]]:
@@ -218,7 +224,7 @@ class ActivationPatchingMethod(Method):
             )
             variables["agreement"] = ArraySpec(
                 ("sample", "agreement_stat"),
-                {"agreement_stat": ["spearman", "recall_at_k"]},
+                {"agreement_stat": list(AGREEMENT_STATS)},
                 long_name="agreement of the estimate with exact patching on verified cells",
                 units="1",
             )
@@ -343,7 +349,7 @@ class ActivationPatchingMethod(Method):
         conflict: dict[str, torch.Tensor],
     ) -> None:
         """Patch the top-K estimated conditions and K random others exactly; store the exact
-        effects and the agreement (Spearman over them; recall of the exact top-K)."""
+        effects and the agreement (:data:`AGREEMENT_STATS`)."""
         metric = METRICS.index("logit_diff")
         estimate = np.array(
             [arrays["effect"][(row, *self.cell[c])][metric] for c in self.conditions]
@@ -365,9 +371,11 @@ class ActivationPatchingMethod(Method):
         exact = np.abs(tables[:, metric] - float(conflict["logit_diff"][0]))
         estimated = change[top + controls]
         exact_top = set(np.argsort(-exact, kind="stable")[:k])
+        random_mean = float(exact[k:].mean()) if len(controls) else float("nan")
         arrays["agreement"][row] = (
             spearman(estimated, exact),
             len(exact_top & set(range(k))) / k,
+            float(exact[:k].mean()) / random_mean if random_mean > 0 else float("nan"),
         )
 
 

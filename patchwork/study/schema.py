@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -291,6 +292,19 @@ class ActivationPatching(_Strict):
     )
 
     _layers = field_validator("layers", mode="before")(_parse_layers)
+
+    @field_validator("method")
+    @classmethod
+    def _exact_windows(cls, value: str, info: ValidationInfo) -> str:
+        window = info.data.get("window", 1)
+        if value != "exact" and window > 1:
+            raise ValueError(
+                f"window {window} needs method: exact — attribution adds one first-order term per "
+                "patched layer, while a later layer's patch overwrites an earlier one at the same "
+                "positions (residual window 4 on the default model: estimates 1.02–1.96 where "
+                "exact gives 1.00); use window: 1 with attribution"
+            )
+        return value
 
     @field_validator("components", "position_groups", "corrections")
     @classmethod

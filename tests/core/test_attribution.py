@@ -93,12 +93,24 @@ def test_verify_stores_exact_cells_and_agreement(tmp_path: Path) -> None:
     assert (checked.sum(axis=(1, 2, 3, 4)) == 12 * 3).all()  # 2 × top-k cells × 3 metrics
     np.testing.assert_allclose(cells[checked], exact["effect"].values[checked], atol=1e-5)
     agreement = verified["agreement"]
-    assert list(agreement["agreement_stat"].values) == ["spearman", "recall_at_k"]
-    assert (
-        (agreement.sel(agreement_stat="recall_at_k") >= 0)
-        & (agreement.sel(agreement_stat="recall_at_k") <= 1)
-    ).all()
+    stats = ["spearman", "recall_among_verified", "top_k_lift"]
+    assert list(agreement["agreement_stat"].values) == stats
     assert np.isfinite(agreement.values).all()
+    # recomputed from the stores: the verified cells are the estimate's top 6 and 6 random others
+    logit = list(verified["metric"].values).index("logit_diff")
+    conflict = verified["baseline"].sel(run="conflict", metric="logit_diff").values
+    for row in range(verified.sizes["sample"]):
+        mask = checked[row, ..., logit]
+        estimate = np.abs(verified["effect"].values[row, ..., logit][mask] - conflict[row])
+        truth = np.abs(exact["effect"].values[row, ..., logit][mask] - conflict[row])
+        top = np.argsort(-estimate, kind="stable")[:6]
+        controls = np.setdiff1d(np.arange(12), top)
+        exact_top = np.argsort(-truth, kind="stable")[:6]
+        expected = [
+            len(set(top) & set(exact_top)) / 6,
+            truth[top].mean() / truth[controls].mean(),
+        ]
+        np.testing.assert_allclose(agreement.values[row, 1:], expected, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(
         torch.as_tensor(verified["baseline"].values), torch.as_tensor(exact["baseline"].values)
     )

@@ -134,3 +134,12 @@ def test_hostile_yaml_is_refused_before_anything_is_built(case: str) -> None:
 def test_an_override_cannot_smuggle_an_alias() -> None:
     with pytest.raises(StudyError, match=r"--set model\.device=\[&a x, \*a\]:1: YAML aliases"):
         parse_study(study_text(), overrides=["model.device=[&a x, *a]"])
+
+
+@pytest.mark.parametrize("method", ["attribution", "attribution+verify"])
+def test_attribution_over_a_window_of_layers_is_refused(tmp_path: Path, method: str) -> None:
+    text = study_text().replace("window: 1", f"window: 2\n    method: {method}")
+    message = error_of(tmp_path, text)
+    assert ": interventions[0].method:" in message and "window 2 needs method: exact" in message
+    parse_study(study_text().replace("window: 1", f"window: 1\n    method: {method}"))
+    parse_study(study_text().replace("window: 1", "window: 2\n    method: exact"))
