@@ -3,22 +3,27 @@ attention edges, and the answer's metrics are compared with the unblocked run.
 
 A rule without ``window`` is one knockout (all its layers blocked together); with ``window: k`` it
 is a sweep, one knockout per first layer ``l`` in its ``layers`` blocking ``l … l+k−1`` (clipped
-at the last layer). Every knockout is one row of a batched forward: a pre-hook on each decoder
-layer's attention replaces the attention mask by one with that row's blocked pairs removed, through
-:func:`patchwork.models.blocks.mask_with_blocks` (sdpa's ``None`` mask becomes a full causal one;
-eager's shared additive mask is never edited in place). Hooks stack on top of planted windows.
+at the last layer; layers are inclusive). Every knockout is one row of a batched forward: a
+pre-hook on each decoder layer's attention replaces the attention mask by one with that row's
+blocked pairs removed, through :func:`patchwork.models.blocks.mask_with_blocks` (sdpa's ``None``
+mask becomes a full causal one; eager's shared additive mask is never edited in place). Hooks
+stack on top of planted windows.
 
-Position groups are the adapter's: ``answer`` is the last prompt position — the query that
-produces the first generated answer token — so rules on it act on that token (the study's released
-code typed it as text). :func:`generate_with_knockout` keeps rules active while decoding with a
-cache, where ``answer`` is each newly generated position.
+Position groups are one vocabulary on every path (:mod:`patchwork.models.blocks`): ``answer`` is
+the last prompt position — the query whose logits give the first generated token — ``text`` the
+other non-placeholder prompt positions, ``generated`` the tokens generated after the prompt. A
+rule blocks a query from itself unless it says ``self: keep``; a query left without keys keeps
+itself. ``decode_tokens: N`` generates N tokens greedily with the knockout active (each step a
+full forward over the prompt and the tokens so far, which equals cached decoding —
+:func:`generate_with_knockout`, tested; media placeholders and delimiters are never chosen); the
+metrics are those of the first token's logits.
 
 Stored (``knockout`` = ``"<rule>@<first>-<last>"`` labels, runs of layers joined by commas):
 
 - ``knockout_effect`` (sample, knockout, metric): the metrics of the knocked-out run; its
   ``normalized_effect`` is (knocked − run) / (reference − run) of the logit difference;
 - ``knockout_baseline`` (sample, knockout_run, metric): the run and the reference, unblocked;
-- ``knockout_token`` (sample, knockout) int64: the greedy first generated token under knockout.
+- ``knockout_token`` (sample, knockout, step) int64: the greedy tokens generated under knockout.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class Knockout:
     queries: tuple[str, ...]
     keys: tuple[str, ...]
     layers: tuple[int, ...]
+    keep_self: bool = False
 
     @property
     def label(self) -> str:
@@ -68,12 +74,13 @@ def knockouts(spec: AttentionKnockout, resolve_layers, num_layers: int) -> list[
     found = []
     for name, rule in spec.rules.items():
         layers = resolve_layers(rule.layers, ("rules", name, "layers"))
+        keep = rule.self_pairs == "keep"
         if rule.window is None:
-            found.append(Knockout(name, rule.queries, rule.keys, layers))
+            found.append(Knockout(name, rule.queries, rule.keys, layers, keep))
             continue
         for first in layers:
             span = tuple(range(first, min(first + rule.window, num_layers)))
-            found.append(Knockout(name, rule.queries, rule.keys, span))
+            found.append(Knockout(name, rule.queries, rule.keys, span, keep))
     return found
 
 
@@ -82,8 +89,9 @@ def blocked_pairs(
 ) -> dict[int, torch.Tensor]:
     """Per layer with any block: bool (rows, seq, seq), True where query → key is blocked.
 
-    ``groups`` are the adapter's (seq,) masks of one sample. A position always keeps itself
-    (the diagonal is never blocked), so no query is left without keys (sdpa would give NaN).
+    ``groups`` are (seq,) masks of one sequence (:func:`sequence_groups`). The diagonal is blocked
+    only for knockouts that do not keep themselves (a query left without keys keeps itself when
+    the mask is built: :func:`patchwork.models.blocks.mask_with_blocks`).
     """
     seq = next(iter(groups.values())).numel()
     blocked: dict[int, torch.Tensor] = {}
@@ -94,7 +102,9 @@ def blocked_pairs(
             queries |= groups[group]
         for group in knockout.keys:
             keys |= groups[group]
-        pairs = queries[:, None] & keys[None, :] & ~torch.eye(seq, dtype=torch.bool)
+        pairs = queries[:, None] & keys[None, :]
+        if knockout.keep_self:
+            pairs &= ~torch.eye(seq, dtype=torch.bool)
         for layer in knockout.layers:
             if layer not in blocked:
                 blocked[layer] = torch.zeros(len(rows), seq, seq, dtype=torch.bool)
@@ -126,16 +136,41 @@ def blocking(adapter: ModelAdapter, blocked: Mapping[int, torch.Tensor]) -> Iter
             handle.remove()
 
 
+def sequence_groups(
+    adapter: ModelAdapter, prompt_ids: torch.Tensor, generated: int = 0
+) -> dict[str, torch.Tensor]:
+    """(seq,) masks of the prompt's position groups and of ``generated`` tokens after it."""
+    groups = {
+        name: torch.cat([mask.reshape(-1), torch.zeros(generated, dtype=torch.bool)])
+        for name, mask in adapter.position_groups(prompt_ids).items()
+    }
+    seq = prompt_ids.shape[-1] + generated
+    groups["generated"] = torch.arange(seq) >= prompt_ids.shape[-1]
+    groups["all"] = torch.ones(seq, dtype=torch.bool)
+    return groups
+
+
 def knocked_out_logits(
-    adapter: ModelAdapter, inputs: ModelInputs, rows: Sequence[Knockout]
+    adapter: ModelAdapter,
+    inputs: ModelInputs,
+    rows: Sequence[Knockout],
+    generated: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Answer logits (len(rows), vocab) of one run, one knockout per batch row."""
-    groups = adapter.position_groups(inputs["input_ids"])
+    """Logits (len(rows), vocab) at the last position of one run, one knockout per batch row:
+    the answer logits, or with ``generated`` tokens (rows, steps) appended to each row's prompt,
+    the logits predicting the next one."""
+    steps = 0 if generated is None else generated.shape[1]
+    groups = sequence_groups(adapter, inputs["input_ids"], steps)
     blocked = blocked_pairs(rows, groups, adapter.num_layers)
-    batch = adapter.forward_kwargs(adapter.repeat_inputs(inputs, len(rows)))
+    batch = adapter.repeat_inputs(inputs, len(rows))
+    if generated is not None and steps:
+        batch["input_ids"] = torch.cat([batch["input_ids"], generated.to(batch["input_ids"])], 1)
+        if "attention_mask" in batch:
+            ones = torch.ones_like(generated, dtype=batch["attention_mask"].dtype)
+            batch["attention_mask"] = torch.cat([batch["attention_mask"], ones], 1)
     with torch.no_grad(), blocking(adapter, blocked):
-        logits = adapter.root(**batch).logits
-    return adapter.answer_logits(logits)
+        logits = adapter.root(**adapter.forward_kwargs(batch)).logits
+    return logits[:, -1, :] if steps else adapter.answer_logits(logits)
 
 
 def generate_with_knockout(
@@ -145,15 +180,15 @@ def generate_with_knockout(
     max_new_tokens: int = 2,
     **generate_options: object,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy generation (Qwen2.5-Omni thinkers) with ``rules`` active in prefill and decoding.
+    """Greedy generation (Qwen2.5-Omni thinkers) with ``rules`` active in prefill and decoding
+    with a KV cache.
 
-    Groups are read from the token ids on every step (:mod:`patchwork.models.blocks`), so
-    ``answer`` is the last prompt position in the prefill and each generated position after it
-    (there ``text`` covers every non-modality position, the answer included). Returns the
+    Groups are read from the token ids on every step (:mod:`patchwork.models.blocks`): ``answer``
+    is the last prompt position, ``generated`` each token after the prompt. Returns the
     generated ids (1, max_new_tokens) and each step's logits (max_new_tokens, vocab).
     """
     block_rules = [
-        blocks.BlockRule(query, key, knockout.layers)
+        blocks.BlockRule(query, key, knockout.layers, knockout.keep_self)
         for knockout in rules
         for query in knockout.queries
         for key in knockout.keys
@@ -175,6 +210,14 @@ def generate_with_knockout(
     return generated, torch.cat([step[:1] for step in out.logits])
 
 
+def _greedy(logits: torch.Tensor, banned: Sequence[int]) -> torch.Tensor:
+    """The top token of each row (rows, 1), never a media placeholder or delimiter (``banned``):
+    fed back, one would claim media features the run does not have."""
+    allowed = logits.clone()
+    allowed[:, list(banned)] = float("-inf")
+    return allowed.argmax(-1, keepdim=True)
+
+
 class AttentionKnockoutMethod(Method):
     kind = "attention_knockout"
     spec: AttentionKnockout
@@ -193,7 +236,7 @@ class AttentionKnockoutMethod(Method):
         groups = self.loaded.adapter.position_groups(sample.runs[self.spec.run]["input_ids"])
         for knockout in self.knockouts:
             for group in (*knockout.queries, *knockout.keys):
-                if not bool(groups[group].any()):
+                if group != "generated" and not bool(groups[group].any()):
                     raise DataError(
                         f"sample {sample.sample_id}: knockout rule {knockout.rule!r} names "
                         f"position group {group!r}, which has no positions in this sample"
@@ -215,10 +258,10 @@ class AttentionKnockoutMethod(Method):
                 units="1",
             ),
             "knockout_token": ArraySpec(
-                ("sample", "knockout"),
-                {"knockout": labels},
+                ("sample", "knockout", "step"),
+                {"knockout": labels, "step": list(range(self.spec.decode_tokens))},
                 dtype="int64",
-                long_name="top next-token id under the knockout",
+                long_name="greedy tokens generated under the knockout",
             ),
         }
 
@@ -228,7 +271,9 @@ class AttentionKnockoutMethod(Method):
         n = len(samples)
         effect = np.full((n, len(self.knockouts), len(METRICS)), np.nan, dtype=np.float32)
         baseline = np.full((n, 2, len(METRICS)), np.nan, dtype=np.float32)
-        tokens = np.zeros((n, len(self.knockouts)), dtype=np.int64)
+        steps = self.spec.decode_tokens
+        banned = adapter.media_token_ids()
+        tokens = np.zeros((n, len(self.knockouts), steps), dtype=np.int64)
         batch = self.study.execution.batch_size
         for row, sample in enumerate(samples):
             run, reference = (
@@ -267,5 +312,9 @@ class AttentionKnockoutMethod(Method):
                     .cpu()
                     .numpy()
                 )
-                tokens[row, first : first + len(chunk)] = logits.argmax(-1).cpu().numpy()
+                generated = _greedy(logits, banned)
+                for _ in range(1, steps):
+                    following = knocked_out_logits(adapter, run, chunk, generated)
+                    generated = torch.cat([generated, _greedy(following, banned)], 1)
+                tokens[row, first : first + len(chunk)] = generated.cpu().numpy()
         return {"knockout_effect": effect, "knockout_baseline": baseline, "knockout_token": tokens}

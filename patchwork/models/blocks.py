@@ -3,9 +3,12 @@ decoder layers. Attention knockout is made of them, and so are the testbed's *pl
 windows* (:mod:`patchwork.testbed.windows`).
 
 A :class:`BlockRule` names a query group, a key group and the layers where the pair is blocked.
-Groups come from the token ids of each row (:func:`position_groups`): ``audio``, ``video``,
-``image`` (placeholder tokens), ``text`` (every other position: markers, question, answer),
-``answer`` (the last attended position) and ``all``.
+Groups come from the token ids of each row (:func:`position_groups`), one vocabulary for every
+path (study methods, planted windows, generation): ``audio``, ``video``, ``image`` (placeholder
+tokens), ``answer`` (the last prompt position: the query whose logits give the first generated
+token), ``text`` (every other prompt position: markers and question), ``generated`` (tokens
+generated after the prompt; empty in a prefill) and ``all``. A rule blocks a position from itself
+only with ``keep_self=False``; a query left without any key keeps itself (no NaN rows).
 
 :func:`install` adds a forward pre-hook on every decoder layer's ``self_attn`` that replaces the
 layer's attention mask by one with the blocked pairs removed (never edited in place: eager shares
@@ -25,7 +28,7 @@ from torch import nn
 
 from patchwork.models.attention import GROUPED_SDPA, IMPLEMENTATION
 
-GROUPS = ("audio", "video", "image", "text", "answer", "all")
+GROUPS = ("audio", "video", "image", "text", "answer", "generated", "all")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class BlockRule:
     queries: str
     keys: str
     layers: tuple[int, ...]
+    keep_self: bool = True
 
     def __post_init__(self) -> None:
         for group in (self.queries, self.keys):
@@ -55,17 +59,23 @@ def position_groups(
     input_ids: torch.Tensor,
     token_ids: Mapping[str, int],
     attention_mask: torch.Tensor | None = None,
+    prompt_length: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Boolean (batch, seq) masks of each :data:`GROUPS` member from ``input_ids`` (batch, seq)."""
+    """Boolean (batch, seq) masks of each :data:`GROUPS` member from ``input_ids`` (batch, seq);
+    positions from ``prompt_length`` on (default: none) are ``generated``."""
     groups = {name: input_ids == token_ids[name] for name in ("audio", "video", "image")}
-    groups["text"] = ~(groups["audio"] | groups["video"] | groups["image"])
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    prompt = positions < (input_ids.shape[1] if prompt_length is None else prompt_length)
+    prompt = prompt[None, :].expand_as(input_ids)
     if attention_mask is not None and attention_mask.shape == input_ids.shape:
-        last = (attention_mask.bool() * (positions + 1)).argmax(dim=1)
+        last = (attention_mask.bool() & prompt).long().mul(positions + 1).argmax(dim=1)
     else:
-        last = torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device)
+        last = prompt.long().mul(positions + 1).argmax(dim=1)
     groups["answer"] = positions[None, :] == last[:, None]
-    groups["all"] = torch.ones_like(groups["text"])
+    modality = groups["audio"] | groups["video"] | groups["image"]
+    groups["text"] = prompt & ~modality & ~groups["answer"]
+    groups["generated"] = ~prompt
+    groups["all"] = torch.ones_like(prompt)
     return groups
 
 
@@ -81,6 +91,9 @@ def blocked_pairs(
         if layer not in rule.layers:
             continue
         pairs = groups[rule.queries][:, -query_len:, None] & groups[rule.keys][:, None, :]
+        if rule.keep_self:
+            key_len = pairs.shape[-1]
+            pairs = pairs & ~torch.eye(key_len, dtype=torch.bool, device=pairs.device)[-query_len:]
         blocked = pairs if blocked is None else blocked | pairs
     return blocked
 
@@ -88,25 +101,32 @@ def blocked_pairs(
 def mask_with_blocks(
     mask: torch.Tensor | None, blocked: torch.Tensor, additive: bool, dtype: torch.dtype
 ) -> torch.Tensor:
-    """A new 4-D attention mask (batch, 1, query, key) equal to ``mask`` with ``blocked`` removed.
+    """A new 4-D attention mask (batch, 1, query, key) equal to ``mask`` with ``blocked`` removed;
+    a query left without any key keeps itself.
 
     ``mask`` may be None (meaning plain causal), boolean (True = may attend) or additive float
     (0 = may attend); ``additive`` says which kind to build when ``mask`` is None.
     """
     blocked = blocked[:, None]
+    query_len, key_len = blocked.shape[-2:]
+    itself = torch.eye(key_len, dtype=torch.bool, device=blocked.device)[-query_len:]
     if mask is None:
-        query_len, key_len = blocked.shape[-2:]
-        offset = key_len - query_len
         causal = torch.ones(query_len, key_len, dtype=torch.bool, device=blocked.device)
-        causal = causal.tril(offset)
-        allowed = causal[None, None] & ~blocked
-        if not additive:
-            return allowed
-        zeros = torch.zeros((), dtype=dtype, device=blocked.device)
-        return torch.where(allowed, zeros, torch.finfo(dtype).min)
-    if mask.dtype == torch.bool:
-        return mask & ~blocked
-    return torch.where(blocked, torch.finfo(mask.dtype).min, mask)
+        before = causal.tril(key_len - query_len)[None, None]
+    elif mask.dtype == torch.bool:
+        before = mask
+    else:
+        before = mask > torch.finfo(mask.dtype).min / 2
+    allowed = before & ~blocked
+    allowed = allowed | (itself & ~allowed.any(-1, keepdim=True))
+    if mask is not None and mask.dtype == torch.bool:
+        return allowed
+    if mask is not None:
+        return torch.where(allowed, mask, torch.finfo(mask.dtype).min)
+    if not additive:
+        return allowed
+    zeros = torch.zeros((), dtype=dtype, device=blocked.device)
+    return torch.where(allowed, zeros, torch.finfo(dtype).min)
 
 
 def with_blocked_mask(
@@ -137,6 +157,7 @@ class AttentionBlocks:
         self.token_ids = dict(token_ids)
         self._groups: dict[str, torch.Tensor] | None = None
         self._ids: torch.Tensor | None = None
+        self._prompt_length: int | None = None
         self._handles = [model.register_forward_pre_hook(self._record_ids, with_kwargs=True)]
         for index, layer in enumerate(decoder_layers(model)):
             self._handles.append(
@@ -148,13 +169,15 @@ class AttentionBlocks:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             raise RuntimeError("planted attention windows need input_ids on every forward")
-        cache = kwargs.get("cache")
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
         cached = cache.get_seq_length() if cache is not None else 0
         if cached and self._ids is not None and self._ids.shape[1] == cached:
             input_ids = torch.cat([self._ids, input_ids], dim=1)
+        else:  # a prefill (or a training forward): the whole input is the prompt
+            self._prompt_length = input_ids.shape[1]
         self._ids = input_ids
         mask = kwargs.get("attention_mask")
-        self._groups = position_groups(input_ids, self.token_ids, mask)
+        self._groups = position_groups(input_ids, self.token_ids, mask, self._prompt_length)
 
     def _hook_for(self, layer: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

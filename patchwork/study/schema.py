@@ -27,6 +27,8 @@ from patchwork import plugins
 
 Component = Literal["residual", "attention", "mlp"]
 PositionGroup = Literal["audio", "video", "image", "text", "answer", "all"]
+#: Knockout rules may also name the tokens generated after the prompt.
+KnockoutGroup = Literal["audio", "video", "image", "text", "answer", "generated", "all"]
 Metric = Literal["logit_diff", "audio_probability", "normalized_effect"]
 
 COMPONENTS: tuple[Component, ...] = ("residual", "attention", "mlp")
@@ -331,8 +333,8 @@ def _unique_groups(value: tuple[str, ...]) -> tuple[str, ...]:
 class KnockoutRule(_Strict):
     """Queries of some position groups may not attend keys of others, in some layers."""
 
-    queries: tuple[PositionGroup, ...] = Field(min_length=1, description="Query groups blocked.")
-    keys: tuple[PositionGroup, ...] = Field(min_length=1, description="Key groups they lose.")
+    queries: tuple[KnockoutGroup, ...] = Field(min_length=1, description="Query groups blocked.")
+    keys: tuple[KnockoutGroup, ...] = Field(min_length=1, description="Key groups they lose.")
     layers: Literal["all"] | tuple[int, ...] = Field(
         "all",
         description="Without window: the layers blocked together. With window: the first "
@@ -340,6 +342,13 @@ class KnockoutRule(_Strict):
     )
     window: int | None = Field(
         None, ge=1, description="Sweep: one knockout per first layer, blocking `window` layers."
+    )
+    self_pairs: Literal["keep", "block"] = Field(
+        "block",
+        alias="self",
+        description="block (the reference study's rule): a query of a blocked key group loses "
+        "itself too; keep: every position keeps attending to itself. A query left without any "
+        "key keeps itself either way.",
     )
 
     _layers = field_validator("layers", mode="before")(_parse_layers)
@@ -357,6 +366,14 @@ class AttentionKnockout(_Strict):
     rules: dict[str, KnockoutRule] = Field(
         min_length=1, description="Named rules; each becomes one knockout, or a sweep of them."
     )
+    decode_tokens: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Tokens generated greedily with the knockout active: the metrics are read "
+        "from the logits of the first (at the answer position); rules on 'generated' act from "
+        "the second on, and every token is stored.",
+    )
 
     @field_validator("rules")
     @classmethod
@@ -369,6 +386,16 @@ class AttentionKnockout(_Strict):
     @property
     def run_names(self) -> tuple[str, ...]:
         return (self.run, self.reference)
+
+    @model_validator(mode="after")
+    def _generated_needs_decoding(self) -> AttentionKnockout:
+        for name, rule in self.rules.items():
+            if "generated" in rule.queries and self.decode_tokens < 2:
+                raise ValueError(
+                    f"rule {name!r} blocks generated tokens, which only exist from the second "
+                    "generated token on: set decode_tokens: 2 or more"
+                )
+        return self
 
 
 class LogitLens(_Strict):

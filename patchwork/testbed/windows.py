@@ -9,6 +9,9 @@ from typing import Any
 
 from patchwork.models.blocks import BlockRule
 
+#: The groups of every position that is not a media placeholder.
+NON_MODALITY = ("text", "answer", "generated")
+
 
 def parse_layer_span(text: str | None, num_layers: int, option: str) -> tuple[int, int] | None:
     """``"A:B"`` or ``"A-B"`` (as study files write ranges) → (A, B), both inclusive, checked
@@ -37,8 +40,9 @@ def planted_windows(
     """Rules that let text positions read video only in ``video_access`` (inclusive span) and audio
     only in ``audio_access``.
 
-    Every non-modality position counts as text (marker tokens would leak otherwise), and video
-    tokens never read audio (they would carry it past the audio window).
+    Every non-modality position is restricted — text, the answer position and generated tokens
+    (marker tokens would leak otherwise) — and video tokens never read audio (they would carry it
+    past the audio window).
     """
     rules: list[BlockRule] = []
     for keys, span in (("video", video_access), ("audio", audio_access)):
@@ -46,7 +50,7 @@ def planted_windows(
             continue
         outside = tuple(layer for layer in range(num_layers) if not span[0] <= layer <= span[1])
         if outside:
-            rules.append(BlockRule("text", keys, outside))
+            rules += [BlockRule(queries, keys, outside) for queries in NON_MODALITY]
     if audio_access is not None:
         rules.append(BlockRule("video", "audio", tuple(range(num_layers))))
     return tuple(rules)

@@ -17,6 +17,16 @@ from . import reference
 from .conftest import Stored
 
 TOLERANCE = 1e-5
+#: The thinker config's placeholder and delimiter ids: never a generated token.
+MEDIA_IDS = (
+    "audio_token_index",
+    "video_token_index",
+    "image_token_index",
+    "audio_start_token_id",
+    "audio_end_token_id",
+    "vision_start_token_id",
+    "vision_end_token_id",
+)
 
 
 def test_stored_knockouts_equal_plain_torch(stored: Stored) -> None:
@@ -53,54 +63,80 @@ def test_stored_knockouts_equal_plain_torch(stored: Stored) -> None:
                 expected,
                 abs=normalized_effect_tolerance(TOLERANCE, expected, clean_ld - conflict_ld),
             )
-            token = int(results["knockout_token"].sel(sample=sample_id, knockout=label))
-            assert token == int(logits.argmax())
+            token = int(results["knockout_token"].sel(sample=sample_id, knockout=label, step=0))
+            media = [getattr(thinker.config, name) for name in MEDIA_IDS]
+            assert token == int(logits.index_fill(0, torch.tensor(media), -torch.inf).argmax())
         base = results["knockout_baseline"].sel(sample=sample_id)
         assert float(base.sel(knockout_run="conflict", metric="logit_diff")) == pytest.approx(
             conflict_ld, abs=TOLERANCE
         )
 
 
+RULES = {
+    "text_text": Knockout("text_text", ("text",), ("text",), (0, 1, 2)),
+    "answer_video": Knockout("answer_video", ("answer",), ("video",), (0, 1, 2)),
+    "generated_video": Knockout("generated_video", ("generated",), ("video",), (1, 2)),
+    "audio_all": Knockout("audio_all", ("audio",), ("all",), (0, 2)),
+    "text_text_keep": Knockout("text_text_keep", ("text",), ("text",), (0, 1, 2), True),
+}
+
+
+def _reference_blocks(rule: Knockout, groups: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """The rule's blocked (seq, seq) pairs per layer, built here from the groups: a query blocks
+    itself unless the rule keeps it, and a query left without any key keeps itself."""
+    queries = torch.stack([groups[g] for g in rule.queries]).any(0)
+    keys = torch.stack([groups[g] for g in rule.keys]).any(0)
+    seq = queries.numel()
+    pairs = queries[:, None] & keys[None, :]
+    itself = torch.eye(seq, dtype=torch.bool)
+    if rule.keep_self:
+        pairs &= ~itself
+    causal = torch.ones(seq, seq, dtype=torch.bool).tril()
+    orphaned = ~(causal & ~pairs).any(-1)
+    pairs &= ~(itself & orphaned[:, None])
+    return dict.fromkeys(rule.layers, pairs)
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_rules_block_the_first_generated_token_and_the_next(attention: str) -> None:
-    """Prefill: the last prompt position is the answer, so an answer→video rule changes the
-    first generated token's logits; decoding: the generated position is blocked too (equal to a
-    full forward that blocks both positions)."""
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_study_method_generation_and_reference_agree(attention: str, name: str) -> None:
+    """Every rule, three paths — the study method's batched forward, cached generation, and a
+    hand-written attention with the pairs removed — at the prefill (the first generated token's
+    logits) and at the first decoding step (the second token's)."""
+    from patchwork.methods.knockout import knocked_out_logits
+
     loaded = load_model(
         ModelSpec(
             random_init=RandomInit(layers=3, hidden_size=32, heads=2, kv_heads=1, seed=1),
             attention=attention,
         )
     )
-    thinker = loaded.model
-    runs = {"conflict": RunSpec(audio="own", picture="other_category")}
-    sample = reference_sample(loaded, runs)
-    inputs = dict(sample.runs["conflict"])
-    rule = Knockout("answer_video", ("answer",), ("video",), (0, 1, 2))
-    specials = list(range(8))
-    plain_tokens, plain_logits = generate_with_knockout(
-        thinker, inputs, [], 2, suppress_tokens=specials
+    thinker, rule = loaded.model, RULES[name]
+    inputs = dict(reference_sample(loaded, {"conflict": RunSpec()}).runs["conflict"])
+    tokens, generation = generate_with_knockout(
+        thinker, inputs, [rule], 2, suppress_tokens=list(range(8))
     )
-    tokens, logits = generate_with_knockout(thinker, inputs, [rule], 2, suppress_tokens=specials)
-    assert not torch.allclose(plain_logits[0], logits[0], atol=1e-4)
-
+    first = tokens[:, :1]
+    study = [
+        knocked_out_logits(loaded.adapter, inputs, [rule])[0],
+        knocked_out_logits(loaded.adapter, inputs, [rule], first)[0],
+    ]
     groups = reference.groups_of(inputs["input_ids"], thinker.config)
-    first = groups["answer"][:, None] & groups["video"][None, :]
-    expected_first = reference.forward_by_hand(thinker, inputs, dict.fromkeys(range(3), first))
-    torch.testing.assert_close(logits[0], expected_first[0][-1], atol=1e-5, rtol=0)
-
+    groups["generated"] = torch.zeros_like(groups["all"])
+    prefill = reference.forward_by_hand(thinker, inputs, _reference_blocks(rule, groups))[0][-1]
     extended = dict(inputs)
-    extended["input_ids"] = torch.cat([inputs["input_ids"], tokens[:, :1]], dim=1)
+    extended["input_ids"] = torch.cat([inputs["input_ids"], first], dim=1)
     extended["attention_mask"] = torch.ones_like(extended["input_ids"])
-    seq = extended["input_ids"].shape[1]
-    answers = torch.zeros(seq, dtype=torch.bool)
-    answers[-2:] = True
-    video = torch.cat([groups["video"], torch.zeros(1, dtype=torch.bool)])
-    both = answers[:, None] & video[None, :]
-    expected_second = reference.forward_by_hand(thinker, extended, dict.fromkeys(range(3), both))
-    # generate's logits are the raw ones, before suppress_tokens
-    torch.testing.assert_close(logits[1], expected_second[0][-1], atol=1e-5, rtol=0)
-    assert not torch.allclose(plain_logits[1], logits[1], atol=1e-4)
+    grown = {key: torch.cat([mask, torch.tensor([False])]) for key, mask in groups.items()}
+    grown["generated"][-1] = grown["all"][-1] = True
+    decoded = reference.forward_by_hand(thinker, extended, _reference_blocks(rule, grown))[0][-1]
+    for step, expected in enumerate((prefill, decoded)):
+        torch.testing.assert_close(study[step], expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(generation[step], expected, atol=1e-5, rtol=0)
+    plain = reference.forward_by_hand(thinker, extended)[0][-1]
+    assert not torch.allclose(decoded, plain, atol=1e-4)  # every rule changes the decoding step
+    if name == "generated_video":  # which does not exist in the prefill
+        torch.testing.assert_close(prefill, reference.forward_by_hand(thinker, inputs)[0][-1])
 
 
 def reference_sample(loaded, runs):
@@ -118,7 +154,7 @@ def test_labels_name_runs_of_layers() -> None:
     assert Knockout("r", ("answer",), ("video",), (4,)).label == "r@4-4"
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     seq=st.integers(3, 12),
     data=st.data(),
@@ -136,6 +172,7 @@ def test_blocked_pairs_are_exactly_the_rule_pairs(seq: int, data) -> None:
             tuple(data.draw(st.sets(st.sampled_from(names), min_size=1))),
             tuple(data.draw(st.sets(st.sampled_from(names), min_size=1))),
             tuple(sorted(data.draw(st.sets(st.integers(0, 3), min_size=1)))),
+            data.draw(st.booleans()),
         )
         for i in range(data.draw(st.integers(1, 3)))
     ]
@@ -145,7 +182,7 @@ def test_blocked_pairs_are_exactly_the_rule_pairs(seq: int, data) -> None:
             for query in range(seq):
                 for key in range(seq):
                     expected = (
-                        query != key
+                        (query != key or not knockout.keep_self)
                         and layer in knockout.layers
                         and any(bool(groups[q][query]) for q in knockout.queries)
                         and any(bool(groups[k][key]) for k in knockout.keys)
@@ -173,3 +210,45 @@ def test_blocking_everything_leaves_each_position_itself(attention: str) -> None
     expected = reference.forward_by_hand(loaded.model, inputs, only_self)[0][-1]
     assert torch.isfinite(logits).all()
     torch.testing.assert_close(logits[0], expected, atol=1e-5, rtol=0)
+
+
+def test_stored_tokens_are_the_generation_paths(tmp_path) -> None:
+    """decode_tokens: 3 stores the greedy tokens cached generation gives under the same rule."""
+    from patchwork import open_results, parse_study, run_study
+
+    from .helpers import study_text
+
+    methods = """\
+  - kind: attention_knockout
+    decode_tokens: 3
+    rules:
+      late: {queries: [answer, generated], keys: [video], layers: 1-2}
+"""
+    study = parse_study(study_text(samples=2, methods=methods), tmp_path / "s.yaml")
+    results = open_results(run_study(study, store_root=tmp_path / "store").store).load()
+    assert results["knockout_token"].dims == ("sample", "knockout", "step")
+    loaded = load_model(study.model)
+    from patchwork.engine.runner import load_samples
+
+    rule = Knockout("late", ("answer", "generated"), ("video",), (1, 2))
+    for sample in load_samples(study, loaded).load(0, 2):
+        banned = loaded.adapter.media_token_ids()
+        tokens, _ = generate_with_knockout(
+            loaded.model, dict(sample.runs["conflict"]), [rule], 3, suppress_tokens=banned
+        )
+        stored = results["knockout_token"].sel(sample=sample.sample_id, knockout="late@1-2")
+        assert stored.values.tolist() == tokens[0].tolist()
+
+
+def test_generated_rules_need_decoding(tmp_path) -> None:
+    from patchwork import StudyError, parse_study
+
+    from .helpers import study_text
+
+    methods = """\
+  - kind: attention_knockout
+    rules:
+      late: {queries: [generated], keys: [video]}
+"""
+    with pytest.raises(StudyError, match="decode_tokens: 2 or more"):
+        parse_study(study_text(methods=methods), tmp_path / "s.yaml")

@@ -82,7 +82,10 @@ def test_rows_of_a_batch_match_single_rows_and_nnsight_keeps_windows():
 
 def test_planted_windows_as_rules():
     rules = windows.planted_windows(8, (4, 5), None)
-    assert rules == (blocks.BlockRule("text", "video", (0, 1, 2, 3, 6, 7)),)
+    outside = (0, 1, 2, 3, 6, 7)
+    assert rules == tuple(
+        blocks.BlockRule(group, "video", outside) for group in ("text", "answer", "generated")
+    )
     assert windows.planted_windows(8) == ()
     assert windows.rules_from_meta(None, 8) == ()
     with pytest.raises(ValueError, match="unknown position group"):
@@ -104,9 +107,14 @@ def test_mask_with_blocks_removes_exactly_the_blocked_pairs(query_len, extra_key
     built = blocks.mask_with_blocks(None, blocked, additive=additive, dtype=torch.float32)
     allowed = built == 0 if additive else built
     causal = torch.ones(query_len, key_len, dtype=torch.bool).tril(extra_keys)
-    assert torch.equal(allowed[:, 0], causal & ~blocked)
+    expected = causal & ~blocked
+    for row in range(2):  # a query left without keys keeps itself
+        for query in range(query_len):
+            if not expected[row, query].any():
+                expected[row, query, extra_keys + query] = True
+    assert torch.equal(allowed[:, 0], expected)
     given_mask = torch.where(causal, 0.0, torch.finfo(torch.float32).min)[None, None]
     before = given_mask.clone()
     edited = blocks.mask_with_blocks(given_mask, blocked, additive=True, dtype=torch.float32)
     assert torch.equal(given_mask, before)  # never in place: eager shares the mask across layers
-    assert torch.equal(edited[:, 0] == 0, causal & ~blocked)
+    assert torch.equal(edited[:, 0] == 0, expected)
