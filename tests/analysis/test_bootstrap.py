@@ -10,7 +10,7 @@ from patchwork.analysis import AnalysisError, bootstrap_mean, bootstrap_weights,
 
 
 @given(n=st.integers(1, 50), resamples=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=50, deadline=None)
 def test_weights_draw_whole_samples_and_are_seeded(n: int, resamples: int, seed: int) -> None:
     weights = bootstrap_weights(n, resamples, seed)
     assert weights.dims == ("resample", "sample")

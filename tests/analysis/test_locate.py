@@ -48,7 +48,7 @@ def stepped_sweeps(draw: st.DrawFn, well_above_noise: bool = True) -> tuple[xr.D
 
 
 @given(sweep=stepped_sweeps())
-@settings(max_examples=30, deadline=None, derandomize=True)
+@settings(max_examples=50, deadline=None, derandomize=True)
 def test_a_step_well_above_noise_is_located_in_its_window(sweep: tuple[xr.Dataset, int]) -> None:
     results, step_layer = sweep
     found = locate(results, n_resamples=200).sel(CELL)
@@ -64,7 +64,7 @@ def test_a_step_well_above_noise_is_located_in_its_window(sweep: tuple[xr.Datase
     relative_noise=st.floats(0.05, 1.0),
     seed=st.integers(0, 2**16),
 )
-@settings(max_examples=30, deadline=None, derandomize=True)
+@settings(max_examples=50, deadline=None, derandomize=True)
 def test_no_step_means_none_everywhere(n_layers, n_samples, relative_noise, seed) -> None:
     """Without a step, and with the standard error of a change at most a quarter of the default
     floor, no cell reports a window. (Louder noise: see the false-alarm rate test below.)"""

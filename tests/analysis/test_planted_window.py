@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import patchwork
 from patchwork.analysis import locate
-from patchwork.errors import PatchworkError
 
 PLANTED_VIDEO_LAYERS = (4, 5)
 
@@ -49,20 +46,6 @@ execution: {batch_size: 16, unit_size: 16, seed: 0}
 """
 
 
-def _windowed_checkpoint_installed() -> bool:
-    from patchwork.testbed.model import checkpoint_path
-
-    try:
-        checkpoint_path("testbed-windowed")
-    except PatchworkError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(
-    not _windowed_checkpoint_installed(),
-    reason="the testbed-windowed checkpoint is not shipped yet",
-)
 def test_locate_returns_the_planted_video_window(tmp_path: Path) -> None:
     study_file = tmp_path / "planted.yaml"
     study_file.write_text(STUDY)

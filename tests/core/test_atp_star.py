@@ -161,7 +161,7 @@ def scaled(source, linearization, factor: float):
     }
 
 
-@settings(max_examples=8, deadline=None, derandomize=True)
+@settings(max_examples=50, deadline=None, derandomize=True)
 @given(
     layer=st.integers(0, LAYERS - 2),
     component=st.sampled_from(["residual", "attention", "mlp"]),

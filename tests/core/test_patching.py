@@ -91,7 +91,7 @@ COMPONENTS = ("residual", "attention", "mlp")
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     seed=st.integers(0, 10_000),
@@ -119,7 +119,7 @@ def test_self_patching_changes_nothing(
 
 
 @settings(
-    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(seed=st.integers(0, 10_000), layer=st.integers(0, 2))
 def test_patching_every_position_restores_the_clean_run(tiny_model, seed, layer) -> None:

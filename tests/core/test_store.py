@@ -53,7 +53,7 @@ def layout(samples: int, layers: int, unit_size: int, null_effect: bool = False)
 PROVENANCE = {"config_sha256": "abc", "study": "name: x", "study_name": "x"}
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(
     samples=st.integers(1, 9),
     unit_size=st.integers(1, 4),

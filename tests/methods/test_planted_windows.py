@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from patchwork import open_results, parse_study, run_study
-from patchwork.errors import ModelError
 
 STUDY = """\
 name: windowed-check
@@ -28,12 +27,6 @@ execution: {batch_size: 4, unit_size: 12}
 
 @pytest.fixture(scope="module")
 def windowed(tmp_path_factory):
-    from patchwork.testbed import checkpoint_path
-
-    try:
-        checkpoint_path("testbed-windowed")
-    except ModelError:
-        pytest.skip("the testbed-windowed checkpoint is not installed")
     summary = run_study(parse_study(STUDY), store_root=tmp_path_factory.mktemp("windowed"))
     return open_results(summary.store).load()
 

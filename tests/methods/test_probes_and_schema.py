@@ -33,7 +33,7 @@ def test_probe_decodes_clusters_and_not_noise() -> None:
     assert probe_accuracy(noise, labels, steps=100) <= 0.5
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(seed=st.integers(0, 1000), folds=st.integers(2, 5))
 def test_probe_accuracy_is_a_fraction_of_samples(seed: int, folds: int) -> None:
     features, labels = clusters(20, 3, 4, 2.0, seed)

@@ -98,7 +98,7 @@ def test_layer_spans_are_checked(text):
         windows.parse_layer_span(text, 8, "--video-access-layers")
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(st.integers(1, 6), st.integers(0, 4), st.integers(0, 2**31 - 1), st.booleans())
 def test_mask_with_blocks_removes_exactly_the_blocked_pairs(query_len, extra_keys, seed, additive):
     key_len = query_len + extra_keys
