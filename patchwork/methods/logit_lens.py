@@ -33,12 +33,13 @@ ANSWERS = ("audio", "visual")
 def lens_distribution(
     adapter: ModelAdapter, residual: torch.Tensor, final_norm: bool = True
 ) -> torch.Tensor:
-    """Next-token probabilities (positions, vocab) of residual vectors (positions, hidden)."""
+    """Next-token probabilities (positions, vocab) of residual vectors (positions, hidden): the
+    final norm (optional) and the model's readout (:meth:`ModelAdapter.readout`, e.g. Gemma's
+    final soft cap)."""
     hidden = residual
     if final_norm:
         hidden = adapter.root.get_submodule(adapter.final_norm_path)(hidden)
-    unembed = adapter.root.get_submodule(adapter.unembed_path)
-    return torch.softmax(unembed(hidden).float(), dim=-1)
+    return torch.softmax(adapter.readout(hidden).float(), dim=-1)
 
 
 def rank_of(distribution: torch.Tensor, token: int) -> int:

@@ -183,6 +183,11 @@ class ModelAdapter(ABC):
         The last text token is the answer position: its next-token prediction is the answer.
         """
 
+    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of (final-normed) hidden states as the model computes them from its last
+        layer: the unembedding (an adapter adds what its model applies after it)."""
+        return _attribute(self.root, self.unembed_path)(hidden)  # type: ignore[no-any-return]
+
     def answer_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (batch, vocab) predicting the answer: those of the last prompt position."""
         return logits[:, -1, :]

@@ -121,6 +121,13 @@ class Gemma3nAdapter(ModelAdapter):
             merged.append(projected * magnitude / scale)
         return torch.stack(merged).mean(0)
 
+    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The unembedding, then the final soft cap (``cap · tanh(logits / cap)``) as the
+        model's forward applies it."""
+        logits = super().readout(hidden)
+        cap = getattr(self.config.get_text_config(), "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def _token_ids(self) -> dict[str, int]:
         return {"audio": self.config.audio_token_id, "image": self.config.image_token_id}
 

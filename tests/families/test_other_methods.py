@@ -1,7 +1,11 @@
-"""The other intervention methods run on every family's tiny checkpoint, with finite results.
+"""Knockout, attention share, logit lens and probes on every family's tiny checkpoint, each stored
+value equal to an independent plain-torch computation.
 
-Activation patching is checked for exactness elsewhere (test_end_to_end); here attention
-knockout, attention share, logit lens and probes only have to run through each family's adapter.
+The references share nothing with patchwork but the loaded weights and the run inputs: residuals
+are captured with plain hooks (:mod:`.reference`), position groups are read from the config's
+token ids here, attention probabilities are the model's own ``output_attentions`` under eager,
+knockout edits the attention mask a layer receives with a hook written here (the reference study's
+technique), and the logit lens at the last layer is the model's own output distribution.
 """
 
 from __future__ import annotations
@@ -10,24 +14,112 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from patchwork import open_results, parse_study, run_study
+from patchwork.engine.runner import load_samples
+from patchwork.loading.model import load_model
 
-from . import builders
+from . import builders, reference
 
 VISUAL = {"qwen2_5_omni": "video", "qwen3_omni": "video", "gemma3n": "image", "generic": "audio"}
-#: Methods that read the residual stream (through adapter.merge_streams: Gemma 3n has 4 streams).
-STREAM_READERS = """\
-  - kind: logit_lens
-    position_groups: [audio, answer]
-  - kind: probes
-"""
+LAYER = 1
+TOLERANCE = 1e-5
+
+
+def _groups(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(seq,) masks from the config's placeholder ids; answer = last position, text = the rest."""
+    config = getattr(model.config, "thinker_config", model.config)
+    ids = ids.reshape(-1)
+
+    def token(name: str) -> int | None:
+        for attribute in (f"{name}_token_index", f"{name}_token_id"):
+            if getattr(config, attribute, None) is not None:
+                return int(getattr(config, attribute))
+        return None
+
+    groups = {}
+    for name in ("audio", "video", "image"):
+        found = token(name)
+        groups[name] = ids == found if found is not None else torch.zeros_like(ids, dtype=bool)
+    answer = torch.zeros_like(ids, dtype=torch.bool)
+    answer[-1] = True
+    groups["text"] = ~(groups["audio"] | groups["video"] | groups["image"] | answer)
+    groups["answer"] = answer
+    return groups
+
+
+def _text_model(model: torch.nn.Module) -> torch.nn.Module:
+    return model.model.language_model
+
+
+def _merged(model: torch.nn.Module, family: str, residual: torch.Tensor) -> torch.Tensor:
+    """One (seq, hidden) residual; Gemma 3n's four AltUp streams merged as its text model merges
+    them after the last layer (transformers' Gemma3nTextModel.forward, restated)."""
+    if family != "gemma3n":
+        return residual
+    text = _text_model(model)
+    first = residual[0]
+    target = torch.mean(first**2, dim=-1, keepdim=True) ** 0.5
+    streams = [first]
+    for index in range(1, residual.shape[0]):
+        projected = text.altup_unembed_projections[index - 1](residual[index])
+        magnitude = torch.mean(projected**2, dim=-1, keepdim=True) ** 0.5
+        magnitude = torch.maximum(magnitude, torch.tensor(1e-5))
+        streams.append(projected * target / magnitude)
+    return torch.stack(streams).mean(0)
+
+
+def _lens(model: torch.nn.Module, merged: torch.Tensor) -> torch.Tensor:
+    """Final norm, unembedding and the config's final soft cap (if any), then softmax."""
+    logits = model.lm_head(_text_model(model).norm(merged))
+    config = model.config.get_text_config()
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return torch.softmax(logits.float(), dim=-1)
+
+
+def _knocked_out(model, inputs, extra, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Answer logits with queries → keys removed from the mask layer LAYER's attention gets."""
+    seq = queries.numel()
+    pairs = (queries[:, None] & keys[None, :])[None, None]
+
+    def edit(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(seq, seq, dtype=torch.bool).tril()[None, None]
+        if mask.dtype == torch.bool:
+            mask = mask & ~pairs
+        else:
+            mask = mask.masked_fill(pairs, torch.finfo(mask.dtype).min)
+        return args, {**kwargs, "attention_mask": mask}
+
+    attention = _text_model(model).layers[LAYER].self_attn
+    handle = attention.register_forward_pre_hook(edit, with_kwargs=True)
+    try:
+        return reference.forward(model, inputs, extra)
+    finally:
+        handle.remove()
+
+
+def _attention(model, inputs, extra) -> tuple[torch.Tensor, ...]:
+    """The model's own eager attention probabilities, (heads, seq, seq) per layer."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = model(**inputs, **(extra or {}), output_attentions=True)
+    finally:
+        model.set_attn_implementation(previous)
+    return tuple(layer[0].float() for layer in out.attentions)
 
 
 @pytest.mark.parametrize("family", sorted(VISUAL))
-def test_knockout_share_lens_and_probes_run(
+def test_knockout_share_lens_and_probes_equal_plain_torch(
     tmp_path: Path, family_root: Path, checkpoint, family: str
 ) -> None:
+    visual = VISUAL[family]
     builders.write_manifest(
         tmp_path / "samples.jsonl", builders.family_rows(family, family_root / "media")
     )
@@ -39,13 +131,113 @@ def test_knockout_share_lens_and_probes_run(
     methods = f"""\
 interventions:
   - kind: attention_knockout
-    rules: {{late: {{queries: [answer, text], keys: [{VISUAL[family]}], layers: [1]}}}}
+    rules: {{late: {{queries: [answer, text], keys: [{visual}], layers: [{LAYER}]}}}}
   - kind: attention_share
+    queries: [answer, text]
+    keys: [{visual}, text]
+  - kind: logit_lens
+    position_groups: [{visual}, answer]
+  - kind: probes
+    position_groups: [{visual}, answer]
 """
-    methods += STREAM_READERS
     study = parse_study(head + methods + "execution: {unit_size: 2}\n", tmp_path / "s.yaml")
     results = open_results(run_study(study, store_root=tmp_path / "store").store).load()
     assert bool(results["done"].all())
-    for name, variable in results.data_vars.items():
-        if variable.dtype.kind == "f":
-            assert np.isfinite(variable.values).all(), name
+    loaded = load_model(study.model)
+    model = loaded.model
+    layers = len(_text_model(model).layers)
+    forward_extra = {"use_audio_in_video": True} if family == "qwen2_5_omni" else None
+    for sample in load_samples(study, loaded).load(0, len(results["sample"])):
+        sid = sample.sample_id
+        conflict, clean = dict(sample.runs["conflict"]), dict(sample.runs["clean"])
+        ids = (sample.audio_answer_id, sample.visual_answer_id)
+        groups = _groups(model, conflict["input_ids"])
+        plain = reference.forward(model, conflict, forward_extra)
+
+        # knockout: the knocked-out run's logit difference
+        knocked = _knocked_out(
+            model, conflict, forward_extra, groups["answer"] | groups["text"], groups[visual]
+        )
+        stored = results["knockout_effect"].sel(sample=sid, knockout=f"late@{LAYER}-{LAYER}")
+        expected = float(knocked[ids[0]] - knocked[ids[1]])
+        assert float(stored.sel(metric="logit_diff")) == pytest.approx(expected, abs=TOLERANCE)
+        assert not np.isclose(expected, float(plain[ids[0]] - plain[ids[1]]), atol=1e-4)
+        baseline = results["knockout_baseline"].sel(sample=sid, metric="logit_diff")
+        clean_logits = reference.forward(model, clean, forward_extra)
+        for run, logits in (("conflict", plain), ("clean", clean_logits)):
+            assert float(baseline.sel(knockout_run=run)) == pytest.approx(
+                float(logits[ids[0]] - logits[ids[1]]), abs=TOLERANCE
+            )
+
+        # attention share: the model's own eager probabilities, per head
+        attention = _attention(model, conflict, forward_extra)
+        for query in ("answer", "text"):
+            for key in (visual, "text"):
+                for layer in range(layers):
+                    weights = attention[layer]
+                    expected_share = weights[:, groups[query]][:, :, groups[key]].sum(-1).mean(-1)
+                    stored_share = results["share"].sel(
+                        sample=sid, share_layer=layer, share_query=query, share_key=key
+                    )
+                    np.testing.assert_allclose(
+                        stored_share.values, expected_share.numpy(), rtol=0, atol=TOLERANCE
+                    )
+
+        # logit lens and probes: residuals captured with plain hooks
+        residuals = reference.capture(model, family, conflict, layers, forward_extra)
+        for layer in range(layers):
+            merged = _merged(model, family, residuals[(layer, "residual")]).detach()
+            with torch.no_grad():
+                distribution = _lens(model, merged)
+            for group in (visual, "answer"):
+                mean = distribution[groups[group]].mean(0)
+                stored_lens = results["lens_probability"].sel(
+                    sample=sid, lens_layer=layer, lens_group=group
+                )
+                np.testing.assert_allclose(
+                    stored_lens.values, mean[list(ids)].numpy(), rtol=0, atol=TOLERANCE
+                )
+                features = results["probe_features"].sel(
+                    sample=sid, probe_layer=layer, probe_group=group
+                )
+                np.testing.assert_allclose(
+                    features.values, merged[groups[group]].mean(0).numpy(), rtol=0, atol=1e-4
+                )
+        # the lens of the last layer at the answer is the model's own next-token distribution
+        own = torch.softmax(plain.float(), -1)[list(ids)].numpy()
+        last = results["lens_probability"].sel(
+            sample=sid, lens_layer=layers - 1, lens_group="answer"
+        )
+        np.testing.assert_allclose(last.values, own, rtol=0, atol=TOLERANCE)
+        assert float(results["probe_logit_diff"].sel(sample=sid)) == pytest.approx(
+            float(plain[ids[0]] - plain[ids[1]]), abs=TOLERANCE
+        )
+
+
+def test_the_lens_reads_out_as_the_model_does_where_logits_are_large(
+    family_root: Path, checkpoint
+) -> None:
+    """Gemma 3n soft-caps its logits (30 · tanh(logits / 30)): invisible on the tiny model's small
+    logits, so the unembedding is scaled up here until the cap matters; the last layer's lens at
+    the answer must still be the model's own distribution."""
+    from patchwork.loading.manifest import load_manifest
+    from patchwork.methods.logit_lens import lens_distribution
+    from patchwork.study import load_study
+
+    folder = family_root / "lens-cap"
+    folder.mkdir(exist_ok=True)
+    path = builders.family_study(folder, "gemma3n", checkpoint("gemma3n"), family_root / "media")
+    study = load_study(path)
+    loaded = load_model(study.model)
+    model = loaded.model
+    with torch.no_grad():
+        model.lm_head.weight.mul_(400.0)  # a fresh load: the store's model is another one
+    sample = load_manifest(study, loaded)[0]
+    inputs = dict(sample.runs["conflict"])
+    own = torch.softmax(reference.forward(model, inputs).float(), -1)
+    assert float(reference.forward(model, inputs).abs().max()) > 15  # the cap is in play
+    layers = len(_text_model(model).layers)
+    residual = reference.capture(model, "gemma3n", inputs, layers)[(layers - 1, "residual")]
+    with torch.no_grad():
+        lens = lens_distribution(loaded.adapter, loaded.adapter.merge_streams(residual))[-1]
+    torch.testing.assert_close(lens, own, atol=1e-5, rtol=0)
