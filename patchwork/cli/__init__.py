@@ -100,6 +100,8 @@ def validate(
             f"[green]ok[/] {study}: study {loaded.name!r} is valid for {prepared.loaded.name} "
             f"({prepared.loaded.adapter.num_layers} layers, {len(prepared.samples)} samples)"
         )
+        for note in prepared.notes:
+            console.print(f"[yellow]{note}[/]")
         return
     console.print(f"[green]ok[/] {study}: study {loaded.name!r} matches the schema")
 

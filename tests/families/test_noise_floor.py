@@ -84,3 +84,16 @@ def test_clips_of_different_lengths_get_a_finite_noise_floor(
     np.testing.assert_allclose(
         stores[3]["null_effect"].values, results["null_effect"].values, rtol=0, atol=1e-5
     )
+
+
+def test_validate_says_which_samples_lack_partners(
+    checkpoint, family_root: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from patchwork.cli import app
+
+    path = _mixed_lengths_study(tmp_path, checkpoint("qwen2_5_omni"), family_root / "media", 2)
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "noise floor: 1 of 5 samples have fewer than 1" in " ".join(result.output.split())
