@@ -87,6 +87,7 @@ class ActivationPatchingMethod(Method):
             )
         )
         self.corrections = self._corrections()
+        self.source: SampleSource | None = None
 
     def _corrections(self) -> set[str]:
         """The attribution corrections to apply: the study's, checked against the adapter, or
@@ -143,7 +144,7 @@ class ActivationPatchingMethod(Method):
         self.partners = noise_partners(layouts, count, self.study.execution.seed)
 
     def notes(self) -> tuple[str, ...]:
-        if not self.with_null_effect:
+        if not self.with_null_effect or self.source is None:
             return ()
         wanted = self.spec.noise_partners
         short = [
@@ -241,6 +242,8 @@ class ActivationPatchingMethod(Method):
         def on_device(sample: Sample, run: str) -> dict[str, torch.Tensor]:
             return {key: value.to(device) for key, value in sample.runs[run].items()}
 
+        if self.source is None:  # computed outside a study run: these samples are the dataset
+            self.attach(SampleSource.from_list(samples))
         sources = [patcher.record(on_device(s, spec.source), self.sites) for s in samples]
         rows = {self.position[s.sample_id]: row for row, s in enumerate(samples)}
         outside: dict[int, tuple[Sample, Activations]] = {}
@@ -250,6 +253,7 @@ class ActivationPatchingMethod(Method):
             if index in rows:
                 return samples[rows[index]], sources[rows[index]][1]
             if index not in outside:
+                assert self.source is not None
                 partner = self.source.load(index, index + 1)[0]
                 outside[index] = (
                     partner,
