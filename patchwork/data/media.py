@@ -175,8 +175,9 @@ def clip_features(
     }
 
 
-def load_frames(paths: Sequence[str | Path]) -> np.ndarray:
-    """Images as uint8 RGB frames (n_frames, H, W, 3); all must have the same size."""
+def load_frames(paths: Sequence[str | Path], max_side: int = 4096) -> np.ndarray:
+    """Images as uint8 RGB frames (n_frames, H, W, 3); all must have the same size, and no side
+    over ``max_side`` (checked from the header, before the pixels are decoded)."""
     from PIL import Image, UnidentifiedImageError
 
     frames = []
@@ -185,8 +186,13 @@ def load_frames(paths: Sequence[str | Path]) -> np.ndarray:
             raise DataError(f"image file not found: {path}")
         try:
             with Image.open(path) as image:
+                if max(image.size) > max_side:
+                    raise DataError(
+                        f"image file {path} is {image.size[0]}x{image.size[1]} pixels, over "
+                        f"max_frame_side ({max_side})"
+                    )
                 frames.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
-        except (OSError, UnidentifiedImageError) as error:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
             raise DataError(f"cannot read image file {path}: {error}") from None
     if not frames:
         raise DataError("load_frames needs at least one path")

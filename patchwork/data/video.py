@@ -86,9 +86,13 @@ def load_sound(path: str | Path, sampling_rate: int) -> np.ndarray:
 
 
 def sample_frames(
-    path: str | Path, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES
+    path: str | Path,
+    fps: float = DEFAULT_FPS,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    max_side: int = 4096,
 ) -> np.ndarray:
-    """uint8 RGB frames (n, H, W, 3) of ``path``'s first video stream, one per 1/``fps`` s."""
+    """uint8 RGB frames (n, H, W, 3) of ``path``'s first video stream, one per 1/``fps`` s
+    (frames with a side over ``max_side`` are refused before they are decoded)."""
     import av
 
     path = _exists(Path(path), "video")
@@ -98,6 +102,12 @@ def sample_frames(
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise DataError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            if max(stream.width or 0, stream.height or 0) > max_side:
+                raise DataError(
+                    f"{path}: frames of {stream.width}x{stream.height} pixels, over max_frame_side "
+                    f"({max_side})"
+                )
             for frame in container.decode(video=0):
                 time = float(frame.time) if frame.time is not None else next_time
                 if time + 1e-6 < next_time:
@@ -132,14 +142,17 @@ def load_features(path: str | Path) -> torch.Tensor:
     raise DataError(f"features must be .npy or .safetensors: {path}")
 
 
-def resize_frames(frames: np.ndarray, size: Any) -> np.ndarray:
-    """Frames (n, H, W, 3) resized (bicubic) to ``size`` = [height, width]."""
+def resize_frames(frames: np.ndarray, size: Any, max_side: int = 4096) -> np.ndarray:
+    """Frames (n, H, W, 3) resized (bicubic) to ``size`` = [height, width], each in
+    [1, ``max_side``]."""
     if isinstance(size, str):
         size = size.replace("x", ",").split(",")
     try:
         height, width = (int(value) for value in size)
     except (TypeError, ValueError):
         raise DataError(f"frame_size must be [height, width], got {size!r}") from None
+    if not (1 <= height <= max_side and 1 <= width <= max_side):
+        raise DataError(f"frame_size sides must lie in [1, {max_side}], got {size!r}")
     from PIL import Image
 
     return np.stack(
@@ -150,35 +163,62 @@ def resize_frames(frames: np.ndarray, size: Any) -> np.ndarray:
     )
 
 
-def run_media(spec: Mapping[str, Any], base: Path, sampling_rate: int, question: str) -> RunMedia:
-    """Decode everything a manifest run names (paths relative to ``base``)."""
+def _bounded(spec: Mapping[str, Any], key: str, low: float, high: float) -> float | None:
+    """``spec[key]`` as a finite number in (``low``, ``high``]; None when absent."""
+    if spec.get(key) in (None, ""):
+        return None
+    try:
+        value = float(spec[key])
+    except (TypeError, ValueError):
+        raise DataError(f"{key} must be a number, got {spec[key]!r}") from None
+    if not math.isfinite(value) or not low < value <= high:
+        raise DataError(f"{key} must lie in ({low:g}, {high:g}], got {spec[key]!r}")
+    return value
+
+
+def run_media(
+    spec: Mapping[str, Any],
+    base: Path,
+    sampling_rate: int,
+    question: str,
+    max_seconds: float = 600.0,
+    max_side: int = 4096,
+) -> RunMedia:
+    """Decode everything a manifest run names (paths relative to ``base``), refusing durations
+    over ``max_seconds``, frame sides over ``max_side`` and non-finite audio."""
     unknown = sorted(set(spec) - RUN_FIELDS)
     if unknown:
         raise DataError(f"unknown run field(s) {unknown}; expected some of {sorted(RUN_FIELDS)}")
-    fps = float(spec.get("fps", DEFAULT_FPS))
-    if fps <= 0:
-        raise DataError(f"fps must be positive, got {fps}")
+    fps = _bounded(spec, "fps", 0, 120) or DEFAULT_FPS
     waveform = frames = features = None
-    seconds = float(spec["seconds"]) if spec.get("seconds") else None
+    seconds = _bounded(spec, "seconds", 0, max_seconds)
     if "video" in spec:
-        max_frames = int(spec.get("max_frames", DEFAULT_MAX_FRAMES))
+        max_frames = int(_bounded(spec, "max_frames", 0, 1024) or DEFAULT_MAX_FRAMES)
         if seconds is not None:
             max_frames = min(max_frames, max(1, math.ceil(seconds * fps - 1e-9)))
-        frames = sample_frames(base / spec["video"], fps, max_frames)
+        frames = sample_frames(base / spec["video"], fps, max_frames, max_side)
     elif "frames" in spec:
         listed = spec["frames"] if isinstance(spec["frames"], list) else [spec["frames"]]
-        frames = media.load_frames([base / frame for frame in listed])
+        frames = media.load_frames([base / frame for frame in listed], max_side)
     if "audio" in spec:
         waveform = load_sound(base / spec["audio"], sampling_rate)
     elif "video" in spec:
         waveform = decode_audio(base / spec["video"], sampling_rate)
     if "image_features" in spec:
         features = load_features(base / spec["image_features"])
+    if waveform is not None:
+        if not np.isfinite(waveform).all():
+            raise DataError("the audio holds NaN or infinite samples")
+        if seconds is None and len(waveform) > max_seconds * sampling_rate:
+            raise DataError(
+                f"the audio lasts {len(waveform) / sampling_rate:.1f} s, over the dataset's "
+                f"max_seconds ({max_seconds:g}); cut it with the run's 'seconds'"
+            )
     if seconds is not None and waveform is not None:
         length = int(round(seconds * sampling_rate))
         waveform = np.pad(waveform[:length], (0, max(0, length - len(waveform))))
     if spec.get("frame_size") and frames is not None:
-        frames = resize_frames(frames, spec["frame_size"])
+        frames = resize_frames(frames, spec["frame_size"], max_side)
     audio_in_video = spec.get("audio_in_video", False)
     if not isinstance(audio_in_video, bool):
         audio_in_video = str(audio_in_video).strip().lower() in {"1", "true", "yes"}

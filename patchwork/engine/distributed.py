@@ -17,6 +17,29 @@ from contextlib import contextmanager
 from patchwork.errors import PatchworkError
 
 
+def check_address(address: str) -> str:
+    """A scheduler address as ``tcp://host:port`` (``host:port`` is read as tcp), or a
+    :class:`PatchworkError` saying what is wrong with it."""
+    from urllib.parse import urlsplit
+
+    text = address if "://" in address else f"tcp://{address}"
+    parts = urlsplit(text)
+    if parts.scheme != "tcp":
+        raise PatchworkError(
+            f"--scheduler {address}: only tcp:// addresses are supported ({parts.scheme}:// needs "
+            "security settings patchwork does not pass; connect your own Client for those)"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not parts.hostname or port is None or not 0 < port < 65536:
+        raise PatchworkError(
+            f"--scheduler {address}: expected tcp://HOST:PORT with a port in 1-65535"
+        )
+    return text
+
+
 @contextmanager
 def dask_executor(
     workers: int | None = None,
@@ -37,7 +60,7 @@ def dask_executor(
     cluster = None
     try:
         if scheduler is not None:
-            client = Client(scheduler, timeout="30s")
+            client = Client(check_address(scheduler), timeout="10s")
         else:
             cluster = LocalCluster(
                 n_workers=workers or 1,

@@ -23,7 +23,7 @@ import xarray as xr
 from patchwork.data.sample import Sample
 from patchwork.data.source import SampleSource
 from patchwork.engine.lock import check_unlocked, store_lock
-from patchwork.errors import DataError, RunInterrupted, StoreError
+from patchwork.errors import DataError, PatchworkError, RunInterrupted, StoreError
 from patchwork.loading.model import LoadedModel, load_model
 from patchwork.methods.method import Method, method_class
 from patchwork.patching.patcher import Patcher
@@ -158,7 +158,8 @@ def prepare(
     first = samples.load(0, 1)
     notes = (*media_notes(loaded, first), *(note for m in methods for note in m.notes()))
     prepared = Prepared(study, store, loaded, samples, methods, units, notes)
-    check_samples(prepared, first)
+    # a manifest is read whole already: check every row now, not when its unit runs
+    check_samples(prepared, samples.load(0, len(samples)) if study.dataset.manifest else first)
     return prepared
 
 
@@ -332,16 +333,23 @@ def load_samples(study: Study, loaded: LoadedModel, media_root: Path | None = No
 
 
 def check_samples(prepared: Prepared, samples: list[Sample]) -> None:
-    """Every run a method reads fits the model, and each method accepts the sample."""
+    """Every run a method reads fits the model, and each method accepts the sample; errors name
+    the manifest line of a manifest's sample."""
     for sample in samples:
-        for method in prepared.methods:
-            for run in method.runs():
-                if run not in sample.runs:
-                    raise DataError(f"sample {sample.sample_id}: has no run {run!r}")
-                prepared.loaded.adapter.check_inputs(
-                    sample.runs[run], f"sample {sample.sample_id}, run {run}"
-                )
-            method.check_sample(sample)
+        try:
+            for method in prepared.methods:
+                for run in method.runs():
+                    if run not in sample.runs:
+                        raise DataError(f"sample {sample.sample_id}: has no run {run!r}")
+                    prepared.loaded.adapter.check_inputs(
+                        sample.runs[run], f"sample {sample.sample_id}, run {run}"
+                    )
+                method.check_sample(sample)
+        except PatchworkError as error:
+            line = sample.meta.get("manifest_line")
+            if line is None:
+                raise
+            raise type(error)(f"{line}: {error}") from None
 
 
 _PATCHERS: dict[int, Patcher] = {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from patchwork.data.sample import Sample
 from patchwork.errors import DataError, PatchworkError
 from patchwork.loading.chat import MEDIA_MARKER, chat_prompt
 from patchwork.loading.model import LoadedModel
-from patchwork.study.schema import ChatSpec, Study
+from patchwork.study.schema import Study
 
 REQUIRED = ("id", "audio_answer", "visual_answer", "runs")
 
@@ -62,7 +63,8 @@ def load_manifest(study: Study, loaded: LoadedModel) -> list[Sample]:
             raise DataError(f"{label}: sample id {sample_id!r} repeats line {seen[sample_id]}")
         seen[sample_id] = line
         try:
-            samples.append(_sample(row, path.parent, question, loaded, study.chat))
+            sample = _sample(row, path.parent, question, loaded, study)
+            samples.append(replace(sample, meta={**sample.meta, "manifest_line": label}))
         except PatchworkError as error:
             raise type(error)(f"{label}: sample {sample_id}: {error}") from None
     if not samples:
@@ -71,7 +73,13 @@ def load_manifest(study: Study, loaded: LoadedModel) -> list[Sample]:
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of a field
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte {error.start}); save the manifest as UTF-8"
+        ) from None
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
         for row in reader:
@@ -104,12 +112,12 @@ def _unflatten(row: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _sample(
-    row: Mapping[str, Any], base: Path, question: str, loaded: LoadedModel, chat: ChatSpec
+    row: Mapping[str, Any], base: Path, question: str, loaded: LoadedModel, study: Study
 ) -> Sample:
     """One row's sample; ``question`` is the study's, rendered (a row's own is rendered here)."""
-    adapter = loaded.adapter
+    adapter, dataset = loaded.adapter, study.dataset
     if row.get("question"):
-        question = chat_prompt(loaded, str(row["question"]), chat)
+        question = chat_prompt(loaded, str(row["question"]), study.chat)
     # "{media}" in the question splits it: the text before goes before the media placeholders
     # (e.g. a chat template's user turn), the text after follows them
     before, marker, after = question.rpartition(MEDIA_MARKER)
@@ -126,7 +134,9 @@ def _sample(
             raise DataError(
                 f"run {name!r} names no media: give 'audio', 'video', 'frames' or 'image_features'"
             )
-        media_run = video.run_media(spec, base, adapter.sampling_rate, question)
+        media_run = video.run_media(
+            spec, base, adapter.sampling_rate, question, dataset.max_seconds, dataset.max_frame_side
+        )
         label = f"run {name!r} ({', '.join(_files(spec, base))})"
         try:
             inputs = adapter.build_inputs(text_ids, media_run)

@@ -77,6 +77,12 @@ class ActivationPatchingMethod(Method):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         spec = self.spec
         self.layers = self.resolve_layers(spec.layers)
+        depth = self.loaded.adapter.num_layers
+        if spec.window > depth:
+            raise StudyError(
+                f"{self.where('window')}: window {spec.window} is longer than the model's "
+                f"{depth} layers"
+            )
         self.conditions: tuple[Condition, ...] = tuple(
             sweep_conditions(
                 self.layers,

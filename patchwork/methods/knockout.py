@@ -224,7 +224,14 @@ class AttentionKnockoutMethod(Method):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.knockouts = knockouts(self.spec, self.resolve_layers, self.loaded.adapter.num_layers)
+        depth = self.loaded.adapter.num_layers
+        for name, rule in self.spec.rules.items():
+            if rule.window is not None and rule.window > depth:
+                raise StudyError(
+                    f"{self.where('rules', name, 'window')}: window {rule.window} is longer "
+                    f"than the model's {depth} layers"
+                )
+        self.knockouts = knockouts(self.spec, self.resolve_layers, depth)
         labels = [k.label for k in self.knockouts]
         if len(set(labels)) != len(labels):
             raise StudyError(f"{self.where('rules')}: two rules give the same knockout label")

@@ -51,10 +51,12 @@ class RandomInit(_Strict):
     """A tiny random-init Qwen2.5-Omni thinker, for tests and smoke runs (no weights needed)."""
 
     layers: int = Field(4, ge=1, le=64, description="Decoder layers.")
-    hidden_size: int = Field(64, ge=16, description="Text hidden size (multiple of heads × 8).")
-    heads: int = Field(4, ge=1)
-    kv_heads: int = Field(2, ge=1)
-    vocab_size: int = Field(64, ge=16)
+    hidden_size: int = Field(
+        64, ge=16, le=4096, description="Text hidden size (multiple of heads × 8)."
+    )
+    heads: int = Field(4, ge=1, le=64)
+    kv_heads: int = Field(2, ge=1, le=64)
+    vocab_size: int = Field(64, ge=16, le=262_144)
     seed: int = Field(0, description="Seed of the weight initialisation.")
 
     @model_validator(mode="after")
@@ -199,8 +201,14 @@ class DatasetSpec(_Strict):
     manifest: Path | None = Field(
         None, description="A JSONL or CSV file listing samples (paths relative to the study file)."
     )
-    samples: int = Field(16, ge=1, description="How many samples (generators only).")
+    samples: int = Field(16, ge=1, le=1_000_000, description="How many samples (generators only).")
     seed: int = 0
+    max_seconds: float = Field(
+        600.0, gt=0, le=7200, description="Longest clip (or `seconds`) a manifest run may have."
+    )
+    max_frame_side: int = Field(
+        4096, ge=16, le=16384, description="Largest picture or frame side (pixels) a run may have."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
@@ -216,16 +224,24 @@ class RunSpec(_Strict):
     picture: Literal["own", "blank", "other_category"] = "own"
 
 
+#: No model has more decoder layers; larger indices are refused before any list is built.
+MAX_LAYER_INDEX = 4095
+
+
 def _parse_layers(value: object) -> object:
     """Turn 'all', ints and 'a-b' ranges into a sorted tuple of layer indices (or 'all')."""
     if value == "all":
         return "all"
     items = value if isinstance(value, list | tuple) else [value]
+    if len(items) > MAX_LAYER_INDEX + 1:
+        raise ValueError(f"{len(items)} layer entries; a model has at most {MAX_LAYER_INDEX + 1}")
     layers: set[int] = set()
     for item in items:
         if isinstance(item, bool):
             raise ValueError(f"expected a layer index or range, got {item!r}")
         if isinstance(item, int):
+            if item > MAX_LAYER_INDEX:
+                raise ValueError(f"layer {item} is beyond any model (at most {MAX_LAYER_INDEX})")
             layers.add(item)
             continue
         match = _RANGE.match(str(item))
@@ -234,6 +250,10 @@ def _parse_layers(value: object) -> object:
         first, last = int(match[1]), int(match[2])
         if last < first:
             raise ValueError(f"range {item!r} ends before it starts")
+        if last > MAX_LAYER_INDEX:
+            raise ValueError(
+                f"range {item!r} is beyond any model (layers at most {MAX_LAYER_INDEX})"
+            )
         layers.update(range(first, last + 1))
     if any(layer < 0 for layer in layers):
         raise ValueError("layer indices start at 0")

@@ -1,0 +1,152 @@
+"""Bounded inputs: each bad study, manifest row, media file or option ends in one line naming the
+file, line and field, exit code 2, quickly — no traceback, no hang, no memory blow-up (issue 18,
+items 8, 10, 14, 16 and 17)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from typer.testing import CliRunner
+
+from patchwork.cli import app
+from patchwork.data.media import save_frame
+
+from .helpers import study_text
+from .test_manifest import make_media, manifest_rows, study_with_manifest
+
+runner = CliRunner()
+
+
+def _fails_in_one_line(args: list[str], *expected: str, seconds: float = 30.0) -> str:
+    started = time.perf_counter()
+    result = runner.invoke(app, args)
+    elapsed = time.perf_counter() - started
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "Traceback" not in result.output and message.startswith("error:"), result.output
+    for text in expected:
+        assert text in message, message
+    assert elapsed < seconds, f"{elapsed:.1f} s"
+    return message
+
+
+def _manifest_study(tmp_path: Path, edit, extra: str = "") -> Path:
+    make_media(tmp_path / "media")
+    rows = manifest_rows()
+    edit(rows)
+    path = study_with_manifest(tmp_path, rows)
+    if extra:
+        path.write_text(path.read_text().replace("dataset:\n", f"dataset:\n{extra}"))
+    return path
+
+
+def _set(run: str, field: str, value):
+    def edit(rows):
+        rows[1]["runs"][run][field] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("fps", float("nan"), "fps must lie in (0, 120]"),
+        ("fps", float("inf"), "fps must lie in (0, 120]"),
+        ("fps", 0, "fps must lie in (0, 120]"),
+        ("seconds", 1e9, "seconds must lie in (0, 600]"),
+        ("seconds", float("nan"), "seconds must lie in (0, 600]"),
+        ("seconds", -1, "seconds must lie in (0, 600]"),
+        ("frame_size", [100000, 100000], "frame_size sides must lie in [1, 4096]"),
+        ("frame_size", [0, 0], "frame_size sides must lie in [1, 4096]"),
+    ],
+)
+def test_run_fields_out_of_bounds(tmp_path: Path, field: str, value, expected: str) -> None:
+    path = _manifest_study(tmp_path, _set("conflict", field, value))
+    _fails_in_one_line(["validate", str(path)], "samples.jsonl:2: sample bird-vs-fish", expected)
+
+
+def test_non_finite_audio_is_refused(tmp_path: Path) -> None:
+    def edit(rows):
+        rows[0]["runs"]["clean"]["audio"] = "media/nan.wav"
+
+    path = _manifest_study(tmp_path, edit)
+    sound = np.zeros(6400, dtype=np.float32)
+    sound[100] = np.nan
+    soundfile.write(tmp_path / "media/nan.wav", sound, 16000, subtype="FLOAT")
+    _fails_in_one_line(["validate", str(path)], "samples.jsonl:1:", "NaN or infinite samples")
+
+
+def test_a_picture_over_the_side_limit_is_refused_before_decoding(tmp_path: Path) -> None:
+    def edit(rows):
+        rows[0]["runs"]["conflict"]["frames"] = ["media/huge.png"]
+
+    path = _manifest_study(tmp_path, edit, extra="  max_frame_side: 64\n")
+    save_frame(tmp_path / "media/huge.png", np.zeros((80, 100, 3), dtype=np.uint8))
+    _fails_in_one_line(["validate", str(path)], "huge.png is 100x80 pixels, over max_frame_side")
+
+
+def test_manifest_encodings(tmp_path: Path) -> None:
+    make_media(tmp_path / "media")
+    path = study_with_manifest(tmp_path, manifest_rows(), "csv")
+    text = (tmp_path / "samples.csv").read_text()
+    (tmp_path / "samples.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # a BOM: fine
+    assert runner.invoke(app, ["validate", str(path)]).exit_code == 0
+    lines = text.splitlines()
+    lines[2] = lines[2].replace("bird-vs-fish", "bird-vs-fïsh")
+    (tmp_path / "samples.csv").write_bytes("\n".join(lines).encode("latin-1"))
+    _fails_in_one_line(["validate", str(path)], "samples.csv:3: not UTF-8 text")
+
+
+def test_runs_of_different_layouts_are_found_with_their_line_before_any_unit(
+    tmp_path: Path,
+) -> None:
+    def edit(rows):
+        rows[1]["runs"]["conflict"]["audio"] = "media/long.wav"
+
+    path = _manifest_study(tmp_path, edit)
+    soundfile.write(tmp_path / "media/long.wav", np.zeros(32000, dtype=np.float32), 16000)
+    _fails_in_one_line(
+        ["validate", str(path)], "samples.jsonl:2: sample bird-vs-fish", "differ in token layout"
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("window: 1", "window: 50", "interventions[0].window: window 50 is longer than"),
+        ("layers: all", "layers: '0-1000000000'", "is beyond any model"),
+        ("hidden_size: 32", "hidden_size: 1048576", "model.random_init.hidden_size"),
+        ("samples: 2", "samples: 1000000000", "dataset.samples"),
+    ],
+)
+def test_study_values_are_bounded(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    text = study_text(layers=2, samples=2)
+    assert old in text
+    path = tmp_path / "study.yaml"
+    path.write_text(text.replace(old, new))
+    _fails_in_one_line(["validate", str(path)], "study.yaml:", expected, seconds=10)
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("notanaddress", "expected tcp://HOST:PORT"),
+        ("tls://127.0.0.1:8786", "only tcp:// addresses"),
+        ("127.0.0.1:99999", "expected tcp://HOST:PORT"),
+    ],
+)
+def test_scheduler_addresses_are_checked_before_connecting(
+    tmp_path: Path, address: str, expected: str
+) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text(study_text(layers=2, samples=2))
+    _fails_in_one_line(
+        ["run", str(path), "--store", str(tmp_path / "store"), "--scheduler", address],
+        expected,
+        seconds=20,
+    )
+    assert not list(tmp_path.glob("store/*.zarr"))  # refused before anything was written
