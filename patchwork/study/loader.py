@@ -8,6 +8,7 @@ model-dependent errors — can point at the line a user has to edit.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -149,9 +150,20 @@ def parse_override(text: str) -> tuple[FieldPath, object]:
 
 
 def study_hash(study: Study) -> str:
-    """SHA-256 of the validated study (not of its formatting, nor of :data:`NOT_HASHED` fields):
-    what a resumed run must match."""
-    canonical = study.model_dump_json(by_alias=True, exclude=NOT_HASHED)
+    """SHA-256 of the validated study's meaning — not of its formatting, nor of
+    :data:`NOT_HASHED` fields, nor of how its paths are spelled: the manifest counts as its
+    resolved path and the digest of its bytes, a checkpoint directory as its resolved path. What
+    a resumed run must match."""
+    meaning = study.model_dump(mode="json", by_alias=True, exclude=NOT_HASHED)
+    manifest = study.dataset.manifest
+    if manifest is not None:
+        path = Path(manifest).resolve()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        meaning["dataset"]["manifest"] = {"path": str(path), "sha256": digest}
+    checkpoint = study.model.checkpoint
+    if checkpoint is not None and not checkpoint.startswith("testbed"):
+        meaning["model"]["checkpoint"] = str(Path(checkpoint).resolve())
+    canonical = json.dumps(meaning, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -266,10 +278,11 @@ def _override_of(overridden: Mapping[FieldPath, str], field_path: FieldPath) -> 
 
 
 def _resolve_relative(data: dict, base: Path) -> dict:
-    """Make the manifest path relative to the study file, as users expect."""
+    """Make the manifest path relative to the study file, as users expect, and absolute (so that
+    a later change of working directory cannot move it)."""
     dataset = data.get("dataset")
     if isinstance(dataset, Mapping) and isinstance(dataset.get("manifest"), str):
         manifest = Path(dataset["manifest"])
         if not manifest.is_absolute():
-            data["dataset"] = {**dataset, "manifest": str(base / manifest)}
+            data["dataset"] = {**dataset, "manifest": str((base / manifest).resolve())}
     return data

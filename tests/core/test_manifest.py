@@ -131,3 +131,28 @@ def test_a_row_question_overrides_the_study_question(tmp_path: Path) -> None:
     question = loaded.token_ids("what do you see now")
     assert second[0, -len(question) :].tolist() == question
     assert first.shape[1] == second.shape[1] - 1
+
+
+def test_the_same_manifest_study_spelled_another_way_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from patchwork import load_study
+    from patchwork.study import study_hash
+
+    make_media(tmp_path / "media")
+    study_with_manifest(tmp_path, manifest_rows())
+    monkeypatch.chdir(tmp_path)
+    first = load_study(Path("study.yaml"))
+    run_study(first, store_root=tmp_path / "store")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    again = load_study(Path("../sub/../study.yaml"))
+    assert study_hash(again) == study_hash(first)
+    summary = run_study(again, store_root=tmp_path / "store")
+    assert summary.units_run == 0
+    # its meaning changed: another row is another study
+    before = study_hash(first)
+    (tmp_path / "samples.jsonl").write_text(
+        (tmp_path / "samples.jsonl").read_text().replace("woof", "meow", 1)
+    )
+    assert study_hash(load_study(tmp_path / "study.yaml")) != before
