@@ -121,6 +121,23 @@ def template(samples: SampleCoords, arrays: Mapping[str, ArraySpec], unit_size: 
     return xr.Dataset(variables, coords=coords)
 
 
+#: Attribute of a model group set once its whole template (every array and coordinate) is written.
+TEMPLATE_MARK = "template_complete"
+
+
+def template_complete(group: zarr.Group) -> bool:
+    """Whether a model group's template was written to the end: it carries :data:`TEMPLATE_MARK`
+    (stores written before the mark existed count as complete once a unit is done — a crash
+    while creating leaves none)."""
+    if group.attrs.get(TEMPLATE_MARK):
+        return True
+    done = group.get("done")
+    try:
+        return isinstance(done, zarr.Array) and bool(np.asarray(done[:]).any())
+    except Exception:  # noqa: BLE001 - an unreadable mark array is no proof of completeness
+        return False
+
+
 class ResultStore:
     """One model's results inside a study store: create, resume, write units, read marks."""
 
@@ -162,8 +179,7 @@ class ResultStore:
                 )
             root = zarr.open_group(path, mode="r", zarr_format=3)
             group = root.get(model)
-            names = [str(name) for name in empty.variables]
-            if isinstance(group, zarr.Group) and all(name in group for name in names):
+            if isinstance(group, zarr.Group) and template_complete(group):
                 store = cls(path, model)
                 store.check_layout(empty, unit_size)
                 return store
@@ -180,6 +196,8 @@ class ResultStore:
             zarr.open_group(path, mode="w", zarr_format=3, attributes=attributes)
         empty.attrs["model_name"] = model
         empty.to_zarr(path, group=model, mode="w", compute=False, zarr_format=3, consolidated=False)
+        # written last: a template without the mark was cut short and is written again
+        zarr.open_group(path, mode="r+", zarr_format=3)[model].attrs[TEMPLATE_MARK] = True
         return cls(path, model)
 
     def check_layout(self, empty: xr.Dataset, unit_size: int) -> None:
@@ -281,7 +299,7 @@ def open_results(
     if model not in models:
         raise StoreError(f"{path}: no model {model!r}; the store has {models}")
     group = root[model]
-    if not isinstance(group, zarr.Group) or "done" not in group:
+    if not isinstance(group, zarr.Group) or not template_complete(group):
         raise StoreError(
             f"{path}/{model}: the store's template is incomplete (a run was cut short while "
             "creating it); run the study again to rewrite it"
