@@ -282,7 +282,14 @@ def verify(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).
         console.print(f"removed leftover {leftover}")
     for model, units in report.units_cleared.items():
         for start, stop in units:
-            console.print(f"{model}: samples {start}–{stop - 1} incomplete; unmarked for re-run")
+            console.print(
+                f"{model}: samples {start}–{stop - 1} damaged or incomplete; unmarked for re-run"
+            )
+    for model, names in report.coordinates_damaged.items():
+        if names:
+            console.print(
+                f"{model}: coordinates {names} damaged; the next run of the study rewrites them"
+            )
     verdict = "[green]ok[/]" if report.ok else "[yellow]repaired[/]"
     console.print(
         f"{verdict} {store}: {report.units_checked} finished units checked, "

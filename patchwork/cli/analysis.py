@@ -45,13 +45,20 @@ MinGapOption = Annotated[
     ),
 ]
 ResamplesOption = Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")]
+NoVerifyOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-verify", help="Read the store without checking finished units against checksums."
+    ),
+]
 
 
-def open_store(path: Path, model: str | None = None) -> Any:
-    """Open a results store as an :class:`xarray.Dataset` (raises ``StoreError`` if missing)."""
+def open_store(path: Path, model: str | None = None, verify: bool = True) -> Any:
+    """Open a results store as an :class:`xarray.Dataset` (raises ``StoreError`` if missing, or
+    damaged unless ``verify`` is off)."""
     from patchwork.store.zarr_store import open_results
 
-    return open_results(path, model)
+    return open_results(path, model, verify=verify)
 
 
 def parse_floor(text: str) -> float | str:
@@ -151,11 +158,12 @@ def register(app: typer.Typer) -> None:
         seed: SeedOption = 0,
         estimator: EstimatorOption = None,
         min_gap: MinGapOption = None,
+        no_verify: NoVerifyOption = False,
     ) -> None:
         """Print, per position group and component, the layer window where the effect changes."""
         from patchwork.analysis.windows import locate as locate_windows
 
-        results = open_store(store, model)
+        results = open_store(store, model, verify=not no_verify)
         located = locate_windows(
             results,
             metric=metric,
@@ -186,11 +194,12 @@ def register(app: typer.Typer) -> None:
         seed: SeedOption = 0,
         estimator: EstimatorOption = None,
         min_gap: MinGapOption = None,
+        no_verify: NoVerifyOption = False,
     ) -> None:
         """Write the heatmap, per-component profiles and small multiples of a store."""
         import patchwork.analysis  # noqa: F401  (registers the accessor)
 
-        results = open_store(store, model)
+        results = open_store(store, model, verify=not no_verify)
         formats = image_format or ["png", "svg"]
         paths = results.patchwork.save_figures(
             out,

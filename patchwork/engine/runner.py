@@ -252,6 +252,8 @@ def _run_units(
             str(stored.get("study", "")), study, stored.get("overrides") or ()
         ),
     )
+    for line in store.repairs:
+        on_note(line)
     done = store.done()
     pending = [(start, stop) for start, stop in prepared.units if not done[start:stop].all()]
     if on_start:

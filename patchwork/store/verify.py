@@ -9,15 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import zarr
 
 from patchwork.errors import StoreError
-from patchwork.store.zarr_store import MARKS, ResultStore, sample_checksums
-
-#: Metrics that must be finite in a complete unit (normalized_effect may be NaN by design when
-#: the clean and conflict runs do not differ).
-FINITE_METRICS = (0, 1)
+from patchwork.store.zarr_store import DAMAGE, ResultStore, template_complete
 
 
 @dataclass
@@ -27,10 +22,16 @@ class VerifyReport:
     partial_files_removed: list[Path] = field(default_factory=list)
     units_checked: int = 0
     units_cleared: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    #: Coordinates (per model) that fail their checksums: the next run rewrites them.
+    coordinates_damaged: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not self.partial_files_removed and not any(self.units_cleared.values())
+        return (
+            not self.partial_files_removed
+            and not any(self.units_cleared.values())
+            and not any(self.coordinates_damaged.values())
+        )
 
 
 def verify_store(path: str | Path) -> VerifyReport:
@@ -42,35 +43,28 @@ def verify_store(path: str | Path) -> VerifyReport:
     for leftover in sorted(path.rglob("*.partial")):
         leftover.unlink()
         report.partial_files_removed.append(leftover)
-    root = zarr.open_group(path, mode="r", zarr_format=3)
-    for model, group in sorted(root.groups()):
-        if not all(name in group for name in MARKS):
+    try:
+        root = zarr.open_group(path, mode="r", zarr_format=3)
+        groups = sorted(root.groups())
+    except DAMAGE as error:
+        raise StoreError(
+            f"{path}: the store's metadata is damaged ({error}); remove the store and run the "
+            "study again (--fresh)"
+        ) from None
+    for model, group in groups:
+        if not template_complete(group):
             continue  # a template cut short by a crash: rewritten by the next run
         store = ResultStore(path, model)
-        done, recorded = store.done(), store.checksums()
         cleared = report.units_cleared.setdefault(model, [])
-        size, total = store.unit_size, len(done)
-        for start in range(0, total, size):
-            stop = min(start + size, total)
-            if not done[start:stop].any():
-                continue
-            report.units_checked += 1
-            if (
-                not _complete(store, start, stop, recorded[start:stop])
-                or not done[start:stop].all()
-            ):
-                store.clear_done(start, stop)
-                cleared.append((start, stop))
+        try:
+            done, size = store.done(), store.unit_size
+            report.units_checked += sum(
+                bool(done[start : start + size].any()) for start in range(0, len(done), size)
+            )
+        except DAMAGE:
+            pass  # an unreadable mark array: damaged_units clears every unit
+        for start, stop in store.damaged_units():
+            store.clear_done(start, stop)
+            cleared.append((start, stop))
+        report.coordinates_damaged[model] = store.damaged_coordinates()
     return report
-
-
-def _complete(store: ResultStore, start: int, stop: int, recorded: np.ndarray) -> bool:
-    arrays = store.read_unit(start, stop)
-    if not np.array_equal(sample_checksums(arrays), recorded):
-        return False
-    # null_effect may be NaN by design (a unit of one sample has no mismatched partner).
-    return all(
-        bool(np.isfinite(arrays[name][..., list(FINITE_METRICS)]).all())
-        for name in ("effect", "baseline")
-        if name in arrays
-    )

@@ -123,6 +123,11 @@ def template(samples: SampleCoords, arrays: Mapping[str, ArraySpec], unit_size: 
 
 #: Attribute of a model group set once its whole template (every array and coordinate) is written.
 TEMPLATE_MARK = "template_complete"
+#: Attribute of a model group: CRC-32 of each coordinate array as written (coordinates have no
+#: unit checksum of their own; a lost chunk would read as blank labels).
+COORDINATE_SUMS = "coordinate_checksums"
+#: What reading a damaged chunk or metadata file raises (codec, JSON, shape errors).
+DAMAGE = (RuntimeError, ValueError, TypeError, KeyError, OSError, zarr.errors.BaseZarrError)
 
 
 def template_complete(group: zarr.Group) -> bool:
@@ -141,12 +146,14 @@ def template_complete(group: zarr.Group) -> bool:
 class ResultStore:
     """One model's results inside a study store: create, resume, write units, read marks."""
 
-    def __init__(self, path: Path, model: str) -> None:
+    def __init__(self, path: Path, model: str, mode: str = "r+") -> None:
         self.path = Path(path)
         self.model = model
-        group = zarr.open_group(self.path, mode="r+", zarr_format=3)[model]
+        group = zarr.open_group(self.path, mode=mode, zarr_format=3)[model]  # type: ignore[arg-type]
         assert isinstance(group, zarr.Group)
         self._group = group
+        #: What :meth:`repair` did when the store was reopened (one line each).
+        self.repairs: list[str] = []
 
     def _array(self, name: str) -> zarr.Array:
         array = self._group[name]
@@ -182,6 +189,7 @@ class ResultStore:
             if isinstance(group, zarr.Group) and template_complete(group):
                 store = cls(path, model)
                 store.check_layout(empty, unit_size)
+                store.repair(empty)
                 return store
             # No template, or one cut short by a crash: no unit can have run, so (re)write it.
         elif path.exists() and any(path.iterdir()):
@@ -196,9 +204,11 @@ class ResultStore:
             zarr.open_group(path, mode="w", zarr_format=3, attributes=attributes)
         empty.attrs["model_name"] = model
         empty.to_zarr(path, group=model, mode="w", compute=False, zarr_format=3, consolidated=False)
+        store = cls(path, model)
+        store._group.attrs[COORDINATE_SUMS] = store._coordinate_sums()
         # written last: a template without the mark was cut short and is written again
-        zarr.open_group(path, mode="r+", zarr_format=3)[model].attrs[TEMPLATE_MARK] = True
-        return cls(path, model)
+        store._group.attrs[TEMPLATE_MARK] = True
+        return store
 
     def check_layout(self, empty: xr.Dataset, unit_size: int) -> None:
         chunks = self._array("effect").chunks
@@ -250,7 +260,7 @@ class ResultStore:
         }
         names = []
         for name, array in arrays.items():
-            dims = array.metadata.dimension_names or ()  # type: ignore[union-attr]
+            dims = _dimensions(array)
             if dims and dims[0] == "sample" and name not in {*MARKS, *coordinates, *dims}:
                 names.append(name)
         return sorted(names)
@@ -261,6 +271,87 @@ class ResultStore:
     def clear_done(self, start: int, stop: int) -> None:
         """Unmark a unit so that the next run computes it again."""
         self._array("done")[start:stop] = False
+
+    def unit_intact(self, start: int, stop: int) -> bool:
+        """Whether a done unit reads back whole: every chunk decodes, the checksums recorded when
+        it was written match, and its effects and baselines are finite (``normalized_effect``
+        and ``null_effect`` may be NaN by design)."""
+        try:
+            arrays = self.read_unit(start, stop)
+            recorded = np.asarray(self._array("checksum")[start:stop], dtype=np.int64)
+        except DAMAGE:
+            return False
+        if not np.array_equal(sample_checksums(arrays), recorded):
+            return False
+        return all(
+            bool(np.isfinite(arrays[name][..., :2]).all())
+            for name in ("effect", "baseline")
+            if name in arrays
+        )
+
+    def damaged_units(self) -> list[tuple[int, int]]:
+        """The done units that do not read back whole (:meth:`unit_intact`)."""
+        try:
+            done = self.done()
+        except DAMAGE:
+            return [(0, int(self._array("done").shape[0]))]
+        size, total = self.unit_size, len(done)
+        return [
+            (start, min(start + size, total))
+            for start in range(0, total, size)
+            if done[start : start + size].any()
+            and not (done[start : start + size].all() and self.unit_intact(start, start + size))
+        ]
+
+    def _coordinate_sums(self) -> dict[str, int]:
+        sums = {}
+        for name in self.coordinate_names():
+            values = np.asarray(self._array(name)[:])
+            data = "\x1f".join(map(str, values.ravel())).encode()
+            sums[name] = zlib.crc32(data)
+        return sums
+
+    def coordinate_names(self) -> list[str]:
+        """Dimension coordinates and those a variable names in its ``coordinates``."""
+        arrays = dict(self._group.arrays())
+        named = {
+            coordinate
+            for array in arrays.values()
+            for coordinate in str(array.attrs.get("coordinates", "")).split()
+        }
+        dims = {dim for array in arrays.values() for dim in _dimensions(array)}
+        return sorted(name for name in arrays if name in named | dims)
+
+    def damaged_coordinates(self) -> list[str]:
+        """Coordinates whose values no longer match the checksums written with the template
+        (or cannot be read); none for stores written before the checksums existed."""
+        recorded = self._group.attrs.get(COORDINATE_SUMS)
+        if not isinstance(recorded, dict):
+            return []
+        try:
+            found = self._coordinate_sums()
+        except DAMAGE:
+            return sorted(recorded)
+        return sorted(name for name in recorded if found.get(name) != recorded[name])
+
+    def repair(self, empty: xr.Dataset) -> list[str]:
+        """Rewrite damaged coordinates from the study's template and unmark damaged units (the
+        next computation redoes them); returns one line per repair."""
+        lines = []
+        for name in self.damaged_coordinates():
+            self._array(name)[:] = np.asarray(empty[name].values).astype(self._array(name).dtype)
+            lines.append(f"coordinate {name!r} was damaged: rewritten from the study")
+        if lines:
+            self._group.attrs[COORDINATE_SUMS] = self._coordinate_sums()
+        for start, stop in self.damaged_units():
+            self.clear_done(start, stop)
+            lines.append(f"samples {start}-{stop - 1} were damaged: computed again")
+        self.repairs = lines
+        return lines
+
+
+def _dimensions(array: zarr.Array) -> tuple[str, ...]:
+    return tuple(getattr(array.metadata, "dimension_names", None) or ())
 
 
 def sample_checksums(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -276,7 +367,10 @@ def sample_checksums(arrays: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def open_results(
-    path: str | Path, model: str | None = None, chunks: dict[str, int] | None = None
+    path: str | Path,
+    model: str | None = None,
+    chunks: dict[str, int] | None = None,
+    verify: bool = True,
 ) -> xr.Dataset:
     """Open a study store as an :class:`xarray.Dataset` (unfinished cells are NaN).
 
@@ -284,10 +378,24 @@ def open_results(
     (study text, hash, overrides, versions) is merged into ``attrs``. Arrays are read when first
     used, as numpy (so results print as numbers); pass ``chunks={}`` for dask arrays chunked as
     stored, for stores larger than memory.
+
+    With ``verify`` (default) every done unit is read back against its checksums and the
+    coordinates against theirs first; damage raises :class:`StoreError` naming it (``patchwork
+    verify`` unmarks damaged units, a run recomputes them). ``verify=False`` reads as stored.
     """
     path = Path(path)
     if not (path / "zarr.json").exists():
         raise StoreError(f"{path}: no patchwork store here")
+    try:
+        return _open(path, model, chunks, verify)
+    except DAMAGE as error:
+        raise StoreError(
+            f"{path}: the store is damaged ({type(error).__name__}: {error}); run patchwork "
+            "verify, then run the study again"
+        ) from None
+
+
+def _open(path: Path, model: str | None, chunks: dict[str, int] | None, verify: bool) -> xr.Dataset:
     root = zarr.open_group(path, mode="r", zarr_format=3)
     models = sorted(name for name, _ in root.groups())
     if not models:
@@ -304,9 +412,27 @@ def open_results(
             f"{path}/{model}: the store's template is incomplete (a run was cut short while "
             "creating it); run the study again to rewrite it"
         )
+    if verify:
+        _check_whole(path, model)
     dataset = xr.open_zarr(path, group=model, consolidated=False, zarr_format=3, chunks=chunks)
     dataset.attrs = {**dict(root.attrs), **dataset.attrs}
     return dataset
+
+
+def _check_whole(path: Path, model: str) -> None:
+    store = ResultStore(path, model, mode="r")
+    coordinates = store.damaged_coordinates()
+    units = store.damaged_units()
+    if coordinates or units:
+        parts = [f"coordinates {coordinates}"] if coordinates else []
+        if units:
+            first, stop = units[0]
+            parts.append(f"{len(units)} finished unit(s) (samples {first}-{stop - 1}…)")
+        raise StoreError(
+            f"{path}/{model}: damaged {' and '.join(parts)}: they fail their checksums; run "
+            "patchwork verify, then the study again to recompute them (or read anyway with "
+            "verify=False / --no-verify)"
+        )
 
 
 def provenance(

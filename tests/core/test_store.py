@@ -170,3 +170,39 @@ def test_a_store_cut_short_while_created_is_never_half_labelled(
     again = open_results(store).load()
     for name in whole.variables:
         np.testing.assert_array_equal(again[name].values, whole[name].values, err_msg=name)
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "flip":
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :])
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncate", "empty", "flip", "delete"])
+@pytest.mark.parametrize("target", ["effect", "baseline", "position_group", "checksum"])
+def test_a_damaged_finished_store_is_refused_by_reads_and_recomputed_by_a_run(
+    tmp_path: Path, how: str, target: str
+) -> None:
+    """One damaged chunk of a finished store (data, marks or a coordinate): reads refuse it in
+    one line instead of showing wrong numbers or blank labels, and the next run repairs it to
+    the uninterrupted run's store, bit for bit."""
+    study = parse_study(study_text(layers=2, samples=4))
+    whole = open_results(run_study(study, tmp_path / "whole").store).load()
+    store = run_study(study, tmp_path / "hurt").store
+    chunks = sorted((store / whole.attrs["model_name"] / target / "c").rglob("*"))
+    _damage([chunk for chunk in chunks if chunk.is_file()][0], how)
+    with pytest.raises(StoreError, match="damaged|fail their checksums"):
+        open_results(store)
+    summary = run_study(study, tmp_path / "hurt")
+    # a damaged coordinate is rewritten from the study; damaged data are computed again
+    assert (summary.units_run == 0) == (target == "position_group")
+    again = open_results(store).load()
+    for name in whole.variables:
+        np.testing.assert_array_equal(again[name].values, whole[name].values, err_msg=name)
