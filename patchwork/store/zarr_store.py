@@ -184,12 +184,20 @@ class ResultStore:
                     f"{' (' + changes + ')' if changes else ''}; run with --fresh to start over "
                     "(it removes the old results) or choose another store"
                 )
+            restored = _restore_metadata(path, model, empty)
             root = zarr.open_group(path, mode="r", zarr_format=3)
             group = root.get(model)
             if isinstance(group, zarr.Group) and template_complete(group):
                 store = cls(path, model)
                 store.check_layout(empty, unit_size)
-                store.repair(empty)
+                repairs = store.repair(empty, rewrite_coordinates=bool(restored))
+                store.repairs = [
+                    *(
+                        f"metadata of {name!r} was lost or damaged: written again"
+                        for name in restored
+                    ),
+                    *repairs,
+                ]
                 return store
             # No template, or one cut short by a crash: no unit can have run, so (re)write it.
         elif path.exists() and any(path.iterdir()):
@@ -290,7 +298,10 @@ class ResultStore:
         )
 
     def damaged_units(self) -> list[tuple[int, int]]:
-        """The done units that do not read back whole (:meth:`unit_intact`)."""
+        """The done units that do not read back whole (:meth:`unit_intact`); none where the store
+        keeps no checksums (written by other tools)."""
+        if "checksum" not in self._group:
+            return []
         try:
             done = self.done()
         except DAMAGE:
@@ -334,20 +345,68 @@ class ResultStore:
             return sorted(recorded)
         return sorted(name for name in recorded if found.get(name) != recorded[name])
 
-    def repair(self, empty: xr.Dataset) -> list[str]:
-        """Rewrite damaged coordinates from the study's template and unmark damaged units (the
-        next computation redoes them); returns one line per repair."""
+    def repair(self, empty: xr.Dataset, rewrite_coordinates: bool = False) -> list[str]:
+        """Rewrite damaged coordinates (all of them with ``rewrite_coordinates``) from the
+        study's template and unmark damaged units (the next computation redoes them); returns
+        one line per repair."""
         lines = []
-        for name in self.damaged_coordinates():
+        damaged = self.coordinate_names() if rewrite_coordinates else self.damaged_coordinates()
+        for name in damaged:
             self._array(name)[:] = np.asarray(empty[name].values).astype(self._array(name).dtype)
-            lines.append(f"coordinate {name!r} was damaged: rewritten from the study")
-        if lines:
+            if not rewrite_coordinates:
+                lines.append(f"coordinate {name!r} was damaged: rewritten from the study")
+        if damaged:
             self._group.attrs[COORDINATE_SUMS] = self._coordinate_sums()
         for start, stop in self.damaged_units():
             self.clear_done(start, stop)
             lines.append(f"samples {start}-{stop - 1} were damaged: computed again")
         self.repairs = lines
         return lines
+
+
+def _restore_metadata(path: Path, model: str, empty: xr.Dataset) -> list[str]:
+    """Metadata files (``zarr.json``) of a finished template's group or arrays that are missing
+    or unreadable, written again from the study's template; chunks are kept (their checksums
+    then say whether they are whole). Returns the names restored (``model`` for the group)."""
+    directory = path / model
+    if not directory.is_dir():
+        return []
+    names = [str(name) for name in empty.variables]
+    restored = [
+        name
+        for name, folder in [(model, directory), *((n, directory / n) for n in names)]
+        if folder.is_dir() and not _readable_json(folder / "zarr.json")
+    ]
+    arrays = [name for name in restored if name != model]
+    for name in restored:  # unreadable metadata is no metadata
+        (directory if name == model else directory / name).joinpath("zarr.json").unlink(
+            missing_ok=True
+        )
+    if model in restored:
+        # a group written before its arrays: its arrays' data say whether any unit finished
+        done = directory / "done" / "c"
+        if not done.is_dir() or not any(done.rglob("*")):
+            return []  # nothing can have finished: the template is rewritten whole
+        zarr.open_group(directory, mode="a", zarr_format=3)
+    if arrays:
+        with warnings.catch_warnings():  # zarr notes the folders it is about to describe
+            warnings.filterwarnings("ignore", message=".*not recognized as a component")
+            empty[arrays].to_zarr(
+                path, group=model, mode="a", compute=False, zarr_format=3, consolidated=False
+            )
+    if model in restored:
+        group = zarr.open_group(directory, mode="r+", zarr_format=3)
+        group.attrs.update({**empty.attrs, "model_name": model, TEMPLATE_MARK: True})
+    return restored
+
+
+def _readable_json(path: Path) -> bool:
+    import json
+
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def _dimensions(array: zarr.Array) -> tuple[str, ...]:

@@ -206,3 +206,24 @@ def test_a_damaged_finished_store_is_refused_by_reads_and_recomputed_by_a_run(
     again = open_results(store).load()
     for name in whole.variables:
         np.testing.assert_array_equal(again[name].values, whole[name].values, err_msg=name)
+
+
+@pytest.mark.parametrize("lost", ["effect", "done", "sample", "position_group", "group"])
+@pytest.mark.parametrize("how", ["delete", "garble"])
+def test_lost_metadata_is_written_again_and_no_finished_unit_is_lost(
+    tmp_path: Path, lost: str, how: str
+) -> None:
+    study = parse_study(study_text(layers=2, samples=4))
+    whole = open_results(run_study(study, tmp_path / "whole").store).load()
+    store = run_study(study, tmp_path / "hurt").store
+    model = whole.attrs["model_name"]
+    metadata = store / model / ("" if lost == "group" else lost) / "zarr.json"
+    if how == "delete":
+        metadata.unlink()
+    else:
+        metadata.write_text(metadata.read_text()[:40])
+    summary = run_study(study, tmp_path / "hurt")
+    assert summary.units_run == 0 and summary.units_skipped > 0  # nothing recomputed
+    again = open_results(store).load()
+    for name in whole.variables:
+        np.testing.assert_array_equal(again[name].values, whole[name].values, err_msg=name)
