@@ -9,6 +9,7 @@ process, writes its own unit and returns only a small report.
 
 from __future__ import annotations
 
+import errno
 import shutil
 import time
 from collections.abc import Callable
@@ -207,6 +208,7 @@ def run_study(
         on_start, on_unit = _notebook_progress(study.name, on_start, on_unit)
     check_unlocked(store_path(study, store_root))  # before the model loads
     threads = torch.get_num_threads()
+    prepared: Prepared | None = None
     try:
         prepared = prepare(study, store_root)
         for line in prepared.notes:
@@ -215,6 +217,10 @@ def run_study(
             store_seconds, pending, present = _run_units(
                 prepared, store_root, executor, fresh, on_start, on_unit, note
             )
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StoreError(_disk_full(store_path(study, store_root), prepared)) from None
     finally:
         torch.set_num_threads(threads)  # the caller's setting, as it was
     for group in prepared.requested_groups():
@@ -225,6 +231,22 @@ def run_study(
             )
     return _summary(
         prepared, len(pending), len(prepared.units) - len(pending), started, store_seconds
+    )
+
+
+def _disk_full(store: Path, prepared: Prepared | None) -> str:
+    """One line for a full disk: the store, the space left and a unit's size (uncompressed)."""
+    folder = store if store.exists() else store.parent
+    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    need = ""
+    if prepared is not None:
+        template = prepared.template()
+        per_sample = sum(v.nbytes for v in template.data_vars.values()) / template.sizes["sample"]
+        unit = per_sample * prepared.study.execution.unit_size
+        need = f"; a unit needs up to {unit / 2**20:.1f} MiB"
+    return (
+        f"{store}: the disk is full ({free / 2**20:.1f} MiB free{need}) — free some space and "
+        "run again to resume (finished units are kept)"
     )
 
 

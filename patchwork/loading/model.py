@@ -295,6 +295,8 @@ def _checkpoint_config(path: Path, spec: ModelSpec, where: str, needs_weights: b
 
 
 def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
+    from safetensors import SafetensorError
+
     config = _checkpoint_config(path, spec, where)
     if _is_testbed(path):
         from patchwork import testbed
@@ -313,6 +315,14 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
         )
     except ModelError as error:
         raise ModelError(f"{where}.family: {error}") from None
+    except SafetensorError as error:  # a truncated or foreign weights file
+        raise ModelError(
+            f"{where}.checkpoint: {path} holds a damaged safetensors file ({error})"
+        ) from None
+    except (RuntimeError, OSError, ValueError, KeyError) as error:  # e.g. sizes off the config
+        raise ModelError(
+            f"{where}.checkpoint: cannot load the weights in {path}: {_first_line(error)}"
+        ) from None
     model, info = loaded
     missing = sorted(info.get("missing_keys") or ())
     if missing:
@@ -323,6 +333,14 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
             f"a {spec.family} checkpoint?"
         )
     return model  # type: ignore[no-any-return]
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message, shortened (transformers' size reports are long)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "ignore_mismatched_sizes" in str(error):
+        text = "some weights have other shapes than its config.json says (mismatched sizes)"
+    return text[:300]
 
 
 def _tokenizer(path: Path, spec: ModelSpec, where: str) -> Any:

@@ -227,3 +227,32 @@ def test_lost_metadata_is_written_again_and_no_finished_unit_is_lost(
     again = open_results(store).load()
     for name in whole.variables:
         np.testing.assert_array_equal(again[name].values, whole[name].values, err_msg=name)
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from patchwork.store.zarr_store import ResultStore
+
+    study = parse_study(study_text(layers=2, samples=4).replace("unit_size: 2", "unit_size: 1"))
+    whole = open_results(run_study(study, tmp_path / "whole").store).load()
+    write = ResultStore.write_unit
+    calls = []
+
+    def filling(self, start, arrays):
+        calls.append(start)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, start, arrays)
+
+    monkeypatch.setattr(ResultStore, "write_unit", filling)
+    with pytest.raises(StoreError, match=r"the disk is full \(.* MiB free; a unit needs up to"):
+        run_study(study, tmp_path / "full")
+    monkeypatch.setattr(ResultStore, "write_unit", write)
+    summary = run_study(study, tmp_path / "full")
+    assert summary.units_skipped == 2
+    again = open_results(summary.store).load()
+    for name in whole.variables:
+        np.testing.assert_array_equal(again[name].values, whole[name].values, err_msg=name)

@@ -85,3 +85,24 @@ def test_a_checkpoint_without_the_models_weights_is_refused(tmp_path: Path, chec
         ModelError, match=rf"model\.checkpoint: {missing} of the model's \d+ weights"
     ):
         load_model(ModelSpec(family="qwen2_5_omni", checkpoint=str(foreign)))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "sizes"])
+def test_damaged_weights_are_one_clear_error(checkpoint, tmp_path: Path, damage: str) -> None:
+    import json
+    import shutil
+
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(checkpoint("qwen2_5_omni"), folder)
+    weights = folder / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "garbage":
+        weights.write_bytes(bytes(range(256)) * 20)
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        config["text_config"]["intermediate_size"] += 8
+        (folder / "config.json").write_text(json.dumps(config))
+    expected = "mismatched sizes" if damage == "sizes" else "damaged safetensors file"
+    with pytest.raises(ModelError, match=expected):
+        load_model(ModelSpec(family="qwen2_5_omni", checkpoint=str(folder)))
