@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +149,12 @@ def prepare(
     )
     if weights:
         root.mkdir(parents=True, exist_ok=True)  # generated media are written under it, briefly
-    samples = load_samples(study, loaded, media_root=root if weights else None)
+    samples = load_samples(
+        study,
+        loaded,
+        media_root=root if weights else None,
+        check=lambda sample: check_sample(loaded, methods, sample),
+    )
     size = study.execution.unit_size
     units = tuple(
         (start, min(start + size, len(samples))) for start in range(0, len(samples), size)
@@ -159,8 +164,7 @@ def prepare(
     first = samples.load(0, 1)
     notes = (*media_notes(loaded, first), *(note for m in methods for note in m.notes()))
     prepared = Prepared(study, store, loaded, samples, methods, units, notes)
-    # a manifest is read whole already: check every row now, not when its unit runs
-    check_samples(prepared, samples.load(0, len(samples)) if study.dataset.manifest else first)
+    check_samples(prepared, first)  # a manifest's rows were each checked as they were read
     return prepared
 
 
@@ -345,35 +349,46 @@ def run_unit_task(task: UnitTask, start: int, stop: int) -> tuple[int, int, froz
     return start, stop, groups
 
 
-def load_samples(study: Study, loaded: LoadedModel, media_root: Path | None = None) -> SampleSource:
-    """The study's samples, from its generator or its manifest."""
+def load_samples(
+    study: Study,
+    loaded: LoadedModel,
+    media_root: Path | None = None,
+    check: Callable[[Sample], None] | None = None,
+) -> SampleSource:
+    """The study's samples, from its generator or its manifest (each of whose rows is built and
+    ``check``-ed once now, then dropped: a block's rows are built again when it runs)."""
     if study.dataset.manifest is not None:
-        from patchwork.loading.manifest import load_manifest
+        from patchwork.loading.manifest import manifest_source
 
-        return SampleSource.from_list(load_manifest(study, loaded))
+        return manifest_source(study, loaded, check)
     from patchwork.loading.generators import generate_samples
 
     return generate_samples(study, loaded, media_root=media_root)
 
 
 def check_samples(prepared: Prepared, samples: list[Sample]) -> None:
+    """:func:`check_sample` for each of ``samples``."""
+    for sample in samples:
+        check_sample(prepared.loaded, prepared.methods, sample)
+
+
+def check_sample(loaded: LoadedModel, methods: Sequence[Method], sample: Sample) -> None:
     """Every run a method reads fits the model, and each method accepts the sample; errors name
     the manifest line of a manifest's sample."""
-    for sample in samples:
-        try:
-            for method in prepared.methods:
-                for run in method.runs():
-                    if run not in sample.runs:
-                        raise DataError(f"sample {sample.sample_id}: has no run {run!r}")
-                    prepared.loaded.adapter.check_inputs(
-                        sample.runs[run], f"sample {sample.sample_id}, run {run}"
-                    )
-                method.check_sample(sample)
-        except PatchworkError as error:
-            line = sample.meta.get("manifest_line")
-            if line is None:
-                raise
-            raise type(error)(f"{line}: {error}") from None
+    try:
+        for method in methods:
+            for run in method.runs():
+                if run not in sample.runs:
+                    raise DataError(f"sample {sample.sample_id}: has no run {run!r}")
+                loaded.adapter.check_inputs(
+                    sample.runs[run], f"sample {sample.sample_id}, run {run}"
+                )
+            method.check_sample(sample)
+    except PatchworkError as error:
+        line = sample.meta.get("manifest_line")
+        if line is None:
+            raise
+        raise type(error)(f"{line}: {error}") from None
 
 
 _PATCHERS: dict[int, Patcher] = {}

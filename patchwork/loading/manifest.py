@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import torch
 
 from patchwork.data import video
 from patchwork.data.sample import Sample
+from patchwork.data.source import SampleInfo, SampleSource, layout_digests
 from patchwork.errors import DataError, PatchworkError
 from patchwork.loading.chat import MEDIA_MARKER, chat_prompt
 from patchwork.loading.model import LoadedModel
@@ -41,7 +42,22 @@ REQUIRED = ("id", "audio_answer", "visual_answer", "runs")
 
 
 def load_manifest(study: Study, loaded: LoadedModel) -> list[Sample]:
-    """Read every row of the study's manifest into a :class:`Sample`."""
+    """Every row of the study's manifest as a :class:`Sample` (all in memory: for small
+    manifests and tests; runs use :func:`manifest_source`)."""
+    source = manifest_source(study, loaded)
+    return source.load(0, len(source))
+
+
+def manifest_source(
+    study: Study, loaded: LoadedModel, check: Callable[[Sample], None] | None = None
+) -> SampleSource:
+    """The study's manifest as a lazy :class:`SampleSource`.
+
+    Every row is read, built (its media decoded) and ``check``-ed now, so that a bad row is
+    found before anything runs, with its line; only its metadata (id, answers, token layouts)
+    is kept. A block's rows are built again when the block is loaded, so memory does not grow
+    with the number of rows.
+    """
     path = study.dataset.manifest
     assert path is not None
     if not path.is_file():
@@ -50,7 +66,17 @@ def load_manifest(study: Study, loaded: LoadedModel) -> list[Sample]:
         question = chat_prompt(loaded, study.question, study.chat)
     except PatchworkError as error:
         raise type(error)(f"{study.where('chat', 'template')}: {error}") from None
-    samples = []
+
+    def build(line: int, row: Mapping[str, Any]) -> Sample:
+        label = f"{path}:{line}"
+        try:
+            sample = _sample(row, path.parent, question, loaded, study)
+        except PatchworkError as error:
+            raise type(error)(f"{label}: sample {row['id']}: {error}") from None
+        return replace(sample, meta={**sample.meta, "manifest_line": label})
+
+    rows: list[tuple[int, Mapping[str, Any]]] = []
+    infos = []
     seen: dict[str, int] = {}
     for line, row in _rows(path):
         label = f"{path}:{line}"
@@ -62,14 +88,18 @@ def load_manifest(study: Study, loaded: LoadedModel) -> list[Sample]:
         if sample_id in seen:
             raise DataError(f"{label}: sample id {sample_id!r} repeats line {seen[sample_id]}")
         seen[sample_id] = line
-        try:
-            sample = _sample(row, path.parent, question, loaded, study)
-            samples.append(replace(sample, meta={**sample.meta, "manifest_line": label}))
-        except PatchworkError as error:
-            raise type(error)(f"{label}: sample {sample_id}: {error}") from None
-    if not samples:
+        sample = build(line, row)
+        if check is not None:
+            check(sample)
+        infos.append(
+            SampleInfo(sample_id, sample.audio_answer, sample.visual_answer, layout_digests(sample))
+        )
+        rows.append((line, row))
+    if not rows:
         raise DataError(f"{path}: the manifest lists no samples")
-    return samples
+    return SampleSource(
+        infos, lambda start, stop: [build(line, row) for line, row in rows[start:stop]]
+    )
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
