@@ -17,6 +17,18 @@ from contextlib import contextmanager
 from patchwork.errors import PatchworkError
 
 
+def workers_alive(executor: Executor) -> int | None:
+    """How many workers the Dask cluster behind ``executor`` has now (None for other
+    executors, or when the scheduler cannot say)."""
+    client = getattr(executor, "_client", None)
+    if client is None:
+        return None
+    try:
+        return len(client.scheduler_info().get("workers", {}))
+    except Exception:  # noqa: BLE001 - a scheduler that does not answer says nothing
+        return None
+
+
 def check_address(address: str) -> str:
     """A scheduler address as ``tcp://host:port`` (``host:port`` is read as tcp), or a
     :class:`PatchworkError` saying what is wrong with it."""

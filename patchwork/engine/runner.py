@@ -13,9 +13,10 @@ import errno
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ import xarray as xr
 
 from patchwork.data.sample import Sample
 from patchwork.data.source import SampleSource
+from patchwork.engine.distributed import workers_alive
 from patchwork.engine.lock import check_unlocked, store_lock
 from patchwork.errors import DataError, PatchworkError, RunInterrupted, StoreError
 from patchwork.loading.model import LoadedModel, load_model
@@ -299,11 +301,28 @@ def _run_units(
             root = Path(store_root if store_root is not None else "store").resolve()
             task = UnitTask(study.text, study.overrides, _source_label(study), str(root))
             futures = [executor.submit(run_unit_task, task, start, stop) for start, stop in pending]
-            for future in as_completed(futures):
-                start, stop, groups = future.result()
-                present |= groups
-                if on_unit:
-                    on_unit(stop - start)
+            waiting, alone_since = set(futures), None
+            while waiting:
+                completed, waiting = wait(waiting, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in completed:
+                    start, stop, groups = _unit_result(future)
+                    present |= groups
+                    if on_unit:
+                        on_unit(stop - start)
+                if waiting and workers_alive(executor) == 0:
+                    alone_since = alone_since or time.monotonic()
+                    if time.monotonic() - alone_since > WORKERLESS_SECONDS:
+                        for future in waiting:
+                            future.cancel()
+                        done = store.done()
+                        units = sum(bool(done[a:b].all()) for a, b in prepared.units)
+                        raise PatchworkError(
+                            f"no Dask worker left for {WORKERLESS_SECONDS:g} s "
+                            f"({units}/{len(prepared.units)} units done): start workers (or run "
+                            "without --workers/--scheduler) and re-run to resume"
+                        )
+                else:
+                    alone_since = None
     except KeyboardInterrupt:
         done = store.done()
         finished = sum(bool(done[start:stop].all()) for start, stop in prepared.units)
@@ -311,6 +330,24 @@ def _run_units(
             f"{finished}/{len(prepared.units)} units done; re-run to resume"
         ) from None
     return store_seconds, pending, present
+
+
+#: How long a distributed run waits with no worker at all before it gives up (seconds).
+WORKERLESS_SECONDS = 30.0
+
+
+def _unit_result(future: Any) -> tuple[int, int, frozenset[str]]:
+    """A unit task's result; a task that killed its workers over and over is one line."""
+    try:
+        return future.result()  # type: ignore[no-any-return]
+    except Exception as error:
+        if type(error).__name__ != "KilledWorker":
+            raise
+        raise PatchworkError(
+            f"a unit's task killed its Dask worker on every retry ({error}); a worker running "
+            "out of memory is the usual cause: lower execution.batch_size or give workers more "
+            "memory, then re-run to resume"
+        ) from None
 
 
 @dataclass(frozen=True)

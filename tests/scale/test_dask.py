@@ -42,3 +42,34 @@ def test_two_workers_equal_serial_even_when_one_is_killed(tmp_path: Path) -> Non
     for name in VARIABLES:
         np.testing.assert_array_equal(first[name].values, serial[name].values, err_msg=name)
         np.testing.assert_array_equal(second[name].values, serial[name].values, err_msg=name)
+
+
+def test_a_run_with_no_worker_left_ends_in_one_line_and_resumes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """No worker left (the cluster scaled to none, as after workers and their nannies died): the
+    run ends with one line after the grace period instead of waiting forever, and a later run
+    completes the store to the serial run's."""
+    import time
+
+    import pytest
+
+    from patchwork import PatchworkError
+    from patchwork.engine import runner
+
+    monkeypatch.setattr(runner, "WORKERLESS_SECONDS", 2.0)
+    serial = open_results(run_study(parse_study(TEXT), tmp_path / "serial").store).load()
+    with dask_executor(workers=1) as executor:
+        cluster = executor._client.cluster  # type: ignore[attr-defined]
+        cluster.scale(0)
+        while cluster.scheduler_info["workers"]:
+            time.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(PatchworkError, match=r"no Dask worker left for 2 s \(0/4 units done\)"):
+            run_study(parse_study(TEXT), tmp_path / "dask", executor=executor)
+        assert time.monotonic() - started < 60
+    resumed = run_study(parse_study(TEXT), tmp_path / "dask")
+    assert resumed.units_run == 4
+    again = open_results(resumed.store).load()
+    for name in VARIABLES:
+        np.testing.assert_array_equal(again[name].values, serial[name].values, err_msg=name)
