@@ -302,6 +302,7 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
         from patchwork import testbed
 
         return testbed.load(path, spec.attention, getattr(torch, spec.dtype))[0]
+    _check_size(path, spec, config, where)
     try:
         loaded: Any = adapter_class(spec).from_pretrained(
             path,
@@ -333,6 +334,32 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
             f"a {spec.family} checkpoint?"
         )
     return model  # type: ignore[no-any-return]
+
+
+def _check_size(path: Path, spec: ModelSpec, config: Any, where: str) -> None:
+    """Refuse a config.json that describes a far larger model than the weight files hold, before
+    anything is allocated (a typo'd or foreign config would exhaust memory)."""
+    try:
+        empty = adapter_class(spec).empty(path, config)
+    except (ModelError, RuntimeError, ValueError, TypeError):
+        return  # the family's own loading reports what is wrong
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):  # reads the header only
+                pass
+        except SafetensorError as error:
+            raise ModelError(
+                f"{where}.checkpoint: {file} is a damaged safetensors file ({error})"
+            ) from None
+    stored = sum(file.stat().st_size for file in path.glob("*.safetensors"))
+    parameters = sum(p.numel() for p in empty.parameters())
+    if parameters > 4 * stored:  # under 2 bits a weight, even 4-bit packing is far above
+        raise ModelError(
+            f"{where}.checkpoint: {path}/config.json describes {parameters:,} parameters but "
+            f"its weight files hold {stored:,} bytes; the config does not belong to these weights"
+        )
 
 
 def _first_line(error: BaseException) -> str:

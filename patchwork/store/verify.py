@@ -48,8 +48,9 @@ def verify_store(path: str | Path) -> VerifyReport:
         groups = sorted(root.groups())
     except DAMAGE as error:
         raise StoreError(
-            f"{path}: the store's metadata is damaged ({error}); remove the store and run the "
-            "study again (--fresh)"
+            f"{path}: cannot read the store's metadata ({error}); a damaged model group's or "
+            "array's zarr.json is written again by the next run of the study, but without the "
+            "root's patchwork cannot tell which study wrote the store (--fresh starts over)"
         ) from None
     for model, group in groups:
         if not template_complete(group):

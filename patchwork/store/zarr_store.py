@@ -527,8 +527,11 @@ def provenance(
 def _root_attrs(path: Path) -> dict[str, object]:
     try:
         return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
-    except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError) as error:
-        raise StoreError(f"{path} exists but is not a patchwork store ({error})") from None
+    except DAMAGE as error:
+        raise StoreError(
+            f"{path}: its root metadata is unreadable ({error}), so patchwork cannot tell which "
+            "study wrote it; run with --fresh to start over or choose another store"
+        ) from None
 
 
 def _git_commit() -> str:

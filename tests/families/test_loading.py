@@ -87,7 +87,7 @@ def test_a_checkpoint_without_the_models_weights_is_refused(tmp_path: Path, chec
         load_model(ModelSpec(family="qwen2_5_omni", checkpoint=str(foreign)))
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "sizes"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "sizes", "huge"])
 def test_damaged_weights_are_one_clear_error(checkpoint, tmp_path: Path, damage: str) -> None:
     import json
     import shutil
@@ -101,8 +101,14 @@ def test_damaged_weights_are_one_clear_error(checkpoint, tmp_path: Path, damage:
         weights.write_bytes(bytes(range(256)) * 20)
     else:
         config = json.loads((folder / "config.json").read_text())
-        config["text_config"]["intermediate_size"] += 8
+        if damage == "sizes":
+            config["text_config"]["intermediate_size"] += 8
+        else:  # a config of another, far larger model: refused before anything is allocated
+            config["text_config"].update(hidden_size=8192, intermediate_size=65536)
         (folder / "config.json").write_text(json.dumps(config))
-    expected = "mismatched sizes" if damage == "sizes" else "damaged safetensors file"
+    expected = {
+        "sizes": "mismatched sizes",
+        "huge": r"config.json describes [\d,]+ parameters but its weight files hold [\d,]+ bytes",
+    }.get(damage, "damaged safetensors file")
     with pytest.raises(ModelError, match=expected):
         load_model(ModelSpec(family="qwen2_5_omni", checkpoint=str(folder)))
