@@ -49,7 +49,9 @@ def train_command(
             "reads audio."
         ),
     ] = None,
-    stage1_steps: Annotated[int, typer.Option(help="Stage-1 (vision-language) steps.")] = 150,
+    stage1_steps: Annotated[
+        int | None, typer.Option(help="Stage-1 (vision-language) steps [default: 150].")
+    ] = None,
     stage2_steps: Annotated[int, typer.Option(help="Stage-2 (audio-visual) steps.")] = 300,
     batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 32,
     base_out: Annotated[
@@ -72,6 +74,11 @@ def train_command(
         raise PatchworkError(
             f"--audio-supervision: expected a fraction in [0, 0.6], got {audio_supervision}"
         )
+    if from_base is not None:
+        for option, given in (("--stage1-steps", stage1_steps), ("--base-out", base_out)):
+            if given is not None:
+                raise PatchworkError(f"{option}: --from-base skips stage 1; leave it out")
+    stage1_steps = 150 if stage1_steps is None else stage1_steps
     for option, value in (
         ("--stage1-steps", stage1_steps),
         ("--stage2-steps", stage2_steps),

@@ -225,7 +225,8 @@ def train(
     """Run the recipe and write the stage-2 checkpoint to ``out`` (stage 1 to ``base_out``).
 
     With ``from_base`` stage 1 is skipped and its checkpoint loaded instead (same seed and
-    windows give the same base as training it again).
+    windows give the same base as training it again); stage 2 trains with ``config``'s windows,
+    not the base's, and the checkpoint declares those.
     """
     tokenizer = testbed_model.build_tokenizer()
     torch.manual_seed(config.seed)
@@ -238,12 +239,13 @@ def train(
     }
     if from_base is not None:
         model, tokenizer = testbed_model.load(from_base)
+        installed = getattr(model, "_patchwork_attention_blocks", None)
+        if installed is not None:  # the base's own windows: stage 2 trains with the requested
+            installed.remove()
+        _install_windows(model, window_meta)
     else:
         model = testbed_model.build_model(tokenizer, config.seed)
-        model_config: Any = model.config
-        rules = windows.rules_from_meta(window_meta, model_config.text_config.num_hidden_layers)
-        if rules:
-            blocks.install(model, rules, blocks.modality_token_ids(model.config))
+        _install_windows(model, window_meta)
         torch.manual_seed(config.seed)
         losses = run_stage(
             model,
@@ -270,6 +272,13 @@ def train(
     return testbed_model.save(
         model, tokenizer, out, _meta(config, 2, window_meta, command, losses, time.time() - started)
     )
+
+
+def _install_windows(model: Any, window_meta: dict) -> None:
+    """Make the planted windows of ``window_meta`` active while the model trains."""
+    rules = windows.rules_from_meta(window_meta, model.config.text_config.num_hidden_layers)
+    if rules:
+        blocks.install(model, rules, blocks.modality_token_ids(model.config))
 
 
 def _meta(

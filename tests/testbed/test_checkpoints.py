@@ -87,6 +87,23 @@ def test_cli_train_refuses_bad_windows_before_training(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("option", [["--stage1-steps", "5"], ["--base-out", "elsewhere"]])
+def test_cli_train_refuses_stage1_options_with_from_base(tmp_path, option):
+    from patchwork.testbed import checkpoint_path
+
+    app = typer.Typer()
+    register(app)
+    base = str(checkpoint_path("testbed-base"))
+    result = CliRunner().invoke(
+        app, ["testbed", "train", "--out", str(tmp_path), "--from-base", base, *option]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {option[0]}: --from-base skips stage 1; leave it out"
+    ]
+    assert not any(tmp_path.iterdir())
+
+
 def test_windowed_checkpoint_installs_its_windows_and_hears(tmp_path):
     directory = checkpoint_path("testbed-windowed")
     model, _ = load(directory)

@@ -48,3 +48,42 @@ def test_stage1_batches_are_silent_and_stage2_batches_hold_every_kind():
     silent = (stage2_inputs["input_features"] == banks.silence).flatten(1).all(1)
     assert 0 < int(silent.sum()) < 64
     assert answers.shape == (64,)
+
+
+def test_from_base_trains_with_the_windows_it_declares(tmp_path):
+    """From an unwindowed base, stage 2 with windows and without gives different weights (the
+    options were once ignored, silently), and the checkpoint declares the windows it was
+    trained with; from a windowed base, other windows replace the base's."""
+    from dataclasses import replace
+
+    from patchwork.models import blocks
+
+    plain = replace(TINY, video_access_layers=None, audio_access_layers=None)
+    base = tmp_path / "base"
+    train(tmp_path / "unused", plain, base_out=base, log=lambda line: None)
+    windowed = train(tmp_path / "windowed", TINY, from_base=base, log=lambda line: None)
+    unwindowed = train(tmp_path / "plain", plain, from_base=base, log=lambda line: None)
+    a = load_file(windowed / "model.safetensors")
+    b = load_file(unwindowed / "model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    meta = json.loads((windowed / "patchwork_testbed.json").read_text())
+    assert meta["windows"] == {"video_access_layers": [4, 5], "audio_access_layers": [0, 2]}
+    model, _ = load(windowed)
+    rules = model._patchwork_attention_blocks.rules  # what inference enforces
+    assert blocks.BlockRule("text", "video", (0, 1, 2, 3, 6, 7)) in rules
+    # a windowed base with other windows: stage 2 uses the new ones only, exactly as from the
+    # same weights declared without windows
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(windowed, bare)
+    declared = json.loads((bare / "patchwork_testbed.json").read_text())
+    (bare / "patchwork_testbed.json").write_text(json.dumps({**declared, "windows": None}))
+    other = replace(TINY, video_access_layers=(1, 2))
+    from_windowed = train(tmp_path / "w2", other, from_base=windowed, log=lambda line: None)
+    from_bare = train(tmp_path / "b2", other, from_base=bare, log=lambda line: None)
+    x, y = (
+        load_file(from_windowed / "model.safetensors"),
+        load_file(from_bare / "model.safetensors"),
+    )
+    assert all(torch.equal(x[k], y[k]) for k in x)
