@@ -14,9 +14,13 @@ Models: the shipped default model (``testbed``) and a larger random-init Qwen2.5
 logit difference to naive, peak RSS, exact's ratio to the FLOP floor (the wall time naive would
 need for the two unpatched runs plus, per condition, only the layers at or above its patch and the
 positions at or after the first one its patch changes), and the
-Spearman correlation of attribution's estimated logit differences with naive ones, over every
-(sample, cell), and its median over samples (each sample's cells alone: stricter, as samples'
-baselines differ). A last line gives the share of a study's wall time spent writing the store.
+Spearman correlation of attribution's estimated logit differences with naive ones pooled over
+every (sample, cell) — labelled pooled: samples' baselines differ, so a predictor blind to cells
+already scores high there — and what an analyst uses, each sample's cells ranked alone: the
+Spearman of the per-cell change (patched − conflict) per sample, as median and 10th percentile
+over samples, and the mean top-5 / top-10 recall of each sample's truly largest |change| cells.
+A ``cell-blind`` row (each sample's conflict baseline in every cell) gives the chance level. A
+last line gives the share of a study's wall time spent writing the store.
 
 Usage: ``python benchmarks/sweep.py [--quick] [--json PATH]``. JSON rows carry ``corrections``
 (a list; null for naive and exact) beside the columns.
@@ -36,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 MODELS = {
-    "testbed": {"samples": 8, "layers": "all"},
+    "testbed": {"samples": 16, "layers": "all"},
     "large-random": {"samples": 1, "layers": "all"},
 }
 QUICK = {
@@ -180,6 +184,8 @@ def child(model: str, method_name: str, corrections: str, out: str, quick: bool)
         else None
     )
     np.save(out, values)
+    if method_name == "exact":  # each sample's conflict logit difference: the cells' zero
+        np.save(out.replace(".npy", "-conflict.npy"), arrays["baseline"][:, 1, 0])
     print(
         json.dumps(
             {
@@ -235,6 +241,33 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return rank_correlation(a.ravel(), b.ravel())
 
 
+def within_sample(values: np.ndarray, naive: np.ndarray, conflict: np.ndarray) -> dict:
+    """How an estimate ranks the cells of each sample against naive patching: Spearman of the
+    per-cell change (patched − conflict) per sample, its median and 10th percentile over
+    samples, and the mean share of each sample's truly largest |change| cells (k = 5, 10) among
+    the estimate's top k. A constant estimate (every cell alike) ranks nothing: its correlation
+    is undefined and its recall is chance, k / cells."""
+    change, truth = values - conflict[:, None], naive - conflict[:, None]
+    constant = np.ptp(change, axis=1).max() == 0
+    rhos = [np.nan if constant else spearman(a, b) for a, b in zip(change, truth, strict=True)]
+    row = {
+        "spearman_sample_median": None if constant else round(float(np.median(rhos)), 4),
+        "spearman_sample_p10": None if constant else round(float(np.percentile(rhos, 10)), 4),
+    }
+    for k in (5, 10):
+        if constant:
+            recall = k / change.shape[1]
+        else:
+            recall = np.mean(
+                [
+                    len(set(np.argsort(-np.abs(a))[:k]) & set(np.argsort(-np.abs(b))[:k])) / k
+                    for a, b in zip(change, truth, strict=True)
+                ]
+            )
+        row[f"recall_top{k}"] = round(float(recall), 3)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples and layers")
@@ -266,6 +299,10 @@ def main() -> None:
                 info = json.loads(result.stdout.strip().splitlines()[-1])
                 measured.append((method, corrections, info, np.load(out)))
             _, _, naive_info, naive_values = measured[0]
+            conflict = np.load(f"{scratch}/{model}-1-conflict.npy")  # from the exact child
+            # the cell-blind predictor: each sample's conflict baseline in every cell
+            blind = np.repeat(conflict[:, None], naive_values.shape[1], axis=1)
+            measured.append(("cell-blind", None, {**naive_info, "wall_s": 0.0}, blind))
             for method, corrections, info, values in measured:
                 attribution = method == "attribution"
                 row = {
@@ -281,22 +318,18 @@ def main() -> None:
                     "floor_ratio": None,
                     "spearman": None,
                     "spearman_sample_median": None,
+                    "spearman_sample_p10": None,
+                    "recall_top5": None,
+                    "recall_top10": None,
                     "detail": f"{info['samples']} samples x {info['conditions']} conditions, "
                     f"{info['tokens']} tokens",
                 }
                 if method == "exact":
                     floor_s = naive_info["wall_s"] * info["floor_fraction"]
                     row["floor_ratio"] = round(info["wall_s"] / floor_s, 3)
-                if attribution:
-                    row["spearman"] = round(spearman(values, naive_values), 4)
-                    row["spearman_sample_median"] = round(
-                        float(
-                            np.median(
-                                [spearman(a, b) for a, b in zip(values, naive_values, strict=True)]
-                            )
-                        ),
-                        4,
-                    )
+                if attribution or method == "cell-blind":
+                    row["spearman"] = round(spearman(values, naive_values), 4)  # pooled
+                    row.update(within_sample(values, naive_values, conflict))
                 rows.append(row)
     share = subprocess.run(
         [
@@ -322,9 +355,12 @@ def main() -> None:
         "floor_ratio",
         "spearman",
         "spearman_sample_median",
+        "spearman_sample_p10",
+        "recall_top5",
+        "recall_top10",
         "detail",
     ]
-    widths = [14, 12, 19, 9, 15, 13, 12, 12, 9, 23, 40]
+    widths = [14, 12, 19, 9, 15, 13, 12, 12, 9, 23, 20, 12, 13, 40]
     print("  ".join(name.ljust(width) for name, width in zip(header, widths, strict=True)))
     for row in rows:
         cells = [
