@@ -263,9 +263,12 @@ class SampleCoverage:
 ExclusionRule = Callable[[xr.Dataset, str, AnalysisSettings], tuple[str, np.ndarray]]
 
 
-def _baselines(done: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(source, target) logit differences per sample: the runs in the order the method stored
-    them (from, into), e.g. clean and conflict."""
+def _baselines(done: xr.Dataset, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(source, target) logit differences per sample — the runs in the order the method stored
+    them (from, into), e.g. clean and conflict — when ``metric`` is the normalized effect and
+    the store holds baselines; None otherwise (the baseline rules then exclude nothing)."""
+    if metric != "normalized_effect" or "baseline" not in done.data_vars:
+        return None
     runs = done["baseline"].sel(metric="logit_diff")
     return runs.isel(run=0).values, runs.isel(run=1).values
 
@@ -273,9 +276,10 @@ def _baselines(done: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
 def _wrong_direction(
     done: xr.Dataset, metric: str, settings: AnalysisSettings
 ) -> tuple[str, np.ndarray]:
-    if metric != "normalized_effect" or "baseline" not in done.data_vars:
+    baselines = _baselines(done, metric)
+    if baselines is None:
         return WRONG_DIRECTION, np.zeros(done.sizes["sample"], dtype=bool)
-    source, target = _baselines(done)
+    source, target = baselines
     with np.errstate(invalid="ignore"):
         return WRONG_DIRECTION, np.isfinite(source - target) & ~((target < 0) & (0 < source))
 
@@ -283,10 +287,10 @@ def _wrong_direction(
 def _gap_too_small(
     done: xr.Dataset, metric: str, settings: AnalysisSettings
 ) -> tuple[str, np.ndarray]:
-    if metric != "normalized_effect" or "baseline" not in done.data_vars:
+    baselines = _baselines(done, metric)
+    if baselines is None:
         return GAP_TOO_SMALL, np.zeros(done.sizes["sample"], dtype=bool)
-    source, target = _baselines(done)
-    gap = np.abs(source - target)
+    gap = np.abs(baselines[0] - baselines[1])
     finite = gap[np.isfinite(gap)]
     threshold = max(
         MIN_GAP, settings.min_relative_gap * float(np.median(finite)) if finite.size else 0.0

@@ -19,6 +19,7 @@ mark, so an interrupted run never leaves a unit marked done with missing data.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import platform
 import subprocess
 import warnings
@@ -360,7 +361,6 @@ class ResultStore:
         for start, stop in self.damaged_units():
             self.clear_done(start, stop)
             lines.append(f"samples {start}-{stop - 1} were damaged: computed again")
-        self.repairs = lines
         return lines
 
 
@@ -401,8 +401,6 @@ def _restore_metadata(path: Path, model: str, empty: xr.Dataset) -> list[str]:
 
 
 def _readable_json(path: Path) -> bool:
-    import json
-
     try:
         return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
     except (OSError, ValueError):
