@@ -31,6 +31,7 @@ from patchwork.loading.model import LoadedModel, load_model
 from patchwork.methods.method import Method, method_class
 from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import (
+    DAMAGE,
     ResultStore,
     SampleCoords,
     open_results,
@@ -473,8 +474,14 @@ def _source_label(study: Study) -> str | None:
 def _remove_store(path: Path, on_note: Note) -> None:
     if not (path / "zarr.json").exists():
         raise StoreError(f"{path} exists but is not a patchwork store; not removing it")
-    done = sum(int(open_results(path, model)["done"].sum()) for model in _models(path))
-    on_note(f"--fresh: removing the existing store {path} ({done} finished samples)")
+    try:  # a damaged store is what --fresh is for: never verify it first
+        count = sum(
+            int(open_results(path, model, verify=False)["done"].sum()) for model in _models(path)
+        )
+        finished = f"{count} finished samples"
+    except (StoreError, *DAMAGE):
+        finished = "damaged; finished samples unknown"
+    on_note(f"--fresh: removing the existing store {path} ({finished})")
     shutil.rmtree(path)
 
 
@@ -487,7 +494,7 @@ def _models(path: Path) -> list[str]:
 def _summary(
     prepared: Prepared, run: int, skipped: int, started: float, store_seconds: float
 ) -> RunSummary:
-    results = open_results(prepared.store, prepared.loaded.name)
+    results = open_results(prepared.store, prepared.loaded.name, verify=False)  # just written
     profile = None
     if "effect" in results:
         effect = results["effect"].sel(metric="normalized_effect").isel(component=0)

@@ -256,3 +256,18 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(
     again = open_results(summary.store).load()
     for name in whole.variables:
         np.testing.assert_array_equal(again[name].values, whole[name].values, err_msg=name)
+
+
+def test_fresh_removes_a_damaged_store(tmp_path: Path) -> None:
+    """--fresh is the way out of a damaged store: it must not verify the store it removes."""
+    study = parse_study(study_text(layers=2, samples=4))
+    store = run_study(study, tmp_path).store
+    chunk = next(
+        path for path in (store / "random_init" / "done" / "c").rglob("*") if path.is_file()
+    )
+    chunk.write_bytes(b"")
+    notes: list[str] = []
+    summary = run_study(study, tmp_path, fresh=True, on_note=notes.append)
+    assert summary.units_skipped == 0
+    assert any("damaged; finished samples unknown" in note for note in notes)
+    assert bool(open_results(store)["done"].all())
