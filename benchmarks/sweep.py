@@ -49,17 +49,27 @@ QUICK = {
 }
 GROUPS = ["audio", "video", "text", "answer"]
 COMPONENTS = ["residual", "attention", "mlp"]
-#: (method, corrections) per row after naive; None: the study's default corrections.
+#: Rows after naive: method, corrections (None: the study's default) and verify_budget (None:
+#: the default).
 VARIANTS = [
-    ("exact", None),
-    ("attribution", None),
-    ("attribution", []),
-    ("attribution", ["qk", "readout"]),
-    ("attribution", ["readout", "graddrop"]),
+    {"method": "exact"},
+    {"method": "attribution"},
+    {"method": "attribution", "verify_budget": 0.0},
+    {"method": "attribution", "verify_budget": 0.2},
+    {"method": "attribution", "verify_budget": 0.5},
+    {"method": "attribution", "corrections": [], "verify_budget": 0.0},
+    {"method": "attribution", "corrections": ["qk", "readout"], "verify_budget": 0.0},
+    {"method": "attribution+verify"},
 ]
 
 
-def study_text(model: str, layers: object, method: str, corrections: list | None = None) -> str:
+def study_text(
+    model: str,
+    layers: object,
+    method: str,
+    corrections: list | None = None,
+    verify_budget: float | None = None,
+) -> str:
     if model == "testbed":
         source = "checkpoint: testbed"
     else:
@@ -74,7 +84,8 @@ interventions:
     position_groups: {json.dumps(GROUPS)}
     components: {json.dumps(COMPONENTS)}
     method: {"exact" if method == "naive" else method}
-    noise_floor: none{"" if corrections is None else f"{chr(10)}    corrections: {corrections}"}
+    noise_floor: none{"" if corrections is None else f"{chr(10)}    corrections: {corrections}"}\
+{"" if verify_budget is None else f"{chr(10)}    verify_budget: {verify_budget}"}
 execution: {{batch_size: 32, unit_size: 8}}
 """
 
@@ -148,7 +159,7 @@ def naive_effects(method, samples) -> np.ndarray:
     return results
 
 
-def child(model: str, method_name: str, corrections: str, out: str, quick: bool) -> None:
+def child(model: str, method_name: str, variant: str, out: str, quick: bool) -> None:
     """Run one (model, method) and save its logit differences; print wall time and peak RSS."""
     import torch
 
@@ -159,8 +170,16 @@ def child(model: str, method_name: str, corrections: str, out: str, quick: bool)
     from patchwork.study import parse_study
 
     config = (QUICK if quick else MODELS)[model]
-    chosen = None if corrections == "default" else json.loads(corrections)
-    study = parse_study(study_text(model, config["layers"], method_name, chosen))
+    options = json.loads(variant)
+    study = parse_study(
+        study_text(
+            model,
+            config["layers"],
+            method_name,
+            options.get("corrections"),
+            options.get("verify_budget"),
+        )
+    )
     loaded = load_model(study.model)
     method = ActivationPatchingMethod(study.patching, 0, study, loaded)
     samples = samples_for(model, config["samples"], study, loaded)
@@ -275,21 +294,25 @@ def main() -> None:
     parser.add_argument(
         "--child",
         nargs=4,
-        metavar=("MODEL", "METHOD", "CORRECTIONS", "OUT"),
+        metavar=("MODEL", "METHOD", "VARIANT", "OUT"),
         help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
     if args.child:
         child(*args.child, quick=args.quick)
         return
+    from patchwork.study.schema import ActivationPatching
+
+    default_budget = ActivationPatching.model_fields["verify_budget"].default
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for model in MODELS:
             measured = []
-            for method, corrections in [("naive", None), *VARIANTS]:
+            for variant in [{"method": "naive"}, *VARIANTS]:
+                method = variant["method"]
                 out = f"{scratch}/{model}-{len(measured)}.npy"
-                chosen = "default" if corrections is None else json.dumps(corrections)
-                command = [sys.executable, __file__, "--child", model, method, chosen, out]
+                command = [sys.executable, __file__, "--child", model, method, json.dumps(variant)]
+                command.append(out)
                 result = subprocess.run(
                     command + (["--quick"] if args.quick else []),
                     capture_output=True,
@@ -297,18 +320,20 @@ def main() -> None:
                     check=True,
                 )
                 info = json.loads(result.stdout.strip().splitlines()[-1])
-                measured.append((method, corrections, info, np.load(out)))
-            _, _, naive_info, naive_values = measured[0]
+                measured.append((variant, info, np.load(out)))
+            _, naive_info, naive_values = measured[0]
             conflict = np.load(f"{scratch}/{model}-1-conflict.npy")  # from the exact child
             # the cell-blind predictor: each sample's conflict baseline in every cell
             blind = np.repeat(conflict[:, None], naive_values.shape[1], axis=1)
-            measured.append(("cell-blind", None, {**naive_info, "wall_s": 0.0}, blind))
-            for method, corrections, info, values in measured:
-                attribution = method == "attribution"
+            measured.append(({"method": "cell-blind"}, {**naive_info, "wall_s": 0.0}, blind))
+            for variant, info, values in measured:
+                method = variant["method"]
+                attribution = method.startswith("attribution")
                 row = {
                     "model": model,
                     "method": method,
-                    "corrections": (corrections if corrections is not None else ["readout"])
+                    "corrections": variant.get("corrections", ["readout"]) if attribution else None,
+                    "verify_budget": variant.get("verify_budget", default_budget)
                     if attribution
                     else None,
                     "wall_s": round(info["wall_s"], 3),
@@ -348,6 +373,7 @@ def main() -> None:
         "model",
         "method",
         "corrections",
+        "verify_budget",
         "wall_s",
         "ratio_to_naive",
         "max_abs_diff",
@@ -360,7 +386,7 @@ def main() -> None:
         "recall_top10",
         "detail",
     ]
-    widths = [14, 12, 19, 9, 15, 13, 12, 12, 9, 23, 20, 12, 13, 40]
+    widths = [14, 19, 19, 14, 9, 15, 13, 12, 12, 9, 23, 20, 12, 13, 40]
     print("  ".join(name.ljust(width) for name, width in zip(header, widths, strict=True)))
     for row in rows:
         cells = [

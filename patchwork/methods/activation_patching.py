@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cached_property
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from patchwork.data.sample import Sample
 from patchwork.data.source import SampleSource
 from patchwork.errors import DataError, StudyError
 from patchwork.methods.method import Method
+from patchwork.models.blocks import observe_prompt
 from patchwork.patching.atp_star import (
     deltas,
     graddrop_magnitudes,
@@ -33,12 +34,19 @@ from patchwork.patching.attribution import (
     Cells,
     Linearization,
     condition_changes,
-    linearize,
+    linearize_rows,
     site_changes,
     spearman,
+    widened,
 )
 from patchwork.patching.metrics import answer_metrics, metric_table
-from patchwork.patching.patcher import Activations, Condition, Patcher, sweep_conditions
+from patchwork.patching.patcher import (
+    Activations,
+    Condition,
+    Patcher,
+    layout_batches,
+    sweep_conditions,
+)
 from patchwork.patching.resume import ResumePatcher, first_position
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, ActivationPatching
@@ -51,6 +59,9 @@ NULL_DIMS = ("sample", "partner", *EFFECT_DIMS[1:])
 #: estimate's top k); mean exact change of the estimate's top k over that of the k random cells
 #: (chance: 1).
 AGREEMENT_STATS = ("spearman", "recall_among_verified", "top_k_lift")
+#: Attribution's flags of the cells it reports exactly, per effect variable.
+VERIFIED = {"effect": "verified", "null_effect": "null_verified"}
+T = TypeVar("T")
 
 
 def noise_partners(layouts: Sequence[str | None], count: int, seed: int) -> list[list[int]]:
@@ -181,7 +192,7 @@ class ActivationPatchingMethod(Method):
 
     def variables(self) -> dict[str, ArraySpec]:
         patched = f"{self.spec.source} run patched into the {self.spec.target} run"
-        estimated = "" if self.spec.method == "exact" else " (first-order estimate)"
+        estimated = "" if self.spec.method == "exact" else " (estimated where not verified)"
         effect = ArraySpec(
             EFFECT_DIMS,
             {
@@ -225,14 +236,21 @@ class ActivationPatchingMethod(Method):
                 long_name="GradDrop magnitude: mean |estimate| with one later layer dropped",
                 units="1",
             )
+        if self.spec.method != "exact":
+            for name in [n for n in VERIFIED if n in variables]:
+                dims = variables[name].dims[:-1]
+                variables[VERIFIED[name]] = ArraySpec(
+                    dims,
+                    {dim: variables[name].coords[dim] for dim in dims[1:]},
+                    long_name=f"1 where {name} is exact (patched exactly, or a patch that changes "
+                    "nothing), 0 where it is estimated",
+                    units="1",
+                )
         if self.spec.method == "attribution+verify":
-            variables["exact_effect"] = replace(
-                effect, long_name=f"answer metric with the {patched}, exact (verified cells)"
-            )
             variables["agreement"] = ArraySpec(
                 ("sample", "agreement_stat"),
                 {"agreement_stat": list(AGREEMENT_STATS)},
-                long_name="agreement of the estimate with exact patching on verified cells",
+                long_name="agreement of the estimate with exact patching on checked cells",
                 units="1",
             )
         return variables
@@ -244,13 +262,47 @@ class ActivationPatchingMethod(Method):
             for name, variable in self.variables().items()
         }
         device = next(patcher.adapter.root.parameters()).device
+        batch_size = self.study.execution.batch_size
 
         def on_device(sample: Sample, run: str) -> dict[str, torch.Tensor]:
             return {key: value.to(device) for key, value in sample.runs[run].items()}
 
+        def answers(sample: Sample) -> tuple[int, int]:
+            return (sample.audio_answer_id, sample.visual_answer_id)
+
         if self.source is None:  # computed outside a study run: these samples are the dataset
             self.attach(SampleSource.from_list(samples))
-        sources = [patcher.record(on_device(s, spec.source), self.sites) for s in samples]
+        # Samples of one token layout travel as rows of one forward. Exact patching compares
+        # source and target activations bit for bit (first_change) with a target run of its own,
+        # so it records sources one at a time: a batched forward may round differently.
+        rows_per_forward = 1 if spec.method == "exact" else batch_size
+        batches = layout_batches([s.runs[spec.source] for s in samples], rows_per_forward)
+        runner = _ExactRunner(patcher, self.study.execution.reuse, batch_size)
+
+        def prepare(batch: list[int]) -> list[tuple[tuple[torch.Tensor, Activations], Any]]:
+            """Source runs and, for attribution, target linearizations of one batch."""
+            runs = [on_device(samples[row], spec.source) for row in batch]
+            recorded = patcher.record_rows(runs, self.sites)
+            if spec.method == "exact":
+                return [(found, None) for found in recorded]
+            targets = [on_device(samples[row], spec.target) for row in batch]
+            linearized = linearize_rows(
+                patcher.adapter,
+                targets,
+                self.sites,
+                [answers(samples[row]) for row in batch],
+                attention="qk" in self.corrections,
+                readout="readout" in self.corrections,
+                graddrop="graddrop" in self.corrections,
+                cache=runner.resumable(targets[0]),
+            )
+            return list(zip(recorded, linearized, strict=True))
+
+        sources: dict[int, tuple[torch.Tensor, Activations]] = {}
+        linearizations: dict[int, Linearization] = {}
+        for batch in batches:
+            for row, (recorded, found) in zip(batch, _halving(prepare, batch), strict=True):
+                sources[row], linearizations[row] = recorded, found
         rows = {self.position[s.sample_id]: row for row, s in enumerate(samples)}
         outside: dict[int, tuple[Sample, Activations]] = {}
 
@@ -267,13 +319,19 @@ class ActivationPatchingMethod(Method):
                 )
             return outside[index]
 
-        runner = _ExactRunner(patcher, self.study.execution.reuse, self.study.execution.batch_size)
         for row, sample in enumerate(samples):
             target = on_device(sample, spec.target)
             masks = patcher.adapter.position_groups(sample.runs[spec.target]["input_ids"])
-            ids = (sample.audio_answer_id, sample.visual_answer_id)
+            ids = answers(sample)
             clean = answer_metrics(sources[row][0], *ids)
-            conflict = answer_metrics(runner.start(target, masks, self.sites), *ids)
+            if spec.method == "exact":
+                conflict = answer_metrics(runner.start(target, masks, self.sites), *ids)
+            else:
+                linearization = linearizations.pop(row)
+                runner.adopt(target, masks, linearization)
+                conflict = {
+                    name: torch.tensor([value]) for name, value in linearization.metrics.items()
+                }
             for run_index, base in enumerate((clean, conflict)):
                 arrays["baseline"][row, run_index] = _table(base, clean, conflict)[0]
             # (variable, index of the cell's row in it, source activations)
@@ -291,15 +349,6 @@ class ActivationPatchingMethod(Method):
                     for condition, values in zip(self.conditions, tables, strict=True):
                         arrays[name][(*at, *self.cell[condition])] = values
                 continue
-            linearization = linearize(
-                patcher.adapter,
-                target,
-                self.sites,
-                *ids,
-                attention="qk" in self.corrections,
-                readout="readout" in self.corrections,
-                graddrop="graddrop" in self.corrections,
-            )
             for name, at, activations in passes:
                 delta = deltas(activations, linearization)
                 cells = self._estimate(linearization, delta, masks, ids)
@@ -308,16 +357,33 @@ class ActivationPatchingMethod(Method):
                     + torch.as_tensor(condition_changes(self.conditions, cells[metric]))
                     for metric in cells
                 }
-                for condition, values in zip(
-                    self.conditions, _table(estimated, clean, conflict), strict=True
-                ):
-                    arrays[name][(*at, *self.cell[condition])] = values
+                tables = _table(estimated, clean, conflict)
                 if name == "effect" and "graddrop" in self.corrections:
                     magnitudes = graddrop_magnitudes(self.conditions, linearization, delta, masks)
                     for condition, magnitude in zip(self.conditions, magnitudes, strict=True):
                         arrays["graddrop"][(row, *self.cell[condition])] = magnitude
-            if spec.method == "attribution+verify":
-                self._verify(row, sample, arrays, runner, sources[row][1], ids, clean, conflict)
+                checked = (
+                    self._checked(sample, tables, arrays, row)
+                    if name == "effect" and spec.method == "attribution+verify"
+                    else []
+                )
+                exact = sorted(self._uncertain(runner, activations, delta, masks) | set(checked))
+                estimates = tables.copy()
+                if exact:
+                    chosen = [self.conditions[index] for index in exact]
+                    tables[exact] = runner.patch(chosen, activations, ids, clean, conflict)
+                if checked:
+                    arrays["agreement"][row] = _agreement(
+                        estimates[checked],
+                        tables[checked],
+                        conflict,
+                        min(spec.verify_top_k, len(self.conditions)),
+                    )
+                flags = np.zeros(len(self.conditions), dtype=np.float32)
+                flags[exact] = 1
+                for condition, values, flag in zip(self.conditions, tables, flags, strict=True):
+                    arrays[name][(*at, *self.cell[condition])] = values
+                    arrays[VERIFIED[name]][(*at, *self.cell[condition])] = flag
         return arrays
 
     def _estimate(
@@ -347,46 +413,105 @@ class ActivationPatchingMethod(Method):
                     cells[metric][key] += value
         return cells
 
-    def _verify(
+    def _uncertain(
         self,
-        row: int,
-        sample: Sample,
-        arrays: dict[str, np.ndarray],
         runner: _ExactRunner,
         activations: Activations,
-        ids: tuple[int, int],
-        clean: dict[str, torch.Tensor],
-        conflict: dict[str, torch.Tensor],
-    ) -> None:
-        """Patch the top-K estimated conditions and K random others exactly; store the exact
-        effects and the agreement (:data:`AGREEMENT_STATS`)."""
-        metric = METRICS.index("logit_diff")
-        estimate = np.array(
-            [arrays["effect"][(row, *self.cell[c])][metric] for c in self.conditions]
+        delta: Activations,
+        masks: Mapping[str, torch.Tensor],
+    ) -> set[int]:
+        """Indices of the conditions to patch exactly: those whose patch changes nothing (no
+        run), then, within ``verify_budget`` of an exact sweep's work, the conditions whose
+        estimate is least certain per unit of that work.
+
+        A first-order estimate errs by terms of second order in the patch's change ``Δ``: the
+        uncertainty of a condition is ``Σ ‖Δ‖²`` over its sites and positions. Work is what the
+        exact run computes (:meth:`_ExactRunner.cost`). Conditions are taken greedily by
+        uncertainty over work while the budget lasts.
+        """
+        costs = runner.costs(self.conditions, activations)
+        chosen = {index for index, cost in enumerate(costs) if cost == 0}
+        allowed = self.spec.verify_budget * sum(costs)
+        if allowed == 0:
+            return chosen
+        squared = {site: _per_position(widened(change) ** 2) for site, change in delta.items()}
+        spread = [
+            sum(
+                float(
+                    squared[(layer, c.component)][
+                        masks[c.position_group].to(squared[(layer, c.component)].device)
+                    ].sum()
+                )
+                for layer in c.layers
+            )
+            for c in self.conditions
+        ]
+        order = sorted(
+            (index for index, cost in enumerate(costs) if cost > 0),
+            key=lambda index: -spread[index] / costs[index],
         )
-        change = np.abs(estimate - float(conflict["logit_diff"][0]))
+        spent = 0
+        for index in order:
+            if spent + costs[index] <= allowed:
+                chosen.add(index)
+                spent += costs[index]
+        return chosen
+
+    def _checked(
+        self, sample: Sample, tables: np.ndarray, arrays: dict[str, np.ndarray], row: int
+    ) -> list[int]:
+        """attribution+verify's check: the ``verify_top_k`` conditions with the largest
+        estimated change of the logit difference, then as many random others (seeded by the
+        sample)."""
+        metric = METRICS.index("logit_diff")
+        conflict = float(arrays["baseline"][row, 1, metric])
+        change = np.abs(tables[:, metric] - conflict)
         ranking = change
-        if "graddrop" in self.corrections:  # also verify cells whose paths may cancel
+        if "graddrop" in self.corrections:  # also check cells whose paths may cancel
             graddrop = np.array([arrays["graddrop"][(row, *self.cell[c])] for c in self.conditions])
             ranking = np.maximum(change, graddrop)
         k = min(self.spec.verify_top_k, len(self.conditions))
-        top = list(np.argsort(-ranking, kind="stable")[:k])
+        top = [int(index) for index in np.argsort(-ranking, kind="stable")[:k]]
         others = [i for i in range(len(self.conditions)) if i not in set(top)]
         seed = zlib.crc32(f"{self.study.execution.seed}:{sample.sample_id}".encode())
-        controls = list(np.random.default_rng(seed).permutation(others)[:k])
-        chosen = [self.conditions[i] for i in top + controls]
-        tables = runner.patch(chosen, activations, ids, clean, conflict)
-        for condition, values in zip(chosen, tables, strict=True):
-            arrays["exact_effect"][(row, *self.cell[condition])] = values
-        exact = np.abs(tables[:, metric] - float(conflict["logit_diff"][0]))
-        estimated = change[top + controls]
-        exact_top = set(np.argsort(-exact, kind="stable")[:k])
-        random_mean = float(exact[k:].mean()) if len(controls) else float("nan")
-        arrays["agreement"][row] = (
-            spearman(estimated, exact),
-            len(exact_top & set(range(k))) / k,
-            float(exact[:k].mean()) / random_mean if random_mean > 0 else float("nan"),
-        )
+        controls = [int(i) for i in np.random.default_rng(seed).permutation(others)[:k]]
+        return top + controls
+
+
+def _halving(run: Callable[[list[int]], list[T]], batch: list[int]) -> list[T]:
+    """``run(batch)``; if the accelerator runs out of memory, ``run`` on each half in turn."""
+    try:
+        return run(batch)
+    except torch.OutOfMemoryError:
+        if len(batch) == 1:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(batch) // 2
+        return _halving(run, batch[:half]) + _halving(run, batch[half:])
+
+
+def _per_position(squared: torch.Tensor) -> torch.Tensor:
+    """(…, seq, hidden) → (seq,): summed over the hidden axis and any leading stream axis."""
+    values = squared.sum(-1)
+    return values.flatten(0, -2).sum(0) if values.ndim > 1 else values
+
+
+def _agreement(
+    estimated: np.ndarray, exact: np.ndarray, conflict: dict[str, torch.Tensor], k: int
+) -> tuple[float, float, float]:
+    """:data:`AGREEMENT_STATS` of checked conditions: the estimate's top ``k`` first, then ``k``
+    random others (tables (2k, metrics), estimated and exact)."""
+    metric = METRICS.index("logit_diff")
+    base = float(conflict["logit_diff"][0])
+    estimate, truth = (np.abs(t[:, metric] - base) for t in (estimated, exact))
+    exact_top = set(np.argsort(-truth, kind="stable")[:k])
+    random_mean = float(truth[k:].mean()) if len(truth) > k else float("nan")
+    return (
+        spearman(estimate, truth),
+        len(exact_top & set(range(k))) / k,
+        float(truth[:k].mean()) / random_mean if random_mean > 0 else float("nan"),
+    )
 
 
 class _ExactRunner:
@@ -398,6 +523,10 @@ class _ExactRunner:
         self.batch_size = batch_size
         self.resumed = False
 
+    def resumable(self, target: dict[str, torch.Tensor]) -> bool:
+        """True when patched runs of ``target`` resume mid-model (see :mod:`resume`)."""
+        return self.resume is not None and ResumePatcher.applicable(self.patcher.adapter, target)
+
     def start(
         self,
         target: dict[str, torch.Tensor],
@@ -407,9 +536,7 @@ class _ExactRunner:
         """Run the target once, keeping its activations at ``sites`` (and, resumed, what patched
         runs reuse); its answer logits (1, vocab)."""
         self.target, self.masks = target, masks
-        self.resumed = self.resume is not None and ResumePatcher.applicable(
-            self.patcher.adapter, target
-        )
+        self.resumed = self.resumable(target)
         if self.resumed:
             assert self.resume is not None
             self.cache = self.resume.prepare(target, sites)
@@ -417,6 +544,44 @@ class _ExactRunner:
             return self.cache.answer_logits
         logits, self.target_activations = self.patcher.record(target, sites)
         return logits
+
+    def adopt(
+        self,
+        target: dict[str, torch.Tensor],
+        masks: dict[str, torch.Tensor],
+        linearization: Linearization,
+    ) -> None:
+        """Patch ``target`` from what its linearization kept (no run of its own): its
+        activations, and the cache resumed runs start from where it kept one."""
+        self.target, self.masks = target, masks
+        self.target_activations = linearization.activations
+        observe_prompt(self.patcher.adapter.root, target["input_ids"])
+        self.resumed = linearization.cache is not None and self.resumable(target)
+        if self.resumed:
+            assert linearization.cache is not None
+            self.cache = linearization.cache
+
+    def starts(self, conditions: Sequence[Condition], activations: Activations) -> list[int]:
+        """Each condition's first changed position (the sequence length: it changes nothing)."""
+        return [
+            first_change(condition, activations, self.target_activations, self.masks)
+            for condition in conditions
+        ]
+
+    def costs(self, conditions: Sequence[Condition], activations: Activations) -> list[int]:
+        """Work of each condition's exact run, in layer × position steps: resumed, the layers
+        from its first patched one times the positions from the first it changes; otherwise
+        every layer and position; none for a patch that changes nothing."""
+        seq_len = int(self.masks["all"].numel())
+        depth = self.patcher.adapter.num_layers
+        return [
+            0
+            if start == seq_len
+            else (depth - min(c.layers)) * (seq_len - start)
+            if self.resumed
+            else depth * seq_len
+            for c, start in zip(conditions, self.starts(conditions, activations), strict=True)
+        ]
 
     def patch(
         self,
@@ -434,10 +599,7 @@ class _ExactRunner:
         retried; the smaller size is kept for the rest of the run.
         """
         seq_len = int(self.masks["all"].numel())
-        starts = [
-            first_change(condition, activations, self.target_activations, self.masks)
-            for condition in conditions
-        ]
+        starts = self.starts(conditions, activations)
         tables = np.repeat(_table(conflict, clean, conflict), len(conditions), axis=0)
         live = sorted(
             (row for row, start in enumerate(starts) if start < seq_len),

@@ -193,13 +193,18 @@ class ModelAdapter(ABC):
         return logits[:, -1, :]
 
     @staticmethod
-    def repeat_inputs(inputs: ModelInputs, rows: int) -> dict[str, torch.Tensor]:
-        """A batch of ``rows`` identical copies of a one-sample run.
+    def stack_inputs(runs: Sequence[ModelInputs]) -> dict[str, torch.Tensor]:
+        """Runs of one sample each, of one token layout, as the rows of one batch.
 
         Every tensor's first dimension lists that sample's items (tokens' row, audios, video
-        patches, grids), so concatenating copies along it is the batched layout.
+        patches, grids), so concatenating the runs along it is the batched layout.
         """
-        return {key: torch.cat([value] * rows) for key, value in inputs.items()}
+        return {key: torch.cat([run[key] for run in runs]) for key in runs[0]}
+
+    @classmethod
+    def repeat_inputs(cls, inputs: ModelInputs, rows: int) -> dict[str, torch.Tensor]:
+        """A batch of ``rows`` identical copies of a one-sample run."""
+        return cls.stack_inputs([inputs] * rows)
 
 
 def text_and_answer(groups: Mapping[str, torch.Tensor], seq_len: int) -> dict[str, torch.Tensor]:

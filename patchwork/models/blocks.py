@@ -172,11 +172,17 @@ class AttentionBlocks:
         cache = kwargs.get("past_key_values", kwargs.get("cache"))
         cached = cache.get_seq_length() if cache is not None else 0
         if cached and self._ids is not None and self._ids.shape[1] == cached:
-            input_ids = torch.cat([self._ids, input_ids], dim=1)
+            self._observe(torch.cat([self._ids, input_ids], dim=1), kwargs.get("attention_mask"))
         else:  # a prefill (or a training forward): the whole input is the prompt
-            self._prompt_length = input_ids.shape[1]
+            self.observe(input_ids, kwargs.get("attention_mask"))
+
+    def observe(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """The runs that follow are of the prompt ``input_ids`` (batch, seq)."""
+        self._prompt_length = input_ids.shape[1]
+        self._observe(input_ids, mask)
+
+    def _observe(self, input_ids: torch.Tensor, mask: torch.Tensor | None) -> None:
         self._ids = input_ids
-        mask = kwargs.get("attention_mask")
         self._groups = position_groups(input_ids, self.token_ids, mask, self._prompt_length)
 
     def _hook_for(self, layer: int):
@@ -197,6 +203,15 @@ class AttentionBlocks:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+def observe_prompt(model: nn.Module, input_ids: torch.Tensor) -> None:
+    """Tell the blocks installed on ``model``, if any, that the runs that follow are of the
+    prompt ``input_ids``, when no forward of ``model`` tells them (resumed patched runs call its
+    decoder layers directly)."""
+    installed = getattr(model, "_patchwork_attention_blocks", None)
+    if installed is not None:
+        installed.observe(input_ids)
 
 
 def decoder_layers(model: Any) -> Any:

@@ -25,6 +25,7 @@ from patchwork.models.adapter import ModelAdapter, _attribute
 from patchwork.models.attention import AttentionRecord, recorded_attention
 from patchwork.patching.metrics import answer_metrics
 from patchwork.patching.patcher import Activations, Condition
+from patchwork.patching.resume import TargetCache
 
 #: (layer, component, position_group) → estimated change of one metric.
 Cells = dict[tuple[int, str, str], float]
@@ -40,7 +41,8 @@ class Linearization:
     query, key and probabilities. With ``readout``: the final norm's input at the answer position
     (hidden,) and its gradient per metric. With ``graddrop``: per dropped
     layer, the gradients of ``logit_diff`` at every site when nothing flows back through that
-    layer's attention and MLP.
+    layer's attention and MLP. With ``cache``: what exact patched runs of this target resume
+    from.
     """
 
     activations: Activations
@@ -55,6 +57,7 @@ class Linearization:
     readout_input: torch.Tensor | None = None
     readout_gradients: dict[str, torch.Tensor] = field(default_factory=dict)
     dropped: dict[int, Activations] = field(default_factory=dict)
+    cache: TargetCache | None = None
 
 
 def linearize(
@@ -67,15 +70,45 @@ def linearize(
     attention: bool = False,
     readout: bool = False,
     graddrop: bool = False,
+    cache: bool = False,
 ) -> Linearization:
     """One forward of ``target`` and one backward pass per metric (plus one per layer for
-    ``graddrop``); ``attention`` and ``readout`` also keep what the AtP* corrections read.
+    ``graddrop``); see :func:`linearize_rows`."""
+    return linearize_rows(
+        adapter,
+        [target],
+        sites,
+        [(audio_id, visual_id)],
+        attention=attention,
+        readout=readout,
+        graddrop=graddrop,
+        cache=cache,
+    )[0]
+
+
+def linearize_rows(
+    adapter: ModelAdapter,
+    targets: Sequence[ModelInputs],
+    sites: Iterable[tuple[int, str]],
+    answers: Sequence[tuple[int, int]],
+    *,
+    attention: bool = False,
+    readout: bool = False,
+    graddrop: bool = False,
+    cache: bool = False,
+) -> list[Linearization]:
+    """The linearization of each of ``targets`` (runs of one token layout, with their (audio,
+    visual) answer ids), from one batched forward and one backward pass per metric (plus one
+    per layer for ``graddrop``): rows of a batch do not interact, so the gradient of the sum of
+    the rows' metrics is each row's own. ``attention`` and ``readout`` also keep what the AtP*
+    corrections read; ``cache`` what exact patched runs resume from (:class:`TargetCache`).
 
     Parameters are frozen for the pass (no parameter gradients are kept); the first decoder
     layer's input is made a leaf that requires grad so that gradients reach every site.
     """
     root = adapter.root
     layers: nn.ModuleList = _attribute(root, adapter.layers_path)
+    rows = len(targets)
     outputs: dict[tuple[int, str], torch.Tensor] = {}
     seen: dict[str, Any] = {"inputs": [torch.empty(0)] * len(layers)}
     dropping: dict[str, int | None] = {"layer": None}
@@ -102,7 +135,7 @@ def linearize(
     def keep_input(index: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            seen["inputs"][index] = hidden[0].detach()
+            seen["inputs"][index] = hidden.detach()
             seen.setdefault("rotary", kwargs.get("position_embeddings"))
 
         return hook
@@ -124,7 +157,7 @@ def linearize(
     for site in set(sites):
         module, where = adapter.site(root, *site)
         hooks.append((module, "pre" if where == "input" else "post", keep(site, where)))
-    if attention:
+    if attention or cache:
         hooks += [(layer, "pre", keep_input(index)) for index, layer in enumerate(layers)]
     if readout:
         hooks.append((_attribute(root, adapter.final_norm_path), "pre-args", keep_readout))
@@ -134,51 +167,85 @@ def linearize(
             for index in range(len(layers))
             for component in ("attention", "mlp")
         ]
+    kwargs = adapter.forward_kwargs(adapter.stack_inputs(targets))
+    if cache:
+        kwargs["use_cache"] = True
+    audio, visual = (torch.tensor(ids) for ids in zip(*answers, strict=True))
     with ExitStack() as stack:
         for module, kind, hook in hooks:
             stack.enter_context(_hooked(module, kind, hook))
         records = stack.enter_context(recorded_attention(adapter)) if attention else {}
         stack.enter_context(_frozen(root))
         stack.enter_context(torch.enable_grad())
-        logits = adapter.answer_logits(root(**adapter.forward_kwargs(target)).logits)
-        metrics = {
-            name: value[0] for name, value in answer_metrics(logits, audio_id, visual_id).items()
-        }
+        output = root(**kwargs)
+        logits = adapter.answer_logits(output.logits)
+        metrics = answer_metrics(logits, audio, visual)
         retained = list(outputs.values())
         retained += [t for r in records.values() for t in (r.query, r.key, r.probs)]
         retained += [seen["readout"]] if readout else []
-        result = Linearization(
-            {site: _row(adapter, site, t).detach() for site, t in outputs.items()}, {}, {}
-        )
+        results = [
+            Linearization(
+                {site: _row(adapter, site, t, row).detach() for site, t in outputs.items()},
+                {},
+                {name: float(value[row].detach()) for name, value in metrics.items()},
+            )
+            for row in range(rows)
+        ]
         for name, value in metrics.items():
-            result.gradients[name] = _backward(adapter, value, outputs, retained)
-            result.attention_gradients[name] = {
-                index: tuple(_gradient(t)[0] for t in (r.query, r.key, r.probs))
+            gradients = _backward(value.sum(), outputs, retained)
+            attention_gradients = {
+                index: tuple(_gradient(t) for t in (r.query, r.key, r.probs))
                 for index, r in records.items()
             }
-            if readout:
-                result.readout_gradients[name] = _gradient(seen["readout"])[0, -1]
+            for row, result in enumerate(results):
+                result.gradients[name] = {
+                    site: _row(adapter, site, g, row).clone() for site, g in gradients.items()
+                }
+                result.attention_gradients[name] = {
+                    index: tuple(g[row] for g in grads)
+                    for index, grads in attention_gradients.items()
+                }
+                if readout:
+                    result.readout_gradients[name] = _gradient(seen["readout"])[row, -1]
         for index in range(len(layers)) if graddrop else ():
             dropping["layer"] = index
-            result.dropped[index] = _backward(adapter, metrics["logit_diff"], outputs, retained)
-    result.metrics = {name: float(value.detach()) for name, value in metrics.items()}
-    if attention:
-        cos, sin = seen["rotary"]
-        result.layer_inputs = seen["inputs"]
-        result.position_embeddings = (cos.detach(), sin.detach())
-        result.attention = {
-            index: AttentionRecord(
-                r.query.detach(),
-                r.key.detach(),
-                None if r.mask is None else r.mask.detach(),
-                r.scaling,
-                r.probs.detach(),
+            gradients = _backward(metrics["logit_diff"].sum(), outputs, retained)
+            for row, result in enumerate(results):
+                result.dropped[index] = {
+                    site: _row(adapter, site, g, row).clone() for site, g in gradients.items()
+                }
+    if attention or cache:
+        cos, sin = (t.detach() for t in seen["rotary"])
+    for row, result in enumerate(results):
+        if attention or cache:
+            rotary = (_one_row(cos, row, rows), _one_row(sin, row, rows))
+            result.layer_inputs = [value[row] for value in seen["inputs"]]
+            result.position_embeddings = rotary
+        if attention:
+            result.attention = {
+                index: AttentionRecord(
+                    r.query[row : row + 1].detach(),
+                    r.key[row : row + 1].detach(),
+                    None if r.mask is None else _one_row(r.mask, row, rows).detach(),
+                    r.scaling,
+                    r.probs[row : row + 1].detach(),
+                )
+                for index, r in records.items()
+            }
+        if readout:
+            result.readout_input = seen["readout"][row, -1].detach()
+        if cache:
+            found = output.cache if hasattr(output, "cache") else output.past_key_values
+            layer_cache = found.layers
+            result.cache = TargetCache(
+                layer_inputs=[value[row : row + 1] for value in seen["inputs"]],
+                position_embeddings=rotary,
+                keys=[layer.keys[row : row + 1].detach() for layer in layer_cache],
+                values=[layer.values[row : row + 1].detach() for layer in layer_cache],
+                answer_logits=logits[row : row + 1].detach(),
+                activations=result.activations,
             )
-            for index, r in records.items()
-        }
-    if readout:
-        result.readout_input = seen["readout"][0, -1].detach()
-    return result
+    return results
 
 
 @contextmanager
@@ -211,24 +278,29 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 
 
 def _backward(
-    adapter: ModelAdapter,
     value: torch.Tensor,
     outputs: Mapping[tuple[int, str], torch.Tensor],
     retained: Sequence[torch.Tensor],
 ) -> Activations:
-    """Gradients of ``value`` at every site (seq, hidden); the graph is kept for the next pass."""
+    """Gradients of ``value`` at every site (batched, as the site's tensor); the graph is kept
+    for the next pass."""
     for tensor in retained:
         tensor.grad = None
     value.backward(retain_graph=True)
-    return {
-        site: _row(adapter, site, _gradient(tensor)).detach().clone()
-        for site, tensor in outputs.items()
-    }
+    return {site: _gradient(tensor).detach() for site, tensor in outputs.items()}
 
 
-def _row(adapter: ModelAdapter, site: tuple[int, str], tensor: torch.Tensor) -> torch.Tensor:
-    """The one sample of a site's batched tensor (the adapter says which axis holds rows)."""
-    return tensor.select(adapter.batch_axis(site[1]), 0)
+def _row(
+    adapter: ModelAdapter, site: tuple[int, str], tensor: torch.Tensor, row: int
+) -> torch.Tensor:
+    """One row of a site's batched tensor (the adapter says which axis holds rows)."""
+    return tensor.select(adapter.batch_axis(site[1]), row)
+
+
+def _one_row(tensor: torch.Tensor, row: int, rows: int) -> torch.Tensor:
+    """Row ``row`` of a (rows or 1, …) tensor, keeping its leading axis (a tensor of one row
+    is shared by every row)."""
+    return tensor[row : row + 1] if tensor.shape[0] == rows else tensor[:1]
 
 
 def _gradient(tensor: torch.Tensor) -> torch.Tensor:

@@ -17,13 +17,20 @@ MIN_GAP = 1e-6
 
 
 def answer_metrics(
-    answer_logits: torch.Tensor, audio_id: int, visual_id: int
+    answer_logits: torch.Tensor, audio_id: int | torch.Tensor, visual_id: int | torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """``logit_diff`` and ``audio_probability`` of logits (batch, vocab), each of shape (batch,)."""
+    """``logit_diff`` and ``audio_probability`` of logits (batch, vocab), each of shape (batch,).
+    The answer ids are one for every row, or one per row (tensors of shape (batch,))."""
     logits = answer_logits.to(torch.promote_types(answer_logits.dtype, torch.float32))
+
+    def column(values: torch.Tensor, ids: int | torch.Tensor) -> torch.Tensor:
+        if not isinstance(ids, torch.Tensor):
+            return values[:, ids]
+        return values.gather(1, ids.reshape(-1, 1).to(values.device))[:, 0]
+
     return {
-        "logit_diff": logits[:, audio_id] - logits[:, visual_id],
-        "audio_probability": torch.softmax(logits, dim=-1)[:, audio_id],
+        "logit_diff": column(logits, audio_id) - column(logits, visual_id),
+        "audio_probability": column(torch.softmax(logits, dim=-1), audio_id),
     }
 
 

@@ -61,20 +61,36 @@ class Patcher:
         self, inputs: ModelInputs, sites: Iterable[tuple[int, str]]
     ) -> tuple[torch.Tensor, Activations]:
         """One run: answer logits (1, vocab) and the activations (seq, hidden) at ``sites``."""
+        return self.record_rows([inputs], sites)[0]
+
+    def record_rows(
+        self, runs: Sequence[ModelInputs], sites: Iterable[tuple[int, str]]
+    ) -> list[tuple[torch.Tensor, Activations]]:
+        """Runs of one token layout as rows of one forward: each run's answer logits (1, vocab)
+        and activations (seq, hidden) at ``sites``."""
         wanted = sorted(set(sites), key=lambda site: (site[0], FORWARD_ORDER.index(site[1])))
         saved = {}
         adapter = self.adapter
-        with torch.no_grad(), self.traced.trace(**adapter.forward_kwargs(inputs)):
+        with (
+            torch.no_grad(),
+            self.traced.trace(**adapter.forward_kwargs(adapter.stack_inputs(runs))),
+        ):
             for layer, component in wanted:
                 module, where = adapter.site(self.traced, layer, component)
                 output = adapter.output_tensor(component, getattr(module, where))
                 saved[(layer, component)] = output.save()  # type: ignore[attr-defined]
             logits = self.traced.output.logits.save()
-        activations = {
-            site: value.select(adapter.batch_axis(site[1]), 0).detach().clone()
-            for site, value in saved.items()
-        }
-        return self.adapter.answer_logits(logits), activations
+        answer = self.adapter.answer_logits(logits)
+        return [
+            (
+                answer[row : row + 1],
+                {
+                    site: value.select(adapter.batch_axis(site[1]), row).detach().clone()
+                    for site, value in saved.items()
+                },
+            )
+            for row in range(len(runs))
+        ]
 
     def patched(
         self,
@@ -110,3 +126,26 @@ class Patcher:
                 setattr(module, where, value)
             logits = self.traced.output.logits.save()
         return adapter.answer_logits(logits)
+
+
+def layout_batches(runs: Sequence[ModelInputs], size: int) -> list[list[int]]:
+    """Indices of ``runs`` in batches of at most ``size`` that can travel as rows of one forward:
+    equal token ids, media grids and masks (every integer or boolean tensor), and equal shapes of
+    the rest. Batches keep the runs' order within them."""
+    groups: dict[tuple, list[int]] = {}
+    for index, run in enumerate(runs):
+        key = tuple(
+            (
+                name,
+                tuple(value.shape),
+                value.dtype,
+                None if value.is_floating_point() else value.cpu().numpy().tobytes(),
+            )
+            for name, value in sorted(run.items())
+        )
+        groups.setdefault(key, []).append(index)
+    return [
+        members[first : first + size]
+        for members in groups.values()
+        for first in range(0, len(members), size)
+    ]

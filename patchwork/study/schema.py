@@ -284,10 +284,23 @@ class ActivationPatching(_Strict):
     method: Literal["exact", "attribution", "attribution+verify"] = Field(
         "exact",
         description="exact: one patched run per cell; attribution: gradient × activation "
-        "difference estimates of every cell from one backward pass; attribution+verify: "
-        "estimates, plus exact runs of the top cells stored as exact_effect with agreement.",
+        "difference estimates of every cell from one backward pass, the least certain patched "
+        "exactly within verify_budget (flagged in verified); attribution+verify: also patches "
+        "the verify_top_k top-estimated cells and as many random others exactly and stores "
+        "the estimate's agreement with them.",
     )
-    verify_top_k: int = Field(16, ge=1, description="Cells verified exactly per sample.")
+    verify_top_k: int = Field(
+        16, ge=1, description="attribution+verify: top-estimated cells checked per sample."
+    )
+    verify_budget: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="attribution: share of an exact sweep's work (layers × positions each "
+        "patched run computes) spent per sample patching exactly the cells whose estimate is "
+        "least certain (largest squared change of the patched activations per unit of work); "
+        "those cells report exact effects. 0: estimates only.",
+    )
     corrections: tuple[Literal["qk", "readout", "graddrop"], ...] | None = Field(
         None,
         description="attribution only: corrections to the linear estimate (default: readout "
