@@ -426,7 +426,7 @@ class ActivationPatchingMethod(Method):
 
         A first-order estimate errs by terms of second order in the patch's change ``Δ``: the
         uncertainty of a condition is ``Σ ‖Δ‖²`` over its sites and positions. Work is what the
-        exact run computes (:meth:`_ExactRunner.cost`). Conditions are taken greedily by
+        exact run computes (:meth:`_ExactRunner.costs`). Conditions are taken greedily by
         uncertainty over work while the budget lasts.
         """
         costs = runner.costs(self.conditions, activations)
@@ -434,14 +434,12 @@ class ActivationPatchingMethod(Method):
         allowed = self.spec.verify_budget * sum(costs)
         if allowed == 0:
             return chosen
-        squared = {site: _per_position(widened(change) ** 2) for site, change in delta.items()}
+        squared = {
+            site: _per_position(widened(change) ** 2).cpu() for site, change in delta.items()
+        }
         spread = [
             sum(
-                float(
-                    squared[(layer, c.component)][
-                        masks[c.position_group].to(squared[(layer, c.component)].device)
-                    ].sum()
-                )
+                float(squared[(layer, c.component)][masks[c.position_group]].sum())
                 for layer in c.layers
             )
             for c in self.conditions

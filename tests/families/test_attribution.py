@@ -91,3 +91,33 @@ def test_corrections_an_adapter_cannot_make_are_refused(
     with pytest.raises(StudyError, match=r"\.yaml:\d+: interventions\[0\]\.corrections: the "):
         run_study(study, tmp_path / "store")
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+
+
+@pytest.mark.parametrize("family", sorted(CHANGED))
+def test_a_full_budget_reports_exact_patching_on_every_family(
+    tmp_path: Path, family_root: Path, checkpoint, family: str
+) -> None:
+    """verify_budget: 1 patches every cell exactly, by the resumed path (Qwen2.5-Omni) or full
+    traces (the others, Gemma 3n's streams included): the reported map equals method: exact, and
+    with a budget of 0 only patches that change nothing are flagged, and they are exact too."""
+    path = builders.family_study(tmp_path, family, checkpoint(family), family_root / "media")
+    text = path.read_text()
+    maps = {}
+    for name, options in (
+        ("exact", "method: exact"),
+        ("full", "method: attribution\n    verify_budget: 1.0"),
+        ("none", "method: attribution\n    verify_budget: 0.0"),
+    ):
+        path.write_text(text.replace("noise_floor: none", f"noise_floor: none\n    {options}"))
+        maps[name] = open_results(run_study(load_study(path), tmp_path / name).store).load()
+    assert bool((maps["full"]["verified"] == 1).all())
+    np.testing.assert_allclose(
+        maps["full"]["effect"].values, maps["exact"]["effect"].values, atol=1e-5
+    )
+    unchanged = maps["none"]["verified"].values.astype(bool)  # none, where every group changes
+    assert not unchanged.all()
+    np.testing.assert_allclose(
+        maps["none"]["effect"].values[unchanged],
+        maps["exact"]["effect"].values[unchanged],
+        atol=1e-5,
+    )
