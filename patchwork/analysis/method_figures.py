@@ -1,4 +1,4 @@
-"""Figures of the knockout, logit-lens, attention-share, probe and base-comparison arrays.
+"""Figures of the knockout, logit-lens, attention-share, probe, base-comparison and steering arrays.
 
 Every function reads a study store's dataset (``patchwork.open_results``) or, for probes, the
 output of :func:`~patchwork.methods.probes.probe_scores`, and returns a
@@ -190,4 +190,71 @@ def plot_base_comparison(results: xr.Dataset) -> Figure:
         sns.barplot(frame, x="base_group", y="value", hue="base_run", ax=ax, n_boot=N_BOOT, seed=0)
         ax.set_xlabel("position group")
         ax.set_ylabel(label)
+    return figure
+
+
+def steering_frame(results: xr.Dataset) -> pd.DataFrame:
+    """Long table of the held-out samples' steered runs: sample, layer, alpha, direction,
+    audio_top (1: the audio answer is the top token) and each metric."""
+    held = _done(results)
+    held = held.sel(sample=held["steering_held_out"].values == 1)
+    effect = held["steering_effect"].to_dataset(dim="metric")
+    frame = xr.merge([effect, held["steering_audio_top"].rename("audio_top")]).to_dataframe()
+    frame = frame.reset_index()[
+        ["sample", "steering_layer", "steering_alpha", "steering_direction", "audio_top"]
+        + [str(metric) for metric in held["metric"].values]
+    ]
+    return frame.rename(
+        columns={
+            "steering_layer": "layer",
+            "steering_alpha": "alpha",
+            "steering_direction": "direction",
+        }
+    )
+
+
+def steering_table(results: xr.Dataset) -> pd.DataFrame:
+    """Dose-response per (layer, alpha, direction) over the held-out samples: n, the share of
+    clips answered with the audio answer, and the mean logit difference and normalized effect."""
+    frame = steering_frame(results)
+    return (
+        frame.groupby(["layer", "alpha", "direction"])
+        .agg(
+            n=("sample", "nunique"),
+            audio_answer_rate=("audio_top", "mean"),
+            logit_diff=("logit_diff", "mean"),
+            normalized_effect=("normalized_effect", "mean"),
+        )
+        .reset_index()
+    )
+
+
+def plot_steering(results: xr.Dataset) -> Figure:
+    """Dose-response of steering on the held-out clips: the mean audio-answer rate (left) and
+    logit difference (right) against α, one colour per layer, solid for the mean-difference
+    direction and dashed for its shuffled control (:func:`steering_table` has the numbers)."""
+    frame = steering_frame(results)
+    figure = Figure(figsize=(11, 3.8), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    for axes, column, label in (
+        (left, "audio_top", "audio-answer rate"),
+        (right, "logit_diff", "logit difference (audio − visual)"),
+    ):
+        sns.lineplot(
+            frame,
+            x="alpha",
+            y=column,
+            hue="layer",
+            style="direction",
+            palette="viridis",
+            marker="o",
+            ax=axes,
+            errorbar=None,  # one line per layer and direction: intervals would hide them
+            legend="full" if axes is right else False,
+        )
+        axes.set_xlabel("α (multiples of the direction)")
+        axes.set_ylabel(label)
+    right.axhline(0, color="grey", lw=0.8)
+    sns.move_legend(right, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    left.set_title("steered runs, held-out clips")
     return figure

@@ -7,6 +7,7 @@ happen later, in :mod:`patchwork.engine.plan`, and still name the study file's l
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -502,6 +503,49 @@ class BaseComparison(_Strict):
         return self.runs
 
 
+class Steering(_Strict):
+    """Add a multiple of a direction to the residual stream and measure the answer, on clips held
+    out from the direction's fit."""
+
+    kind: Literal["steering"]
+    run: str = Field("conflict", description="The run steered and measured.")
+    source: str = Field(
+        "clean",
+        description="The direction at each layer is the mean over the fit samples of this run's "
+        "residual stream (decoder layer output, averaged over the position group) minus that "
+        "of `run`.",
+    )
+    layers: Literal["all"] | tuple[int, ...] = Field("all", description=_LAYERS_DOC)
+    position_group: PositionGroup = Field(
+        "answer", description="The positions the direction is measured at and added to."
+    )
+    alphas: tuple[float, ...] = Field(
+        (0.0, 0.5, 1.0, 2.0),
+        min_length=1,
+        description="Multiples of the direction added (1: the mean difference itself).",
+    )
+    fit_fraction: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Share of the dataset's samples (drawn by execution.seed) the direction is "
+        "fitted on; the others are steered and measured. A sample is never both.",
+    )
+
+    _layers = field_validator("layers", mode="before")(_parse_layers)
+
+    @field_validator("alphas")
+    @classmethod
+    def _distinct_alphas(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(set(value)) != len(value) or not all(math.isfinite(a) for a in value):
+            raise ValueError(f"expected distinct finite numbers, got {list(value)}")
+        return value
+
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        return (self.run, self.source)
+
+
 class PluginIntervention(BaseModel):
     """An intervention of a method another package registers (entry point 'patchwork.methods'):
     its other keys are checked by that method's own ``spec_model`` when the study loads."""
@@ -531,6 +575,7 @@ BUILT_IN_KINDS = {
     "attention_share",
     "probes",
     "base_comparison",
+    "steering",
 }
 
 
@@ -546,6 +591,7 @@ Intervention = Annotated[
     | Annotated[AttentionShare, Tag("attention_share")]
     | Annotated[Probes, Tag("probes")]
     | Annotated[BaseComparison, Tag("base_comparison")]
+    | Annotated[Steering, Tag("steering")]
     | Annotated[PluginIntervention, Tag("plugin")],
     Discriminator(_kind_tag),
 ]

@@ -241,3 +241,74 @@ def test_the_lens_reads_out_as_the_model_does_where_logits_are_large(
     with torch.no_grad():
         lens = lens_distribution(loaded.adapter, loaded.adapter.merge_streams(residual))[-1]
     torch.testing.assert_close(lens, own, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", sorted(VISUAL))
+def test_steering_equals_plain_torch(
+    tmp_path: Path, family_root: Path, checkpoint, family: str
+) -> None:
+    """Directions from the fit samples' residuals (plain hooks: after DeepStack's additions, on
+    every Gemma 3n stream), added with a hook written here on the held-out samples."""
+    visual = VISUAL[family]
+    builders.write_manifest(
+        tmp_path / "samples.jsonl", builders.family_rows(family, family_root / "media")
+    )
+    extra = builders.GENERIC_BLOCK if family == "generic" else ""
+    text = builders.study(
+        tmp_path, family, checkpoint(family), builders.FAMILY_GROUPS[family], extra
+    ).read_text()
+    head, _, _ = text.partition("interventions:")
+    steering = f"""\
+interventions:
+  - kind: steering
+    layers: [{LAYER}]
+    position_group: {visual}
+    alphas: [0, 2]
+"""
+    study = parse_study(head + steering + "execution: {unit_size: 2}\n", tmp_path / "s.yaml")
+    results = open_results(run_study(study, store_root=tmp_path / "store").store).load()
+    loaded = load_model(study.model)
+    model = loaded.model
+    layers = len(_text_model(model).layers)
+    forward_extra = {"use_audio_in_video": True} if family == "qwen2_5_omni" else None
+    samples = load_samples(study, loaded).load(0, len(results["sample"]))
+    held = results["steering_held_out"].values.astype(bool)
+    assert held.any() and not held.all()
+
+    def mean(sample, run: str) -> torch.Tensor:
+        residual = reference.capture(model, family, sample.runs[run], layers, forward_extra)[
+            (LAYER, "residual")
+        ]
+        mask = _groups(model, sample.runs[run]["input_ids"])[visual]
+        return residual[..., mask, :].double().mean(-2)
+
+    fitted = [sample for sample, h in zip(samples, held, strict=True) if not h]
+    direction = sum(mean(s, "clean") - mean(s, "conflict") for s in fitted) / len(fitted)
+    effect = results["steering_effect"].sel(
+        steering_layer=LAYER, steering_direction="mean_difference", metric="logit_diff"
+    )
+    for sample, measured in zip(samples, held, strict=True):
+        if not measured:
+            continue
+        run = sample.runs["conflict"]
+        positions = _groups(model, run["input_ids"])[visual]
+        ids = (sample.audio_answer_id, sample.visual_answer_id)
+        for alpha in (0.0, 2.0):
+            shift = (alpha * direction).float()
+
+            def add(tensor, shift=shift, positions=positions):
+                tensor = tensor.clone()
+                if family == "gemma3n":
+                    tensor[:, 0, positions] += shift[:, None, :].to(tensor.dtype)
+                else:
+                    tensor[0, positions] += shift.to(tensor.dtype)
+                return tensor
+
+            handle = reference._hook(model, family, LAYER, "residual", add)
+            try:
+                logits = reference.forward(model, run, forward_extra)
+            finally:
+                handle.remove()
+            expected = float(logits[ids[0]] - logits[ids[1]])
+            stored = float(effect.sel(sample=sample.sample_id, steering_alpha=alpha))
+            assert stored == pytest.approx(expected, abs=TOLERANCE)
