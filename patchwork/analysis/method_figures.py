@@ -258,3 +258,56 @@ def plot_steering(results: xr.Dataset) -> Figure:
     sns.move_legend(right, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     left.set_title("steered runs, held-out clips")
     return figure
+
+
+def rank_heads(
+    results: xr.Dataset,
+    group: str = "answer",
+    confidence: float = 0.95,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Heads ranked by the share of the clean–conflict logit-difference gap that patching them
+    at ``group``'s positions restores: Σ(patched − target) / Σ(source − target) over the samples
+    (the study's default estimator), with a percentile bootstrap interval over samples. Columns:
+    rank, layer, head, restored, ci_low, ci_high, n_samples."""
+    from patchwork.analysis.bootstrap import bootstrap_mean
+
+    done = _done(results)
+    patched = done["head_effect"].sel(head_group=group, metric="logit_diff")
+    base = done["head_baseline"].sel(metric="logit_diff")
+    source, target = base.isel(head_run=0, drop=True), base.isel(head_run=1, drop=True)
+    stats = bootstrap_mean(
+        patched - target, confidence, n_resamples, seed, denominator=source - target
+    )
+    frame = stats.to_dataframe().reset_index()
+    frame = frame.rename(columns={"head_layer": "layer", "mean": "restored"})
+    frame = frame.sort_values("restored", ascending=False, kind="stable").reset_index(drop=True)
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return frame[["rank", "layer", "head", "restored", "ci_low", "ci_high", "n_samples"]]
+
+
+def plot_heads(results: xr.Dataset) -> Figure:
+    """Layer × head heatmaps, one per position group, of the share of the clean–conflict gap
+    that patching one head restores (see :func:`rank_heads`)."""
+    groups = [str(group) for group in results["head_group"].values]
+    figure = Figure(figsize=(3.6 * len(groups) + 1, 3.6), layout="constrained")
+    axes = figure.subplots(1, len(groups), squeeze=False)[0]
+    frames = {group: rank_heads(results, group, n_resamples=1) for group in groups}
+    limit = max(float(frame["restored"].abs().max()) for frame in frames.values()) or 1.0
+    for ax, group in zip(axes, groups, strict=True):
+        grid = frames[group].pivot(index="layer", columns="head", values="restored")
+        sns.heatmap(
+            grid,
+            ax=ax,
+            cmap="vlag",
+            vmin=-limit,
+            vmax=limit,
+            annot=grid.size <= 64,
+            fmt=".2f",
+            cbar=ax is axes[-1],
+            cbar_kws={"label": "share of the gap restored"},
+        )
+        ax.set_title(f"heads patched at {group}")
+        ax.invert_yaxis()
+    return figure

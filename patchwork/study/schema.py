@@ -503,6 +503,27 @@ class BaseComparison(_Strict):
         return self.runs
 
 
+class HeadPatching(_Strict):
+    """Patch each attention head's output (before the output projection) of one run into
+    another, layer × head × position group."""
+
+    kind: Literal["head_patching"]
+    source: str = Field("clean", alias="from", description="The run activations are taken from.")
+    target: str = Field("conflict", alias="into", description="The run they are patched into.")
+    layers: Literal["all"] | tuple[int, ...] = Field("all", description=_LAYERS_DOC)
+    heads: Literal["all"] | tuple[int, ...] = Field(
+        "all", description="'all', or a list of query-head indices and ranges like '0-3'."
+    )
+    position_groups: tuple[PositionGroup, ...] = Field(("video", "text", "answer"), min_length=1)
+
+    _layers = field_validator("layers", "heads", mode="before")(_parse_layers)
+    _groups = field_validator("position_groups")(_unique_groups)
+
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        return (self.source, self.target)
+
+
 class Steering(_Strict):
     """Add a multiple of a direction to the residual stream and measure the answer, on clips held
     out from the direction's fit."""
@@ -576,6 +597,7 @@ BUILT_IN_KINDS = {
     "probes",
     "base_comparison",
     "steering",
+    "head_patching",
 }
 
 
@@ -592,6 +614,7 @@ Intervention = Annotated[
     | Annotated[Probes, Tag("probes")]
     | Annotated[BaseComparison, Tag("base_comparison")]
     | Annotated[Steering, Tag("steering")]
+    | Annotated[HeadPatching, Tag("head_patching")]
     | Annotated[PluginIntervention, Tag("plugin")],
     Discriminator(_kind_tag),
 ]

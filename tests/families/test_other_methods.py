@@ -312,3 +312,68 @@ interventions:
             expected = float(logits[ids[0]] - logits[ids[1]])
             stored = float(effect.sel(sample=sample.sample_id, steering_alpha=alpha))
             assert stored == pytest.approx(expected, abs=TOLERANCE)
+
+
+@pytest.mark.parametrize("family", sorted(VISUAL))
+def test_head_patching_equals_plain_torch(
+    tmp_path: Path, family_root: Path, checkpoint, family: str
+) -> None:
+    """Each head's slice of o_proj's input replaced by the clean run's, with a pre-hook written
+    here, one forward per (head, group)."""
+    visual = VISUAL[family]
+    builders.write_manifest(
+        tmp_path / "samples.jsonl", builders.family_rows(family, family_root / "media")
+    )
+    extra = builders.GENERIC_BLOCK if family == "generic" else ""
+    text = builders.study(
+        tmp_path, family, checkpoint(family), builders.FAMILY_GROUPS[family], extra
+    ).read_text()
+    head, _, _ = text.partition("interventions:")
+    methods = f"""\
+interventions:
+  - kind: head_patching
+    layers: [{LAYER}]
+    position_groups: [{visual}, answer]
+"""
+    study = parse_study(head + methods + "execution: {unit_size: 2}\n", tmp_path / "s.yaml")
+    results = open_results(run_study(study, store_root=tmp_path / "store").store).load()
+    loaded = load_model(study.model)
+    model = loaded.model
+    projection = _text_model(model).layers[LAYER].self_attn.o_proj
+    config = getattr(model.config, "thinker_config", model.config)
+    heads = int(getattr(config, "text_config", config).num_attention_heads)
+    forward_extra = {"use_audio_in_video": True} if family == "qwen2_5_omni" else None
+    checked, kept = 0, {}  # kept: the clean run's o_proj input, per sample in turn
+    for sample in load_samples(study, loaded).load(0, len(results["sample"])):
+        handle = projection.register_forward_pre_hook(
+            lambda module, args: kept.update(clean=args[0][0].detach().clone())
+        )
+        reference.forward(model, sample.runs["clean"], forward_extra)
+        handle.remove()
+        conflict = sample.runs["conflict"]
+        groups = _groups(model, conflict["input_ids"])
+        ids = (sample.audio_answer_id, sample.visual_answer_id)
+        width = kept["clean"].shape[-1] // heads
+        for index in range(heads):
+            for group in (visual, "answer"):
+                positions, columns = groups[group], slice(index * width, (index + 1) * width)
+
+                def replace(module, args, positions=positions, columns=columns):
+                    hidden = args[0].clone()
+                    hidden[0, positions, columns] = kept["clean"][positions, columns]
+                    return (hidden, *args[1:])
+
+                handle = projection.register_forward_pre_hook(replace)
+                try:
+                    logits = reference.forward(model, conflict, forward_extra)
+                finally:
+                    handle.remove()
+                expected = float(logits[ids[0]] - logits[ids[1]])
+                stored = results["head_effect"].sel(
+                    sample=sample.sample_id, head_layer=LAYER, head=index, head_group=group
+                )
+                assert float(stored.sel(metric="logit_diff")) == pytest.approx(
+                    expected, abs=TOLERANCE
+                )
+                checked += 1
+    assert checked >= 2 * heads

@@ -1,0 +1,143 @@
+"""Head-level activation patching as a study method: every (layer, head, position group) cell.
+
+Stores ``head_effect`` (sample, head_layer, head, head_group, metric) — the answer metrics of the
+target run with one query head's output (before the output projection) replaced by the source
+run's at the group's positions, ``normalized_effect`` against the source (1) and target (0) runs —
+and ``head_baseline`` (sample, head_run, metric). See :mod:`patchwork.patching.heads`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from patchwork.data.sample import Sample
+from patchwork.errors import DataError, StudyError
+from patchwork.methods.method import Method
+from patchwork.patching.heads import HeadCondition, head_count, patched_heads, record_heads
+from patchwork.patching.metrics import answer_metrics, metric_table
+from patchwork.patching.patcher import Patcher
+from patchwork.store.zarr_store import ArraySpec
+from patchwork.study.schema import METRICS, HeadPatching
+
+
+class HeadPatchingMethod(Method):
+    kind = "head_patching"
+    spec: HeadPatching
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.layers = self.resolve_layers(self.spec.layers)
+        count = head_count(self.loaded.adapter)
+        heads = tuple(range(count)) if self.spec.heads == "all" else tuple(self.spec.heads)
+        outside = [head for head in heads if head >= count]
+        if outside:
+            raise StudyError(
+                f"{self.where('heads')}: head {outside[0]} is out of range; the model has "
+                f"{count} query heads per layer (0–{count - 1})"
+            )
+        self.heads = heads
+        self.conditions = [
+            HeadCondition(layer, head, group)
+            for layer in self.layers
+            for head in self.heads
+            for group in self.spec.position_groups
+        ]
+
+    def runs(self) -> tuple[str, ...]:
+        return (self.spec.source, self.spec.target)
+
+    def check_sample(self, sample: Sample) -> None:
+        source, target = (sample.runs[run]["input_ids"] for run in self.runs())
+        if source.shape != target.shape or not torch.equal(source, target):
+            raise DataError(
+                f"sample {sample.sample_id}: runs {self.spec.source!r} and {self.spec.target!r} "
+                "differ in token layout; patching needs the same tokens at the same positions"
+            )
+
+    def variables(self) -> dict[str, ArraySpec]:
+        spec = self.spec
+        return {
+            "head_effect": ArraySpec(
+                ("sample", "head_layer", "head", "head_group", "metric"),
+                {
+                    "head_layer": list(self.layers),
+                    "head": list(self.heads),
+                    "head_group": list(spec.position_groups),
+                    "metric": list(METRICS),
+                },
+                long_name=f"answer metric with one head's output of the {spec.source} run "
+                f"patched into the {spec.target} run",
+                units="1",
+            ),
+            "head_baseline": ArraySpec(
+                ("sample", "head_run", "metric"),
+                {"head_run": [spec.source, spec.target], "metric": list(METRICS)},
+                long_name="answer metric of each unpatched run",
+                units="1",
+            ),
+        }
+
+    def compute(self, samples: Sequence[Sample], patcher: Patcher) -> dict[str, np.ndarray]:
+        spec, adapter = self.spec, patcher.adapter
+        device = next(adapter.root.parameters()).device
+        size = self.study.execution.batch_size
+        arrays = {
+            name: np.full(variable.shape(len(samples)), np.nan, dtype=np.float32)
+            for name, variable in self.variables().items()
+        }
+        index = {
+            condition: (
+                self.layers.index(condition.layer),
+                self.heads.index(condition.head),
+                spec.position_groups.index(condition.position_group),
+            )
+            for condition in self.conditions
+        }
+        for row, sample in enumerate(samples):
+            runs = {
+                run: {key: value.to(device) for key, value in sample.runs[run].items()}
+                for run in self.runs()
+            }
+            ids = (sample.audio_answer_id, sample.visual_answer_id)
+            logits, source = record_heads(adapter, runs[spec.source], self.layers)
+            target_logits, target = record_heads(adapter, runs[spec.target], self.layers)
+            base = {
+                spec.source: answer_metrics(logits, *ids),
+                spec.target: answer_metrics(target_logits, *ids),
+            }
+            reference = base[spec.source]["logit_diff"], base[spec.target]["logit_diff"]
+
+            for slot, run in enumerate(self.runs()):
+                arrays["head_baseline"][row, slot] = _table(base[run], reference)[0]
+            masks = adapter.position_groups(sample.runs[spec.target]["input_ids"])
+            unchanged = _table(base[spec.target], reference)[0]
+            live = []
+            for condition in self.conditions:
+                positions = masks[condition.position_group].to(device)
+                same = torch.equal(
+                    source[condition.layer][positions, condition.head],
+                    target[condition.layer][positions, condition.head],
+                )
+                if same:  # the patch writes a value over itself: the target run
+                    arrays["head_effect"][(row, *index[condition])] = unchanged
+                else:
+                    live.append(condition)
+            for first in range(0, len(live), size):
+                chunk = live[first : first + size]
+                logits = patched_heads(adapter, runs[spec.target], source, chunk, masks)
+                for condition, values in zip(
+                    chunk, _table(answer_metrics(logits, *ids), reference), strict=True
+                ):
+                    arrays["head_effect"][(row, *index[condition])] = values
+        return arrays
+
+
+def _table(
+    metrics: dict[str, torch.Tensor], reference: tuple[torch.Tensor, torch.Tensor]
+) -> np.ndarray:
+    """(rows, metrics) in METRICS order; normalized against (source, target) logit diffs."""
+    values = metric_table(metrics["logit_diff"], metrics["audio_probability"], *reference)
+    return values.cpu().numpy()
