@@ -18,7 +18,8 @@ from patchwork.errors import DataError, StudyError
 from patchwork.methods.method import Method
 from patchwork.patching.heads import HeadCondition, head_count, patched_heads, record_heads
 from patchwork.patching.metrics import answer_metrics, metric_table
-from patchwork.patching.patcher import Patcher
+from patchwork.patching.patcher import Condition, Patcher
+from patchwork.patching.resume import ResumePatcher, first_position
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, HeadPatching
 
@@ -39,6 +40,8 @@ class HeadPatchingMethod(Method):
                 f"{count} query heads per layer (0–{count - 1})"
             )
         self.heads = heads
+        reuse = self.study.execution.reuse
+        self.resume = ResumePatcher(self.loaded.adapter) if reuse else None
         self.conditions = [
             HeadCondition(layer, head, group)
             for layer in self.layers
@@ -113,25 +116,39 @@ class HeadPatchingMethod(Method):
             for slot, run in enumerate(self.runs()):
                 arrays["head_baseline"][row, slot] = _table(base[run], reference)[0]
             masks = adapter.position_groups(sample.runs[spec.target]["input_ids"])
+            seq_len = int(masks["all"].numel())
             unchanged = _table(base[spec.target], reference)[0]
-            live = []
+            live: list[tuple[HeadCondition, int]] = []
             for condition in self.conditions:
-                positions = masks[condition.position_group].to(device)
-                same = torch.equal(
-                    source[condition.layer][positions, condition.head],
-                    target[condition.layer][positions, condition.head],
-                )
-                if same:  # the patch writes a value over itself: the target run
+                layer, head = condition.layer, condition.head
+                differs = (source[layer][:, head] != target[layer][:, head]).any(-1).cpu()
+                start = first_position(masks[condition.position_group] & differs)
+                if start == seq_len:  # the patch writes a value over itself: the target run
                     arrays["head_effect"][(row, *index[condition])] = unchanged
                 else:
-                    live.append(condition)
+                    live.append((condition, start))
+            live.sort(key=lambda item: (item[1], item[0].layer))
+            resume = self.resume
+            if resume is not None and not ResumePatcher.applicable(adapter, runs[spec.target]):
+                resume = None
+            if resume is not None:
+                cache = resume.prepare(runs[spec.target])
+                flat = {(layer, "heads"): value.flatten(-2) for layer, value in source.items()}
             for first in range(0, len(live), size):
                 chunk = live[first : first + size]
-                logits = patched_heads(adapter, runs[spec.target], source, chunk, masks)
-                for condition, values in zip(
-                    chunk, _table(answer_metrics(logits, *ids), reference), strict=True
-                ):
-                    arrays["head_effect"][(row, *index[condition])] = values
+                if resume is not None:
+                    conditions = [
+                        Condition(c.layer, (c.layer,), c.position_group, "heads", c.head)
+                        for c, _ in chunk
+                    ]
+                    starts = [start for _, start in chunk]
+                    logits = resume.patched(cache, flat, conditions, masks, starts)
+                else:
+                    heads = [condition for condition, _ in chunk]
+                    logits = patched_heads(adapter, runs[spec.target], source, heads, masks)
+                values = _table(answer_metrics(logits, *ids), reference)
+                for (condition, _), value in zip(chunk, values, strict=True):
+                    arrays["head_effect"][(row, *index[condition])] = value
         return arrays
 
 

@@ -25,12 +25,15 @@ Activations = dict[tuple[int, str], torch.Tensor]
 @dataclass(frozen=True)
 class Condition:
     """One patched cell: source activations of ``component`` at the positions of
-    ``position_group`` replace the target's, in every layer of ``layers``."""
+    ``position_group`` replace the target's, in every layer of ``layers``. Component ``heads``
+    is the attention output projection's input, of which ``head`` names the query head patched
+    (:mod:`patchwork.patching.heads`)."""
 
     layer: int
     layers: tuple[int, ...]
     position_group: str
     component: str
+    head: int | None = None
 
 
 def sweep_conditions(

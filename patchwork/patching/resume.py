@@ -26,6 +26,7 @@ from torch import nn
 from patchwork.data.sample import ModelInputs
 from patchwork.models.adapter import ModelAdapter, _attribute
 from patchwork.models.attention import GROUPED_SDPA, decoder_attention, decoder_implementation
+from patchwork.patching.heads import head_count, output_projection
 from patchwork.patching.patcher import Activations, Condition
 
 
@@ -175,9 +176,16 @@ class ResumePatcher:
             condition = conditions[row]
             for layer in condition.layers:
                 site = (layer, condition.component)
+                # heads: one column block of the output projection's input per query head
+                width = source[site].shape[-1] if condition.head is not None else 1
                 if site not in masks:
-                    masks[site] = torch.zeros(rows, seq_len - start, 1, dtype=torch.bool)
-                masks[site][slot, :, 0] = group_masks[condition.position_group][start:]
+                    masks[site] = torch.zeros(rows, seq_len - start, width, dtype=torch.bool)
+                columns = slice(None)
+                if condition.head is not None:
+                    size = width // head_count(self.adapter)
+                    columns = slice(condition.head * size, (condition.head + 1) * size)
+                positions = group_masks[condition.position_group][start:]
+                masks[site][slot, :, columns] = positions[:, None]
         dtype = cache.layer_inputs[0].dtype
         device = cache.layer_inputs[0].device
         causal = torch.ones(seq_len - start, seq_len, dtype=torch.bool, device=device).tril(start)
@@ -193,8 +201,20 @@ class ResumePatcher:
 
             return hook
 
+        def replace_input(site: tuple[int, str]):
+            def hook(module: nn.Module, args: tuple) -> tuple:
+                mask = masks[site][: active["rows"]].to(device)
+                value = torch.where(mask, source[site][start:].to(dtype), args[0])
+                return (value, *args[1:])
+
+            return hook
+
         handles = [
-            self.adapter.component(self.adapter.root, *site).register_forward_hook(replace(site))
+            output_projection(self.adapter, site[0]).register_forward_pre_hook(replace_input(site))
+            if site[1] == "heads"
+            else self.adapter.component(self.adapter.root, *site).register_forward_hook(
+                replace(site)
+            )
             for site in masks
             if site[1] != "residual"
         ]

@@ -109,9 +109,14 @@ def check_store(study, results, atol: float) -> int:
     return checked
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_head_patching_equals_a_plain_torch_loop(tmp_path: Path, attention: str) -> None:
-    study = parse_study(study_text(attention, 2, HEADS))
+@pytest.mark.parametrize(("attention", "reuse"), [("sdpa", True), ("eager", True), ("sdpa", False)])
+def test_head_patching_equals_a_plain_torch_loop(
+    tmp_path: Path, attention: str, reuse: bool
+) -> None:
+    """Resumed mid-model (the fast path) and as full batched forwards."""
+    text = study_text(attention, 2, HEADS)
+    study = parse_study(text.replace("seed: 0}", f"seed: 0, reuse: {str(reuse).lower()}}}"))
+    assert study.execution.reuse is reuse
     results = open_results(run_study(study, tmp_path).store).load()
     assert results["head_effect"].dims == ("sample", "head_layer", "head", "head_group", "metric")
     assert check_store(study, results, 1e-5) == 2 * 2 * 2 * 3

@@ -76,6 +76,8 @@ def test_every_kind_is_registered() -> None:
         "attention_share",
         "probes",
         "base_comparison",
+        "steering",
+        "head_patching",
     }
 
 
