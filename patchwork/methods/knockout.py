@@ -41,6 +41,7 @@ from patchwork.methods.method import Method
 from patchwork.models import blocks
 from patchwork.models.adapter import ModelAdapter
 from patchwork.models.blocks import with_blocked_mask
+from patchwork.patching.heads import head_count
 from patchwork.patching.metrics import answer_metrics, metric_table
 from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
@@ -56,44 +57,69 @@ class Knockout:
     keys: tuple[str, ...]
     layers: tuple[int, ...]
     keep_self: bool = False
+    #: The query heads blocked; None: all of them.
+    heads: tuple[int, ...] | None = None
 
     @property
     def label(self) -> str:
-        """``rule@first-last``; layer runs joined by commas when not contiguous (``r@0-3,6-7``)."""
+        """``rule@first-last``; layer runs joined by commas when not contiguous (``r@0-3,6-7``);
+        ``#h`` and the heads when only some are blocked (``r@4-5#h1,3``)."""
         runs: list[list[int]] = []
         for layer in self.layers:
             if runs and layer == runs[-1][1] + 1:
                 runs[-1][1] = layer
             else:
                 runs.append([layer, layer])
-        return f"{self.rule}@" + ",".join(f"{first}-{last}" for first, last in runs)
+        label = f"{self.rule}@" + ",".join(f"{first}-{last}" for first, last in runs)
+        if self.heads is not None:
+            label += "#h" + ",".join(str(head) for head in self.heads)
+        return label
 
 
-def knockouts(spec: AttentionKnockout, resolve_layers, num_layers: int) -> list[Knockout]:
-    """Every knockout of ``spec``'s rules; ``resolve_layers(layers, field)`` checks layer lists."""
+def knockouts(
+    spec: AttentionKnockout, resolve_layers, num_layers: int, num_heads: int | None = None
+) -> list[Knockout]:
+    """Every knockout of ``spec``'s rules; ``resolve_layers(layers, field)`` checks layer lists.
+    ``num_heads`` (query heads per layer) is needed by rules that name heads."""
     found = []
     for name, rule in spec.rules.items():
         layers = resolve_layers(rule.layers, ("rules", name, "layers"))
         keep = rule.self_pairs == "keep"
-        if rule.window is None:
-            found.append(Knockout(name, rule.queries, rule.keys, layers, keep))
-            continue
-        for first in layers:
-            span = tuple(range(first, min(first + rule.window, num_layers)))
-            found.append(Knockout(name, rule.queries, rule.keys, span, keep))
+        spans = (
+            [layers]
+            if rule.window is None
+            else [tuple(range(first, min(first + rule.window, num_layers))) for first in layers]
+        )
+        head_sets: list[tuple[int, ...] | None] = [None]
+        if rule.heads == "each":
+            head_sets = [(head,) for head in range(num_heads or 0)]
+        elif rule.heads != "all":
+            head_sets = [tuple(rule.heads)]
+        for span in spans:
+            for heads in head_sets:
+                found.append(Knockout(name, rule.queries, rule.keys, span, keep, heads))
     return found
 
 
 def blocked_pairs(
-    rows: Sequence[Knockout], groups: Mapping[str, torch.Tensor], num_layers: int
+    rows: Sequence[Knockout],
+    groups: Mapping[str, torch.Tensor],
+    num_layers: int,
+    num_heads: int | None = None,
 ) -> dict[int, torch.Tensor]:
-    """Per layer with any block: bool (rows, seq, seq), True where query → key is blocked.
+    """Per layer with any block: bool (rows, seq, seq), True where query → key is blocked, or
+    (rows, heads, seq, seq) when a row of the batch blocks some heads only (``num_heads``: query
+    heads per layer).
 
     ``groups`` are (seq,) masks of one sequence (:func:`sequence_groups`). The diagonal is blocked
     only for knockouts that do not keep themselves (a query left without keys keeps itself when
     the mask is built: :func:`patchwork.models.blocks.mask_with_blocks`).
     """
     seq = next(iter(groups.values())).numel()
+    per_head = any(knockout.heads is not None for knockout in rows)
+    if per_head and num_heads is None:
+        raise ValueError("knockouts of some heads need num_heads")
+    shape = (len(rows), num_heads or 0, seq, seq) if per_head else (len(rows), seq, seq)
     blocked: dict[int, torch.Tensor] = {}
     for row, knockout in enumerate(rows):
         queries = torch.zeros(seq, dtype=torch.bool)
@@ -107,8 +133,13 @@ def blocked_pairs(
             pairs &= ~torch.eye(seq, dtype=torch.bool)
         for layer in knockout.layers:
             if layer not in blocked:
-                blocked[layer] = torch.zeros(len(rows), seq, seq, dtype=torch.bool)
-            blocked[layer][row] |= pairs
+                blocked[layer] = torch.zeros(shape, dtype=torch.bool)
+            if not per_head:
+                blocked[layer][row] |= pairs
+            elif knockout.heads is None:
+                blocked[layer][row] |= pairs[None]
+            else:
+                blocked[layer][row, list(knockout.heads)] |= pairs[None]
     return {layer: mask for layer, mask in blocked.items() if layer < num_layers}
 
 
@@ -161,7 +192,8 @@ def knocked_out_logits(
     the logits predicting the next one."""
     steps = 0 if generated is None else generated.shape[1]
     groups = sequence_groups(adapter, inputs["input_ids"], steps)
-    blocked = blocked_pairs(rows, groups, adapter.num_layers)
+    heads = head_count(adapter) if any(row.heads is not None for row in rows) else None
+    blocked = blocked_pairs(rows, groups, adapter.num_layers, heads)
     batch = adapter.repeat_inputs(inputs, len(rows))
     if generated is not None and steps:
         batch["input_ids"] = torch.cat([batch["input_ids"], generated.to(batch["input_ids"])], 1)
@@ -231,7 +263,17 @@ class AttentionKnockoutMethod(Method):
                     f"{self.where('rules', name, 'window')}: window {rule.window} is longer "
                     f"than the model's {depth} layers"
                 )
-        self.knockouts = knockouts(self.spec, self.resolve_layers, depth)
+        named = any(rule.heads != "all" for rule in self.spec.rules.values())
+        count = head_count(self.loaded.adapter) if named else 0
+        for name, rule in self.spec.rules.items():
+            listed = rule.heads if isinstance(rule.heads, tuple) else ()
+            outside = [head for head in listed if head >= count]
+            if outside:
+                raise StudyError(
+                    f"{self.where('rules', name, 'heads')}: head {outside[0]} is out of range; "
+                    f"the model has {count} query heads per layer (0–{count - 1})"
+                )
+        self.knockouts = knockouts(self.spec, self.resolve_layers, depth, count)
         labels = [k.label for k in self.knockouts]
         if len(set(labels)) != len(labels):
             raise StudyError(f"{self.where('rules')}: two rules give the same knockout label")

@@ -101,13 +101,14 @@ def blocked_pairs(
 def mask_with_blocks(
     mask: torch.Tensor | None, blocked: torch.Tensor, additive: bool, dtype: torch.dtype
 ) -> torch.Tensor:
-    """A new 4-D attention mask (batch, 1, query, key) equal to ``mask`` with ``blocked`` removed;
-    a query left without any key keeps itself.
+    """A new 4-D attention mask (batch, 1, query, key) equal to ``mask`` with ``blocked``
+    (batch, query, key) removed — or (batch, heads, query, key) for a ``blocked`` of one mask
+    per head; a query left without any key keeps itself.
 
     ``mask`` may be None (meaning plain causal), boolean (True = may attend) or additive float
     (0 = may attend); ``additive`` says which kind to build when ``mask`` is None.
     """
-    blocked = blocked[:, None]
+    blocked = blocked if blocked.ndim == 4 else blocked[:, None]
     query_len, key_len = blocked.shape[-2:]
     itself = torch.eye(key_len, dtype=torch.bool, device=blocked.device)[-query_len:]
     if mask is None:

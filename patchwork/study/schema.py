@@ -385,8 +385,19 @@ class KnockoutRule(_Strict):
         "key keeps itself either way.",
     )
 
+    heads: Literal["all", "each"] | tuple[int, ...] = Field(
+        "all",
+        description="all: every attention head is blocked; a list of query heads (ranges like "
+        "'0-3'): only those, together; each: a sweep, one knockout per query head.",
+    )
+
     _layers = field_validator("layers", mode="before")(_parse_layers)
     _groups = field_validator("queries", "keys")(_unique_groups)
+
+    @field_validator("heads", mode="before")
+    @classmethod
+    def _heads(cls, value: object) -> object:
+        return value if value in ("all", "each") else _parse_layers(value)
 
 
 class AttentionKnockout(_Strict):

@@ -377,3 +377,66 @@ interventions:
                 )
                 checked += 1
     assert checked >= 2 * heads
+
+
+@pytest.mark.parametrize("family", sorted(VISUAL))
+def test_head_knockout_equals_plain_torch(
+    tmp_path: Path, family_root: Path, checkpoint, family: str
+) -> None:
+    """A rule on one query head: the mask layer LAYER's attention receives loses the pairs for
+    that head only (one mask per head, written here)."""
+    visual = VISUAL[family]
+    builders.write_manifest(
+        tmp_path / "samples.jsonl", builders.family_rows(family, family_root / "media")
+    )
+    extra = builders.GENERIC_BLOCK if family == "generic" else ""
+    text = builders.study(
+        tmp_path, family, checkpoint(family), builders.FAMILY_GROUPS[family], extra
+    ).read_text()
+    head, _, _ = text.partition("interventions:")
+    methods = f"""\
+interventions:
+  - kind: attention_knockout
+    rules: {{one: {{queries: [answer, text], keys: [{visual}], layers: [{LAYER}], heads: [1]}}}}
+"""
+    study = parse_study(head + methods + "execution: {unit_size: 2}\n", tmp_path / "s.yaml")
+    results = open_results(run_study(study, store_root=tmp_path / "store").store).load()
+    loaded = load_model(study.model)
+    model = loaded.model
+    config = getattr(model.config, "thinker_config", model.config)
+    heads = int(getattr(config, "text_config", config).num_attention_heads)
+    forward_extra = {"use_audio_in_video": True} if family == "qwen2_5_omni" else None
+    attention = _text_model(model).layers[LAYER].self_attn
+    moved = []
+    for sample in load_samples(study, loaded).load(0, len(results["sample"])):
+        run = sample.runs["conflict"]
+        groups = _groups(model, run["input_ids"])
+        seq = groups["answer"].numel()
+        pairs = torch.zeros(1, heads, seq, seq, dtype=torch.bool)
+        pairs[0, 1] = (groups["answer"] | groups["text"])[:, None] & groups[visual][None, :]
+
+        def edit(module, args, kwargs, pairs=pairs, seq=seq):
+            mask = kwargs.get("attention_mask")
+            if mask is None:
+                mask = torch.ones(seq, seq, dtype=torch.bool).tril()[None, None]
+            if mask.dtype == torch.bool:
+                mask = mask & ~pairs
+            else:
+                mask = mask.masked_fill(pairs, torch.finfo(mask.dtype).min)
+            return args, {**kwargs, "attention_mask": mask}
+
+        handle = attention.register_forward_pre_hook(edit, with_kwargs=True)
+        try:
+            logits = reference.forward(model, run, forward_extra)
+        finally:
+            handle.remove()
+        ids = (sample.audio_answer_id, sample.visual_answer_id)
+        stored = results["knockout_effect"].sel(
+            sample=sample.sample_id, knockout=f"one@{LAYER}-{LAYER}#h1", metric="logit_diff"
+        )
+        assert float(stored) == pytest.approx(float(logits[ids[0]] - logits[ids[1]]), abs=TOLERANCE)
+        base = results["knockout_baseline"].sel(
+            sample=sample.sample_id, knockout_run="conflict", metric="logit_diff"
+        )
+        moved.append(abs(float(stored) - float(base)))
+    assert max(moved) > 1e-6  # the one head's knockout changes the answer

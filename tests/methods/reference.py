@@ -58,7 +58,7 @@ def manual_attention(
     scores = q @ k.transpose(-1, -2) / dim**0.5
     allowed = torch.ones(seq, seq, dtype=torch.bool).tril()
     if blocked is not None:
-        allowed &= ~blocked
+        allowed = allowed & ~blocked  # (seq, seq) or one mask per head (heads, seq, seq)
     weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
     out = (weights @ v).transpose(1, 2).reshape(1, seq, -1)
     return module.o_proj(out), weights
