@@ -21,8 +21,8 @@ import torch
 
 from patchwork.data.sample import Sample
 from patchwork.data.source import SampleSource
-from patchwork.errors import DataError, StudyError
-from patchwork.methods.method import Method
+from patchwork.errors import StudyError
+from patchwork.methods.method import Method, require_same_tokens
 from patchwork.models.blocks import observe_prompt
 from patchwork.patching.atp_star import (
     deltas,
@@ -183,12 +183,7 @@ class ActivationPatchingMethod(Method):
         return (self.spec.source, self.spec.target)
 
     def check_sample(self, sample: Sample) -> None:
-        source, target = (sample.runs[run]["input_ids"] for run in self.runs())
-        if source.shape != target.shape or not torch.equal(source, target):
-            raise DataError(
-                f"sample {sample.sample_id}: runs {self.spec.source!r} and {self.spec.target!r} "
-                "differ in token layout; patching needs the same tokens at the same positions"
-            )
+        require_same_tokens(sample, self.spec.source, self.spec.target)
 
     def variables(self) -> dict[str, ArraySpec]:
         patched = f"{self.spec.source} run patched into the {self.spec.target} run"

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from patchwork.data.sample import Sample
-from patchwork.errors import DataError, StudyError
-from patchwork.methods.method import Method
+from patchwork.errors import StudyError
+from patchwork.methods.method import Method, require_same_tokens
 from patchwork.patching.heads import HeadCondition, head_count, patched_heads, record_heads
 from patchwork.patching.metrics import answer_metrics, metric_table
 from patchwork.patching.patcher import Condition, Patcher
@@ -53,12 +53,7 @@ class HeadPatchingMethod(Method):
         return (self.spec.source, self.spec.target)
 
     def check_sample(self, sample: Sample) -> None:
-        source, target = (sample.runs[run]["input_ids"] for run in self.runs())
-        if source.shape != target.shape or not torch.equal(source, target):
-            raise DataError(
-                f"sample {sample.sample_id}: runs {self.spec.source!r} and {self.spec.target!r} "
-                "differ in token layout; patching needs the same tokens at the same positions"
-            )
+        require_same_tokens(sample, self.spec.source, self.spec.target)
 
     def variables(self) -> dict[str, ArraySpec]:
         spec = self.spec

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from pydantic import BaseModel
 
 from patchwork import plugins
 from patchwork.data.sample import Sample
 from patchwork.data.source import SampleSource
-from patchwork.errors import StudyError
+from patchwork.errors import DataError, StudyError
 from patchwork.loading.model import LoadedModel
 from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
@@ -98,3 +99,13 @@ def method_class(kind: str) -> type[Method]:
 def method_registry() -> dict[str, type[Method]]:
     """Every installed method by study ``kind`` (imports them all)."""
     return {kind: method_class(kind) for kind in plugins.names(plugins.METHODS)}
+
+
+def require_same_tokens(sample: Sample, source: str, target: str) -> None:
+    """Patching needs the same tokens at the same positions in both runs: DataError if not."""
+    first, second = (sample.runs[run]["input_ids"] for run in (source, target))
+    if first.shape != second.shape or not torch.equal(first, second):
+        raise DataError(
+            f"sample {sample.sample_id}: runs {source!r} and {target!r} differ in token layout; "
+            "patching needs the same tokens at the same positions"
+        )

@@ -243,13 +243,9 @@ def test_the_lens_reads_out_as_the_model_does_where_logits_are_large(
     torch.testing.assert_close(lens, own, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("family", sorted(VISUAL))
-def test_steering_equals_plain_torch(
-    tmp_path: Path, family_root: Path, checkpoint, family: str
-) -> None:
-    """Directions from the fit samples' residuals (plain hooks: after DeepStack's additions, on
-    every Gemma 3n stream), added with a hook written here on the held-out samples."""
-    visual = VISUAL[family]
+def _run_family_study(tmp_path: Path, family_root: Path, checkpoint, family: str, methods: str):
+    """The family's tiny study with ``methods`` as its interventions: (study, results, loaded,
+    the extra forward arguments of its runs)."""
     builders.write_manifest(
         tmp_path / "samples.jsonl", builders.family_rows(family, family_root / "media")
     )
@@ -258,19 +254,32 @@ def test_steering_equals_plain_torch(
         tmp_path, family, checkpoint(family), builders.FAMILY_GROUPS[family], extra
     ).read_text()
     head, _, _ = text.partition("interventions:")
-    steering = f"""\
-interventions:
+    study = parse_study(
+        head + "interventions:\n" + methods + "execution: {unit_size: 2}\n", tmp_path / "s.yaml"
+    )
+    results = open_results(run_study(study, store_root=tmp_path / "store").store).load()
+    forward_extra = {"use_audio_in_video": True} if family == "qwen2_5_omni" else None
+    return study, results, load_model(study.model), forward_extra
+
+
+@pytest.mark.parametrize("family", sorted(VISUAL))
+def test_steering_equals_plain_torch(
+    tmp_path: Path, family_root: Path, checkpoint, family: str
+) -> None:
+    """Directions from the fit samples' residuals (plain hooks: after DeepStack's additions, on
+    every Gemma 3n stream), added with a hook written here on the held-out samples."""
+    visual = VISUAL[family]
+    methods = f"""\
   - kind: steering
     layers: [{LAYER}]
     position_group: {visual}
     alphas: [0, 2]
 """
-    study = parse_study(head + steering + "execution: {unit_size: 2}\n", tmp_path / "s.yaml")
-    results = open_results(run_study(study, store_root=tmp_path / "store").store).load()
-    loaded = load_model(study.model)
+    study, results, loaded, forward_extra = _run_family_study(
+        tmp_path, family_root, checkpoint, family, methods
+    )
     model = loaded.model
     layers = len(_text_model(model).layers)
-    forward_extra = {"use_audio_in_video": True} if family == "qwen2_5_omni" else None
     samples = load_samples(study, loaded).load(0, len(results["sample"]))
     held = results["steering_held_out"].values.astype(bool)
     assert held.any() and not held.all()
@@ -321,28 +330,18 @@ def test_head_patching_equals_plain_torch(
     """Each head's slice of o_proj's input replaced by the clean run's, with a pre-hook written
     here, one forward per (head, group)."""
     visual = VISUAL[family]
-    builders.write_manifest(
-        tmp_path / "samples.jsonl", builders.family_rows(family, family_root / "media")
-    )
-    extra = builders.GENERIC_BLOCK if family == "generic" else ""
-    text = builders.study(
-        tmp_path, family, checkpoint(family), builders.FAMILY_GROUPS[family], extra
-    ).read_text()
-    head, _, _ = text.partition("interventions:")
     methods = f"""\
-interventions:
   - kind: head_patching
     layers: [{LAYER}]
     position_groups: [{visual}, answer]
 """
-    study = parse_study(head + methods + "execution: {unit_size: 2}\n", tmp_path / "s.yaml")
-    results = open_results(run_study(study, store_root=tmp_path / "store").store).load()
-    loaded = load_model(study.model)
+    study, results, loaded, forward_extra = _run_family_study(
+        tmp_path, family_root, checkpoint, family, methods
+    )
     model = loaded.model
     projection = _text_model(model).layers[LAYER].self_attn.o_proj
     config = getattr(model.config, "thinker_config", model.config)
     heads = int(getattr(config, "text_config", config).num_attention_heads)
-    forward_extra = {"use_audio_in_video": True} if family == "qwen2_5_omni" else None
     checked, kept = 0, {}  # kept: the clean run's o_proj input, per sample in turn
     for sample in load_samples(study, loaded).load(0, len(results["sample"])):
         handle = projection.register_forward_pre_hook(
@@ -386,26 +385,16 @@ def test_head_knockout_equals_plain_torch(
     """A rule on one query head: the mask layer LAYER's attention receives loses the pairs for
     that head only (one mask per head, written here)."""
     visual = VISUAL[family]
-    builders.write_manifest(
-        tmp_path / "samples.jsonl", builders.family_rows(family, family_root / "media")
-    )
-    extra = builders.GENERIC_BLOCK if family == "generic" else ""
-    text = builders.study(
-        tmp_path, family, checkpoint(family), builders.FAMILY_GROUPS[family], extra
-    ).read_text()
-    head, _, _ = text.partition("interventions:")
     methods = f"""\
-interventions:
   - kind: attention_knockout
     rules: {{one: {{queries: [answer, text], keys: [{visual}], layers: [{LAYER}], heads: [1]}}}}
 """
-    study = parse_study(head + methods + "execution: {unit_size: 2}\n", tmp_path / "s.yaml")
-    results = open_results(run_study(study, store_root=tmp_path / "store").store).load()
-    loaded = load_model(study.model)
+    study, results, loaded, forward_extra = _run_family_study(
+        tmp_path, family_root, checkpoint, family, methods
+    )
     model = loaded.model
     config = getattr(model.config, "thinker_config", model.config)
     heads = int(getattr(config, "text_config", config).num_attention_heads)
-    forward_extra = {"use_audio_in_video": True} if family == "qwen2_5_omni" else None
     attention = _text_model(model).layers[LAYER].self_attn
     moved = []
     for sample in load_samples(study, loaded).load(0, len(results["sample"])):
