@@ -49,6 +49,11 @@ def _groups(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, torch.Tensor
     return groups
 
 
+def _query_heads(model: torch.nn.Module) -> int:
+    config = getattr(model.config, "thinker_config", model.config)
+    return int(getattr(config, "text_config", config).num_attention_heads)
+
+
 def _text_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.model.language_model
 
@@ -80,10 +85,10 @@ def _lens(model: torch.nn.Module, merged: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1)
 
 
-def _knocked_out(model, inputs, extra, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Answer logits with queries → keys removed from the mask layer LAYER's attention gets."""
-    seq = queries.numel()
-    pairs = (queries[:, None] & keys[None, :])[None, None]
+def _knocked_out(model, inputs, extra, pairs: torch.Tensor) -> torch.Tensor:
+    """Answer logits with ``pairs`` (1, 1 or heads, seq, seq: True = query → key blocked, one
+    set per head or one for all) removed from the mask layer LAYER's attention gets."""
+    seq = pairs.shape[-1]
 
     def edit(module, args, kwargs):
         mask = kwargs.get("attention_mask")
@@ -155,9 +160,8 @@ interventions:
         plain = reference.forward(model, conflict, forward_extra)
 
         # knockout: the knocked-out run's logit difference
-        knocked = _knocked_out(
-            model, conflict, forward_extra, groups["answer"] | groups["text"], groups[visual]
-        )
+        pairs = (groups["answer"] | groups["text"])[:, None] & groups[visual][None, :]
+        knocked = _knocked_out(model, conflict, forward_extra, pairs[None, None])
         stored = results["knockout_effect"].sel(sample=sid, knockout=f"late@{LAYER}-{LAYER}")
         expected = float(knocked[ids[0]] - knocked[ids[1]])
         assert float(stored.sel(metric="logit_diff")) == pytest.approx(expected, abs=TOLERANCE)
@@ -340,8 +344,7 @@ def test_head_patching_equals_plain_torch(
     )
     model = loaded.model
     projection = _text_model(model).layers[LAYER].self_attn.o_proj
-    config = getattr(model.config, "thinker_config", model.config)
-    heads = int(getattr(config, "text_config", config).num_attention_heads)
+    heads = _query_heads(model)
     checked, kept = 0, {}  # kept: the clean run's o_proj input, per sample in turn
     for sample in load_samples(study, loaded).load(0, len(results["sample"])):
         handle = projection.register_forward_pre_hook(
@@ -393,9 +396,7 @@ def test_head_knockout_equals_plain_torch(
         tmp_path, family_root, checkpoint, family, methods
     )
     model = loaded.model
-    config = getattr(model.config, "thinker_config", model.config)
-    heads = int(getattr(config, "text_config", config).num_attention_heads)
-    attention = _text_model(model).layers[LAYER].self_attn
+    heads = _query_heads(model)
     moved = []
     for sample in load_samples(study, loaded).load(0, len(results["sample"])):
         run = sample.runs["conflict"]
@@ -404,21 +405,7 @@ def test_head_knockout_equals_plain_torch(
         pairs = torch.zeros(1, heads, seq, seq, dtype=torch.bool)
         pairs[0, 1] = (groups["answer"] | groups["text"])[:, None] & groups[visual][None, :]
 
-        def edit(module, args, kwargs, pairs=pairs, seq=seq):
-            mask = kwargs.get("attention_mask")
-            if mask is None:
-                mask = torch.ones(seq, seq, dtype=torch.bool).tril()[None, None]
-            if mask.dtype == torch.bool:
-                mask = mask & ~pairs
-            else:
-                mask = mask.masked_fill(pairs, torch.finfo(mask.dtype).min)
-            return args, {**kwargs, "attention_mask": mask}
-
-        handle = attention.register_forward_pre_hook(edit, with_kwargs=True)
-        try:
-            logits = reference.forward(model, run, forward_extra)
-        finally:
-            handle.remove()
+        logits = _knocked_out(model, run, forward_extra, pairs)
         ids = (sample.audio_answer_id, sample.visual_answer_id)
         stored = results["knockout_effect"].sel(
             sample=sample.sample_id, knockout=f"one@{LAYER}-{LAYER}#h1", metric="logit_diff"
