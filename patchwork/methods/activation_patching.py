@@ -33,6 +33,7 @@ from patchwork.patching.atp_star import (
 from patchwork.patching.attribution import (
     Cells,
     Linearization,
+    budgeted,
     condition_changes,
     linearize_rows,
     site_changes,
@@ -425,10 +426,6 @@ class ActivationPatchingMethod(Method):
         uncertainty over work while the budget lasts.
         """
         costs = runner.costs(self.conditions, activations)
-        chosen = {index for index, cost in enumerate(costs) if cost == 0}
-        allowed = self.spec.verify_budget * sum(costs)
-        if allowed == 0:
-            return chosen
         squared = {
             site: _per_position(widened(change) ** 2).cpu() for site, change in delta.items()
         }
@@ -439,16 +436,7 @@ class ActivationPatchingMethod(Method):
             )
             for c in self.conditions
         ]
-        order = sorted(
-            (index for index, cost in enumerate(costs) if cost > 0),
-            key=lambda index: -spread[index] / costs[index],
-        )
-        spent = 0
-        for index in order:
-            if spent + costs[index] <= allowed:
-                chosen.add(index)
-                spent += costs[index]
-        return chosen
+        return budgeted(spread, costs, self.spec.verify_budget)
 
     def _checked(
         self, sample: Sample, tables: np.ndarray, arrays: dict[str, np.ndarray], row: int

@@ -16,7 +16,14 @@ import torch
 from patchwork.data.sample import Sample
 from patchwork.errors import StudyError
 from patchwork.methods.method import Method, require_same_tokens
-from patchwork.patching.heads import HeadCondition, head_count, patched_heads, record_heads
+from patchwork.patching.attribution import budgeted, linearize, widened
+from patchwork.patching.heads import (
+    HeadActivations,
+    HeadCondition,
+    head_count,
+    patched_heads,
+    record_heads,
+)
 from patchwork.patching.metrics import answer_metrics, metric_table
 from patchwork.patching.patcher import Condition, Patcher
 from patchwork.patching.resume import ResumePatcher, first_position
@@ -70,6 +77,23 @@ class HeadPatchingMethod(Method):
                 f"patched into the {spec.target} run",
                 units="1",
             ),
+            **(
+                {
+                    "head_verified": ArraySpec(
+                        ("sample", "head_layer", "head", "head_group"),
+                        {
+                            "head_layer": list(self.layers),
+                            "head": list(self.heads),
+                            "head_group": list(spec.position_groups),
+                        },
+                        long_name="1 where head_effect is exact (patched exactly, or a patch "
+                        "that changes nothing), 0 where it is estimated",
+                        units="1",
+                    )
+                }
+                if spec.method == "attribution"
+                else {}
+            ),
             "head_baseline": ArraySpec(
                 ("sample", "head_run", "metric"),
                 {"head_run": [spec.source, spec.target], "metric": list(METRICS)},
@@ -120,13 +144,29 @@ class HeadPatchingMethod(Method):
                 start = first_position(masks[condition.position_group] & differs)
                 if start == seq_len:  # the patch writes a value over itself: the target run
                     arrays["head_effect"][(row, *index[condition])] = unchanged
+                    if spec.method == "attribution":
+                        arrays["head_verified"][(row, *index[condition])] = 1
                 else:
                     live.append((condition, start))
-            live.sort(key=lambda item: (item[1], item[0].layer))
             resume = self.resume
             if resume is not None and not ResumePatcher.applicable(adapter, runs[spec.target]):
                 resume = None
-            if resume is not None:
+            if spec.method == "attribution":
+                live = self._estimate(
+                    arrays,
+                    row,
+                    index,
+                    live,
+                    runs[spec.target],
+                    source,
+                    masks,
+                    ids,
+                    base,
+                    reference,
+                    resume is not None,
+                )
+            live.sort(key=lambda item: (item[1], item[0].layer))
+            if resume is not None and live:
                 cache = resume.prepare(runs[spec.target])
                 flat = {(layer, "heads"): value.flatten(-2) for layer, value in source.items()}
             for first in range(0, len(live), size):
@@ -144,7 +184,55 @@ class HeadPatchingMethod(Method):
                 values = _table(answer_metrics(logits, *ids), reference)
                 for (condition, _), value in zip(chunk, values, strict=True):
                     arrays["head_effect"][(row, *index[condition])] = value
+                    if spec.method == "attribution":
+                        arrays["head_verified"][(row, *index[condition])] = 1
         return arrays
+
+    def _estimate(
+        self,
+        arrays: dict[str, np.ndarray],
+        row: int,
+        index: dict[HeadCondition, tuple[int, int, int]],
+        live: list[tuple[HeadCondition, int]],
+        target: dict[str, torch.Tensor],
+        source: HeadActivations,
+        masks: dict[str, torch.Tensor],
+        ids: tuple[int, int],
+        base: dict[str, dict[str, torch.Tensor]],
+        reference: tuple[torch.Tensor, torch.Tensor],
+        resumed: bool,
+    ) -> list[tuple[HeadCondition, int]]:
+        """Store first-order estimates of the ``live`` cells (one forward and one backward per
+        metric, gradients read at each output projection's input) and flag them estimated;
+        return those to patch exactly within ``verify_budget`` (greedily by ``Σ ‖Δ‖²`` per unit
+        of the exact run's work, as :func:`~patchwork.patching.attribution.budgeted`)."""
+        adapter = self.loaded.adapter
+        sites = [(layer, "heads") for layer in self.layers]
+        linearization = linearize(adapter, target, sites, *ids)
+        heads, depth = head_count(adapter), adapter.num_layers
+        seq_len = int(masks["all"].numel())
+        conflict = base[self.spec.target]
+        spread, costs = [], []
+        for condition, start in live:
+            site = (condition.layer, "heads")
+            width = linearization.activations[site].shape[-1] // heads
+            columns = slice(condition.head * width, (condition.head + 1) * width)
+            positions = masks[condition.position_group]
+            flat = source[condition.layer].flatten(-2)
+            delta = widened(flat - linearization.activations[site])[positions][:, columns]
+            estimated = {
+                metric: conflict[metric]
+                + float((delta * widened(gradients[site][positions][:, columns])).sum())
+                for metric, gradients in linearization.gradients.items()
+            }
+            arrays["head_effect"][(row, *index[condition])] = _table(estimated, reference)[0]
+            arrays["head_verified"][(row, *index[condition])] = 0
+            spread.append(float((delta**2).sum()))
+            costs.append(
+                (depth - condition.layer) * (seq_len - start) if resumed else depth * seq_len
+            )
+        chosen = budgeted(spread, costs, self.spec.verify_budget)
+        return [item for number, item in enumerate(live) if number in chosen]
 
 
 def _table(

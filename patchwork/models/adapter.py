@@ -125,7 +125,8 @@ class ModelAdapter(ABC):
         return _attribute(root, self.layers_path)[index]
 
     def component(self, root: Any, index: int, component: str) -> Any:
-        """The module whose output is ``component`` ('residual', 'attention', 'mlp')."""
+        """The module whose output is ``component`` ('residual', 'attention', 'mlp'); for
+        'heads', the attention output projection, whose *input* holds the heads' outputs."""
         layer = self.layer(root, index)
         if component == "residual":
             return layer
@@ -133,6 +134,8 @@ class ModelAdapter(ABC):
             return getattr(layer, self.attention_name)
         if component == "mlp":
             return getattr(layer, self.mlp_name)
+        if component == "heads":
+            return getattr(layer, self.attention_name).o_proj
         raise ValueError(f"unknown component {component!r}")
 
     def site(self, root: Any, index: int, component: str) -> tuple[Any, Literal["output", "input"]]:
@@ -140,9 +143,10 @@ class ModelAdapter(ABC):
         values, ``'output'`` (default) or ``'input'`` (its first positional argument).
 
         Families that add something to the residual stream between layers (Qwen3-Omni's
-        DeepStack) read the residual at the next module's input, after the addition.
+        DeepStack) read the residual at the next module's input, after the addition. The heads'
+        outputs are the output projection's input.
         """
-        return self.component(root, index, component), "output"
+        return self.component(root, index, component), "input" if component == "heads" else "output"
 
     def batch_axis(self, component: str) -> int:
         """Axis of the batch rows in ``component``'s hidden tensor (Gemma 3n's residual: 1)."""

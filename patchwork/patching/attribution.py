@@ -343,6 +343,25 @@ def condition_changes(conditions: Sequence[Condition], cells: Mapping[Any, float
     )
 
 
+def budgeted(spread: Sequence[float], costs: Sequence[int], budget: float) -> set[int]:
+    """Indices of the cells to patch exactly within ``budget`` of the work of patching every
+    cell: those whose patch changes nothing (cost 0), then, greedily, the largest ``spread`` (a
+    cell's ``Σ ‖Δ‖²``, the scale of a first-order estimate's error) per unit of ``costs`` while
+    the budget lasts."""
+    chosen = {index for index, cost in enumerate(costs) if cost == 0}
+    allowed = budget * sum(costs)
+    order = sorted(
+        (index for index, cost in enumerate(costs) if cost > 0),
+        key=lambda index: -spread[index] / costs[index],
+    )
+    spent = 0
+    for index in order:
+        if spent + costs[index] <= allowed:
+            chosen.add(index)
+            spent += costs[index]
+    return chosen
+
+
 def spearman(first: np.ndarray, second: np.ndarray) -> float:
     """Spearman rank correlation of two 1-D arrays (average ranks for ties); NaN if undefined."""
     if len(first) < 2:

@@ -41,8 +41,10 @@ class HeadCondition:
 
 def output_projection(adapter: ModelAdapter, layer: int) -> nn.Linear:
     """The attention output projection (``o_proj``) of decoder layer ``layer``."""
-    attention = adapter.component(adapter.root, layer, "attention")
-    projection = getattr(attention, "o_proj", None)
+    try:
+        projection = adapter.component(adapter.root, layer, "heads")
+    except AttributeError:
+        projection = None
     if not isinstance(projection, nn.Linear):
         raise ModelError(
             f"the {adapter.family} adapter's attention at layer {layer} has no linear o_proj; "

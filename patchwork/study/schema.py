@@ -526,6 +526,20 @@ class HeadPatching(_Strict):
         "all", description="'all', or a list of query-head indices and ranges like '0-3'."
     )
     position_groups: tuple[PositionGroup, ...] = Field(("video", "text", "answer"), min_length=1)
+    method: Literal["exact", "attribution"] = Field(
+        "exact",
+        description="exact: one patched run per cell (resumed mid-model where the family "
+        "allows it); attribution: gradient × activation-difference estimates of every cell from "
+        "one backward pass, the least certain patched exactly within verify_budget (flagged in "
+        "head_verified).",
+    )
+    verify_budget: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="attribution: share of an exact sweep's work spent patching exactly the "
+        "cells whose estimate is least certain (as for activation_patching). 0: estimates only.",
+    )
 
     _layers = field_validator("layers", "heads", mode="before")(_parse_layers)
     _groups = field_validator("position_groups")(_unique_groups)

@@ -176,3 +176,54 @@ def test_heads_are_ranked_by_the_share_of_the_gap_they_restore(tmp_path: Path) -
         "heads patched at video",
         "heads patched at answer",
     ]
+
+
+@pytest.mark.parametrize(("layer", "head", "group"), [(0, 0, "video"), (2, 1, "answer")])
+def test_head_estimates_are_the_derivative_of_exact_patching(layer, head, group) -> None:
+    """Patching a + ε (a' − a) at one head moves the logit difference by ε × estimate + O(ε²)."""
+    from patchwork.patching.attribution import linearize
+
+    study = parse_study(study_text("sdpa", 1, HEADS))
+    loaded = load_model(study.model)
+    adapter = loaded.adapter
+    sample = load_samples(study, loaded).load(0, 1)[0]
+    conflict, ids = sample.runs["conflict"], (sample.audio_answer_id, sample.visual_answer_id)
+    _, clean = record_heads(adapter, sample.runs["clean"], [layer])
+    _, own = record_heads(adapter, conflict, [layer])
+    masks = adapter.position_groups(conflict["input_ids"])
+    linearization = linearize(adapter, conflict, [(layer, "heads")], *ids)
+    delta = (clean[layer] - own[layer])[masks[group], head]
+    gradient = linearization.gradients["logit_diff"][(layer, "heads")].reshape(own[layer].shape)
+    estimate = float((delta * gradient[masks[group], head]).sum())
+    epsilon = 1e-3
+    blend = {layer: own[layer] + epsilon * (clean[layer] - own[layer])}
+    logits = patched_heads(adapter, conflict, blend, [HeadCondition(layer, head, group)], masks)
+    slope = (
+        float(answer_metrics(logits, *ids)["logit_diff"][0]) - linearization.metrics["logit_diff"]
+    ) / epsilon
+    assert abs(slope) > 1e-5
+    assert estimate == pytest.approx(slope, rel=0.05, abs=1e-4)
+
+
+def test_head_attribution_with_a_budget(tmp_path: Path) -> None:
+    """Budget 1: every cell exact, equal to method: exact. Budget 0: estimates, flagged, that
+    rank the cells like exact patching; exact only where the patch changes nothing."""
+    from patchwork.patching.attribution import spearman
+
+    def run(options: str, name: str):
+        text = study_text("sdpa", 3, HEADS + options)
+        return open_results(run_study(parse_study(text), tmp_path / name).store).load()
+
+    exact = run("", "exact")
+    full = run("    method: attribution\n    verify_budget: 1.0\n", "full")
+    none = run("    method: attribution\n    verify_budget: 0.0\n", "none")
+    assert bool((full["head_verified"] == 1).all())
+    np.testing.assert_allclose(full["head_effect"].values, exact["head_effect"].values, atol=1e-5)
+    flags = none["head_verified"].values.astype(bool)
+    groups = list(none["head_group"].values)
+    assert flags[:, :, :, groups.index("audio")].all()  # the soundtrack is the same in both runs
+    assert not flags[:, :, :, groups.index("video")].any()
+    estimate = none["head_effect"].sel(metric="logit_diff").values
+    truth = exact["head_effect"].sel(metric="logit_diff").values
+    assert spearman(estimate.ravel(), truth.ravel()) >= 0.9
+    assert "head_verified" not in exact
