@@ -347,3 +347,60 @@ def plot_heads(results: xr.Dataset) -> Figure:
         ax.set_title(f"heads patched at {group}")
         ax.invert_yaxis()
     return figure
+
+
+def rank_paths(
+    results: xr.Dataset, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """Paths (sender layer → receiving head's values) ranked by the share of the clean–conflict
+    logit-difference gap they restore, Σ(patched − target) / Σ(source − target) over samples,
+    with a percentile bootstrap interval. Columns: rank, sender_layer, receiver_layer,
+    receiver_head, restored, ci_low, ci_high, n_samples."""
+    from patchwork.analysis.bootstrap import bootstrap_mean
+
+    done = _done(results)
+    patched = done["path_effect"].sel(metric="logit_diff")
+    base = done["path_baseline"].sel(metric="logit_diff")
+    source, target = base.isel(path_run=0, drop=True), base.isel(path_run=1, drop=True)
+    paths = (patched - target).stack(path=("sender_layer", "receiver_layer", "receiver_head"))
+    paths = paths.isel(path=(paths["receiver_layer"] > paths["sender_layer"]).values)
+    stats = bootstrap_mean(paths, confidence, n_resamples, seed, denominator=source - target)
+    frame = stats.to_dataframe().reset_index()
+    frame = frame.rename(columns={"mean": "restored"})
+    frame = frame.sort_values("restored", ascending=False, kind="stable").reset_index(drop=True)
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    columns = ["rank", "sender_layer", "receiver_layer", "receiver_head", "restored"]
+    return frame[[*columns, "ci_low", "ci_high", "n_samples"]]
+
+
+def plot_paths(results: xr.Dataset) -> Figure:
+    """Sender layer × receiving head (layer:head) heatmap of the share of the gap each path
+    restores (:func:`rank_paths`); blank where the receiver does not follow the sender."""
+    frame = rank_paths(results, n_resamples=1)
+    frame["receiver"] = [
+        f"{layer}:{head}"
+        for layer, head in zip(frame["receiver_layer"], frame["receiver_head"], strict=True)
+    ]
+    order = [
+        f"{layer}:{head}"
+        for layer in results["receiver_layer"].values
+        for head in results["receiver_head"].values
+    ]
+    grid = frame.pivot(index="sender_layer", columns="receiver", values="restored")
+    grid = grid.reindex(columns=[label for label in order if label in grid.columns])
+    limit = float(frame["restored"].abs().max()) or 1.0
+    figure = Figure(figsize=(max(6.0, 0.28 * grid.shape[1] + 2), 3.6), layout="constrained")
+    ax = figure.subplots()
+    sns.heatmap(
+        grid,
+        ax=ax,
+        cmap="vlag",
+        vmin=-limit,
+        vmax=limit,
+        cbar_kws={"label": "share of the gap restored"},
+    )
+    ax.set_xlabel("receiving head (layer:head), through its values")
+    ax.set_ylabel("sender: residual after layer")
+    ax.set_title("sender → receiving head's values → answer")
+    ax.invert_yaxis()
+    return figure

@@ -549,6 +549,30 @@ class HeadPatching(_Strict):
         return (self.source, self.target)
 
 
+class PathPatching(_Strict):
+    """The source run's signal from a position group's residual stream after a layer, through
+    the values one later head reads, to the answer, every other path frozen to the target run."""
+
+    kind: Literal["path_patching"]
+    source: str = Field("clean", alias="from", description="The run the signal comes from.")
+    target: str = Field("conflict", alias="into", description="The run it is patched into.")
+    sender_group: PositionGroup = Field(
+        "video", description="The positions whose residual stream sends the signal."
+    )
+    sender_layers: Literal["all"] | tuple[int, ...] = Field(
+        "all", description="Layers after which the sender is read. " + _LAYERS_DOC
+    )
+    receiver_layers: Literal["all"] | tuple[int, ...] = Field(
+        "all", description="Layers whose heads receive it (later than the sender's). " + _LAYERS_DOC
+    )
+
+    _layers = field_validator("sender_layers", "receiver_layers", mode="before")(_parse_layers)
+
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        return (self.source, self.target)
+
+
 class Steering(_Strict):
     """Add a multiple of a direction to the residual stream and measure the answer, on clips held
     out from the direction's fit."""
@@ -623,6 +647,7 @@ BUILT_IN_KINDS = {
     "base_comparison",
     "steering",
     "head_patching",
+    "path_patching",
 }
 
 
@@ -640,6 +665,7 @@ Intervention = Annotated[
     | Annotated[BaseComparison, Tag("base_comparison")]
     | Annotated[Steering, Tag("steering")]
     | Annotated[HeadPatching, Tag("head_patching")]
+    | Annotated[PathPatching, Tag("path_patching")]
     | Annotated[PluginIntervention, Tag("plugin")],
     Discriminator(_kind_tag),
 ]

@@ -18,6 +18,7 @@ import torch
 
 from patchwork import open_results, parse_study, run_study
 from patchwork.engine.runner import load_samples
+from patchwork.errors import StudyError
 from patchwork.loading.model import load_model
 
 from . import builders, reference
@@ -416,3 +417,92 @@ def test_head_knockout_equals_plain_torch(
         )
         moved.append(abs(float(stored) - float(base)))
     assert max(moved) > 1e-6  # the one head's knockout changes the answer
+
+
+@pytest.mark.parametrize("family", sorted(VISUAL))
+def test_path_patching_equals_plain_torch_where_values_can_be_recomputed(
+    tmp_path: Path, family_root: Path, checkpoint, family: str
+) -> None:
+    """The Qwen adapters say how a layer computes its values (the attention-input norm): there
+    each stored path equals two plain runs — one with the receiver's value projection fed the
+    sender-shifted residual at the sender's positions (every query head of that key/value head
+    reads them), then the target run with only the receiving query head's output taken from it.
+    The other families are refused with the study line, before any run."""
+    visual = VISUAL[family]
+    methods = f"""\
+  - kind: path_patching
+    sender_group: {visual}
+    sender_layers: [0]
+    receiver_layers: [{LAYER}]
+"""
+    if family not in ("qwen2_5_omni", "qwen3_omni"):
+        with pytest.raises(StudyError, match=r"interventions\[0\]\.kind: the .* path patching"):
+            _run_family_study(tmp_path, family_root, checkpoint, family, methods)
+        return
+    study, results, loaded, forward_extra = _run_family_study(
+        tmp_path, family_root, checkpoint, family, methods
+    )
+    model = loaded.model
+    layer = _text_model(model).layers[LAYER]
+    heads = _query_heads(model)
+    layers = len(_text_model(model).layers)
+    kept: dict = {}  # the receiver's input, then its heads' outputs with shifted values
+    for sample in load_samples(study, loaded).load(0, len(results["sample"])):
+        conflict = sample.runs["conflict"]
+        positions = _groups(model, conflict["input_ids"])[visual]
+        clean_residual = reference.capture(
+            model, family, sample.runs["clean"], layers, forward_extra
+        )
+        conflict_residual = reference.capture(model, family, conflict, layers, forward_extra)
+        delta = (clean_residual[(0, "residual")] - conflict_residual[(0, "residual")])[positions]
+        handle = layer.register_forward_pre_hook(
+            lambda m, a, k: kept.update(
+                x=(k["hidden_states"] if "hidden_states" in k else a[0])[0]
+            ),
+            with_kwargs=True,
+        )
+        reference.forward(model, conflict, forward_extra)
+        handle.remove()
+        with torch.no_grad():
+            shifted = layer.self_attn.v_proj(layer.input_layernorm(kept["x"][positions] + delta))
+
+        def shift(module, args, output, positions=positions, shifted=shifted):
+            output = output.clone()
+            output[0, positions] = shifted
+            return output
+
+        def grab(module, args):
+            kept["heads"] = args[0][0].detach().clone()
+
+        handles = [
+            layer.self_attn.v_proj.register_forward_hook(shift),
+            layer.self_attn.o_proj.register_forward_pre_hook(grab),
+        ]
+        reference.forward(model, conflict, forward_extra)
+        for handle in handles:
+            handle.remove()
+        width = kept["heads"].shape[-1] // heads
+        ids = (sample.audio_answer_id, sample.visual_answer_id)
+        for head in range(heads):
+            columns = slice(head * width, (head + 1) * width)
+
+            def one_head(module, args, columns=columns):
+                hidden = args[0].clone()
+                hidden[0, :, columns] = kept["heads"][:, columns]
+                return (hidden, *args[1:])
+
+            handle = layer.self_attn.o_proj.register_forward_pre_hook(one_head)
+            try:
+                logits = reference.forward(model, conflict, forward_extra)
+            finally:
+                handle.remove()
+            stored = results["path_effect"].sel(
+                sample=sample.sample_id,
+                sender_layer=0,
+                receiver_layer=LAYER,
+                receiver_head=head,
+                metric="logit_diff",
+            )
+            assert float(stored) == pytest.approx(
+                float(logits[ids[0]] - logits[ids[1]]), abs=TOLERANCE
+            )
