@@ -2,16 +2,17 @@
 every other path frozen to the target run (Wang et al. 2022, arXiv 2211.00593; Goldowsky-Dill et
 al. 2023, arXiv 2304.05969).
 
-Sender: the residual stream after decoder layer ``l`` at a position group ``G``, whose change from
-the target (conflict) run to the source (clean) run is ``Δ`` (positions of G, hidden). Receiver: the values
-that query head ``h`` of a later layer ``l'`` reads. With every attention and MLP output between
-``l`` and ``l'`` frozen to the target run, the receiver's input at ``G`` is the target's input to
-layer ``l'`` plus ``Δ`` — exactly, because the residual stream adds — so its values there are
-``v' = v_proj(norm(x + Δ))``. Head ``h`` keeps the target's attention probabilities ``P_h`` (its
-queries and keys are not on the path) and its output changes by ``P_h[:, G] · (v' − v)`` at every
-query position; only that head's output is replaced (under grouped-query attention its key/value
-head is shared, but the other query heads keep the target's values). The patched run then goes on
-from layer ``l'`` as usual, and the answer's metrics are read.
+Sender: the residual stream after decoder layer ``l`` at a position group ``G``, whose change
+from the target (conflict) run to the source (clean) run is ``Δ`` (positions of G, hidden).
+Receiver: the values that query head ``h`` of a later layer ``l'`` reads. With every attention
+and MLP output between ``l`` and ``l'`` frozen to the target run, the receiver's input at ``G``
+is the target's input to layer ``l'`` plus ``Δ`` — exactly, because the residual stream adds —
+so its values there are ``v' = v_proj(norm(x + Δ))``. Head ``h`` keeps the target's attention
+probabilities ``P_h`` (its queries and keys are not on the path) and its output changes by
+``P_h[:, G] · (v' − v)`` at every query position; only that head's output is replaced (under
+grouped-query attention its key/value head is shared, but the other query heads keep the
+target's values). The patched run then goes on from layer ``l'`` as usual, and the answer's
+metrics are read.
 
 Needs the adapter's attention-input norm (``attention_norm_name``) and ``self_attn.v_proj``.
 """
