@@ -34,6 +34,30 @@ def _done(results: xr.Dataset) -> xr.Dataset:
     return results.sel(sample=results["done"].values.astype(bool))
 
 
+def _gap_ranking(
+    changed: xr.DataArray,
+    baseline: xr.DataArray,
+    reference: xr.DataArray,
+    name: str,
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+) -> pd.DataFrame:
+    """The cells of ``changed`` (sample, …cells) ranked by the share of the baseline–reference
+    gap they move, Σ(changed − baseline) / Σ(reference − baseline) over samples (column
+    ``name``), with a percentile bootstrap interval: rank, the cells' coordinates, ``name``,
+    ci_low, ci_high, n_samples."""
+    from patchwork.analysis.bootstrap import bootstrap_mean
+
+    stats = bootstrap_mean(
+        changed - baseline, confidence, n_resamples, seed, denominator=reference - baseline
+    )
+    frame = stats.to_dataframe().reset_index().rename(columns={"mean": name})
+    frame = frame.sort_values(name, ascending=False, kind="stable").reset_index(drop=True)
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return frame
+
+
 def knockout_frame(results: xr.Dataset, metric: str = "normalized_effect") -> pd.DataFrame:
     """Long table of ``knockout_effect``: sample, rule, first and last blocked layer, the
     blocked heads (``"all"``, or e.g. ``"1,3"``), value."""
@@ -56,8 +80,6 @@ def rank_knockout_heads(
     the logit difference they recover, Σ(knocked − run) / Σ(reference − run) over samples, with
     a 95% bootstrap interval. Columns: rank, knockout, first, last, head, recovered, ci_low,
     ci_high, n_samples."""
-    from patchwork.analysis.bootstrap import bootstrap_mean
-
     done = _done(results)
     frame = knockout_frame(done, "logit_diff").drop_duplicates("knockout")
     chosen = frame[(frame["rule"] == rule) & (frame["heads"] != "all")]
@@ -66,15 +88,9 @@ def rank_knockout_heads(
     knocked = done["knockout_effect"].sel(knockout=list(chosen["knockout"]), metric="logit_diff")
     base = done["knockout_baseline"].sel(metric="logit_diff")
     run, reference = base.isel(knockout_run=0, drop=True), base.isel(knockout_run=1, drop=True)
-    stats = bootstrap_mean(knocked - run, 0.95, n_resamples, seed, denominator=reference - run)
-    ranked = (
-        stats.to_dataframe()
-        .reset_index()
-        .merge(chosen[["knockout", "first", "last", "heads"]], on="knockout")
-    )
-    ranked = ranked.rename(columns={"mean": "recovered", "heads": "head"})
-    ranked = ranked.sort_values("recovered", ascending=False, kind="stable").reset_index(drop=True)
-    ranked.insert(0, "rank", range(1, len(ranked) + 1))
+    ranked = _gap_ranking(knocked, run, reference, "recovered", 0.95, n_resamples, seed)
+    spans = chosen[["knockout", "first", "last", "heads"]].rename(columns={"heads": "head"})
+    ranked = ranked.merge(spans, on="knockout")
     columns = ["rank", "knockout", "first", "last", "head", "recovered", "ci_low", "ci_high"]
     return ranked[[*columns, "n_samples"]]
 
@@ -307,19 +323,12 @@ def rank_heads(
     at ``group``'s positions restores: Σ(patched − target) / Σ(source − target) over the samples
     (the study's default estimator), with a percentile bootstrap interval over samples. Columns:
     rank, layer, head, restored, ci_low, ci_high, n_samples."""
-    from patchwork.analysis.bootstrap import bootstrap_mean
-
     done = _done(results)
     patched = done["head_effect"].sel(head_group=group, metric="logit_diff")
     base = done["head_baseline"].sel(metric="logit_diff")
     source, target = base.isel(head_run=0, drop=True), base.isel(head_run=1, drop=True)
-    stats = bootstrap_mean(
-        patched - target, confidence, n_resamples, seed, denominator=source - target
-    )
-    frame = stats.to_dataframe().reset_index()
-    frame = frame.rename(columns={"head_layer": "layer", "mean": "restored"})
-    frame = frame.sort_values("restored", ascending=False, kind="stable").reset_index(drop=True)
-    frame.insert(0, "rank", range(1, len(frame) + 1))
+    frame = _gap_ranking(patched, target, source, "restored", confidence, n_resamples, seed)
+    frame = frame.rename(columns={"head_layer": "layer"})
     return frame[["rank", "layer", "head", "restored", "ci_low", "ci_high", "n_samples"]]
 
 
@@ -356,19 +365,13 @@ def rank_paths(
     logit-difference gap they restore, Σ(patched − target) / Σ(source − target) over samples,
     with a percentile bootstrap interval. Columns: rank, sender_layer, receiver_layer,
     receiver_head, restored, ci_low, ci_high, n_samples."""
-    from patchwork.analysis.bootstrap import bootstrap_mean
-
     done = _done(results)
     patched = done["path_effect"].sel(metric="logit_diff")
     base = done["path_baseline"].sel(metric="logit_diff")
     source, target = base.isel(path_run=0, drop=True), base.isel(path_run=1, drop=True)
-    paths = (patched - target).stack(path=("sender_layer", "receiver_layer", "receiver_head"))
+    paths = patched.stack(path=("sender_layer", "receiver_layer", "receiver_head"))
     paths = paths.isel(path=(paths["receiver_layer"] > paths["sender_layer"]).values)
-    stats = bootstrap_mean(paths, confidence, n_resamples, seed, denominator=source - target)
-    frame = stats.to_dataframe().reset_index()
-    frame = frame.rename(columns={"mean": "restored"})
-    frame = frame.sort_values("restored", ascending=False, kind="stable").reset_index(drop=True)
-    frame.insert(0, "rank", range(1, len(frame) + 1))
+    frame = _gap_ranking(paths, target, source, "restored", confidence, n_resamples, seed)
     columns = ["rank", "sender_layer", "receiver_layer", "receiver_head", "restored"]
     return frame[[*columns, "ci_low", "ci_high", "n_samples"]]
 

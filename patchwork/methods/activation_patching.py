@@ -22,8 +22,7 @@ import torch
 from patchwork.data.sample import Sample
 from patchwork.data.source import SampleSource
 from patchwork.errors import StudyError
-from patchwork.methods.method import Method, require_same_tokens
-from patchwork.models.blocks import observe_prompt
+from patchwork.methods.method import SourceIntoTarget
 from patchwork.patching.atp_star import (
     deltas,
     graddrop_magnitudes,
@@ -36,11 +35,12 @@ from patchwork.patching.attribution import (
     budgeted,
     condition_changes,
     linearize_rows,
+    per_position,
     site_changes,
     spearman,
     widened,
 )
-from patchwork.patching.metrics import answer_metrics, metric_table
+from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_rows
 from patchwork.patching.patcher import (
     Activations,
     Condition,
@@ -81,7 +81,7 @@ def noise_partners(layouts: Sequence[str | None], count: int, seed: int) -> list
     return partners
 
 
-class ActivationPatchingMethod(Method):
+class ActivationPatchingMethod(SourceIntoTarget):
     kind = "activation_patching"
     spec: ActivationPatching
 
@@ -180,12 +180,6 @@ class ActivationPatchingMethod(Method):
             "null_effect partners stay NaN",
         )
 
-    def runs(self) -> tuple[str, ...]:
-        return (self.spec.source, self.spec.target)
-
-    def check_sample(self, sample: Sample) -> None:
-        require_same_tokens(sample, self.spec.source, self.spec.target)
-
     def variables(self) -> dict[str, ArraySpec]:
         patched = f"{self.spec.source} run patched into the {self.spec.target} run"
         estimated = "" if self.spec.method == "exact" else " (estimated where not verified)"
@@ -202,12 +196,7 @@ class ActivationPatchingMethod(Method):
         )
         variables = {
             "effect": effect,
-            "baseline": ArraySpec(
-                ("sample", "run", "metric"),
-                {"run": list(self.runs()), "metric": list(METRICS)},
-                long_name="answer metric of each unpatched run",
-                units="1",
-            ),
+            "baseline": self.baseline_variable("run"),
         }
         if self.with_null_effect:
             partners = {"partner": list(range(self.spec.noise_partners))}
@@ -328,8 +317,7 @@ class ActivationPatchingMethod(Method):
                 conflict = {
                     name: torch.tensor([value]) for name, value in linearization.metrics.items()
                 }
-            for run_index, base in enumerate((clean, conflict)):
-                arrays["baseline"][row, run_index] = _table(base, clean, conflict)[0]
+            arrays["baseline"][row] = baseline_rows(clean, conflict)
             # (variable, index of the cell's row in it, source activations)
             passes: list[tuple[str, tuple[int, ...], Activations]] = [
                 ("effect", (row,), sources[row][1])
@@ -353,7 +341,7 @@ class ActivationPatchingMethod(Method):
                     + torch.as_tensor(condition_changes(self.conditions, cells[metric]))
                     for metric in cells
                 }
-                tables = _table(estimated, clean, conflict)
+                tables = metric_rows(estimated, clean, conflict)
                 if name == "effect" and "graddrop" in self.corrections:
                     magnitudes = graddrop_magnitudes(self.conditions, linearization, delta, masks)
                     for condition, magnitude in zip(self.conditions, magnitudes, strict=True):
@@ -426,9 +414,7 @@ class ActivationPatchingMethod(Method):
         uncertainty over work while the budget lasts.
         """
         costs = runner.costs(self.conditions, activations)
-        squared = {
-            site: _per_position(widened(change) ** 2).cpu() for site, change in delta.items()
-        }
+        squared = {site: per_position(widened(change) ** 2).cpu() for site, change in delta.items()}
         spread = [
             sum(
                 float(squared[(layer, c.component)][masks[c.position_group]].sum())
@@ -470,12 +456,6 @@ def _halving(run: Callable[[list[int]], list[T]], batch: list[int]) -> list[T]:
             torch.cuda.empty_cache()
         half = len(batch) // 2
         return _halving(run, batch[:half]) + _halving(run, batch[half:])
-
-
-def _per_position(squared: torch.Tensor) -> torch.Tensor:
-    """(…, seq, hidden) → (seq,): summed over the hidden axis and any leading stream axis."""
-    values = squared.sum(-1)
-    return values.flatten(0, -2).sum(0) if values.ndim > 1 else values
 
 
 def _agreement(
@@ -536,7 +516,6 @@ class _ExactRunner:
         activations, and the cache resumed runs start from where it kept one."""
         self.target, self.masks = target, masks
         self.target_activations = linearization.activations
-        observe_prompt(self.patcher.adapter.root, target["input_ids"])
         self.resumed = linearization.cache is not None and self.resumable(target)
         if self.resumed:
             assert linearization.cache is not None
@@ -581,7 +560,7 @@ class _ExactRunner:
         """
         seq_len = int(self.masks["all"].numel())
         starts = self.starts(conditions, activations)
-        tables = np.repeat(_table(conflict, clean, conflict), len(conditions), axis=0)
+        tables = np.repeat(metric_rows(conflict, clean, conflict), len(conditions), axis=0)
         live = sorted(
             (row for row, start in enumerate(starts) if start < seq_len),
             key=lambda row: (starts[row], min(conditions[row].layers), conditions[row].component),
@@ -604,7 +583,7 @@ class _ExactRunner:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            tables[rows] = _table(answer_metrics(logits, *ids), clean, conflict)
+            tables[rows] = metric_rows(answer_metrics(logits, *ids), clean, conflict)
             first += len(rows)
         return tables
 
@@ -624,24 +603,6 @@ def first_change(
         unequal = (source[site] != target[site]).any(-1).cpu()
         differs |= unequal.flatten(0, -2).any(0) if unequal.ndim > 1 else unequal
     return first_position(group_masks[condition.position_group] & differs)
-
-
-def _table(
-    metrics: dict[str, torch.Tensor],
-    clean: dict[str, torch.Tensor],
-    conflict: dict[str, torch.Tensor],
-) -> np.ndarray:
-    """(rows, metrics) in METRICS order, normalized against the clean and conflict runs."""
-    return (
-        metric_table(
-            metrics["logit_diff"],
-            metrics["audio_probability"],
-            clean["logit_diff"],
-            conflict["logit_diff"],
-        )
-        .cpu()
-        .numpy()
-    )
 
 
 def _same_layout(first: Sample, second: Sample, run: str) -> bool:

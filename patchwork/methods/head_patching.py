@@ -15,7 +15,7 @@ import torch
 
 from patchwork.data.sample import Sample
 from patchwork.errors import StudyError
-from patchwork.methods.method import Method, require_same_tokens
+from patchwork.methods.method import SourceIntoTarget
 from patchwork.patching.attribution import budgeted, linearize, widened
 from patchwork.patching.heads import (
     HeadActivations,
@@ -24,14 +24,14 @@ from patchwork.patching.heads import (
     patched_heads,
     record_heads,
 )
-from patchwork.patching.metrics import answer_metrics, metric_table
+from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_rows
 from patchwork.patching.patcher import Condition, Patcher
 from patchwork.patching.resume import ResumePatcher, first_position
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, HeadPatching
 
 
-class HeadPatchingMethod(Method):
+class HeadPatchingMethod(SourceIntoTarget):
     kind = "head_patching"
     spec: HeadPatching
 
@@ -55,12 +55,6 @@ class HeadPatchingMethod(Method):
             for head in self.heads
             for group in self.spec.position_groups
         ]
-
-    def runs(self) -> tuple[str, ...]:
-        return (self.spec.source, self.spec.target)
-
-    def check_sample(self, sample: Sample) -> None:
-        require_same_tokens(sample, self.spec.source, self.spec.target)
 
     def variables(self) -> dict[str, ArraySpec]:
         spec = self.spec
@@ -94,12 +88,7 @@ class HeadPatchingMethod(Method):
                 if spec.method == "attribution"
                 else {}
             ),
-            "head_baseline": ArraySpec(
-                ("sample", "head_run", "metric"),
-                {"head_run": [spec.source, spec.target], "metric": list(METRICS)},
-                long_name="answer metric of each unpatched run",
-                units="1",
-            ),
+            "head_baseline": self.baseline_variable("head_run"),
         }
 
     def compute(self, samples: Sequence[Sample], patcher: Patcher) -> dict[str, np.ndarray]:
@@ -118,25 +107,33 @@ class HeadPatchingMethod(Method):
             )
             for condition in self.conditions
         }
+        sites = [(layer, "heads") for layer in self.layers]
+        heads = head_count(adapter)
         for row, sample in enumerate(samples):
             runs = {
                 run: {key: value.to(device) for key, value in sample.runs[run].items()}
                 for run in self.runs()
             }
             ids = (sample.audio_answer_id, sample.visual_answer_id)
-            logits, source = record_heads(adapter, runs[spec.source], self.layers)
-            target_logits, target = record_heads(adapter, runs[spec.target], self.layers)
-            base = {
-                spec.source: answer_metrics(logits, *ids),
-                spec.target: answer_metrics(target_logits, *ids),
-            }
-            reference = base[spec.source]["logit_diff"], base[spec.target]["logit_diff"]
-
-            for slot, run in enumerate(self.runs()):
-                arrays["head_baseline"][row, slot] = _table(base[run], reference)[0]
+            source_logits, source = record_heads(adapter, runs[spec.source], self.layers)
+            resume = self.resume
+            if resume is not None and not ResumePatcher.applicable(adapter, runs[spec.target]):
+                resume = None
+            if resume is not None:  # one target run, kept for the patched runs to resume from
+                cache = resume.prepare(runs[spec.target], sites)
+                target_logits = cache.answer_logits
+                target = {
+                    layer: cache.activations[(layer, "heads")].unflatten(-1, (heads, -1))
+                    for layer in self.layers
+                }
+            else:
+                target_logits, target = record_heads(adapter, runs[spec.target], self.layers)
+            clean = answer_metrics(source_logits, *ids)
+            conflict = answer_metrics(target_logits, *ids)
+            arrays["head_baseline"][row] = baseline_rows(clean, conflict)
             masks = adapter.position_groups(sample.runs[spec.target]["input_ids"])
             seq_len = int(masks["all"].numel())
-            unchanged = _table(base[spec.target], reference)[0]
+            unchanged = metric_rows(conflict, clean, conflict)[0]
             live: list[tuple[HeadCondition, int]] = []
             for condition in self.conditions:
                 layer, head = condition.layer, condition.head
@@ -144,14 +141,10 @@ class HeadPatchingMethod(Method):
                 start = first_position(masks[condition.position_group] & differs)
                 if start == seq_len:  # the patch writes a value over itself: the target run
                     arrays["head_effect"][(row, *index[condition])] = unchanged
-                    if spec.method == "attribution":
-                        arrays["head_verified"][(row, *index[condition])] = 1
                 else:
                     live.append((condition, start))
-            resume = self.resume
-            if resume is not None and not ResumePatcher.applicable(adapter, runs[spec.target]):
-                resume = None
-            if spec.method == "attribution":
+            if spec.method == "attribution":  # exact where not estimated below
+                arrays["head_verified"][row] = 1
                 live = self._estimate(
                     arrays,
                     row,
@@ -161,14 +154,11 @@ class HeadPatchingMethod(Method):
                     source,
                     masks,
                     ids,
-                    base,
-                    reference,
+                    (clean, conflict),
                     resume is not None,
                 )
             live.sort(key=lambda item: (item[1], item[0].layer))
-            if resume is not None and live:
-                cache = resume.prepare(runs[spec.target])
-                flat = {(layer, "heads"): value.flatten(-2) for layer, value in source.items()}
+            flat = {(layer, "heads"): value.flatten(-2) for layer, value in source.items()}
             for first in range(0, len(live), size):
                 chunk = live[first : first + size]
                 if resume is not None:
@@ -179,13 +169,11 @@ class HeadPatchingMethod(Method):
                     starts = [start for _, start in chunk]
                     logits = resume.patched(cache, flat, conditions, masks, starts)
                 else:
-                    heads = [condition for condition, _ in chunk]
-                    logits = patched_heads(adapter, runs[spec.target], source, heads, masks)
-                values = _table(answer_metrics(logits, *ids), reference)
+                    patched = [condition for condition, _ in chunk]
+                    logits = patched_heads(adapter, runs[spec.target], source, patched, masks)
+                values = metric_rows(answer_metrics(logits, *ids), clean, conflict)
                 for (condition, _), value in zip(chunk, values, strict=True):
                     arrays["head_effect"][(row, *index[condition])] = value
-                    if spec.method == "attribution":
-                        arrays["head_verified"][(row, *index[condition])] = 1
         return arrays
 
     def _estimate(
@@ -198,20 +186,20 @@ class HeadPatchingMethod(Method):
         source: HeadActivations,
         masks: dict[str, torch.Tensor],
         ids: tuple[int, int],
-        base: dict[str, dict[str, torch.Tensor]],
-        reference: tuple[torch.Tensor, torch.Tensor],
+        runs: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]],
         resumed: bool,
     ) -> list[tuple[HeadCondition, int]]:
         """Store first-order estimates of the ``live`` cells (one forward and one backward per
-        metric, gradients read at each output projection's input) and flag them estimated;
-        return those to patch exactly within ``verify_budget`` (greedily by ``Σ ‖Δ‖²`` per unit
+        metric, gradients read at each output projection's input), given the metrics of the
+        unpatched ``runs`` (source, target); flag estimated those left so and return those to
+        patch exactly within ``verify_budget`` (greedily by ``Σ ‖Δ‖²`` per unit
         of the exact run's work, as :func:`~patchwork.patching.attribution.budgeted`)."""
         adapter = self.loaded.adapter
         sites = [(layer, "heads") for layer in self.layers]
         linearization = linearize(adapter, target, sites, *ids)
         heads, depth = head_count(adapter), adapter.num_layers
         seq_len = int(masks["all"].numel())
-        conflict = base[self.spec.target]
+        clean, conflict = runs
         spread, costs = [], []
         for condition, start in live:
             site = (condition.layer, "heads")
@@ -225,19 +213,15 @@ class HeadPatchingMethod(Method):
                 + float((delta * widened(gradients[site][positions][:, columns])).sum())
                 for metric, gradients in linearization.gradients.items()
             }
-            arrays["head_effect"][(row, *index[condition])] = _table(estimated, reference)[0]
-            arrays["head_verified"][(row, *index[condition])] = 0
+            arrays["head_effect"][(row, *index[condition])] = metric_rows(
+                estimated, clean, conflict
+            )[0]
             spread.append(float((delta**2).sum()))
             costs.append(
                 (depth - condition.layer) * (seq_len - start) if resumed else depth * seq_len
             )
         chosen = budgeted(spread, costs, self.spec.verify_budget)
+        for number, (condition, _) in enumerate(live):
+            if number not in chosen:
+                arrays["head_verified"][(row, *index[condition])] = 0
         return [item for number, item in enumerate(live) if number in chosen]
-
-
-def _table(
-    metrics: dict[str, torch.Tensor], reference: tuple[torch.Tensor, torch.Tensor]
-) -> np.ndarray:
-    """(rows, metrics) in METRICS order; normalized against (source, target) logit diffs."""
-    values = metric_table(metrics["logit_diff"], metrics["audio_probability"], *reference)
-    return values.cpu().numpy()

@@ -42,7 +42,7 @@ from patchwork.models import blocks
 from patchwork.models.adapter import ModelAdapter
 from patchwork.models.blocks import with_blocked_mask
 from patchwork.patching.heads import head_count
-from patchwork.patching.metrics import answer_metrics, metric_table
+from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_rows
 from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, AttentionKnockout
@@ -336,31 +336,12 @@ class AttentionKnockoutMethod(Method):
                     for r in (run, reference)
                 ]
             run_m, ref_m = (answer_metrics(logits, *ids) for logits in plain)
-            for index, base in enumerate((run_m, ref_m)):
-                baseline[row, index] = (
-                    metric_table(
-                        base["logit_diff"],
-                        base["audio_probability"],
-                        ref_m["logit_diff"],
-                        run_m["logit_diff"],
-                    )[0]
-                    .cpu()
-                    .numpy()
-                )
+            baseline[row] = baseline_rows(ref_m, run_m)[::-1]  # (run, reference)
             for first in range(0, len(self.knockouts), batch):
                 chunk = self.knockouts[first : first + batch]
                 logits = knocked_out_logits(adapter, run, chunk)
                 knocked = answer_metrics(logits, *ids)
-                effect[row, first : first + len(chunk)] = (
-                    metric_table(
-                        knocked["logit_diff"],
-                        knocked["audio_probability"],
-                        ref_m["logit_diff"],
-                        run_m["logit_diff"],
-                    )
-                    .cpu()
-                    .numpy()
-                )
+                effect[row, first : first + len(chunk)] = metric_rows(knocked, ref_m, run_m)
                 generated = _greedy(logits, banned)
                 for _ in range(1, steps):
                     following = knocked_out_logits(adapter, run, chunk, generated)

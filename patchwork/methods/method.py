@@ -25,7 +25,7 @@ from patchwork.errors import DataError, StudyError
 from patchwork.loading.model import LoadedModel
 from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
-from patchwork.study.schema import PluginIntervention, Study
+from patchwork.study.schema import METRICS, PluginIntervention, Study
 
 
 class Method(ABC):
@@ -101,11 +101,27 @@ def method_registry() -> dict[str, type[Method]]:
     return {kind: method_class(kind) for kind in plugins.names(plugins.METHODS)}
 
 
-def require_same_tokens(sample: Sample, source: str, target: str) -> None:
-    """Patching needs the same tokens at the same positions in both runs: DataError if not."""
-    first, second = (sample.runs[run]["input_ids"] for run in (source, target))
-    if first.shape != second.shape or not torch.equal(first, second):
-        raise DataError(
-            f"sample {sample.sample_id}: runs {source!r} and {target!r} differ in token layout; "
-            "patching needs the same tokens at the same positions"
+class SourceIntoTarget(Method):
+    """A method that patches activations of its entry's ``source`` run into its ``target`` run:
+    both runs of a sample must hold the same tokens at the same positions."""
+
+    def runs(self) -> tuple[str, ...]:
+        return (self.spec.source, self.spec.target)
+
+    def check_sample(self, sample: Sample) -> None:
+        first, second = (sample.runs[run]["input_ids"] for run in self.runs())
+        if first.shape != second.shape or not torch.equal(first, second):
+            raise DataError(
+                f"sample {sample.sample_id}: runs {self.spec.source!r} and "
+                f"{self.spec.target!r} differ in token layout; patching needs the same tokens at "
+                "the same positions"
+            )
+
+    def baseline_variable(self, run_dim: str) -> ArraySpec:
+        """The unpatched runs' metrics, (sample, ``run_dim`` = [source, target], metric)."""
+        return ArraySpec(
+            ("sample", run_dim, "metric"),
+            {run_dim: list(self.runs()), "metric": list(METRICS)},
+            long_name="answer metric of each unpatched run",
+            units="1",
         )

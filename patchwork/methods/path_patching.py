@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from patchwork.data.sample import Sample
 from patchwork.errors import ModelError, StudyError
-from patchwork.methods.method import Method, require_same_tokens
+from patchwork.methods.method import SourceIntoTarget
 from patchwork.patching.heads import head_count
-from patchwork.patching.metrics import answer_metrics, metric_table
+from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_rows
 from patchwork.patching.patcher import Patcher
 from patchwork.patching.paths import (
     head_change,
@@ -30,7 +29,7 @@ from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, PathPatching
 
 
-class PathPatchingMethod(Method):
+class PathPatchingMethod(SourceIntoTarget):
     kind = "path_patching"
     spec: PathPatching
 
@@ -55,12 +54,6 @@ class PathPatchingMethod(Method):
                 f"{self.where('receiver_layers')}: no receiver layer comes after a sender layer"
             )
 
-    def runs(self) -> tuple[str, ...]:
-        return (self.spec.source, self.spec.target)
-
-    def check_sample(self, sample: Sample) -> None:
-        require_same_tokens(sample, self.spec.source, self.spec.target)
-
     def variables(self) -> dict[str, ArraySpec]:
         spec = self.spec
         return {
@@ -76,12 +69,7 @@ class PathPatchingMethod(Method):
                 f"residual reaching one head's values of the {spec.target} run",
                 units="1",
             ),
-            "path_baseline": ArraySpec(
-                ("sample", "path_run", "metric"),
-                {"path_run": [spec.source, spec.target], "metric": list(METRICS)},
-                long_name="answer metric of each unpatched run",
-                units="1",
-            ),
+            "path_baseline": self.baseline_variable("path_run"),
         }
 
     def compute(self, samples: Sequence[Sample], patcher: Patcher) -> dict[str, np.ndarray]:
@@ -101,13 +89,9 @@ class PathPatchingMethod(Method):
             ids = (sample.audio_answer_id, sample.visual_answer_id)
             source_logits, source = patcher.record(runs[spec.source], sites)
             target_logits, target = patcher.record(runs[spec.target], sites)
-            base = {
-                spec.source: answer_metrics(source_logits, *ids),
-                spec.target: answer_metrics(target_logits, *ids),
-            }
-            reference = base[spec.source]["logit_diff"], base[spec.target]["logit_diff"]
-            for slot, run in enumerate(self.runs()):
-                arrays["path_baseline"][row, slot] = _table(base[run], reference)[0]
+            clean = answer_metrics(source_logits, *ids)
+            conflict = answer_metrics(target_logits, *ids)
+            arrays["path_baseline"][row] = baseline_rows(clean, conflict)
             positions = adapter.position_groups(sample.runs[spec.target]["input_ids"])[
                 spec.sender_group
             ].to(device)
@@ -125,7 +109,7 @@ class PathPatchingMethod(Method):
                 logits = patched_head_outputs(
                     adapter, runs[spec.target], patched[first : first + size]
                 )
-                values = _table(answer_metrics(logits, *ids), reference)
+                values = metric_rows(answer_metrics(logits, *ids), clean, conflict)
                 for (sender, receiver, head), value in zip(
                     self.paths[first : first + size], values, strict=True
                 ):
@@ -137,10 +121,3 @@ class PathPatchingMethod(Method):
                     )
                     arrays["path_effect"][cell] = value
         return arrays
-
-
-def _table(
-    metrics: dict[str, torch.Tensor], reference: tuple[torch.Tensor, torch.Tensor]
-) -> np.ndarray:
-    values = metric_table(metrics["logit_diff"], metrics["audio_probability"], *reference)
-    return values.cpu().numpy()

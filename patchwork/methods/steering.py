@@ -34,7 +34,7 @@ from patchwork.data.source import SampleSource
 from patchwork.errors import StudyError
 from patchwork.methods.method import Method
 from patchwork.models.adapter import ModelAdapter
-from patchwork.patching.metrics import answer_metrics, metric_table
+from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_rows
 from patchwork.patching.patcher import Activations, Patcher
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, Steering
@@ -195,17 +195,15 @@ class SteeringMethod(Method):
             held_out = not self.fitted[self.position[sample.sample_id]]
             arrays["steering_held_out"][row] = float(held_out)
             ids = (sample.audio_answer_id, sample.visual_answer_id)
-            inputs = {key: value.to(device) for key, value in sample.runs[spec.run].items()}
-            base = {}
-            for run in (spec.run, spec.source):
-                run_inputs = {key: value.to(device) for key, value in sample.runs[run].items()}
-                base[run] = answer_metrics(patcher.record(run_inputs, [])[0], *ids)
-            reference = base[spec.source]["logit_diff"], base[spec.run]["logit_diff"]
-            for index, run in enumerate((spec.run, spec.source)):
-                table = metric_table(
-                    base[run]["logit_diff"], base[run]["audio_probability"], *reference
-                )
-                arrays["steering_baseline"][row, index] = table[0].cpu().numpy()
+            runs = {
+                run: {key: value.to(device) for key, value in sample.runs[run].items()}
+                for run in self.runs()
+            }
+            base = {run: answer_metrics(patcher.record(runs[run], [])[0], *ids) for run in runs}
+            reference, steered_run = base[spec.source], base[spec.run]
+            # stored in the order (run, source)
+            arrays["steering_baseline"][row] = baseline_rows(reference, steered_run)[::-1]
+            inputs = runs[spec.run]
             if not held_out:
                 continue
             mask = patcher.adapter.position_groups(inputs["input_ids"])[spec.position_group]
@@ -223,13 +221,9 @@ class SteeringMethod(Method):
                         shifts[layer] = torch.stack(vectors)
                 logits = steered_logits(patcher, inputs, shifts, mask)
                 metrics = answer_metrics(logits, *ids)
-                steered = metric_table(
-                    metrics["logit_diff"], metrics["audio_probability"], *reference
-                )
+                steered = metric_rows(metrics, reference, steered_run)
                 top = (logits.argmax(-1) == sample.audio_answer_id).cpu().numpy()
-                for (li, ai, di), value, audio_top in zip(
-                    chunk, steered.cpu().numpy(), top, strict=True
-                ):
+                for (li, ai, di), value, audio_top in zip(chunk, steered, top, strict=True):
                     arrays["steering_effect"][row, li, ai, di] = value
                     arrays["steering_audio_top"][row, li, ai, di] = float(audio_top)
         return arrays

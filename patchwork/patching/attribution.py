@@ -244,6 +244,7 @@ def linearize_rows(
                 values=[layer.values[row : row + 1].detach() for layer in layer_cache],
                 answer_logits=logits[row : row + 1].detach(),
                 activations=result.activations,
+                input_ids=targets[row]["input_ids"],
             )
     return results
 
@@ -320,11 +321,17 @@ def site_changes(
     residual has a leading stream axis, summed over)."""
     cells: Cells = {}
     for site, gradient in gradients.items():
-        per_position = (delta[site] * widened(gradient)).sum(-1)
-        per_position = per_position.flatten(0, -2).sum(0) if per_position.ndim > 1 else per_position
+        changes = per_position(delta[site] * widened(gradient))
         for group in groups:
-            cells[(*site, group)] = float(per_position[group_masks[group]].sum())
+            cells[(*site, group)] = float(changes[group_masks[group]].sum())
     return cells
+
+
+def per_position(values: torch.Tensor) -> torch.Tensor:
+    """(…, seq, hidden) → (seq,): summed over the hidden axis and any leading stream axis
+    (Gemma 3n's residual)."""
+    summed = values.sum(-1)
+    return summed.flatten(0, -2).sum(0) if summed.ndim > 1 else summed
 
 
 def widened(tensor: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ the rows' heads.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +87,32 @@ def record_heads(
     return adapter.answer_logits(logits), saved
 
 
+def with_head_edits(
+    adapter: ModelAdapter,
+    target: ModelInputs,
+    rows: int,
+    edits: Mapping[int, Callable[[torch.Tensor], torch.Tensor]],
+) -> torch.Tensor:
+    """Answer logits (rows, vocab) of the target run repeated ``rows`` times, the heads' outputs
+    (rows, seq, heads, head_dim) of each layer in ``edits`` passed through its edit before the
+    output projection reads them."""
+    heads = head_count(adapter)
+
+    def write(edit: Callable[[torch.Tensor], torch.Tensor]):
+        def hook(module: nn.Module, args: tuple) -> tuple[Any, ...]:
+            return (edit(_one_run(args[0], heads)).flatten(-2), *args[1:])
+
+        return hook
+
+    batch = adapter.forward_kwargs(adapter.repeat_inputs(target, rows))
+    with ExitStack() as stack, torch.no_grad():
+        for layer, edit in edits.items():
+            handle = output_projection(adapter, layer).register_forward_pre_hook(write(edit))
+            stack.callback(handle.remove)
+        logits = adapter.root(**batch).logits
+    return adapter.answer_logits(logits)
+
+
 def patched_heads(
     adapter: ModelAdapter,
     target: ModelInputs,
@@ -104,19 +130,11 @@ def patched_heads(
         positions = group_masks[condition.position_group]
         masks[condition.layer][row, positions, condition.head] = True
 
-    def write(layer: int):
-        def hook(module: nn.Module, args: tuple) -> tuple[Any, ...]:
-            hidden = _one_run(args[0], heads)
+    def patch(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def edit(hidden: torch.Tensor) -> torch.Tensor:
             mask = masks[layer].to(hidden.device)
-            patched = torch.where(mask, source[layer].to(hidden.dtype), hidden)
-            return (patched.flatten(-2), *args[1:])
+            return torch.where(mask, source[layer].to(hidden.dtype), hidden)
 
-        return hook
+        return edit
 
-    batch = adapter.forward_kwargs(adapter.repeat_inputs(target, rows))
-    with ExitStack() as stack, torch.no_grad():
-        for layer in masks:
-            handle = output_projection(adapter, layer).register_forward_pre_hook(write(layer))
-            stack.callback(handle.remove)
-        logits = adapter.root(**batch).logits
-    return adapter.answer_logits(logits)
+    return with_head_edits(adapter, target, rows, {layer: patch(layer) for layer in masks})

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from patchwork.study.schema import METRICS
@@ -57,3 +58,26 @@ def metric_table(
         "normalized_effect": normalized_effect(logit_diff, clean_logit_diff, conflict_logit_diff),
     }
     return torch.stack([values[name] for name in METRICS], dim=-1)
+
+
+def metric_rows(
+    metrics: dict[str, torch.Tensor],
+    reference: dict[str, torch.Tensor],
+    baseline: dict[str, torch.Tensor],
+) -> np.ndarray:
+    """(rows, metrics) in ``METRICS`` order of :func:`answer_metrics` results, their
+    ``normalized_effect`` 1 at the ``reference`` run and 0 at the ``baseline`` run."""
+    table = metric_table(
+        metrics["logit_diff"],
+        metrics["audio_probability"],
+        reference["logit_diff"],
+        baseline["logit_diff"],
+    )
+    return table.cpu().numpy()
+
+
+def baseline_rows(
+    reference: dict[str, torch.Tensor], baseline: dict[str, torch.Tensor]
+) -> np.ndarray:
+    """(2, metrics): the ``reference`` and ``baseline`` runs' own rows (:func:`metric_rows`)."""
+    return np.concatenate([metric_rows(run, reference, baseline) for run in (reference, baseline)])

@@ -19,7 +19,7 @@ Needs the adapter's attention-input norm (``attention_norm_name``) and ``self_at
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 
 import torch
@@ -29,7 +29,7 @@ from patchwork.data.sample import ModelInputs
 from patchwork.errors import ModelError
 from patchwork.models.adapter import ModelAdapter
 from patchwork.models.attention import recorded_attention
-from patchwork.patching.heads import head_count, output_projection
+from patchwork.patching.heads import head_count, output_projection, with_head_edits
 
 
 def value_projection(adapter: ModelAdapter, layer: int) -> tuple[nn.Module, nn.Linear]:
@@ -111,24 +111,19 @@ def patched_head_outputs(
 ) -> torch.Tensor:
     """Answer logits (len(rows), vocab) of the target run, each row with one head's output
     (layer, head, new output (seq, head_dim)) replaced at every position."""
-    heads = head_count(adapter)
     by_layer: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
     for row, (layer, head, output) in enumerate(rows):
         by_layer.setdefault(layer, []).append((row, head, output))
 
-    def write(layer: int):
-        def hook(module: nn.Module, args: tuple) -> tuple:
-            hidden = args[0].reshape(*args[0].shape[:-1], heads, -1).clone()
+    def replace(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def edit(hidden: torch.Tensor) -> torch.Tensor:
+            hidden = hidden.clone()
             for row, head, output in by_layer[layer]:
                 hidden[row, :, head] = output.to(hidden.dtype)
-            return (hidden.flatten(-2), *args[1:])
+            return hidden
 
-        return hook
+        return edit
 
-    batch = adapter.forward_kwargs(adapter.repeat_inputs(target, len(rows)))
-    with ExitStack() as stack, torch.no_grad():
-        for layer in by_layer:
-            handle = output_projection(adapter, layer).register_forward_pre_hook(write(layer))
-            stack.callback(handle.remove)
-        logits = adapter.root(**batch).logits
-    return adapter.answer_logits(logits)
+    return with_head_edits(
+        adapter, target, len(rows), {layer: replace(layer) for layer in by_layer}
+    )

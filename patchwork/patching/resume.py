@@ -26,6 +26,7 @@ from torch import nn
 from patchwork.data.sample import ModelInputs
 from patchwork.models.adapter import ModelAdapter, _attribute
 from patchwork.models.attention import GROUPED_SDPA, decoder_attention, decoder_implementation
+from patchwork.models.blocks import observe_prompt
 from patchwork.patching.heads import head_count, output_projection
 from patchwork.patching.patcher import Activations, Condition
 
@@ -40,6 +41,7 @@ class TargetCache:
     values: list[torch.Tensor]
     answer_logits: torch.Tensor  # (1, vocab)
     activations: Activations  # the target's own, at the sites asked for: (seq, hidden) each
+    input_ids: torch.Tensor  # (1, seq): planted attention blocks read the groups from them
 
 
 class _PrefixCache:
@@ -98,6 +100,12 @@ class ResumePatcher:
 
             return hook
 
+        def record_input(site: tuple[int, str]):
+            def hook(module: nn.Module, args: tuple) -> None:
+                activations[site] = args[0][0].detach()
+
+            return hook
+
         def keep(index: int):
             def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
                 hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
@@ -110,10 +118,12 @@ class ResumePatcher:
             layer.register_forward_pre_hook(keep(index), with_kwargs=True)
             for index, layer in enumerate(self.layers)
         ]
-        handles += [  # resumable families read every site at a module's output
-            self.adapter.component(self.adapter.root, *site).register_forward_hook(record(site))
-            for site in set(sites)
-        ]
+        for site in set(sites):  # where patching reads it: a module's output or input
+            module, where = self.adapter.site(self.adapter.root, *site)
+            if where == "input":
+                handles.append(module.register_forward_pre_hook(record_input(site)))
+            else:
+                handles.append(module.register_forward_hook(record(site)))
         try:
             with torch.no_grad():
                 output = self.adapter.root(**self.adapter.forward_kwargs(target), use_cache=True)
@@ -129,6 +139,7 @@ class ResumePatcher:
             values=[layer.values for layer in cache.layers],
             answer_logits=self.adapter.answer_logits(output.logits),
             activations=activations,
+            input_ids=target["input_ids"],
         )
 
     def patched(
@@ -218,6 +229,8 @@ class ResumePatcher:
             for site in masks
             if site[1] != "residual"
         ]
+        # the layers run without a forward of the model: tell planted blocks whose prompt it is
+        observe_prompt(self.adapter.root, cache.input_ids)
         hidden = cache.layer_inputs[0][:, :0]  # (1, 0, hidden): no row active yet
         # the same attention as sdpa, without per-head copies of keys and values
         grouped = decoder_implementation(self.adapter) == "sdpa"

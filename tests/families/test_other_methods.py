@@ -121,11 +121,9 @@ def _attention(model, inputs, extra) -> tuple[torch.Tensor, ...]:
     return tuple(layer[0].float() for layer in out.attentions)
 
 
-@pytest.mark.parametrize("family", sorted(VISUAL))
-def test_knockout_share_lens_and_probes_equal_plain_torch(
-    tmp_path: Path, family_root: Path, checkpoint, family: str
-) -> None:
-    visual = VISUAL[family]
+def _run_family_study(tmp_path: Path, family_root: Path, checkpoint, family: str, methods: str):
+    """The family's tiny study with ``methods`` as its interventions: (study, results, loaded,
+    the extra forward arguments of its runs)."""
     builders.write_manifest(
         tmp_path / "samples.jsonl", builders.family_rows(family, family_root / "media")
     )
@@ -134,8 +132,20 @@ def test_knockout_share_lens_and_probes_equal_plain_torch(
         tmp_path, family, checkpoint(family), builders.FAMILY_GROUPS[family], extra
     ).read_text()
     head, _, _ = text.partition("interventions:")
+    study = parse_study(
+        head + "interventions:\n" + methods + "execution: {unit_size: 2}\n", tmp_path / "s.yaml"
+    )
+    results = open_results(run_study(study, store_root=tmp_path / "store").store).load()
+    forward_extra = {"use_audio_in_video": True} if family == "qwen2_5_omni" else None
+    return study, results, load_model(study.model), forward_extra
+
+
+@pytest.mark.parametrize("family", sorted(VISUAL))
+def test_knockout_share_lens_and_probes_equal_plain_torch(
+    tmp_path: Path, family_root: Path, checkpoint, family: str
+) -> None:
+    visual = VISUAL[family]
     methods = f"""\
-interventions:
   - kind: attention_knockout
     rules: {{late: {{queries: [answer, text], keys: [{visual}], layers: [{LAYER}]}}}}
   - kind: attention_share
@@ -146,13 +156,12 @@ interventions:
   - kind: probes
     position_groups: [{visual}, answer]
 """
-    study = parse_study(head + methods + "execution: {unit_size: 2}\n", tmp_path / "s.yaml")
-    results = open_results(run_study(study, store_root=tmp_path / "store").store).load()
+    study, results, loaded, forward_extra = _run_family_study(
+        tmp_path, family_root, checkpoint, family, methods
+    )
     assert bool(results["done"].all())
-    loaded = load_model(study.model)
     model = loaded.model
     layers = len(_text_model(model).layers)
-    forward_extra = {"use_audio_in_video": True} if family == "qwen2_5_omni" else None
     for sample in load_samples(study, loaded).load(0, len(results["sample"])):
         sid = sample.sample_id
         conflict, clean = dict(sample.runs["conflict"]), dict(sample.runs["clean"])
@@ -246,25 +255,6 @@ def test_the_lens_reads_out_as_the_model_does_where_logits_are_large(
     with torch.no_grad():
         lens = lens_distribution(loaded.adapter, loaded.adapter.merge_streams(residual))[-1]
     torch.testing.assert_close(lens, own, atol=1e-5, rtol=0)
-
-
-def _run_family_study(tmp_path: Path, family_root: Path, checkpoint, family: str, methods: str):
-    """The family's tiny study with ``methods`` as its interventions: (study, results, loaded,
-    the extra forward arguments of its runs)."""
-    builders.write_manifest(
-        tmp_path / "samples.jsonl", builders.family_rows(family, family_root / "media")
-    )
-    extra = builders.GENERIC_BLOCK if family == "generic" else ""
-    text = builders.study(
-        tmp_path, family, checkpoint(family), builders.FAMILY_GROUPS[family], extra
-    ).read_text()
-    head, _, _ = text.partition("interventions:")
-    study = parse_study(
-        head + "interventions:\n" + methods + "execution: {unit_size: 2}\n", tmp_path / "s.yaml"
-    )
-    results = open_results(run_study(study, store_root=tmp_path / "store").store).load()
-    forward_extra = {"use_audio_in_video": True} if family == "qwen2_5_omni" else None
-    return study, results, load_model(study.model), forward_extra
 
 
 @pytest.mark.parametrize("family", sorted(VISUAL))
