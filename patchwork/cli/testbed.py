@@ -11,7 +11,7 @@ import typer
 
 from patchwork.errors import PatchworkError
 
-NUM_LAYERS = 8
+NUM_LAYERS, NUM_HEADS = 8, 4
 
 
 def register(app: typer.Typer) -> None:
@@ -47,6 +47,13 @@ def train_command(
         typer.Option(
             help="FIRST:LAST or FIRST-LAST (inclusive): the only decoder layers where text "
             "reads audio."
+        ),
+    ] = None,
+    video_access_heads: Annotated[
+        str | None,
+        typer.Option(
+            help="LAYER:HEAD,... : the only query heads through which the answer reads video "
+            "(other text positions never do); excludes --video-access-layers."
         ),
     ] = None,
     stage1_steps: Annotated[
@@ -87,6 +94,10 @@ def train_command(
     ):
         if value < 1:
             raise PatchworkError(f"{option}: expected a positive integer, got {value}")
+    if video_access_heads and video_access_layers:
+        raise PatchworkError(
+            "--video-access-heads: give either it or --video-access-layers, not both"
+        )
     if from_base is not None and not (from_base / "patchwork_testbed.json").is_file():
         raise PatchworkError(f"--from-base: {from_base} is not a testbed checkpoint")
     config = TrainConfig(
@@ -100,6 +111,9 @@ def train_command(
         ),
         audio_access_layers=windows.parse_layer_span(
             audio_access_layers, NUM_LAYERS, "--audio-access-layers"
+        ),
+        video_access_heads=windows.parse_heads(
+            video_access_heads, NUM_LAYERS, NUM_HEADS, "--video-access-heads"
         ),
     )
     torch.set_num_threads(threads)
@@ -115,7 +129,7 @@ def eval_command(
         str,
         typer.Argument(
             help="A checkpoint directory or a shipped name: "
-            "testbed, testbed-base, testbed-windowed."
+            "testbed, testbed-base, testbed-windowed, testbed-heads."
         ),
     ],
     samples: Annotated[int, typer.Option(help="Held-out samples per question.")] = 100,

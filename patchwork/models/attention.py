@@ -101,7 +101,8 @@ def _grouped_sdpa(
 ) -> tuple[torch.Tensor, None]:
     """sdpa for grouped-query attention under a mask, without a copy of the keys and values per
     query head (transformers' sdpa makes one whenever a mask is given): the query heads that share
-    a key head are stacked along the query axis, the mask tiled with them."""
+    a key head are stacked along the query axis, the mask tiled with them (or, for a mask of one
+    per query head, stacked the same way)."""
     rows, heads, length, dim = query.shape
     groups = heads // key.shape[1]
     if attention_mask is None:
@@ -112,11 +113,15 @@ def _grouped_sdpa(
     if mask.stride(0) == 0:  # one mask expanded over the rows: keep it one
         mask = mask[:1]
     stacked = query.reshape(rows, key.shape[1], groups * length, dim)
+    if mask.shape[1] == heads and heads > 1:  # one mask per query head
+        stacked_mask = mask.reshape(mask.shape[0], key.shape[1], groups * length, -1)
+    else:
+        stacked_mask = mask.repeat(1, 1, groups, 1)
     output = nn.functional.scaled_dot_product_attention(
         stacked,
         key,
         value,
-        attn_mask=mask.repeat(1, 1, groups, 1),
+        attn_mask=stacked_mask,
         dropout_p=dropout if module.training else 0.0,
         scale=scaling,
     )

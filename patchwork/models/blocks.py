@@ -2,7 +2,8 @@
 decoder layers. Attention knockout is made of them, and so are the testbed's *planted access
 windows* (:mod:`patchwork.testbed.windows`).
 
-A :class:`BlockRule` names a query group, a key group and the layers where the pair is blocked.
+A :class:`BlockRule` names a query group, a key group and the layers where the pair is blocked,
+and optionally the query heads that block it (the others still attend: a per-head mask).
 Groups come from the token ids of each row (:func:`position_groups`), one vocabulary for every
 path (study methods, planted windows, generation): ``audio``, ``video``, ``image`` (placeholder
 tokens), ``answer`` (the last prompt position: the query whose logits give the first generated
@@ -33,12 +34,14 @@ GROUPS = ("audio", "video", "image", "text", "answer", "generated", "all")
 
 @dataclass(frozen=True)
 class BlockRule:
-    """Queries in group ``queries`` cannot attend keys in group ``keys`` in ``layers``."""
+    """Queries in group ``queries`` cannot attend keys in group ``keys`` in ``layers``, through
+    the query heads ``heads`` (None: every head)."""
 
     queries: str
     keys: str
     layers: tuple[int, ...]
     keep_self: bool = True
+    heads: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for group in (self.queries, self.keys):
@@ -80,20 +83,34 @@ def position_groups(
 
 
 def blocked_pairs(
-    rules: Iterable[BlockRule], groups: Mapping[str, torch.Tensor], layer: int, query_len: int
+    rules: Iterable[BlockRule],
+    groups: Mapping[str, torch.Tensor],
+    layer: int,
+    query_len: int,
+    num_heads: int | None = None,
 ) -> torch.Tensor | None:
     """(batch, query_len, key_len) bool, True where ``layer`` blocks query→key; None if nothing.
+    When a rule of ``layer`` names heads: (batch, num_heads, query_len, key_len), one per query
+    head.
 
     Queries are the last ``query_len`` positions (incremental decoding sees only new ones).
     """
+    active = [rule for rule in rules if layer in rule.layers]
+    if not active:
+        return None
+    per_head = any(rule.heads is not None for rule in active)
+    if per_head and num_heads is None:
+        raise ValueError("rules that name heads need num_heads")
     blocked = None
-    for rule in rules:
-        if layer not in rule.layers:
-            continue
+    for rule in active:
         pairs = groups[rule.queries][:, -query_len:, None] & groups[rule.keys][:, None, :]
         if rule.keep_self:
             key_len = pairs.shape[-1]
             pairs = pairs & ~torch.eye(key_len, dtype=torch.bool, device=pairs.device)[-query_len:]
+        if per_head:
+            chosen = torch.zeros(num_heads or 0, dtype=torch.bool, device=pairs.device)
+            chosen[list(range(num_heads or 0)) if rule.heads is None else list(rule.heads)] = True
+            pairs = pairs[:, None] & chosen[None, :, None, None]
         blocked = pairs if blocked is None else blocked | pairs
     return blocked
 
@@ -193,7 +210,9 @@ class AttentionBlocks:
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             if hidden is None:
                 return args, kwargs
-            blocked = blocked_pairs(self.rules, self._groups, layer, hidden.shape[1])
+            blocked = blocked_pairs(
+                self.rules, self._groups, layer, hidden.shape[1], _query_heads(module)
+            )
             if blocked is None:
                 return args, kwargs
             return args, with_blocked_mask(module, kwargs, blocked, hidden)
@@ -204,6 +223,11 @@ class AttentionBlocks:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+def _query_heads(attention: nn.Module) -> int | None:
+    config = getattr(attention, "config", None)
+    return getattr(config, "num_attention_heads", None)
 
 
 def observe_prompt(model: nn.Module, input_ids: torch.Tensor) -> None:

@@ -27,6 +27,7 @@ KNOWN_CHECKPOINTS = {
     "testbed": "stage 2 (audio-visual tuning) — the default model",
     "testbed-base": "stage 1 (vision-language base, never heard a sound)",
     "testbed-windowed": "stage 2 with planted access windows (video 4:5, audio 0:2)",
+    "testbed-heads": "stage 2 whose answer reads video only through heads 4:1 and 4:3",
 }
 META_FILE = "patchwork_testbed.json"
 
@@ -204,7 +205,10 @@ def load(
         raise ModelError(f"cannot load testbed checkpoint {directory}: {error}") from None
     model.eval()
     config: Any = model.config
-    rules = windows.rules_from_meta(meta.get("windows"), config.text_config.num_hidden_layers)
+    text_config = config.text_config
+    rules = windows.rules_from_meta(
+        meta.get("windows"), text_config.num_hidden_layers, text_config.num_attention_heads
+    )
     if rules:
         blocks.install(model, rules, blocks.modality_token_ids(model.config))
     return model, tokenizer

@@ -51,6 +51,8 @@ class TrainConfig:
     variants: int = 48  # synthesized clips / pictures per category in the training banks
     video_access_layers: tuple[int, int] | None = None
     audio_access_layers: tuple[int, int] | None = None
+    #: (layer, query head) pairs: the only heads through which the answer reads video.
+    video_access_heads: tuple[tuple[int, int], ...] | None = None
 
 
 @dataclass
@@ -236,6 +238,7 @@ def train(
     window_meta = {
         "video_access_layers": config.video_access_layers,
         "audio_access_layers": config.audio_access_layers,
+        "video_access_heads": config.video_access_heads,
     }
     if from_base is not None:
         model, tokenizer = testbed_model.load(from_base)
@@ -276,7 +279,10 @@ def train(
 
 def _install_windows(model: Any, window_meta: dict) -> None:
     """Make the planted windows of ``window_meta`` active while the model trains."""
-    rules = windows.rules_from_meta(window_meta, model.config.text_config.num_hidden_layers)
+    text_config = model.config.text_config
+    rules = windows.rules_from_meta(
+        window_meta, text_config.num_hidden_layers, text_config.num_attention_heads
+    )
     if rules:
         blocks.install(model, rules, blocks.modality_token_ids(model.config))
 

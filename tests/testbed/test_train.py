@@ -67,7 +67,11 @@ def test_from_base_trains_with_the_windows_it_declares(tmp_path):
     b = load_file(unwindowed / "model.safetensors")
     assert any(not torch.equal(a[k], b[k]) for k in a)
     meta = json.loads((windowed / "patchwork_testbed.json").read_text())
-    assert meta["windows"] == {"video_access_layers": [4, 5], "audio_access_layers": [0, 2]}
+    assert meta["windows"] == {
+        "video_access_layers": [4, 5],
+        "audio_access_layers": [0, 2],
+        "video_access_heads": None,
+    }
     model, _ = load(windowed)
     rules = model._patchwork_attention_blocks.rules  # what inference enforces
     assert blocks.BlockRule("text", "video", (0, 1, 2, 3, 6, 7)) in rules
@@ -87,3 +91,24 @@ def test_from_base_trains_with_the_windows_it_declares(tmp_path):
         load_file(from_bare / "model.safetensors"),
     )
     assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_planted_heads_train_into_the_checkpoint_and_load_back(tmp_path):
+    """``video_access_heads`` changes what training does and is what the checkpoint declares;
+    loading installs one rule per unplanted head set (the answer reads video only through the
+    planted heads)."""
+    from dataclasses import replace
+
+    heads = replace(TINY, video_access_layers=None, audio_access_layers=None)
+    planted = replace(heads, video_access_heads=((4, 1), (4, 3)))
+    with_heads = train(tmp_path / "h", planted, log=lambda line: None)
+    without = train(tmp_path / "n", heads, log=lambda line: None)
+    weights_h = load_file(with_heads / "model.safetensors")
+    weights_n = load_file(without / "model.safetensors")
+    assert not all(torch.equal(weights_h[k], weights_n[k]) for k in weights_h)
+    meta = json.loads((with_heads / "patchwork_testbed.json").read_text())
+    assert meta["windows"]["video_access_heads"] == [[4, 1], [4, 3]]
+    model, _ = load(with_heads)
+    answer_rules = [r for r in model._patchwork_attention_blocks.rules if r.queries == "answer"]
+    assert {r.layers[0]: r.heads for r in answer_rules}[4] == (0, 2)
+    assert len(answer_rules) == 8

@@ -87,7 +87,7 @@ def test_planted_windows_as_rules():
         blocks.BlockRule(group, "video", outside) for group in ("text", "answer", "generated")
     )
     assert windows.planted_windows(8) == ()
-    assert windows.rules_from_meta(None, 8) == ()
+    assert windows.rules_from_meta(None, 8, 4) == ()
     with pytest.raises(ValueError, match="unknown position group"):
         blocks.BlockRule("speech", "video", (0,))
 
@@ -118,3 +118,74 @@ def test_mask_with_blocks_removes_exactly_the_blocked_pairs(query_len, extra_key
     edited = blocks.mask_with_blocks(given_mask, blocked, additive=True, dtype=torch.float32)
     assert torch.equal(given_mask, before)  # never in place: eager shares the mask across layers
     assert torch.equal(edited[:, 0] == 0, expected)
+
+
+PLANTED_HEADS = ((4, 1), (4, 3))
+
+
+def test_planted_heads_block_video_in_every_other_head_under_eager_sdpa_and_grouped_sdpa():
+    """The answer reads video only through the planted heads (per-head masks), other text
+    positions never; eager puts exactly zero probability on the blocked pairs, and sdpa and
+    patchwork's grouped sdpa (heads 1 and 3 sit on different key/value heads) agree with it."""
+    from patchwork.models.attention import GROUPED_SDPA
+
+    tokenizer = testbed_model.build_tokenizer()
+    model = testbed_model.build_model(tokenizer, seed=3).eval()
+    rules = windows.planted_heads(8, 4, PLANTED_HEADS)
+    blocks.install(model, rules, blocks.modality_token_ids(model.config))
+    inputs = _batch(tokenizer)
+    groups = blocks.position_groups(inputs["input_ids"], blocks.modality_token_ids(model.config))
+    attention_config = model.model.language_model.layers[0].self_attn.config
+    with torch.no_grad():
+        sdpa_logits = model(**inputs).logits
+        attention_config._attn_implementation = GROUPED_SDPA
+        grouped_logits = model(**inputs).logits
+        model.set_attn_implementation("eager")
+        eager = model(**inputs, output_attentions=True)
+    torch.testing.assert_close(eager.logits, sdpa_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grouped_logits, sdpa_logits, atol=1e-5, rtol=1e-5)
+    answer_to_video = groups["answer"][:, None, :, None] & groups["video"][:, None, None, :]
+    text_to_video = groups["text"][:, None, :, None] & groups["video"][:, None, None, :]
+    for layer, probabilities in enumerate(eager.attentions):
+        per_head = (probabilities * answer_to_video).sum((0, 2, 3))
+        for head in range(4):
+            assert (float(per_head[head]) > 0) == ((layer, head) in PLANTED_HEADS), (layer, head)
+        assert float((probabilities * text_to_video).sum()) == 0.0
+
+
+def test_per_head_rules_give_one_mask_per_head_and_need_the_head_count():
+    groups = blocks.position_groups(
+        torch.tensor([[1, 2, 2, 3, 4]]), {"audio": 9, "video": 2, "image": 8}
+    )
+    rule = blocks.BlockRule("answer", "video", (0,), heads=(1,))
+    blocked = blocks.blocked_pairs([rule], groups, 0, 5, num_heads=3)
+    assert blocked is not None and blocked.shape == (1, 3, 5, 5)
+    assert blocked[0, 1, 4].tolist() == [False, True, True, False, False]
+    assert not blocked[0, [0, 2]].any()
+    whole = blocks.blocked_pairs([blocks.BlockRule("answer", "video", (0,))], groups, 0, 5)
+    assert whole is not None and torch.equal(whole[0], blocked[0, 1])
+    with pytest.raises(ValueError, match="num_heads"):
+        blocks.blocked_pairs([rule], groups, 0, 5)
+    assert blocks.blocked_pairs([rule], groups, 1, 5, num_heads=3) is None
+
+
+def test_planted_heads_as_rules_and_from_a_checkpoint_json():
+    rules = windows.planted_heads(8, 4, PLANTED_HEADS)
+    assert rules[0] == blocks.BlockRule("text", "video", tuple(range(8)))
+    at_four = [rule for rule in rules if rule.layers == (4,)]
+    assert {rule.heads for rule in at_four} == {(0, 2)}
+    assert {rule.queries for rule in at_four} == {"answer", "generated"}
+    assert all(rule.heads == (0, 1, 2, 3) for rule in rules[1:] if rule.layers != (4,))
+    meta = {"video_access_heads": [[4, 1], [4, 3]], "audio_access_layers": None}
+    assert windows.rules_from_meta(meta, 8, 4) == rules
+
+
+@pytest.mark.parametrize("text", ["4", "4:x", "8:0", "4:4", "4-1"])
+def test_head_lists_are_checked(text):
+    with pytest.raises(PatchworkError, match="--video-access-heads"):
+        windows.parse_heads(text, 8, 4, "--video-access-heads")
+
+
+def test_head_lists_parse_sorted_without_repeats():
+    assert windows.parse_heads("4:3, 4:1,4:3", 8, 4, "--video-access-heads") == PLANTED_HEADS
+    assert windows.parse_heads(None, 8, 4, "--video-access-heads") is None
