@@ -28,4 +28,4 @@ def test_tutorial_notebook_executes(tmp_path: Path) -> None:
     outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
     assert not [output for output in outputs if output.get("output_type") == "error"]
     images = [output for output in outputs if "image/png" in output.get("data", {})]
-    assert len(images) == 3  # heatmap, profile, small multiples
+    assert len(images) == 5  # heatmap, profile, small multiples, two head heatmaps

@@ -18,7 +18,7 @@ def test_unknown_names_list_the_known_ones():
         checkpoint_path("tested")
 
 
-@pytest.mark.parametrize("name", ["testbed", "testbed-base", "testbed-windowed"])
+@pytest.mark.parametrize("name", ["testbed", "testbed-base", "testbed-windowed", "testbed-heads"])
 def test_checkpoints_are_small_safetensors_with_the_tokenizers_ids(name):
     directory = checkpoint_path(name)
     weights = list(directory.glob("*.safetensors"))
@@ -84,6 +84,26 @@ def test_cli_train_refuses_bad_windows_before_training(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: --video-access-layers: need 0 <= FIRST <= LAST < 8 (inclusive layers), got '6:3'"
     ]
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("options", "line"),
+    [
+        (["--video-access-heads", "4:4"], "--video-access-heads: 4:4 is outside the model"),
+        (
+            ["--video-access-heads", "4:1", "--video-access-layers", "4:5"],
+            "--video-access-heads: give either it or --video-access-layers, not both",
+        ),
+    ],
+)
+def test_cli_train_refuses_bad_head_lists_before_training(tmp_path, options, line):
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["testbed", "train", "--out", str(tmp_path), *options])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith(f"error: {line}")
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
 
 
