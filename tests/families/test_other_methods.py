@@ -121,13 +121,16 @@ def _attention(model, inputs, extra) -> tuple[torch.Tensor, ...]:
     return tuple(layer[0].float() for layer in out.attentions)
 
 
-def _run_family_study(tmp_path: Path, family_root: Path, checkpoint, family: str, methods: str):
-    """The family's tiny study with ``methods`` as its interventions: (study, results, loaded,
-    the extra forward arguments of its runs)."""
+def _run_family_study(
+    tmp_path: Path, family_root: Path, checkpoint, family: str, methods: str, attention="sdpa"
+):
+    """The family's tiny study with ``methods`` as its interventions, its model under
+    ``attention``: (study, results, loaded, the extra forward arguments of its runs)."""
     builders.write_manifest(
         tmp_path / "samples.jsonl", builders.family_rows(family, family_root / "media")
     )
-    extra = builders.GENERIC_BLOCK if family == "generic" else ""
+    extra = f"  attention: {attention}\n"
+    extra += builders.GENERIC_BLOCK if family == "generic" else ""
     text = builders.study(
         tmp_path, family, checkpoint(family), builders.FAMILY_GROUPS[family], extra
     ).read_text()
@@ -257,9 +260,10 @@ def test_the_lens_reads_out_as_the_model_does_where_logits_are_large(
     torch.testing.assert_close(lens, own, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", sorted(VISUAL))
 def test_steering_equals_plain_torch(
-    tmp_path: Path, family_root: Path, checkpoint, family: str
+    tmp_path: Path, family_root: Path, checkpoint, family: str, attention: str
 ) -> None:
     """Directions from the fit samples' residuals (plain hooks: after DeepStack's additions, on
     every Gemma 3n stream), added with a hook written here on the held-out samples."""
@@ -271,7 +275,7 @@ def test_steering_equals_plain_torch(
     alphas: [0, 2]
 """
     study, results, loaded, forward_extra = _run_family_study(
-        tmp_path, family_root, checkpoint, family, methods
+        tmp_path, family_root, checkpoint, family, methods, attention
     )
     model = loaded.model
     layers = len(_text_model(model).layers)
@@ -318,9 +322,10 @@ def test_steering_equals_plain_torch(
             assert stored == pytest.approx(expected, abs=TOLERANCE)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", sorted(VISUAL))
 def test_head_patching_equals_plain_torch(
-    tmp_path: Path, family_root: Path, checkpoint, family: str
+    tmp_path: Path, family_root: Path, checkpoint, family: str, attention: str
 ) -> None:
     """Each head's slice of o_proj's input replaced by the clean run's, with a pre-hook written
     here, one forward per (head, group)."""
@@ -331,7 +336,7 @@ def test_head_patching_equals_plain_torch(
     position_groups: [{visual}, answer]
 """
     study, results, loaded, forward_extra = _run_family_study(
-        tmp_path, family_root, checkpoint, family, methods
+        tmp_path, family_root, checkpoint, family, methods, attention
     )
     model = loaded.model
     projection = _text_model(model).layers[LAYER].self_attn.o_proj
@@ -372,9 +377,10 @@ def test_head_patching_equals_plain_torch(
     assert checked >= 2 * heads
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", sorted(VISUAL))
 def test_head_knockout_equals_plain_torch(
-    tmp_path: Path, family_root: Path, checkpoint, family: str
+    tmp_path: Path, family_root: Path, checkpoint, family: str, attention: str
 ) -> None:
     """A rule on one query head: the mask layer LAYER's attention receives loses the pairs for
     that head only (one mask per head, written here)."""
@@ -384,7 +390,7 @@ def test_head_knockout_equals_plain_torch(
     rules: {{one: {{queries: [answer, text], keys: [{visual}], layers: [{LAYER}], heads: [1]}}}}
 """
     study, results, loaded, forward_extra = _run_family_study(
-        tmp_path, family_root, checkpoint, family, methods
+        tmp_path, family_root, checkpoint, family, methods, attention
     )
     model = loaded.model
     heads = _query_heads(model)
@@ -409,9 +415,10 @@ def test_head_knockout_equals_plain_torch(
     assert max(moved) > 1e-6  # the one head's knockout changes the answer
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", sorted(VISUAL))
 def test_path_patching_equals_plain_torch_where_values_can_be_recomputed(
-    tmp_path: Path, family_root: Path, checkpoint, family: str
+    tmp_path: Path, family_root: Path, checkpoint, family: str, attention: str
 ) -> None:
     """The Qwen adapters say how a layer computes its values (the attention-input norm): there
     each stored path equals two plain runs — one with the receiver's value projection fed the
@@ -427,10 +434,10 @@ def test_path_patching_equals_plain_torch_where_values_can_be_recomputed(
 """
     if family not in ("qwen2_5_omni", "qwen3_omni"):
         with pytest.raises(StudyError, match=r"interventions\[0\]\.kind: the .* path patching"):
-            _run_family_study(tmp_path, family_root, checkpoint, family, methods)
+            _run_family_study(tmp_path, family_root, checkpoint, family, methods, attention)
         return
     study, results, loaded, forward_extra = _run_family_study(
-        tmp_path, family_root, checkpoint, family, methods
+        tmp_path, family_root, checkpoint, family, methods, attention
     )
     model = loaded.model
     layer = _text_model(model).layers[LAYER]
