@@ -13,6 +13,8 @@ import seaborn as sns
 import xarray as xr
 from matplotlib.figure import Figure
 
+from patchwork.analysis.profile import DEFAULT_FIXED_FLOOR
+
 #: Bootstrap resamples behind every interval (seaborn draws 1000 by default; slower, no better).
 N_BOOT = 200
 _COLOURS = sns.color_palette("colorblind", 10)
@@ -42,20 +44,37 @@ def _gap_ranking(
     confidence: float,
     n_resamples: int,
     seed: int,
+    floor: float,
 ) -> pd.DataFrame:
     """The cells of ``changed`` (sample, …cells) ranked by the share of the baseline–reference
     gap they move, Σ(changed − baseline) / Σ(reference − baseline) over samples (column
     ``name``), with a percentile bootstrap interval: rank, the cells' coordinates, ``name``,
-    ci_low, ci_high, n_samples."""
-    from patchwork.analysis.bootstrap import bootstrap_mean
-
-    stats = bootstrap_mean(
-        changed - baseline, confidence, n_resamples, seed, denominator=reference - baseline
+    ci_low, ci_high, n_samples, and the noise floor: ``simultaneous_low``, the share minus the
+    ``confidence`` quantile of the largest deviation of any cell in a resample (a bound that
+    holds for all cells at once, so picking the top cells does not fool it), ``floor`` and
+    ``above_floor`` (simultaneous_low > floor)."""
+    from patchwork.analysis.bootstrap import (
+        bootstrap_mean,
+        bootstrap_weights,
+        ratio_mean,
+        resampled_means,
     )
+
+    moved, gap = changed - baseline, reference - baseline
+    stats = bootstrap_mean(moved, confidence, n_resamples, seed, denominator=gap)
     frame = stats.to_dataframe().reset_index().rename(columns={"mean": name})
+    means = resampled_means(moved, bootstrap_weights(moved.sizes["sample"], n_resamples, seed), gap)
+    cells = [dim for dim in means.dims if dim != "resample"]
+    deviation = abs(means - ratio_mean(moved, gap)).max(cells, skipna=True)
+    frame["simultaneous_low"] = frame[name] - float(deviation.quantile(confidence))
+    frame["floor"] = floor
+    frame["above_floor"] = frame["simultaneous_low"] > floor
     frame = frame.sort_values(name, ascending=False, kind="stable").reset_index(drop=True)
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame
+
+
+NOISE_COLUMNS = ["simultaneous_low", "floor", "above_floor"]
 
 
 def knockout_frame(results: xr.Dataset, metric: str = "normalized_effect") -> pd.DataFrame:
@@ -74,12 +93,17 @@ def knockout_frame(results: xr.Dataset, metric: str = "normalized_effect") -> pd
 
 
 def rank_knockout_heads(
-    results: xr.Dataset, rule: str, n_resamples: int = 1000, seed: int = 0
+    results: xr.Dataset,
+    rule: str,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    floor: float = DEFAULT_FIXED_FLOOR,
 ) -> pd.DataFrame:
     """The knockouts of a ``heads: each`` rule ranked by the share of the run–reference gap of
     the logit difference they recover, Σ(knocked − run) / Σ(reference − run) over samples, with
-    a 95% bootstrap interval. Columns: rank, knockout, first, last, head, recovered, ci_low,
-    ci_high, n_samples."""
+    a 95% bootstrap interval and the noise floor (as :func:`rank_heads`). Columns: rank,
+    knockout, first, last, head, recovered, ci_low, ci_high, n_samples, simultaneous_low, floor,
+    above_floor."""
     done = _done(results)
     frame = knockout_frame(done, "logit_diff").drop_duplicates("knockout")
     chosen = frame[(frame["rule"] == rule) & (frame["heads"] != "all")]
@@ -88,11 +112,11 @@ def rank_knockout_heads(
     knocked = done["knockout_effect"].sel(knockout=list(chosen["knockout"]), metric="logit_diff")
     base = done["knockout_baseline"].sel(metric="logit_diff")
     run, reference = base.isel(knockout_run=0, drop=True), base.isel(knockout_run=1, drop=True)
-    ranked = _gap_ranking(knocked, run, reference, "recovered", 0.95, n_resamples, seed)
+    ranked = _gap_ranking(knocked, run, reference, "recovered", 0.95, n_resamples, seed, floor)
     spans = chosen[["knockout", "first", "last", "heads"]].rename(columns={"heads": "head"})
     ranked = ranked.merge(spans, on="knockout")
     columns = ["rank", "knockout", "first", "last", "head", "recovered", "ci_low", "ci_high"]
-    return ranked[[*columns, "n_samples"]]
+    return ranked[[*columns, "n_samples", *NOISE_COLUMNS]]
 
 
 def plot_knockout(results: xr.Dataset, metric: str = "normalized_effect") -> Figure:
@@ -318,18 +342,23 @@ def rank_heads(
     confidence: float = 0.95,
     n_resamples: int = 1000,
     seed: int = 0,
+    floor: float = DEFAULT_FIXED_FLOOR,
 ) -> pd.DataFrame:
     """Heads ranked by the share of the clean–conflict logit-difference gap that patching them
     at ``group``'s positions restores: Σ(patched − target) / Σ(source − target) over the samples
-    (the study's default estimator), with a percentile bootstrap interval over samples. Columns:
-    rank, layer, head, restored, ci_low, ci_high, n_samples."""
+    (the study's default estimator), with a percentile bootstrap interval over samples, and the
+    noise floor: ``above_floor`` marks the heads whose share stays above ``floor`` (default a
+    tenth of the gap, as :func:`~patchwork.analysis.windows.locate`'s) under a bound that holds
+    for every head at once (``simultaneous_low``). Columns: rank, layer, head, restored, ci_low,
+    ci_high, n_samples, simultaneous_low, floor, above_floor."""
     done = _done(results)
     patched = done["head_effect"].sel(head_group=group, metric="logit_diff")
     base = done["head_baseline"].sel(metric="logit_diff")
     source, target = base.isel(head_run=0, drop=True), base.isel(head_run=1, drop=True)
-    frame = _gap_ranking(patched, target, source, "restored", confidence, n_resamples, seed)
+    frame = _gap_ranking(patched, target, source, "restored", confidence, n_resamples, seed, floor)
     frame = frame.rename(columns={"head_layer": "layer"})
-    return frame[["rank", "layer", "head", "restored", "ci_low", "ci_high", "n_samples"]]
+    columns = ["rank", "layer", "head", "restored", "ci_low", "ci_high", "n_samples"]
+    return frame[[*columns, *NOISE_COLUMNS]]
 
 
 def plot_heads(results: xr.Dataset) -> Figure:
@@ -359,21 +388,26 @@ def plot_heads(results: xr.Dataset) -> Figure:
 
 
 def rank_paths(
-    results: xr.Dataset, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0
+    results: xr.Dataset,
+    confidence: float = 0.95,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    floor: float = DEFAULT_FIXED_FLOOR,
 ) -> pd.DataFrame:
     """Paths (sender layer → receiving head's values) ranked by the share of the clean–conflict
     logit-difference gap they restore, Σ(patched − target) / Σ(source − target) over samples,
-    with a percentile bootstrap interval. Columns: rank, sender_layer, receiver_layer,
-    receiver_head, restored, ci_low, ci_high, n_samples."""
+    with a percentile bootstrap interval and the noise floor (as :func:`rank_heads`). Columns:
+    rank, sender_layer, receiver_layer, receiver_head, restored, ci_low, ci_high, n_samples,
+    simultaneous_low, floor, above_floor."""
     done = _done(results)
     patched = done["path_effect"].sel(metric="logit_diff")
     base = done["path_baseline"].sel(metric="logit_diff")
     source, target = base.isel(path_run=0, drop=True), base.isel(path_run=1, drop=True)
     paths = patched.stack(path=("sender_layer", "receiver_layer", "receiver_head"))
     paths = paths.isel(path=(paths["receiver_layer"] > paths["sender_layer"]).values)
-    frame = _gap_ranking(paths, target, source, "restored", confidence, n_resamples, seed)
+    frame = _gap_ranking(paths, target, source, "restored", confidence, n_resamples, seed, floor)
     columns = ["rank", "sender_layer", "receiver_layer", "receiver_head", "restored"]
-    return frame[[*columns, "ci_low", "ci_high", "n_samples"]]
+    return frame[[*columns, "ci_low", "ci_high", "n_samples", *NOISE_COLUMNS]]
 
 
 def plot_paths(results: xr.Dataset) -> Figure:

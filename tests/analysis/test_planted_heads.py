@@ -72,3 +72,22 @@ def test_planted_recovery_grades_clips():
     assert np.isnan(graded["planted_share"].iloc[2])  # nothing restores: no share to grade
     with pytest.raises(ValueError, match=r"\(9, 9\)"):
         ground_truth.planted_recovery(restoration, [(9, 9)])
+
+
+def test_the_noise_floor_lets_exactly_the_planted_heads_through(results):
+    """Ranked with bootstrap intervals and the noise floor (a tenth of the gap, under a bound that
+    holds for every head at once), exactly the planted heads carry the picture — by head patching,
+    by single-head knockout and on every path from the picture."""
+    from patchwork.analysis import method_figures
+
+    heads = method_figures.rank_heads(results, "answer", n_resamples=300)
+    carried = heads[heads["above_floor"]]
+    assert set(zip(carried["layer"], carried["head"], strict=True)) == set(PLANTED)
+    knocked = method_figures.rank_knockout_heads(results, "picture", n_resamples=300)
+    carried = knocked[knocked["above_floor"]]
+    assert set(zip(carried["first"], carried["head"].astype(int), strict=True)) == set(PLANTED)
+    paths = method_figures.rank_paths(results, n_resamples=300)
+    carried = paths[paths["above_floor"]]
+    receivers = set(zip(carried["receiver_layer"], carried["receiver_head"], strict=True))
+    assert receivers == set(PLANTED)
+    assert len(carried) == 2 * 4  # into each planted head, from every sender layer 0-3
