@@ -27,6 +27,10 @@ class StoreError(PatchworkError):
     """A result store is missing, belongs to another study, or would be written out of bounds."""
 
 
+class TrainingError(PatchworkError):
+    """Training the testbed stopped (step cap or time budget) without meeting its targets."""
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run: the message says how many units are done. Finished units stay in the
     store, and running the study again resumes after them."""

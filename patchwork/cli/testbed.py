@@ -35,6 +35,21 @@ def train_command(
         float,
         typer.Option(help="Fraction of stage-2 clips that conflict, labelled with the sound."),
     ] = 0.0,
+    picture_supervision: Annotated[
+        float | None,
+        typer.Option(
+            help="Fraction of stage-2 clips that conflict, labelled with the picture's sound: "
+            "vision dominance planted rather than left to emerge [default: 0.1; 0 with "
+            "--fixed-steps]."
+        ),
+    ] = None,
+    audio_first_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="First stage-2 steps with 60% audio-only clips and no conflicts, so that the "
+            "model learns to hear first [default: 300; 0 with --fixed-steps]."
+        ),
+    ] = None,
     video_access_layers: Annotated[
         str | None,
         typer.Option(
@@ -59,7 +74,26 @@ def train_command(
     stage1_steps: Annotated[
         int | None, typer.Option(help="Stage-1 (vision-language) steps [default: 150].")
     ] = None,
-    stage2_steps: Annotated[int, typer.Option(help="Stage-2 (audio-visual) steps.")] = 300,
+    stage2_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Stage-2 (audio-visual) steps: the cap when stopping at the targets "
+            "[default: 3000], the count with --fixed-steps [default: 300]."
+        ),
+    ] = None,
+    fixed_steps: Annotated[
+        bool,
+        typer.Option(
+            "--fixed-steps",
+            help="Train exactly --stage2-steps (the shipped checkpoints' recipe) instead of "
+            "stopping at the first validation check that meets the targets.",
+        ),
+    ] = False,
+    time_budget: Annotated[
+        float,
+        typer.Option(help="Seconds for the whole run before stopping at the targets gives up."),
+    ] = 600.0,
+    check_every: Annotated[int, typer.Option(help="Stage-2 steps between validation checks.")] = 50,
     batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 32,
     base_out: Annotated[
         Path | None, typer.Option(help="Also write the stage-1 checkpoint here.")
@@ -71,7 +105,14 @@ def train_command(
         int, typer.Option(help="torch threads (results depend on it; 1 is fastest on 2 cores).")
     ] = 1,
 ) -> None:
-    """Train the testbed model (stage 1 + stage 2) and write safetensors checkpoints."""
+    """Train the testbed model (stage 1 + stage 2) and write safetensors checkpoints.
+
+    The default recipe makes an organism for any planted window: stage 2 first teaches hearing
+    (--audio-first-steps), plants vision dominance (--picture-supervision) and stops at the first
+    validation check where congruent "hear" accuracy >= 0.97, audio-only >= 0.92 and the
+    picture's share of conflicts >= 0.62 (the targets + 0.02); without that by the step cap or the
+    time budget it fails, writing no stage-2 checkpoint. --fixed-steps is the shipped
+    checkpoints' recipe (dominance left to emerge, exactly --stage2-steps)."""
     import torch
 
     from patchwork.testbed import windows
@@ -81,16 +122,29 @@ def train_command(
         raise PatchworkError(
             f"--audio-supervision: expected a fraction in [0, 0.6], got {audio_supervision}"
         )
+    if picture_supervision is None:
+        picture_supervision = 0.0 if fixed_steps else 0.1
+    if audio_first_steps is None:
+        audio_first_steps = 0 if fixed_steps else 300
+    if audio_first_steps < 0:
+        raise PatchworkError(f"--audio-first-steps: expected 0 or more, got {audio_first_steps}")
+    if not 0.0 <= picture_supervision <= 0.6:
+        raise PatchworkError(
+            f"--picture-supervision: expected a fraction in [0, 0.6], got {picture_supervision}"
+        )
     if from_base is not None:
         for option, given in (("--stage1-steps", stage1_steps), ("--base-out", base_out)):
             if given is not None:
                 raise PatchworkError(f"{option}: --from-base skips stage 1; leave it out")
     stage1_steps = 150 if stage1_steps is None else stage1_steps
+    if stage2_steps is None:
+        stage2_steps = 300 if fixed_steps else 3000
     for option, value in (
         ("--stage1-steps", stage1_steps),
         ("--stage2-steps", stage2_steps),
         ("--batch-size", batch_size),
         ("--threads", threads),
+        ("--check-every", check_every),
     ):
         if value < 1:
             raise PatchworkError(f"{option}: expected a positive integer, got {value}")
@@ -106,6 +160,8 @@ def train_command(
         stage2_steps=stage2_steps,
         batch_size=batch_size,
         audio_supervision=audio_supervision,
+        picture_supervision=picture_supervision,
+        audio_first_steps=audio_first_steps,
         video_access_layers=windows.parse_layer_span(
             video_access_layers, NUM_LAYERS, "--video-access-layers"
         ),
@@ -115,6 +171,9 @@ def train_command(
         video_access_heads=windows.parse_heads(
             video_access_heads, NUM_LAYERS, NUM_HEADS, "--video-access-heads"
         ),
+        stop_at_targets=not fixed_steps,
+        check_every=check_every,
+        time_budget=None if fixed_steps else time_budget,
     )
     torch.set_num_threads(threads)
     command = "patchwork testbed " + " ".join(shlex.quote(arg) for arg in sys.argv[2:])

@@ -12,6 +12,14 @@ Loss: cross-entropy of the answer token after the prompt's last position. Traini
 from banks of synthesized clips (in memory, quantized like a 16-bit wav) drawn from streams
 distinct from :func:`patchwork.testbed.samples.make_samples`, so evaluation is held out.
 Deterministic for a seed and a thread count.
+
+With ``stop_at_targets`` stage 2 runs until the model is an organism: every ``check_every``
+steps a validation split (clips from a third media stream, neither training nor evaluation)
+measures congruent "hear" accuracy, audio-only accuracy and the picture's share of conflicting
+clips, and training stops at the first check that meets :data:`TARGETS` by ``margin``; at the
+step cap or the time budget without it, :class:`TrainingError` says how close it came. Learning
+to hear is a sudden jump after a plateau, and the picture's share then drifts down with more
+steps, so a fixed step count that works for one window misses for another (issue #19).
 """
 
 from __future__ import annotations
@@ -27,11 +35,17 @@ import numpy as np
 import torch
 
 from patchwork.data import media
+from patchwork.errors import TrainingError
 from patchwork.models import blocks
 from patchwork.testbed import model as testbed_model
 from patchwork.testbed import windows, world
 
 _TRAIN_STREAM = 7
+_VALID_STREAM = 8
+
+#: What makes the testbed an organism (held-out, "what do you hear"): it hears (congruent and
+#: audio-only clips) and yet names the picture's sound in most conflicts.
+TARGETS = {"congruent": 0.95, "audio_only": 0.90, "picture_share": 0.60}
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,12 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 2e-3
     audio_supervision: float = 0.0  # fraction of stage-2 clips that conflict, labelled by sound
+    #: Fraction of stage-2 clips that conflict, "hear" labelled with the *picture's* sound:
+    #: vision dominance planted instead of left to emerge (the planted-window recipe).
+    picture_supervision: float = 0.0
+    #: Curriculum: the first stage-2 steps draw 60% audio-only clips and no conflicts, so the
+    #: model learns to hear before the planted dominance (picture_supervision) sets in.
+    audio_first_steps: int = 0
     audio_only: float = 0.2
     vision_only: float = 0.1
     empty: float = 0.03  # silence + blank picture -> "nothing"
@@ -53,6 +73,13 @@ class TrainConfig:
     audio_access_layers: tuple[int, int] | None = None
     #: (layer, query head) pairs: the only heads through which the answer reads video.
     video_access_heads: tuple[tuple[int, int], ...] | None = None
+    #: Stage 2 stops at the first validation check meeting TARGETS + margin (stage2_steps caps it).
+    stop_at_targets: bool = False
+    check_every: int = 50
+    decay_steps: int = 600  # stopping at targets: the cosine reaches 10% here and stays
+    margin: float = 0.02
+    validation_clips: int = 150  # per kind
+    time_budget: float | None = None  # seconds for the whole run; None: no limit
 
 
 @dataclass
@@ -66,20 +93,21 @@ class Banks:
     blank: torch.Tensor
 
 
-def build_banks(seed: int, variants: int) -> Banks:
+def build_banks(seed: int, variants: int, stream: int = _TRAIN_STREAM) -> Banks:
     n_kinds = len(world.CATEGORIES)
+    bank_stream = stream
 
-    def stream(kind: int, variant: int, medium: int) -> np.random.Generator:
-        return np.random.default_rng([seed, kind, variant, _TRAIN_STREAM, medium])
+    def stream_of(kind: int, variant: int, medium: int) -> np.random.Generator:
+        return np.random.default_rng([seed, kind, variant, bank_stream, medium])
 
     clips = [
-        world.as_pcm16(world.synthesize_sound(c.timbre, stream(k, v, 1)))
+        world.as_pcm16(world.synthesize_sound(c.timbre, stream_of(k, v, 1)))
         for k, c in enumerate(world.CATEGORIES)
         for v in range(variants)
     ]
     sounds = _features(clips).reshape(n_kinds, variants, testbed_model.N_MELS, -1)
     frames = [
-        world.draw_picture(c, stream(k, v, 2))
+        world.draw_picture(c, stream_of(k, v, 2))
         for k, c in enumerate(world.CATEGORIES)
         for v in range(variants)
     ]
@@ -107,47 +135,81 @@ def _patches(frame: np.ndarray) -> torch.Tensor:
 class BatchMaker:
     """Draws training batches: each row a clip kind, categories, variants and a question."""
 
-    def __init__(self, banks: Banks, tokenizer, config: TrainConfig, stage: int):
+    def __init__(
+        self, banks: Banks, tokenizer, config: TrainConfig, stage: int, stream: int = _TRAIN_STREAM
+    ):
         self.banks, self.config, self.stage = banks, config, stage
-        self.rng = np.random.default_rng([config.seed, stage, _TRAIN_STREAM, 99])
+        self.rng = np.random.default_rng([config.seed, stage, stream, 99])
         self.prompts = {q: testbed_model.prompt_ids(tokenizer, q) for q in world.QUESTIONS}
         self.words = {w: testbed_model.word_id(tokenizer, w) for w in testbed_model.vocabulary()}
         if stage == 1:
             self.kinds = {"vision_only": 1 - config.empty, "empty": config.empty}
         else:
-            rest = (
-                1 - config.audio_supervision - config.audio_only - config.vision_only - config.empty
-            )
-            if rest < 0:
-                raise ValueError("stage-2 clip fractions add up to more than 1")
-            self.kinds = {
-                "congruent": rest,
+            fractions = {
                 "conflict": config.audio_supervision,
                 "audio_only": config.audio_only,
                 "vision_only": config.vision_only,
                 "empty": config.empty,
             }
+            if config.picture_supervision:  # only then: the shipped recipes draw as before
+                fractions["picture_conflict"] = config.picture_supervision
+            rest = 1 - sum(fractions.values())
+            if rest < 0:
+                raise ValueError("stage-2 clip fractions add up to more than 1")
+            self.kinds = {"congruent": rest, **fractions}
+        # the curriculum's first phase: mostly audio-only clips, no conflicts
+        self.first_steps = config.audio_first_steps if stage == 2 else 0
+        self.first_kinds = {"congruent": 0.25, "audio_only": 0.6, "vision_only": 0.1, "empty": 0.05}
+        self.calls = 0
 
     def __call__(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One batch: the thinker's kwargs and the answer token ids (batch,)."""
-        rng, banks, n_kinds = self.rng, self.banks, len(world.CATEGORIES)
-        names = list(self.kinds)
-        probabilities = np.array([self.kinds[k] for k in names])
-        rows, sounds, pictures, answers = [], [], [], []
+        kinds_now = self.first_kinds if self.calls < self.first_steps else self.kinds
+        self.calls += 1
+        names = list(kinds_now)
+        probabilities = np.array([kinds_now[k] for k in names])
+        kinds = []
         for _ in range(self.config.batch_size):
-            kind = names[rng.choice(len(names), p=probabilities / probabilities.sum())]
-            a = int(rng.integers(n_kinds))
-            b = int((a + rng.integers(1, n_kinds)) % n_kinds)
-            sound_variant, picture_variant = rng.integers(banks.sounds.shape[1], size=2)
-            hear = bool(rng.random() < self.config.hear_fraction)
-            heard = a if kind in ("congruent", "conflict", "audio_only") else None
-            seen = {"congruent": a, "conflict": b, "vision_only": a}.get(kind)
+            kind = names[self.rng.choice(len(names), p=probabilities / probabilities.sum())]
+            kinds.append((kind, *self._draw()))
+        return self._batch(kinds)
+
+    def clips(
+        self, kind: str, n: int
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """``n`` clips of one kind, all asked "what do you hear": kwargs, the answer ids, and the
+        ids of the picture's sound (for conflicts; else the answer's)."""
+        drawn = [(kind, *self._draw()[:3], True) for _ in range(n)]
+        inputs, answers = self._batch(drawn)
+        pictured = [self.words[world.CATEGORIES[b].sound] for _, _, b, *_ in drawn]
+        conflicting = kind in ("conflict", "picture_conflict")
+        return inputs, answers, torch.tensor(pictured) if conflicting else answers
+
+    def _draw(self) -> tuple[int, int, tuple[int, int], bool]:
+        """Categories a and b ≠ a, sound and picture variants, whether the question is "hear"."""
+        rng, n_kinds = self.rng, len(world.CATEGORIES)
+        a = int(rng.integers(n_kinds))
+        b = int((a + rng.integers(1, n_kinds)) % n_kinds)
+        sound_variant, picture_variant = rng.integers(self.banks.sounds.shape[1], size=2)
+        hear = bool(rng.random() < self.config.hear_fraction)
+        return a, b, (int(sound_variant), int(picture_variant)), hear
+
+    def _batch(self, drawn: list) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        banks = self.banks
+        rows, sounds, pictures, answers = [], [], [], []
+        for kind, a, b, (sound_variant, picture_variant), hear in drawn:
+            heard = (
+                a if kind in ("congruent", "conflict", "picture_conflict", "audio_only") else None
+            )
+            seen = {"congruent": a, "conflict": b, "picture_conflict": b, "vision_only": a}.get(
+                kind
+            )
             sounds.append(banks.sounds[a, sound_variant] if heard is not None else banks.silence)
             pictures.append(
                 banks.pictures[seen, picture_variant] if seen is not None else banks.blank
             )
-            if hear:  # the sound if there is one, else the pictured thing's sound
-                source = heard if heard is not None else seen
+            if hear:  # the sound if there is one, else (and for picture_conflict) the picture's
+                source = heard if heard is not None and kind != "picture_conflict" else seen
                 word = world.CATEGORIES[source].sound if source is not None else world.NOTHING
             else:
                 word = world.CATEGORIES[seen].name if seen is not None else world.NOTHING
@@ -182,15 +244,22 @@ def run_stage(
     steps: int,
     learning_rate: float,
     log: Callable[[str], None] = print,
+    check: Callable[[int], bool] | None = None,
+    check_every: int = 50,
+    schedule_steps: int | None = None,
 ) -> list[float]:
-    """Train ``steps`` AdamW steps (warm-up 10%, cosine to 10%); returns the loss per step."""
+    """Train up to ``steps`` AdamW steps; returns the loss per step. The learning rate warms up
+    over 10% of ``schedule_steps`` (default ``steps``), decays by a cosine to 10% at
+    ``schedule_steps`` and stays there. ``check(step)``, called every ``check_every`` steps in
+    eval mode, stops training by returning True."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
-    warmup = max(1, steps // 10)
+    length = steps if schedule_steps is None else schedule_steps
+    warmup = max(1, length // 10)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
+        progress = min(1.0, (step - warmup) / max(1, length - warmup))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -212,8 +281,75 @@ def run_stage(
                 f"stage {batches.stage} step {step + 1}/{steps} loss {np.mean(losses[-25:]):.3f} "
                 f"batch acc {accuracy:.2f} ({time.time() - started:.0f}s)"
             )
+        if check is not None and (step + 1) % check_every == 0:
+            model.eval()
+            if check(step + 1):
+                break
+            model.train()
     model.eval()
     return losses
+
+
+class Validation:
+    """The validation split of :data:`TARGETS`: ``config.validation_clips`` congruent,
+    audio-only and conflicting clips asked "what do you hear", from media banks of their own
+    stream; :meth:`__call__` measures a model on it and records each check in ``history``."""
+
+    def __init__(self, tokenizer, config: TrainConfig, budget_start: float, log=print):
+        banks = build_banks(config.seed, 8, stream=_VALID_STREAM)
+        maker = BatchMaker(banks, tokenizer, config, stage=2, stream=_VALID_STREAM)
+        n = config.validation_clips
+        self.sets = {kind: maker.clips(kind, n) for kind in ("congruent", "audio_only", "conflict")}
+        self.config, self.started, self.log = config, budget_start, log
+        self.history: list[dict[str, float]] = []
+        self.model: torch.nn.Module | None = None
+
+    def measure(self, model: torch.nn.Module) -> dict[str, float]:
+        """Congruent and audio-only accuracy and the conflicts' picture share."""
+        rates = {}
+        with torch.no_grad():
+            for kind, (inputs, answers, pictured) in self.sets.items():
+                predicted = model(**inputs).logits[:, -1].argmax(-1)
+                truth = pictured if kind == "conflict" else answers
+                name = "picture_share" if kind == "conflict" else kind
+                rates[name] = float((predicted == truth).float().mean())
+        return rates
+
+    def met(self, rates: dict[str, float]) -> bool:
+        return all(rates[name] >= target + self.config.margin for name, target in TARGETS.items())
+
+    def __call__(self, step: int) -> bool:
+        assert self.model is not None
+        rates = self.measure(self.model)
+        seconds = time.time() - self.started
+        self.history.append({"step": step, **rates, "seconds": round(seconds, 1)})
+        shown = ", ".join(f"{name} {value:.2f}" for name, value in rates.items())
+        self.log(f"check at step {step}: {shown}")
+        if self.met(rates):
+            return True
+        budget = self.config.time_budget
+        return budget is not None and seconds > budget
+
+    def failure(self, steps: int) -> TrainingError:
+        """The error for a stage 2 that ended without meeting the targets."""
+        best = max(
+            self.history or [{"step": 0, **dict.fromkeys(TARGETS, 0.0)}],
+            key=lambda check: sum(min(check[n] - t, 0) for n, t in TARGETS.items()),
+        )
+        wanted = ", ".join(f"{n} >= {t + self.config.margin:.2f}" for n, t in TARGETS.items())
+        shown = ", ".join(f"{n} {best[n]:.2f}" for n in TARGETS)
+        limit = (
+            f"{self.config.time_budget:.0f} s"
+            if self.config.time_budget is not None
+            and self.history
+            and self.history[-1]["seconds"] > self.config.time_budget
+            else f"{steps} stage-2 steps"
+        )
+        return TrainingError(
+            f"stage 2 did not meet the targets ({wanted}, on {self.config.validation_clips} "
+            f"validation clips per kind) within {limit}; closest, at step {best['step']}: {shown}. "
+            "Give it more --stage2-steps or --time-budget, or another --seed"
+        )
 
 
 def train(
@@ -264,6 +400,9 @@ def train(
                 base_out,
                 _meta(config, 1, window_meta, command, losses, time.time() - started),
             )
+    validation = Validation(tokenizer, config, started, log) if config.stop_at_targets else None
+    if validation is not None:
+        validation.model = model
     torch.manual_seed(config.seed + 1)
     losses = run_stage(
         model,
@@ -271,10 +410,19 @@ def train(
         config.stage2_steps,
         config.learning_rate,
         log,
+        check=validation,
+        check_every=config.check_every,
+        schedule_steps=config.decay_steps if config.stop_at_targets else None,
     )
-    return testbed_model.save(
-        model, tokenizer, out, _meta(config, 2, window_meta, command, losses, time.time() - started)
-    )
+    meta = _meta(config, 2, window_meta, command, losses, time.time() - started)
+    if validation is not None:
+        if not validation.history or validation.history[-1]["step"] != len(losses):
+            validation(len(losses))  # the weights written are the weights checked
+        if not validation.met(validation.history[-1]):
+            raise validation.failure(len(losses))
+        meta["validation"] = {"targets": TARGETS, "checks": validation.history}
+    meta["stage2_steps_run"] = len(losses)
+    return testbed_model.save(model, tokenizer, out, meta)
 
 
 def _install_windows(model: Any, window_meta: dict) -> None:

@@ -136,3 +136,27 @@ def test_windowed_checkpoint_installs_its_windows_and_hears(tmp_path):
     numbers = evaluate.summary(table)
     assert numbers["congruent_hear"] >= 0.95
     assert numbers["audio_only_hear"] >= 0.85
+
+
+def test_cli_train_stops_at_targets_by_default_and_fixed_steps_is_the_shipped_recipe(tmp_path):
+    import json
+
+    app = typer.Typer()
+    register(app)
+    tiny = ["--stage1-steps", "1", "--stage2-steps", "2", "--batch-size", "2"]
+    fixed = CliRunner().invoke(
+        app, ["testbed", "train", "--out", str(tmp_path / "fixed"), *tiny, "--fixed-steps"]
+    )
+    assert fixed.exit_code == 0, fixed.output
+    config = json.loads((tmp_path / "fixed" / "patchwork_testbed.json").read_text())
+    config = config["train_config"]
+    assert not config["stop_at_targets"]
+    assert (config["picture_supervision"], config["audio_first_steps"]) == (0.0, 0)
+    stopping = CliRunner().invoke(
+        app, ["testbed", "train", "--out", str(tmp_path / "s"), *tiny, "--check-every", "1"]
+    )
+    assert stopping.exit_code == 2
+    lines = stopping.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: stage 2 did not meet the targets")
+    assert "within 2 stage-2 steps" in lines[0]
+    assert not (tmp_path / "s").exists()

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -112,3 +113,74 @@ def test_planted_heads_train_into_the_checkpoint_and_load_back(tmp_path):
     answer_rules = [r for r in model._patchwork_attention_blocks.rules if r.queries == "answer"]
     assert {r.layers[0]: r.heads for r in answer_rules}[4] == (0, 2)
     assert len(answer_rules) == 8
+
+
+def test_stopping_at_targets_stops_at_the_first_check_that_meets_them(tmp_path, monkeypatch):
+    """Stage 2 ends at the first validation check meeting the targets + margin, and the checkpoint
+    records every check; the weights written are the ones checked."""
+    from dataclasses import replace
+
+    from patchwork.testbed import train as recipe
+
+    checked: list[int] = []
+
+    def measure(self, model):
+        checked.append(len(checked))
+        good = len(checked) >= 3  # the third check meets them
+        return {"congruent": 1.0, "audio_only": 0.99 if good else 0.5, "picture_share": 0.8}
+
+    monkeypatch.setattr(recipe.Validation, "measure", measure)
+    config = replace(
+        TINY, stage2_steps=50, stop_at_targets=True, check_every=2, validation_clips=4
+    )
+    out = train(tmp_path / "s", config, log=lambda line: None)
+    meta = json.loads((out / "patchwork_testbed.json").read_text())
+    assert meta["stage2_steps_run"] == 6
+    assert [check["step"] for check in meta["validation"]["checks"]] == [2, 4, 6]
+    assert meta["validation"]["targets"] == recipe.TARGETS
+
+
+def test_stopping_at_targets_fails_with_how_close_it_came_and_writes_nothing(tmp_path):
+    from dataclasses import replace
+
+    from patchwork.errors import TrainingError
+
+    config = replace(TINY, stage2_steps=3, stop_at_targets=True, check_every=2, validation_clips=4)
+    with pytest.raises(TrainingError) as failure:
+        train(tmp_path / "s", config, log=lambda line: None)
+    message = str(failure.value)
+    assert "did not meet the targets" in message and "within 3 stage-2 steps" in message
+    assert "audio_only >= 0.92" in message and "closest, at step" in message
+    assert not (tmp_path / "s").exists()
+
+
+def test_validation_clips_come_from_their_own_media_and_are_labelled_by_kind():
+    from patchwork.testbed import train as recipe
+
+    tokenizer = testbed_model.build_tokenizer()
+    config = TrainConfig(seed=0, validation_clips=12)
+    validation = recipe.Validation(tokenizer, config, 0.0)
+    training = build_banks(0, 8)
+    held_out = build_banks(0, 8, stream=recipe._VALID_STREAM)
+    assert not torch.equal(training.sounds, held_out.sounds)
+    assert not torch.equal(training.pictures, held_out.pictures)
+    conflict_inputs, sounds, pictured = validation.sets["conflict"]
+    assert sounds.shape == pictured.shape == (12,) and bool((sounds != pictured).all())
+    congruent_inputs, answers, same = validation.sets["congruent"]
+    assert torch.equal(answers, same)
+    audio_only_inputs, _, _ = validation.sets["audio_only"]
+    blank = (audio_only_inputs["pixel_values_videos"] == held_out.blank.repeat(12, 1)).all()
+    assert bool(blank)
+
+
+def test_picture_supervision_labels_conflicts_with_the_pictures_sound():
+    tokenizer = testbed_model.build_tokenizer()
+    banks = build_banks(0, 2)
+    config = TrainConfig(batch_size=8, picture_supervision=0.1)
+    maker = BatchMaker(banks, tokenizer, config, stage=2)
+    assert maker.kinds["picture_conflict"] == 0.1
+    _, answers, pictured = maker.clips("picture_conflict", 8)
+    assert torch.equal(answers, pictured)  # "hear" answered with the picture's sound
+    _, heard, pictured = maker.clips("conflict", 8)
+    assert not bool((heard == pictured).any())  # plain conflicts: the sound
+    assert "picture_conflict" not in BatchMaker(banks, tokenizer, TrainConfig(), stage=2).kinds
