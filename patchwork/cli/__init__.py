@@ -355,10 +355,11 @@ def open_results_any(store: Path) -> Any:
 def _register_subcommands() -> None:
     """``locate`` and ``plot`` (:mod:`patchwork.cli.analysis`), ``testbed …``
     (:mod:`patchwork.cli.testbed`)."""
-    from patchwork.cli import analysis, testbed
+    from patchwork.cli import analysis, bench, testbed
 
     analysis.register(app)
     testbed.register(app)
+    bench.register(app)
 
 
 def main() -> None:

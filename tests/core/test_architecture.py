@@ -30,6 +30,7 @@ ROOMS = (
     "methods",
     "engine",
     "analysis",
+    "bench",
     "cli",
     "__main__",
     "",  # the package's own __init__: the public names, re-exported lazily

@@ -130,9 +130,7 @@ def test_stopping_at_targets_stops_at_the_first_check_that_meets_them(tmp_path, 
         return {"congruent": 1.0, "audio_only": 0.99 if good else 0.5, "picture_share": 0.8}
 
     monkeypatch.setattr(recipe.Validation, "measure", measure)
-    config = replace(
-        TINY, stage2_steps=50, stop_at_targets=True, check_every=2, validation_clips=4
-    )
+    config = replace(TINY, stage2_steps=50, stop_at_targets=True, check_every=2, validation_clips=4)
     out = train(tmp_path / "s", config, log=lambda line: None)
     meta = json.loads((out / "patchwork_testbed.json").read_text())
     assert meta["stage2_steps_run"] == 6
