@@ -239,8 +239,10 @@ def run_bench(
 ) -> xr.Dataset:
     """Run every organism's methods, grade them, and write ``bench.zarr`` (organism × technique)
     and ``bench.png`` into ``out``; returns the graded dataset."""
-    import patchwork
     from patchwork.analysis import save_figure
+    from patchwork.engine.runner import run_study
+    from patchwork.store.zarr_store import open_results
+    from patchwork.study import load_study
 
     out = Path(out)
     if samples < 2:
@@ -253,11 +255,9 @@ def run_bench(
             folder.mkdir(parents=True, exist_ok=True)
             study_file = folder / f"{method.replace('+', '-')}.yaml"
             study_file.write_text(study_text(organism, checkpoint, method, samples))
-            summary = patchwork.run_study(
-                patchwork.load_study(study_file), store_root=out / "stores" / organism.slug
-            )
+            summary = run_study(load_study(study_file), store_root=out / "stores" / organism.slug)
             rows[(organism.name, method)] = grade(
-                organism, method, patchwork.open_results(summary.store).load()
+                organism, method, open_results(summary.store).load()
             )
             log(f"{organism.name} · {method}: {_line(rows[(organism.name, method)])}")
     graded = _dataset(rows, [o.name for o in organisms])
