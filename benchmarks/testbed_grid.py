@@ -3,7 +3,7 @@
 Each cell trains ``patchwork testbed train`` with its video and audio access windows and the
 default recipe (stage 1: 150 steps; stage 2: 300 steps of mostly audio-only clips, then the usual
 mix with 10% of conflicting clips labelled with the picture's sound, stopping at the first
-validation check that meets the targets + 0.02, capped at 3000 steps and 600 s for the whole
+validation check that meets the targets + 0.03, capped at 3000 steps and 600 s for the whole
 run), one thread, in a process of its own, then
 measures the written checkpoint on held-out clips (``testbed eval``'s behaviour table, 200
 samples, evaluation seed 20000: media the validation split never saw). Prints one row per cell:
@@ -70,7 +70,7 @@ def cell(name: str, video: tuple, audio: tuple, seed: int, out: str) -> dict:
             model, directory, n=200, media_dir=Path(media), questions=("what do you hear",)
         )
     numbers = evaluate.summary(table)
-    met = all(numbers[key] >= target for key, target in TARGETS.items())
+    met = all(round(numbers[key], 6) >= target for key, target in TARGETS.items())  # k / 200
     return {
         **row,
         "seconds": seconds,

@@ -109,8 +109,8 @@ def train_command(
 
     The default recipe makes an organism for any planted window: stage 2 first teaches hearing
     (--audio-first-steps), plants vision dominance (--picture-supervision) and stops at the first
-    validation check where congruent "hear" accuracy >= 0.97, audio-only >= 0.92 and the
-    picture's share of conflicts >= 0.62 (the targets + 0.02); without that by the step cap or the
+    validation check where congruent "hear" accuracy >= 0.98, audio-only >= 0.93 and the
+    picture's share of conflicts >= 0.63 (the targets + 0.03); without that by the step cap or the
     time budget it fails, writing no stage-2 checkpoint. --fixed-steps is the shipped
     checkpoints' recipe (dominance left to emerge, exactly --stage2-steps)."""
     import torch

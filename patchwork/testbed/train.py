@@ -77,8 +77,8 @@ class TrainConfig:
     stop_at_targets: bool = False
     check_every: int = 50
     decay_steps: int = 600  # stopping at targets: the cosine reaches 10% here and stays
-    margin: float = 0.02
-    validation_clips: int = 150  # per kind
+    margin: float = 0.03
+    validation_clips: int = 200  # per kind
     time_budget: float | None = None  # seconds for the whole run; None: no limit
 
 
@@ -296,7 +296,7 @@ class Validation:
     stream; :meth:`__call__` measures a model on it and records each check in ``history``."""
 
     def __init__(self, tokenizer, config: TrainConfig, budget_start: float, log=print):
-        banks = build_banks(config.seed, 8, stream=_VALID_STREAM)
+        banks = build_banks(config.seed, 24, stream=_VALID_STREAM)
         maker = BatchMaker(banks, tokenizer, config, stage=2, stream=_VALID_STREAM)
         n = config.validation_clips
         self.sets = {kind: maker.clips(kind, n) for kind in ("congruent", "audio_only", "conflict")}
