@@ -94,20 +94,21 @@ class Banks:
 
 
 def build_banks(seed: int, variants: int, stream: int = _TRAIN_STREAM) -> Banks:
+    """Media of ``variants`` clips and pictures per category from the generator ``stream``
+    (training; validation draws from another)."""
     n_kinds = len(world.CATEGORIES)
-    bank_stream = stream
 
-    def stream_of(kind: int, variant: int, medium: int) -> np.random.Generator:
-        return np.random.default_rng([seed, kind, variant, bank_stream, medium])
+    def drawn(kind: int, variant: int, medium: int) -> np.random.Generator:
+        return np.random.default_rng([seed, kind, variant, stream, medium])
 
     clips = [
-        world.as_pcm16(world.synthesize_sound(c.timbre, stream_of(k, v, 1)))
+        world.as_pcm16(world.synthesize_sound(c.timbre, drawn(k, v, 1)))
         for k, c in enumerate(world.CATEGORIES)
         for v in range(variants)
     ]
     sounds = _features(clips).reshape(n_kinds, variants, testbed_model.N_MELS, -1)
     frames = [
-        world.draw_picture(c, stream_of(k, v, 2))
+        world.draw_picture(c, drawn(k, v, 2))
         for k, c in enumerate(world.CATEGORIES)
         for v in range(variants)
     ]
@@ -293,16 +294,18 @@ def run_stage(
 class Validation:
     """The validation split of :data:`TARGETS`: ``config.validation_clips`` congruent,
     audio-only and conflicting clips asked "what do you hear", from media banks of their own
-    stream; :meth:`__call__` measures a model on it and records each check in ``history``."""
+    stream; :meth:`__call__` measures ``model`` on it (the training model, as it is at each
+    check) and records each check in ``history`` (seconds counted from ``started``)."""
 
-    def __init__(self, tokenizer, config: TrainConfig, budget_start: float, log=print):
+    def __init__(
+        self, model: torch.nn.Module, tokenizer, config: TrainConfig, started: float, log=print
+    ):
         banks = build_banks(config.seed, 24, stream=_VALID_STREAM)
         maker = BatchMaker(banks, tokenizer, config, stage=2, stream=_VALID_STREAM)
         n = config.validation_clips
         self.sets = {kind: maker.clips(kind, n) for kind in ("congruent", "audio_only", "conflict")}
-        self.config, self.started, self.log = config, budget_start, log
+        self.model, self.config, self.started, self.log = model, config, started, log
         self.history: list[dict[str, float]] = []
-        self.model: torch.nn.Module | None = None
 
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
         """Congruent and audio-only accuracy and the conflicts' picture share."""
@@ -319,7 +322,6 @@ class Validation:
         return all(rates[name] >= target + self.config.margin for name, target in TARGETS.items())
 
     def __call__(self, step: int) -> bool:
-        assert self.model is not None
         rates = self.measure(self.model)
         seconds = time.time() - self.started
         self.history.append({"step": step, **rates, "seconds": round(seconds, 1)})
@@ -400,9 +402,9 @@ def train(
                 base_out,
                 _meta(config, 1, window_meta, command, losses, time.time() - started),
             )
-    validation = Validation(tokenizer, config, started, log) if config.stop_at_targets else None
-    if validation is not None:
-        validation.model = model
+    validation = (
+        Validation(model, tokenizer, config, started, log) if config.stop_at_targets else None
+    )
     torch.manual_seed(config.seed + 1)
     losses = run_stage(
         model,

@@ -157,7 +157,7 @@ def test_validation_clips_come_from_their_own_media_and_are_labelled_by_kind():
 
     tokenizer = testbed_model.build_tokenizer()
     config = TrainConfig(seed=0, validation_clips=12)
-    validation = recipe.Validation(tokenizer, config, 0.0)
+    validation = recipe.Validation(None, tokenizer, config, 0.0)
     training = build_banks(0, 8)
     held_out = build_banks(0, 8, stream=recipe._VALID_STREAM)
     assert not torch.equal(training.sounds, held_out.sounds)
