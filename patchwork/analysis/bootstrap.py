@@ -100,7 +100,8 @@ def bootstrap_mean(
 
     Returns:
         Dataset over the dimensions of ``values`` other than ``sample``, with ``mean``,
-        ``ci_low``, ``ci_high`` (units of ``values``) and ``n_samples`` (finite samples per cell).
+        ``ci_low``, ``ci_high`` (units of ``values``) and ``n_samples`` (finite samples per cell);
+        its ``simultaneous_halfwidth`` attr bounds every cell's deviation at once.
     """
     if not 0.0 < confidence < 1.0:
         raise AnalysisError(f"confidence must lie strictly between 0 and 1; got {confidence}")
@@ -109,12 +110,22 @@ def bootstrap_mean(
     alpha = 1.0 - confidence
     bounds = means.quantile([alpha / 2, 1 - alpha / 2], dim="resample", skipna=True)
     plain = values.drop_vars("sample", errors="ignore")
+    mean = ratio_mean(values, denominator)
+    cells = [dim for dim in means.dims if dim != "resample"]
+    deviation = abs(means - mean).max(cells, skipna=True) if cells else abs(means - mean)
     return xr.Dataset(
         {
-            "mean": ratio_mean(values, denominator),
+            "mean": mean,
             "ci_low": bounds.isel(quantile=0, drop=True),
             "ci_high": bounds.isel(quantile=1, drop=True),
             "n_samples": plain.notnull().sum("sample"),
         },
-        attrs={"confidence": confidence, "n_resamples": n_resamples, "seed": seed},
+        attrs={
+            "confidence": confidence,
+            "n_resamples": n_resamples,
+            "seed": seed,
+            # a half-width that holds for every cell at once: the confidence quantile of the
+            # largest deviation of any cell's resampled mean from its mean
+            "simultaneous_halfwidth": float(deviation.quantile(confidence)),
+        },
     )

@@ -34,15 +34,22 @@ def head_restoration(results: xr.Dataset, group: str = "answer") -> xr.DataArray
 def knockout_restoration(results: xr.Dataset, rule: str) -> xr.DataArray:
     """Single-head knockouts of ``rule`` (``heads: each`` with ``window: 1``, labels
     ``rule@l-l#hN``): (sample, layer, head)."""
+    from patchwork.analysis.method_figures import knockout_frame
+
     base = results["knockout_baseline"].sel(metric="logit_diff")
     knocked = results["knockout_effect"].sel(metric="logit_diff")
-    cells = {}
-    for label in (str(value) for value in knocked["knockout"].values):
-        name, _, rest = label.partition("@")
-        span, _, heads = rest.partition("#h")
-        first, _, last = span.partition("-")
-        if name == rule and heads.isdigit() and first == last:
-            cells[(int(first), int(heads))] = label
+    labels = knockout_frame(results, "logit_diff").drop_duplicates("knockout")
+    single = labels[
+        (labels["rule"] == rule)
+        & labels["heads"].str.isdigit()
+        & (labels["first"] == labels["last"])
+    ]
+    cells = {
+        (int(first), int(head)): label
+        for first, head, label in zip(
+            single["first"], single["heads"], single["knockout"], strict=True
+        )
+    }
     if not cells:
         raise ValueError(f"rule {rule!r} has no single-layer, single-head knockouts")
     restored = _toward(knocked, base.isel(knockout_run=0), base.isel(knockout_run=1))

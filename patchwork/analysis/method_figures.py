@@ -53,20 +53,13 @@ def _gap_ranking(
     ``confidence`` quantile of the largest deviation of any cell in a resample (a bound that
     holds for all cells at once, so picking the top cells does not fool it), ``floor`` and
     ``above_floor`` (simultaneous_low > floor)."""
-    from patchwork.analysis.bootstrap import (
-        bootstrap_mean,
-        bootstrap_weights,
-        ratio_mean,
-        resampled_means,
-    )
+    from patchwork.analysis.bootstrap import bootstrap_mean
 
-    moved, gap = changed - baseline, reference - baseline
-    stats = bootstrap_mean(moved, confidence, n_resamples, seed, denominator=gap)
+    stats = bootstrap_mean(
+        changed - baseline, confidence, n_resamples, seed, denominator=reference - baseline
+    )
     frame = stats.to_dataframe().reset_index().rename(columns={"mean": name})
-    means = resampled_means(moved, bootstrap_weights(moved.sizes["sample"], n_resamples, seed), gap)
-    cells = [dim for dim in means.dims if dim != "resample"]
-    deviation = abs(means - ratio_mean(moved, gap)).max(cells, skipna=True)
-    frame["simultaneous_low"] = frame[name] - float(deviation.quantile(confidence))
+    frame["simultaneous_low"] = frame[name] - stats.attrs["simultaneous_halfwidth"]
     frame["floor"] = floor
     frame["above_floor"] = frame["simultaneous_low"] > floor
     frame = frame.sort_values(name, ascending=False, kind="stable").reset_index(drop=True)
