@@ -45,33 +45,45 @@ def reference(tmp_path_factory) -> dict[str, np.ndarray]:
     return {**arrays(summary.store), "seconds": summary.seconds}
 
 
-def wait_for(path: Path, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+def _run_in_child(text: str, root: str, gate) -> None:  # noqa: ANN001 - a Pipe end
+    """Run the study, reporting each finished unit to the parent and waiting for its word before
+    the next one: the parent decides after how many units the kill may land."""
 
+    def on_unit(count: int) -> None:
+        gate.send(count)
+        gate.recv()
 
-def _run_in_child(text: str, root: str) -> None:
-    run_study(parse_study(text), Path(root))
+    run_study(parse_study(text), Path(root), on_unit=on_unit)
 
 
 def test_kill_9_at_random_moments_then_resume(tmp_path: Path, reference) -> None:
-    """10 runs killed by SIGKILL at random moments (forked processes, so no import delay)."""
+    """10 runs killed by SIGKILL (forked processes, so no import delay): every third anywhere
+    from the start (store creation included), the others while a chosen unit is being computed.
+
+    The mid-run kills wait on observed progress, not on time: the child reports each finished
+    unit and waits for the parent's word, so after ``k`` reported units (1 ≤ k ≤ 4 of 6) it can
+    finish at most one more before the kill lands, however slow or busy the machine is. Where
+    in that unit the kill lands is random."""
     context = multiprocessing.get_context("fork")
     rng = random.Random(7)
+    unit_seconds = reference["seconds"] / 6
     killed_mid_run = 0
     for trial in range(10):
         root = tmp_path / f"trial{trial}"
         store = root / "tiny.zarr"
-        child = context.Process(target=_run_in_child, args=(TEXT, str(root)))
+        parent_end, child_end = context.Pipe()
+        child = context.Process(target=_run_in_child, args=(TEXT, str(root), child_end))
         child.start()
         if trial % 3 == 0:  # anywhere, store creation included
             time.sleep(rng.uniform(0.0, 1.0))
-        else:  # while units are being written
-            wait_for(store / "random_init" / "zarr.json", 60)
-            time.sleep(rng.uniform(0.0, reference["seconds"]))
+        else:  # after k finished units, somewhere inside the next one
+            for _ in range(rng.randint(1, 4)):
+                parent_end.recv()  # a unit is done and marked
+                parent_end.send(True)
+            time.sleep(rng.uniform(0.0, unit_seconds))
         os.kill(child.pid, signal.SIGKILL)
         child.join()
+        parent_end.close()
         if (store / "zarr.json").exists():
             verify_store(store)
         try:
@@ -84,7 +96,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path, reference) -> None
         assert summary.units_skipped == int(done_before.sum()) // 2
         assert summary.units_run == 6 - summary.units_skipped
         assert_same(arrays(store), reference)
-    assert killed_mid_run >= 3, "too few kills landed mid-run to test anything"
+    assert killed_mid_run >= 6, "the kills after observed progress must all land mid-run"
 
 
 def test_verify_unmarks_a_damaged_unit_and_removes_leftovers(tmp_path: Path, reference) -> None:
