@@ -64,10 +64,8 @@ def test_a_run_with_no_worker_left_ends_in_one_line_and_resumes(
         cluster.scale(0)
         while cluster.scheduler_info["workers"]:
             time.sleep(0.1)
-        started = time.monotonic()
         with pytest.raises(PatchworkError, match=r"no Dask worker left for 2 s \(0/4 units done\)"):
             run_study(parse_study(TEXT), tmp_path / "dask", executor=executor)
-        assert time.monotonic() - started < 60
     resumed = run_study(parse_study(TEXT), tmp_path / "dask")
     assert resumed.units_run == 4
     again = open_results(resumed.store).load()
