@@ -6,13 +6,15 @@ loses its mark, so the next ``patchwork run`` computes it again.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zarr
 
 from patchwork.errors import StoreError
-from patchwork.store.zarr_store import DAMAGE, ResultStore, template_complete
+from patchwork.store.metadata import refuse_links, unreadable_metadata
+from patchwork.store.zarr_store import ResultStore, store_models, template_complete
 
 
 @dataclass
@@ -24,6 +26,10 @@ class VerifyReport:
     units_cleared: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     #: Coordinates (per model) that fail their checksums: the next run rewrites them.
     coordinates_damaged: dict[str, list[str]] = field(default_factory=dict)
+    #: Done marks (per model) that could not be read, written again from the units' data.
+    marks_restored: dict[str, list[str]] = field(default_factory=dict)
+    #: Nodes (per model) whose zarr.json is lost: nothing of that model was touched.
+    metadata_lost: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -31,39 +37,43 @@ class VerifyReport:
             not self.partial_files_removed
             and not any(self.units_cleared.values())
             and not any(self.coordinates_damaged.values())
+            and not any(self.marks_restored.values())
+            and not self.metadata_lost
         )
 
 
 def verify_store(path: str | Path) -> VerifyReport:
-    """Remove ``*.partial`` leftovers and unmark every done unit that is not complete."""
+    """Remove ``*.partial`` leftovers, write unreadable done marks again from the units' own data,
+    and unmark every done unit that is not complete. A model whose metadata is lost is left as it
+    is (its finished units are kept) and named in :attr:`VerifyReport.metadata_lost`: the next
+    run of the study writes the metadata again from the study."""
     path = Path(path)
     if not (path / "zarr.json").exists():
         raise StoreError(f"{path}: no patchwork store here")
+    refuse_links(path)
+    models = store_models(path)  # the root's metadata reads, or one line
+    root = zarr.open_group(path, mode="r", zarr_format=3)
     report = VerifyReport()
-    for leftover in sorted(path.rglob("*.partial")):
-        leftover.unlink()
-        report.partial_files_removed.append(leftover)
-    try:
-        root = zarr.open_group(path, mode="r", zarr_format=3)
-        groups = sorted(root.groups())
-    except DAMAGE as error:
-        raise StoreError(
-            f"{path}: cannot read the store's metadata ({error}); a damaged model group's or "
-            "array's zarr.json is written again by the next run of the study, but without the "
-            "root's patchwork cannot tell which study wrote the store (--fresh starts over)"
-        ) from None
-    for model, group in groups:
-        if not template_complete(group):
+    for folder, _, files in os.walk(path, followlinks=False):
+        for name in sorted(files):
+            if name.endswith(".partial"):
+                leftover = Path(folder) / name
+                leftover.unlink()
+                report.partial_files_removed.append(leftover)
+    report.partial_files_removed.sort()
+    for model in models:
+        lost = unreadable_metadata(path, model)
+        if lost:
+            report.metadata_lost[model] = lost
+            continue
+        group = root[model]
+        if not isinstance(group, zarr.Group) or not template_complete(group):
             continue  # a template cut short by a crash: rewritten by the next run
         store = ResultStore(path, model)
+        report.marks_restored[model] = store.restore_marks()
         cleared = report.units_cleared.setdefault(model, [])
-        try:
-            done, size = store.done(), store.unit_size
-            report.units_checked += sum(
-                bool(done[start : start + size].any()) for start in range(0, len(done), size)
-            )
-        except DAMAGE:
-            pass  # an unreadable mark array: damaged_units clears every unit
+        done = store.done()
+        report.units_checked += sum(bool(done[start:stop].any()) for start, stop in store.units())
         for start, stop in store.damaged_units():
             store.clear_done(start, stop)
             cleared.append((start, stop))

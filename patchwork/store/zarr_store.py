@@ -19,7 +19,6 @@ mark, so an interrupted run never leaves a unit marked done with missing data.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import platform
 import subprocess
 import warnings
@@ -35,6 +34,13 @@ import xarray as xr
 import zarr
 
 from patchwork.errors import StoreError
+from patchwork.store.metadata import (
+    TEMPLATE_MARK,
+    metadata_line,
+    refuse_links,
+    restore_metadata,
+    unreadable_metadata,
+)
 
 SCHEMA_VERSION = 1
 #: Per-sample marks written by every unit after its data.
@@ -42,6 +48,7 @@ MARKS = ("checksum", "done")
 
 warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
 warnings.filterwarnings("ignore", message=".*Consolidated metadata is currently not part.*")
+warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,10 @@ class ArraySpec:
     dtype: str = "float32"
     long_name: str = ""
     units: str = ""
+    may_be_nan: bool | Mapping[str, Sequence[Any]] = True
+    """Which values may be NaN in a finished unit: anywhere (True), nowhere (False), or only at
+    the listed coordinates of some dimensions (``{"metric": ["normalized_effect"]}``). Stored as
+    the array's ``may_be_nan`` attribute; a finished unit with a NaN elsewhere is damaged."""
 
     def shape(self, samples: int) -> tuple[int, ...]:
         return (samples, *(len(self.coords[dim]) for dim in self.dims[1:]))
@@ -103,11 +114,15 @@ def template(samples: SampleCoords, arrays: Mapping[str, ArraySpec], unit_size: 
             coords[dim] = values
         shape = spec.shape(n)
         fill = np.nan if np.dtype(spec.dtype).kind == "f" else 0
-        attrs = {"long_name": spec.long_name, "units": spec.units}
+        attrs: dict[str, Any] = {"long_name": spec.long_name, "units": spec.units}
+        attrs = {key: value for key, value in attrs.items() if value}
+        if spec.may_be_nan is not True:
+            nan = spec.may_be_nan
+            attrs[NAN_ATTRIBUTE] = nan if nan is False else {d: list(v) for d, v in nan.items()}
         variables[name] = (
             spec.dims,
             da.full(shape, fill, dtype=spec.dtype, chunks=(chunk, *shape[1:])),
-            {key: value for key, value in attrs.items() if value},
+            attrs,
         )
     variables["checksum"] = (
         ("sample",),
@@ -123,12 +138,22 @@ def template(samples: SampleCoords, arrays: Mapping[str, ArraySpec], unit_size: 
 
 
 #: Attribute of a model group set once its whole template (every array and coordinate) is written.
-TEMPLATE_MARK = "template_complete"
 #: Attribute of a model group: CRC-32 of each coordinate array as written (coordinates have no
 #: unit checksum of their own; a lost chunk would read as blank labels).
 COORDINATE_SUMS = "coordinate_checksums"
-#: What reading a damaged chunk or metadata file raises (codec, JSON, shape errors).
-DAMAGE = (RuntimeError, ValueError, TypeError, KeyError, OSError, zarr.errors.BaseZarrError)
+#: An array's declaration of where a finished unit may hold NaN (:attr:`ArraySpec.may_be_nan`).
+NAN_ATTRIBUTE = "may_be_nan"
+#: What reading a damaged chunk or metadata file raises (codec, JSON, shape errors; a garbled
+#: variable-length string chunk can claim billions of items, and numpy refuses to allocate them).
+DAMAGE = (
+    RuntimeError,
+    ValueError,
+    TypeError,
+    KeyError,
+    OSError,
+    MemoryError,
+    zarr.errors.BaseZarrError,
+)
 
 
 def template_complete(group: zarr.Group) -> bool:
@@ -177,7 +202,7 @@ class ResultStore:
         ``describe(stored_root_attributes)`` says what changed when the study hash differs.
         """
         if (path / "zarr.json").exists():
-            existing = _root_attrs(path)
+            existing = root_attributes(path)
             if existing.get("config_sha256") != provenance["config_sha256"]:
                 changes = describe(existing) if describe else ""
                 raise StoreError(
@@ -185,7 +210,8 @@ class ResultStore:
                     f"{' (' + changes + ')' if changes else ''}; run with --fresh to start over "
                     "(it removes the old results) or choose another store"
                 )
-            restored = _restore_metadata(path, model, empty)
+            refuse_links(path)
+            restored = restore_metadata(path, model, empty)
             root = zarr.open_group(path, mode="r", zarr_format=3)
             group = root.get(model)
             if isinstance(group, zarr.Group) and template_complete(group):
@@ -220,21 +246,79 @@ class ResultStore:
         return store
 
     def check_layout(self, empty: xr.Dataset, unit_size: int) -> None:
-        chunks = self._array("effect").chunks
-        if self._array("effect").shape != empty["effect"].shape or chunks[0] != min(
-            unit_size, empty.sizes["sample"]
-        ):
-            raise StoreError(
-                f"{self.path}/{self.model}: stored array layout differs from the study"
-            )
+        """Every array of the study's template is stored with its shape and unit chunks."""
+        for name in (*empty.data_vars, *MARKS):
+            stored = self._group.get(name)
+            expected = empty[name]
+            chunk = min(unit_size, empty.sizes["sample"])
+            if (
+                not isinstance(stored, zarr.Array)
+                or stored.shape != expected.shape
+                or stored.chunks[0] != chunk
+            ):
+                raise StoreError(
+                    f"{self.path}/{self.model}: stored array {name!r} differs from the study's "
+                    "layout; run with --fresh to start over"
+                )
 
     @property
     def unit_size(self) -> int:
         return int(self._array("done").chunks[0])
 
+    def units(self) -> list[tuple[int, int]]:
+        """Every unit's sample range [start, stop)."""
+        total, size = int(self._array("done").shape[0]), self.unit_size
+        return [(start, min(start + size, total)) for start in range(0, total, size)]
+
+    def marks(self) -> list[bool | None]:
+        """Each unit's done mark as stored: True, False, or None where its chunk of ``done``
+        cannot be read (torn or truncated)."""
+        array, marks = self._array("done"), list[bool | None]()
+        for start, stop in self.units():
+            try:
+                values = np.asarray(array[start:stop], dtype=bool)
+            except DAMAGE:
+                marks.append(None)
+            else:
+                marks.append(bool(values.all()) if values.any() else False)
+        return marks
+
     def done(self) -> np.ndarray:
-        """Boolean mask (sample,) of samples whose unit finished."""
-        return np.asarray(self._array("done")[:], dtype=bool)
+        """Boolean mask (sample,) of samples whose unit finished. A unit whose mark cannot be
+        read, or whose mark is lost while its checksums were written, counts as finished when its
+        own data read back whole against those checksums (:meth:`unit_intact`): a damaged mark
+        never costs a finished unit."""
+        done = np.zeros(int(self._array("done").shape[0]), dtype=bool)
+        for (start, stop), mark in zip(self.units(), self.marks(), strict=True):
+            if mark is None or (not mark and self._checksums_written(start, stop)):
+                done[start:stop] = self.unit_intact(start, stop)
+            else:
+                done[start:stop] = mark
+        return done
+
+    def _checksums_written(self, start: int, stop: int) -> bool:
+        """Whether a unit's checksums were written (a unit never written reads zeros)."""
+        try:
+            return bool(np.asarray(self._array("checksum")[start:stop]).all())
+        except DAMAGE:
+            return False
+
+    def restore_marks(self) -> list[str]:
+        """Write done marks again where :meth:`done` recovered a different state than the one
+        stored (an unreadable mark, or a lost mark of a unit whose data are whole); one line
+        each."""
+        lines = []
+        done = self.done()
+        for (start, stop), mark in zip(self.units(), self.marks(), strict=True):
+            if mark is None or mark != bool(done[start]):
+                self._array("done")[start:stop] = done[start:stop]
+                state = "finished: kept" if done[start] else "not finished: computed again"
+                lost = "unreadable" if mark is None else "lost"
+                lines.append(
+                    f"samples {start}-{stop - 1}: done mark {lost}, recovered from the unit's "
+                    f"data and checksums ({state})"
+                )
+        return lines
 
     def write_unit(self, start: int, arrays: dict[str, np.ndarray]) -> None:
         """Write one unit's arrays at ``sample = start …``, then its done mark.
@@ -283,30 +367,45 @@ class ResultStore:
 
     def unit_intact(self, start: int, stop: int) -> bool:
         """Whether a done unit reads back whole: every chunk decodes, the checksums recorded when
-        it was written match, and its effects and baselines are finite (``normalized_effect``
-        and ``null_effect`` may be NaN by design)."""
+        it was written match, and no array holds NaN where it declares none
+        (:attr:`ArraySpec.may_be_nan`)."""
         try:
             arrays = self.read_unit(start, stop)
             recorded = np.asarray(self._array("checksum")[start:stop], dtype=np.int64)
+            if not np.array_equal(sample_checksums(arrays), recorded):
+                return False
+            return all(
+                bool(np.isfinite(flat[:, self._must_be_finite(name).reshape(-1)]).all())
+                for name, values in arrays.items()
+                for flat in [np.asarray(values).reshape(len(values), -1)]
+                if np.asarray(values).dtype.kind == "f"
+            )
         except DAMAGE:
             return False
-        if not np.array_equal(sample_checksums(arrays), recorded):
-            return False
-        return all(
-            bool(np.isfinite(arrays[name][..., :2]).all())
-            for name in ("effect", "baseline")
-            if name in arrays
-        )
+
+    def _must_be_finite(self, name: str) -> np.ndarray:
+        """Boolean mask over an array's non-sample dimensions: where its values must be finite."""
+        array = self._array(name)
+        declared = array.attrs.get(NAN_ATTRIBUTE, True)
+        dims = _dimensions(array)[1:]
+        mask = np.full(array.shape[1:], declared is False, dtype=bool)
+        if isinstance(declared, dict):
+            mask[...] = True
+            for axis, dim in enumerate(dims):
+                if dim in declared:
+                    labels = [str(label) for label in np.asarray(self._array(dim)[:])]
+                    allowed = np.isin(labels, [str(label) for label in declared[dim]])
+                    shape = [1] * len(dims)
+                    shape[axis] = len(labels)
+                    mask &= ~allowed.reshape(shape)
+        return mask
 
     def damaged_units(self) -> list[tuple[int, int]]:
         """The done units that do not read back whole (:meth:`unit_intact`); none where the store
         keeps no checksums (written by other tools)."""
         if "checksum" not in self._group:
             return []
-        try:
-            done = self.done()
-        except DAMAGE:
-            return [(0, int(self._array("done").shape[0]))]
+        done = self.done()
         size, total = self.unit_size, len(done)
         return [
             (start, min(start + size, total))
@@ -349,8 +448,9 @@ class ResultStore:
     def repair(self, empty: xr.Dataset, rewrite_coordinates: bool = False) -> list[str]:
         """Rewrite damaged coordinates (all of them with ``rewrite_coordinates``) from the
         study's template and unmark damaged units (the next computation redoes them); returns
-        one line per repair."""
-        lines = []
+        one line per repair. Unreadable done marks are first written again from the units' own
+        data (:meth:`restore_marks`)."""
+        lines = self.restore_marks()
         damaged = self.coordinate_names() if rewrite_coordinates else self.damaged_coordinates()
         for name in damaged:
             self._array(name)[:] = np.asarray(empty[name].values).astype(self._array(name).dtype)
@@ -362,49 +462,6 @@ class ResultStore:
             self.clear_done(start, stop)
             lines.append(f"samples {start}-{stop - 1} were damaged: computed again")
         return lines
-
-
-def _restore_metadata(path: Path, model: str, empty: xr.Dataset) -> list[str]:
-    """Metadata files (``zarr.json``) of a finished template's group or arrays that are missing
-    or unreadable, written again from the study's template; chunks are kept (their checksums
-    then say whether they are whole). Returns the names restored (``model`` for the group)."""
-    directory = path / model
-    if not directory.is_dir():
-        return []
-    names = [str(name) for name in empty.variables]
-    restored = [
-        name
-        for name, folder in [(model, directory), *((n, directory / n) for n in names)]
-        if folder.is_dir() and not _readable_json(folder / "zarr.json")
-    ]
-    arrays = [name for name in restored if name != model]
-    for name in restored:  # unreadable metadata is no metadata
-        (directory if name == model else directory / name).joinpath("zarr.json").unlink(
-            missing_ok=True
-        )
-    if model in restored:
-        # a group written before its arrays: its arrays' data say whether any unit finished
-        done = directory / "done" / "c"
-        if not done.is_dir() or not any(done.rglob("*")):
-            return []  # nothing can have finished: the template is rewritten whole
-        zarr.open_group(directory, mode="a", zarr_format=3)
-    if arrays:
-        with warnings.catch_warnings():  # zarr notes the folders it is about to describe
-            warnings.filterwarnings("ignore", message=".*not recognized as a component")
-            empty[arrays].to_zarr(
-                path, group=model, mode="a", compute=False, zarr_format=3, consolidated=False
-            )
-    if model in restored:
-        group = zarr.open_group(directory, mode="r+", zarr_format=3)
-        group.attrs.update({**empty.attrs, "model_name": model, TEMPLATE_MARK: True})
-    return restored
-
-
-def _readable_json(path: Path) -> bool:
-    try:
-        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
-    except (OSError, ValueError):
-        return False
 
 
 def _dimensions(array: zarr.Array) -> tuple[str, ...]:
@@ -452,8 +509,22 @@ def open_results(
         ) from None
 
 
+def store_models(path: str | Path) -> list[str]:
+    """The model groups of a store, by their folders (a group whose metadata is lost included),
+    once its root metadata reads; :class:`StoreError` in one line otherwise."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise StoreError(f"{path}: no patchwork store here")
+    root_attributes(path)
+    return sorted(entry.name for entry in path.iterdir() if entry.is_dir())
+
+
 def _open(path: Path, model: str | None, chunks: dict[str, int] | None, verify: bool) -> xr.Dataset:
     root = zarr.open_group(path, mode="r", zarr_format=3)
+    for name in store_models(path) if model is None else [model]:
+        lost = unreadable_metadata(path, name)
+        if lost:
+            raise StoreError(metadata_line(path, name, lost))
     models = sorted(name for name, _ in root.groups())
     if not models:
         raise StoreError(f"{path}: the store holds no results yet")
@@ -522,7 +593,7 @@ def provenance(
     }
 
 
-def _root_attrs(path: Path) -> dict[str, object]:
+def root_attributes(path: Path) -> dict[str, object]:
     try:
         return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
     except DAMAGE as error:

@@ -271,3 +271,29 @@ def test_fresh_removes_a_damaged_store(tmp_path: Path) -> None:
     assert summary.units_skipped == 0
     assert any("damaged; finished samples unknown" in note for note in notes)
     assert bool(open_results(store)["done"].all())
+
+
+@pytest.mark.parametrize(
+    ("declared", "nan_at", "intact"),
+    [
+        ({"metric": ["normalized_effect"]}, 2, True),  # NaN where declared
+        ({"metric": ["normalized_effect"]}, 0, False),  # a logit difference lost
+        (False, 2, False),  # declared finite everywhere
+        (True, 0, True),  # NaN allowed anywhere
+    ],
+)
+def test_a_finished_unit_holds_nan_only_where_its_array_declares(
+    tmp_path: Path, declared: object, nan_at: int, intact: bool
+) -> None:
+    """A unit whose checksums match but that holds NaN where its array declares none (a method
+    that lost a value) is damaged: verify and resume compute it again."""
+    spec = ArraySpec(("sample", "metric"), {"metric": list(METRICS)}, may_be_nan=declared)  # type: ignore[arg-type]
+    coords = SampleCoords(["s0", "s1"], ["a", "a"], ["b", "b"])
+    path = tmp_path / "store.zarr"
+    empty = template(coords, {"score": spec}, unit_size=2)
+    store = ResultStore.create_or_resume(path, "m", empty, 2, {"config_sha256": "x"})
+    values = np.ones((2, 3), dtype=np.float32)
+    values[1, nan_at] = np.nan
+    store.write_unit(0, {"score": values})  # checksums of these very values
+    assert store.unit_intact(0, 2) is intact
+    assert store.damaged_units() == ([] if intact else [(0, 2)])

@@ -1,0 +1,107 @@
+"""A store's metadata files (``zarr.json``) and its folders, checked before anything is read or
+written: lost or garbled metadata is named (and written again from the study's template, byte
+for byte as it was), and a store that holds a symbolic link is never written through.
+
+Chunks are never touched here: a restored array's chunks are kept, and their checksums then say
+whether each finished unit is whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import xarray as xr
+import zarr
+
+from patchwork.errors import StoreError
+
+#: Set on a model group once its template is written to the end.
+TEMPLATE_MARK = "template_complete"
+
+
+def readable_json(path: Path) -> bool:
+    """Whether ``path`` is a file holding a JSON object (what every ``zarr.json`` is)."""
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
+def unreadable_metadata(path: Path, model: str) -> list[str]:
+    """The nodes of ``model``'s group whose ``zarr.json`` is missing or unreadable: ``model``
+    for the group itself, else the array's name (a folder without metadata is a lost array)."""
+    directory = path / model
+    if not directory.is_dir():
+        return []
+    lost = [model] if not readable_json(directory / "zarr.json") else []
+    return lost + sorted(
+        entry.name
+        for entry in directory.iterdir()
+        if entry.is_dir() and not readable_json(entry / "zarr.json")
+    )
+
+
+def metadata_line(path: Path, model: str, lost: list[str]) -> str:
+    """One line for lost metadata: what is lost, that finished units are kept, what to do."""
+    names = ", ".join(repr(name) for name in lost)
+    return (
+        f"{path}/{model}: the metadata (zarr.json) of {names} is lost or unreadable; finished "
+        "units are kept — run the study again (patchwork run STUDY) to write it again from the "
+        "study, then read or verify the store"
+    )
+
+
+def refuse_links(path: Path) -> None:
+    """Raise :class:`StoreError` when anything inside the store is a symbolic link: a write
+    through it would land outside the store."""
+    for folder, directories, files in os.walk(path, followlinks=False):
+        for name in (*directories, *files):
+            entry = Path(folder) / name
+            if entry.is_symlink():
+                raise StoreError(
+                    f"{entry} is a symbolic link; patchwork never writes through links, which "
+                    "could lead outside the store — replace it with the folder or file itself, "
+                    "or start over with --fresh"
+                )
+
+
+def restore_metadata(path: Path, model: str, empty: xr.Dataset) -> list[str]:
+    """Write missing or unreadable ``zarr.json`` files of a finished template's group or arrays
+    again from the study's template; chunks are kept. A group's own metadata, where readable, is
+    kept byte for byte (writing arrays into a group rewrites its attributes otherwise). Returns
+    the names restored (``model`` for the group)."""
+    directory = path / model
+    if not directory.is_dir():
+        return []
+    names = {str(name) for name in empty.variables}
+    restored = [name for name in unreadable_metadata(path, model) if name in names | {model}]
+    arrays = [name for name in restored if name != model]
+    for name in restored:  # unreadable metadata is no metadata
+        (directory if name == model else directory / name).joinpath("zarr.json").unlink(
+            missing_ok=True
+        )
+    if model in restored:
+        # a group written before its arrays: its arrays' data say whether any unit finished
+        done = directory / "done" / "c"
+        if not done.is_dir() or not any(done.rglob("*")):
+            return []  # nothing can have finished: the template is rewritten whole
+        zarr.open_group(directory, mode="a", zarr_format=3)
+    group_metadata = directory / "zarr.json"
+    kept = group_metadata.read_bytes() if model not in restored else None
+    if arrays:
+        with warnings.catch_warnings():  # zarr notes the folders it is about to describe
+            warnings.filterwarnings("ignore", message=".*not recognized as a component")
+            empty[arrays].to_zarr(
+                path, group=model, mode="a", compute=False, zarr_format=3, consolidated=False
+            )
+    if kept is not None:
+        partial = group_metadata.with_name("zarr.json.partial")  # verify removes a leftover
+        partial.write_bytes(kept)
+        os.replace(partial, group_metadata)
+    else:
+        group = zarr.open_group(directory, mode="r+", zarr_format=3)
+        group.attrs.update({**empty.attrs, "model_name": model, TEMPLATE_MARK: True})
+    return restored
