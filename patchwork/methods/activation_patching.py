@@ -22,7 +22,7 @@ import torch
 from patchwork.data.sample import Sample
 from patchwork.data.source import SampleSource
 from patchwork.errors import StudyError
-from patchwork.methods.method import SourceIntoTarget
+from patchwork.methods.method import NORMALIZED_MAY_BE_NAN, Cost, SourceIntoTarget
 from patchwork.patching.atp_star import (
     deltas,
     graddrop_magnitudes,
@@ -41,6 +41,7 @@ from patchwork.patching.attribution import (
     widened,
 )
 from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_rows
+from patchwork.patching.partial_forward import ResumePatcher, first_position
 from patchwork.patching.patcher import (
     Activations,
     Condition,
@@ -48,7 +49,6 @@ from patchwork.patching.patcher import (
     layout_batches,
     sweep_conditions,
 )
-from patchwork.patching.resume import ResumePatcher, first_position
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, ActivationPatching
 
@@ -83,6 +83,15 @@ def noise_partners(layouts: Sequence[str | None], count: int, seed: int) -> list
 
 class ActivationPatchingMethod(SourceIntoTarget):
     kind = "activation_patching"
+    example = """\
+  - kind: activation_patching
+    from: clean
+    into: conflict
+    components: [residual, attention]
+    layers: all
+    window: 1
+    position_groups: [audio, video, answer]
+"""
     spec: ActivationPatching
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -149,6 +158,19 @@ class ActivationPatchingMethod(SourceIntoTarget):
         """(layer, component) pairs whose source activations the conditions read."""
         return {(layer, c.component) for c in self.conditions for layer in c.layers}
 
+    def cost(self, sample: Sample) -> Cost:
+        """Each condition resumed from its first patched layer and its group's first position,
+        again once per noise-floor partner (whose source runs are further baselines)."""
+        first = self.first_positions(sample, self.spec.target)
+        cells = tuple((min(c.layers), first[c.position_group]) for c in self.conditions)
+        partners = int(self.spec.noise_partners) if self.with_null_effect else 0
+        return Cost(
+            run=self.spec.target,
+            baselines=2 + partners,
+            cells=cells * (1 + partners),
+            sites=len(self.sites),
+        )
+
     @property
     def with_null_effect(self) -> bool:
         return self.spec.noise_floor == "mismatched"
@@ -193,6 +215,7 @@ class ActivationPatchingMethod(SourceIntoTarget):
             },
             long_name=f"answer metric with the {patched}{estimated}",
             units="1",
+            may_be_nan=NORMALIZED_MAY_BE_NAN,
         )
         variables = {
             "effect": effect,
@@ -485,7 +508,8 @@ class _ExactRunner:
         self.resumed = False
 
     def resumable(self, target: dict[str, torch.Tensor]) -> bool:
-        """True when patched runs of ``target`` resume mid-model (see :mod:`resume`)."""
+        """True when patched runs of ``target`` resume mid-model
+        (:mod:`~patchwork.patching.partial_forward`)."""
         return self.resume is not None and ResumePatcher.applicable(self.patcher.adapter, target)
 
     def start(

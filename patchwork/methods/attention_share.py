@@ -62,6 +62,10 @@ def group_share(weights: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor
 
 class AttentionShareMethod(Method):
     kind = "attention_share"
+    example = """\
+  - kind: attention_share
+    run: conflict
+"""
     spec: AttentionShare
 
     def __init__(self, *args: object, **kwargs: object) -> None:

@@ -40,6 +40,12 @@ def divergence(model_log_probs: torch.Tensor, base_log_probs: torch.Tensor) -> t
 
 class BaseComparisonMethod(Method):
     kind = "base_comparison"
+    example = """\
+  - kind: base_comparison
+    base: {random_init: {layers: 3, hidden_size: 32, heads: 2, kv_heads: 1, seed: 7}}
+    runs: [clean, conflict]
+    position_groups: [all, answer]
+"""
     spec: BaseComparison
 
     def __init__(self, *args: object, **kwargs: object) -> None:

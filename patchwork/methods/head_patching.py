@@ -15,7 +15,7 @@ import torch
 
 from patchwork.data.sample import Sample
 from patchwork.errors import StudyError
-from patchwork.methods.method import SourceIntoTarget
+from patchwork.methods.method import Cost, SourceIntoTarget
 from patchwork.patching.attribution import budgeted, linearize, widened
 from patchwork.patching.heads import (
     HeadActivations,
@@ -25,14 +25,21 @@ from patchwork.patching.heads import (
     record_heads,
 )
 from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_rows
+from patchwork.patching.partial_forward import ResumePatcher, first_position
 from patchwork.patching.patcher import Condition, Patcher
-from patchwork.patching.resume import ResumePatcher, first_position
 from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, HeadPatching
 
 
 class HeadPatchingMethod(SourceIntoTarget):
     kind = "head_patching"
+    example = """\
+  - kind: head_patching
+    from: clean
+    into: conflict
+    layers: [0, 2]
+    position_groups: [video, answer]
+"""
     spec: HeadPatching
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -55,6 +62,12 @@ class HeadPatchingMethod(SourceIntoTarget):
             for head in self.heads
             for group in self.spec.position_groups
         ]
+
+    def cost(self, sample: Sample) -> Cost:
+        """Each head cell resumed from its layer and its group's first position."""
+        first = self.first_positions(sample, self.spec.target)
+        cells = tuple((c.layer, first[c.position_group]) for c in self.conditions)
+        return Cost(run=self.spec.target, baselines=2, cells=cells, sites=len(self.layers))
 
     def variables(self) -> dict[str, ArraySpec]:
         spec = self.spec

@@ -37,7 +37,7 @@ import torch
 
 from patchwork.data.sample import ModelInputs, Sample
 from patchwork.errors import DataError, StudyError
-from patchwork.methods.method import Method
+from patchwork.methods.method import Cost, Method
 from patchwork.models import blocks
 from patchwork.models.adapter import ModelAdapter
 from patchwork.models.blocks import with_blocked_mask
@@ -252,6 +252,14 @@ def _greedy(logits: torch.Tensor, banned: Sequence[int]) -> torch.Tensor:
 
 class AttentionKnockoutMethod(Method):
     kind = "attention_knockout"
+    example = """\
+  - kind: attention_knockout
+    run: conflict
+    reference: clean
+    rules:
+      video_block: {queries: [answer, text], keys: [video], layers: 1-2}
+      audio_sweep: {queries: [answer], keys: [audio], window: 2}
+"""
     spec: AttentionKnockout
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -290,6 +298,12 @@ class AttentionKnockoutMethod(Method):
                         f"sample {sample.sample_id}: knockout rule {knockout.rule!r} names "
                         f"position group {group!r}, which has no positions in this sample"
                     )
+
+    def cost(self, sample: Sample) -> Cost:
+        """The run and its reference, and one run per knockout changed from its first layer at
+        every position."""
+        cells = tuple((min(knockout.layers), 0) for knockout in self.knockouts)
+        return Cost(run=self.spec.run, baselines=2, cells=cells)
 
     def variables(self) -> dict[str, ArraySpec]:
         labels = [k.label for k in self.knockouts]

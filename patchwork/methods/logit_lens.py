@@ -49,6 +49,11 @@ def rank_of(distribution: torch.Tensor, token: int) -> int:
 
 class LogitLensMethod(Method):
     kind = "logit_lens"
+    example = """\
+  - kind: logit_lens
+    run: conflict
+    position_groups: [audio, answer]
+"""
     spec: LogitLens
 
     def __init__(self, *args: object, **kwargs: object) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,6 +29,26 @@ from patchwork.store.zarr_store import ArraySpec
 from patchwork.study.schema import METRICS, PluginIntervention, Study
 
 
+@dataclass(frozen=True)
+class Cost:
+    """One sample's work for a method, as ``patchwork plan`` estimates it (see
+    :mod:`patchwork.engine.cost`): full forwards of ``run`` that change nothing (``baselines``:
+    the unpatched runs) and one entry per cell, the first decoder layer and the first position
+    that cell changes — a run resumed there costs the share (L − layer)/L · (S − position)/S of a
+    forward; ``(0, 0)`` is a whole forward. ``sites`` counts the activations recorded per
+    position (for the memory estimate)."""
+
+    run: str
+    baselines: int
+    cells: tuple[tuple[int, int], ...] = ()
+    sites: int = 0
+
+
+#: Answer metrics are finite but for the normalized effect, which is NaN where a sample's two runs
+#: give the same logit difference (nothing to normalize by).
+NORMALIZED_MAY_BE_NAN = {"metric": ["normalized_effect"]}
+
+
 class Method(ABC):
     """One intervention entry of a study, bound to the loaded model."""
 
@@ -35,6 +56,10 @@ class Method(ABC):
     #: The study entry's model, for a method from another package (patchwork's own are in
     #: :mod:`patchwork.study.schema`); its entry arrives validated by it.
     spec_model: ClassVar[type[BaseModel] | None] = None
+    #: A study entry (YAML, indented as an item of ``interventions:``) that runs this method on a
+    #: tiny model of three decoder layers with runs ``clean`` and ``conflict``: the command
+    #: matrix test runs every registered kind's example through every command.
+    example: ClassVar[str | None] = None
 
     def __init__(self, spec: Any, index: int, study: Study, loaded: LoadedModel) -> None:
         if isinstance(spec, PluginIntervention) and self.spec_model is not None:
@@ -81,6 +106,26 @@ class Method(ABC):
     def check_sample(self, sample: Sample) -> None:  # noqa: B027 - optional hook
         """Raise DataError when a sample cannot serve this method."""
 
+    @property
+    def sites(self) -> set[tuple[int, str]]:
+        """(layer, component) module sites this method reads or patches, resolved against the
+        model by ``validate`` and ``plan``; none by default."""
+        return set()
+
+    def cost(self, sample: Sample) -> Cost:
+        """This method's work on one sample (:class:`Cost`); by default one full forward of
+        each run it reads and no cells."""
+        runs = self.runs() or tuple(sample.runs)
+        return Cost(run=runs[0], baselines=len(runs))
+
+    def first_positions(self, sample: Sample, run: str) -> dict[str, int]:
+        """The first position of each position group in ``run`` (its length where empty)."""
+        groups = self.loaded.adapter.position_groups(sample.runs[run]["input_ids"])
+        return {
+            name: int(mask.reshape(-1).nonzero()[0]) if bool(mask.any()) else mask.numel()
+            for name, mask in groups.items()
+        }
+
     @abstractmethod
     def variables(self) -> dict[str, ArraySpec]:
         """The arrays this method stores."""
@@ -124,4 +169,5 @@ class SourceIntoTarget(Method):
             {run_dim: list(self.runs()), "metric": list(METRICS)},
             long_name="answer metric of each unpatched run",
             units="1",
+            may_be_nan=NORMALIZED_MAY_BE_NAN,
         )

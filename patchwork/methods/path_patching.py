@@ -15,7 +15,7 @@ import numpy as np
 
 from patchwork.data.sample import Sample
 from patchwork.errors import ModelError, StudyError
-from patchwork.methods.method import SourceIntoTarget
+from patchwork.methods.method import Cost, SourceIntoTarget
 from patchwork.patching.heads import head_count
 from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_rows
 from patchwork.patching.patcher import Patcher
@@ -31,6 +31,14 @@ from patchwork.study.schema import METRICS, PathPatching
 
 class PathPatchingMethod(SourceIntoTarget):
     kind = "path_patching"
+    example = """\
+  - kind: path_patching
+    from: clean
+    into: conflict
+    sender_group: video
+    sender_layers: [0, 1]
+    receiver_layers: [1, 2]
+"""
     spec: PathPatching
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -53,6 +61,12 @@ class PathPatchingMethod(SourceIntoTarget):
             raise StudyError(
                 f"{self.where('receiver_layers')}: no receiver layer comes after a sender layer"
             )
+
+    def cost(self, sample: Sample) -> Cost:
+        """One run per path, changed from its sender layer at the sender group's first position."""
+        first = self.first_positions(sample, self.spec.target)[self.spec.sender_group]
+        cells = tuple((sender, first) for sender, _, _ in self.paths)
+        return Cost(run=self.spec.target, baselines=2, cells=cells, sites=len(self.senders))
 
     def variables(self) -> dict[str, ArraySpec]:
         spec = self.spec

@@ -87,6 +87,15 @@ def steered_logits(
 
 class SteeringMethod(Method):
     kind = "steering"
+    example = """\
+  - kind: steering
+    run: conflict
+    source: clean
+    layers: [0, 2]
+    position_group: video
+    alphas: [0, 1, 3]
+    fit_fraction: 0.4
+"""
     spec: Steering
 
     def __init__(self, *args: object, **kwargs: object) -> None:

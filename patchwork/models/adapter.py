@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from patchwork.data.conventions import Convention, VideoSampling
 from patchwork.data.sample import ModelInputs, RunMedia
 from patchwork.errors import ModelError
 
@@ -78,6 +79,10 @@ class ModelAdapter(ABC):
     #: The answer logits are the unembedding of the final norm of the last position's residual,
     #: one stream, nothing after (attribution's readout correction recomputes exactly that).
     plain_readout: ClassVar[bool] = False
+    #: A decoder layer can be run alone from its input, positions, mask and a key/value cache of
+    #: the earlier positions, so patched runs resume from their first changed layer and position
+    #: (:mod:`patchwork.patching.partial_forward`); otherwise every patched run is a full trace.
+    supports_resume: ClassVar[bool] = False
     final_norm_path: ClassVar[str]
     unembed_path: ClassVar[str]
     #: Audio sampling rate (Hz) the model's feature extractor expects.
@@ -85,6 +90,8 @@ class ModelAdapter(ABC):
     #: The chat template's content types of a user turn's media, in the order of the adapter's
     #: placeholder layout (empty: the adapter cannot render its prompt with a chat template).
     chat_media: ClassVar[tuple[str, ...]] = ()
+    #: The family's official processor can build a run's inputs (``inputs: processor``).
+    official_processor: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, source: Path | None = None) -> None:
         self.root = self.resolve_root(model)
@@ -160,6 +167,28 @@ class ModelAdapter(ABC):
     def forward_kwargs(self, inputs: ModelInputs) -> dict[str, Any]:
         """Keyword arguments of one forward of a run (flags the tensors imply are added here)."""
         return dict(inputs)
+
+    def processor_inputs(
+        self, spec: Mapping[str, Any], base: Path, text_ids: Sequence[int], convention: Convention
+    ) -> dict[str, torch.Tensor]:
+        """A run's inputs made by the family's official processor from the files ``spec`` names
+        (``inputs: processor``; :mod:`patchwork.models.official`)."""
+        if not self.official_processor:
+            raise ModelError(
+                f"inputs: processor is not available for the {self.family} family; use the "
+                "default builder"
+            )
+        from patchwork.models import official
+
+        cache = self.__dict__.setdefault("_processors", {})
+        if convention not in cache:
+            cache[convention] = official.build_processor(self.source, convention)
+        return official.processor_inputs(cache[convention], spec, base, text_ids, convention)
+
+    def video_sampling(self, convention: Convention = "model_card") -> VideoSampling:
+        """How video frames are taken for this family on the official route ``convention``
+        (:mod:`patchwork.data.conventions`); default: the Qwen model cards'."""
+        return VideoSampling(convention)
 
     def build_inputs(self, text_ids: Sequence[int], media: RunMedia) -> dict[str, torch.Tensor]:
         """A run's model inputs (batch of one) from its decoded media and question tokens."""

@@ -178,7 +178,7 @@ def project(
     Uses the layer's attention-input norm (the adapter's ``attention_norm_name``) and the attention
     module's own forward, stopped before attention proper; hooks are not run.
     """
-    norm_name = getattr(adapter, "attention_norm_name", None)
+    norm_name = adapter.attention_norm_name
     if norm_name is None:
         raise ModelError(f"the {adapter.family} adapter cannot project queries and keys")
     decoder_layer = adapter.layer(adapter.root, layer)

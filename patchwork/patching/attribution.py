@@ -24,8 +24,8 @@ from patchwork.data.sample import ModelInputs
 from patchwork.models.adapter import ModelAdapter, _attribute
 from patchwork.models.attention import AttentionRecord, recorded_attention
 from patchwork.patching.metrics import answer_metrics
+from patchwork.patching.partial_forward import TargetCache
 from patchwork.patching.patcher import Activations, Condition
-from patchwork.patching.resume import TargetCache
 
 #: (layer, component, position_group) → estimated change of one metric.
 Cells = dict[tuple[int, str, str], float]

@@ -7,19 +7,21 @@ pictured A's sound, as in training); for "see": what is pictured ("nothing" for 
 For conflicting clips ``picture_share`` is the share that names the *picture's* sound (or object):
 vision dominance for "hear".
 
-Probes: multinomial logistic regression written in torch, k-fold cross-validated, on the residual
-stream (hidden states after each decoder layer; index 0 = embeddings) of conflicting clips,
-decoding the *sound's* category, at the audio positions (mean over them) and at the answer
-position.
+Probes: the residual stream (hidden states after each decoder layer; index 0 = embeddings) of
+conflicting clips, at the audio positions (mean over them) and at the answer position, decoding
+the *sound's* category with the probe a caller passes (``patchwork testbed eval --probes`` passes
+the analysis's cross-validated probe, :func:`patchwork.analysis.probes.probe_accuracy`, the one
+every probes study uses).
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -115,52 +117,18 @@ def residual_features(
     return torch.cat(audio_mean), torch.cat(answer)
 
 
-def probe_accuracy(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    folds: int = 5,
-    seed: int = 0,
-    steps: int = 200,
-    weight_decay: float = 1e-3,
-) -> float:
-    """Cross-validated accuracy of a linear softmax classifier: features (n, d), labels (n,).
-
-    Each fold standardizes with the training part's mean/std, fits by full-batch Adam, and scores
-    the held-out part; returns the accuracy over all held-out predictions.
-    """
-    n_classes = int(labels.max()) + 1
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    correct = 0
-    for fold in range(folds):
-        test = order[fold::folds]
-        train = order[torch.isin(order, test, invert=True)]
-        mean, std = features[train].mean(0), features[train].std(0) + 1e-6
-        x_train, x_test = (features[train] - mean) / std, (features[test] - mean) / std
-        generator = torch.Generator().manual_seed(seed + fold)
-        weight = torch.randn(features.shape[1], n_classes, generator=generator) * 0.01
-        weight.requires_grad_(True)
-        bias = torch.zeros(n_classes, requires_grad=True)
-        optimizer = torch.optim.Adam([weight, bias], lr=0.05)
-        for _ in range(steps):
-            loss = torch.nn.functional.cross_entropy(x_train @ weight + bias, labels[train])
-            loss = loss + weight_decay * weight.pow(2).sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        with torch.no_grad():
-            correct += int(((x_test @ weight + bias).argmax(-1) == labels[test]).sum())
-    return correct / len(labels)
-
-
 def probe_table(
     model: torch.nn.Module,
     checkpoint_dir: Path,
+    accuracy: Callable[[np.ndarray, np.ndarray], float],
     n: int = 300,
     seed: int = EVAL_SEED + 1,
     media_dir: Path | None = None,
 ) -> pd.DataFrame:
     """Per layer: probe accuracy for the sound's category at audio positions and at the answer
-    position of conflicting clips (chance = 1 / number of categories)."""
+    position of conflicting clips (chance = 1 / number of categories). ``accuracy(features,
+    labels)`` is the probe: the analysis's cross-validated one
+    (:func:`patchwork.analysis.probes.probe_accuracy`), the same as for a study's probes."""
     with tempfile.TemporaryDirectory(prefix="testbed-probe-", dir=media_dir) as folder:
         samples = make_samples(
             checkpoint_dir,
@@ -171,13 +139,13 @@ def probe_table(
             Path(folder),
         )
     names = [c.name for c in world.CATEGORIES]
-    labels = torch.tensor([names.index(s.meta["audio_category"]) for s in samples])
-    audio_mean, answer = residual_features(model, samples)
+    labels = np.array([names.index(s.meta["audio_category"]) for s in samples])
+    audio_mean, answer = (features.numpy() for features in residual_features(model, samples))
     rows = [
         {
             "layer": layer,
-            "audio_positions": probe_accuracy(audio_mean[:, layer], labels),
-            "answer_position": probe_accuracy(answer[:, layer], labels),
+            "audio_positions": accuracy(audio_mean[:, layer], labels),
+            "answer_position": accuracy(answer[:, layer], labels),
         }
         for layer in range(audio_mean.shape[1])
     ]
@@ -207,7 +175,7 @@ def answer_patching_sweep(
     residual stream (that layer's output) is replaced by the ``source`` run's.
 
     A quick localization check of where the picture overrides the sound (the full sweeps live in
-    :mod:`patchwork.interventions`).
+    :mod:`patchwork.methods`).
     """
     from patchwork.models.blocks import decoder_layers
 

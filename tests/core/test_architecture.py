@@ -159,3 +159,18 @@ def test_the_checks_find_a_planted_bad_import(planted: dict[str, str], finds: st
         assert upward_imports(graph), "a planted upward import went unnoticed"
     else:
         assert cycles(graph), "a planted cycle went unnoticed"
+
+
+def test_real_model_code_does_not_reach_into_the_testbed() -> None:
+    """The testbed is one model source among others: only its loader (``loading``) and the
+    commands that train or grade it (``bench``, ``cli``) import it; the methods, the engine and
+    the analysis run on any model the same way."""
+    graph = import_graph(package_sources())
+    allowed = {"testbed", "loading", "bench", "cli"}
+    reaching = sorted(
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if room(target) == "testbed" and room(module) not in allowed
+    )
+    assert reaching == []

@@ -153,7 +153,7 @@ def test_batched_conditions_equal_one_at_a_time(tiny_model) -> None:
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_resumed_patching_equals_full_traces(attention: str) -> None:
-    from patchwork.patching.resume import ResumePatcher
+    from patchwork.patching.partial_forward import ResumePatcher
 
     spec = ModelSpec(
         random_init=RandomInit(layers=3, hidden_size=32, heads=2, kv_heads=1, seed=4),
@@ -225,7 +225,7 @@ def test_a_patch_that_changes_nothing_is_not_run(tiny_model, monkeypatch) -> Non
     metrics, and neither full traces nor resumed runs are started."""
     from patchwork.methods.activation_patching import _ExactRunner
     from patchwork.patching.metrics import answer_metrics as metrics_of
-    from patchwork.patching.resume import ResumePatcher
+    from patchwork.patching.partial_forward import ResumePatcher
 
     sample = random_sample(1, 0, RUNS, "what do you hear", tiny_model)
     patcher = Patcher(tiny_model.adapter)
@@ -280,7 +280,7 @@ def test_sliding_window_layers_take_full_traces(tmp_path: Path) -> None:
 
     from patchwork.methods.activation_patching import _ExactRunner
     from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter
-    from patchwork.patching.resume import ResumePatcher
+    from patchwork.patching.partial_forward import ResumePatcher
 
     spec = RandomInit(layers=3, hidden_size=32, heads=2, kv_heads=1, seed=4)
     plain = load_model(ModelSpec(random_init=spec))

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from patchwork.cli import app
-from patchwork.engine.plan import plan_study
+from patchwork.engine.cost import plan_study
 from patchwork.study import load_study
 
 from . import builders

@@ -66,6 +66,26 @@ def test_stage1_model_never_learned_to_hear(tmp_path):
     assert numbers["audio_only_hear"] <= 0.3
 
 
+def test_the_sound_reaches_the_answer_position_of_the_trained_model_only(tmp_path):
+    """The probe table with the analysis's probe: the sound's category is decodable at the answer
+    position of the stage-2 model's middle layers, not at the embeddings (every answer position
+    holds the same token), and not at all from the stage-1 base, which never heard."""
+    from patchwork.analysis.probes import probe_accuracy
+
+    tables = {}
+    for name in ("testbed", "testbed-base"):
+        directory = checkpoint_path(name)
+        model, _ = load(directory)
+        tables[name] = evaluate.probe_table(
+            model, directory, probe_accuracy, n=80, media_dir=tmp_path
+        ).set_index("layer")
+    trained, base = tables["testbed"], tables["testbed-base"]
+    assert trained.loc[0, "answer_position"] <= 0.2  # chance is 0.1
+    assert trained.loc[2:5, "answer_position"].min() >= 0.3  # 0.57-0.62 from 300 clips
+    assert base["answer_position"].max() <= 0.25  # 0.08-0.13 from 300 clips
+    assert base["audio_positions"].min() >= 0.8  # random encoder features separate sounds
+
+
 def test_cli_eval_prints_the_behaviour_table():
     app = typer.Typer()
     register(app)

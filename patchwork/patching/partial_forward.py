@@ -1,4 +1,4 @@
-"""Exact activation patching that recomputes only what a patch can change.
+"""Partial forwards: exact patched runs that recompute only what a patch can change.
 
 A patch at layer ``l`` on positions starting at ``p`` leaves every layer below ``l`` and every
 position before ``p`` as they were in the target run. So a batch of patched conditions that share
@@ -85,7 +85,7 @@ class ResumePatcher:
         window = getattr(text, "sliding_window", None)
         sliding = "sliding_attention" in (getattr(text, "layer_types", None) or ())
         windowed = sliding and window is not None and inputs["input_ids"].shape[-1] > window
-        return bool(getattr(adapter, "supports_resume", False)) and no_padding and not windowed
+        return adapter.supports_resume and no_padding and not windowed
 
     def prepare(self, target: ModelInputs, sites: Iterable[tuple[int, str]] = ()) -> TargetCache:
         """One full forward of the target run, keeping each layer's input, the rotary position

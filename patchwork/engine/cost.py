@@ -9,10 +9,13 @@ read as ``run`` reads them. Estimates, each stated with its rule:
   products (a mixture-of-experts layer counts its routed share of experts) plus 2·L·S²·d for the
   causal attention scores and mixing (d = heads × head dim); encoders and the unembedding are left
   out (they run once per baseline);
-- **exact vs naive**: naive runs every cell as a full forward; the exact path runs each patched
-  cell only from its first patched layer and its group's first position on, so a cell costs the
-  share (L − l)/L · (S − p)/S of a forward (an upper bound on what it skips; patches that change
-  nothing run not at all);
+- **exact vs naive**: each method declares its work on a sample
+  (:meth:`~patchwork.methods.method.Method.cost`): full forwards that change nothing (the
+  unpatched runs) and its cells. Naive runs every cell as a full forward; the exact path runs each
+  cell only from the first layer and position it changes, so a cell costs the share
+  (L − l)/L · (S − p)/S of a forward (an upper bound on what it skips; patches that change
+  nothing run not at all). Methods without cells (lens, attention share, probes, …) cost one
+  forward per run they read;
 - **peak accelerator memory**: weights + one sample's recorded activations (the source run's
   activations at every patched site, and the target run's layer inputs, keys and values that
   patched runs reuse) + the working set of one batch of patched rows (each row's hidden states,
@@ -133,34 +136,21 @@ def plan_study(study: Study) -> Plan:
                 low, high = tokens.get(name, (count, count))
                 tokens[name] = (min(low, count), max(high, count))
         for method in prepared.methods:
-            conditions = getattr(method, "conditions", ())
-            if not conditions:
-                continue
-            source, target = method.runs()[:2]
-            ids = sample.runs[target]["input_ids"]
-            masks = adapter.position_groups(ids)
-            length = int(ids.shape[-1])
+            cost = method.cost(sample)
+            length = int(sample.runs[cost.run]["input_ids"].shape[-1])
             full = _forward_flops(shape, length)
+            layers = shape["layers"]
             shares = [
-                (shape["layers"] - min(c.layers))
-                / shape["layers"]
-                * (length - _first(masks[c.position_group], length))
-                / length
-                for c in conditions
+                (layers - layer) / layers * (length - position) / length
+                for layer, position in cost.cells
             ]
-            baselines = 2
-            if getattr(method, "with_null_effect", False):  # each cell again per partner
-                partners = int(method.spec.noise_partners)
-                shares, conditions = shares * (1 + partners), tuple(conditions) * (1 + partners)
-                baselines += partners  # the partners' source runs
-            forwards_naive += baselines + len(shares)
-            forwards_exact += baselines + sum(shares)
-            flops_naive += (baselines + len(shares)) * full
-            flops_exact += (baselines + sum(shares)) * full
-            sites = {(layer, c.component) for c in conditions for layer in c.layers}
+            forwards_naive += cost.baselines + len(shares)
+            forwards_exact += cost.baselines + sum(shares)
+            flops_naive += (cost.baselines + len(shares)) * full
+            flops_exact += (cost.baselines + sum(shares)) * full
             peak_activations = max(
                 peak_activations,
-                _activation_bytes(shape, length, len(sites), study.execution.batch_size, dtype),
+                _activation_bytes(shape, length, cost.sites, study.execution.batch_size, dtype),
             )
             sample_cells += len(shares)
             methods[method.kind] = len(shares)
@@ -186,26 +176,20 @@ def plan_study(study: Study) -> Plan:
     )
 
 
-def _first(mask: torch.Tensor, length: int) -> int:
-    positions = torch.nonzero(mask.reshape(-1))
-    return int(positions[0]) if len(positions) else length
-
-
 def _decoder_shape(prepared: Prepared) -> dict[str, Any]:
     """Decoder layers, widths and active parameters per layer, read from the built model (every
     module path of every patched layer and component is resolved on the way)."""
     loaded, adapter = prepared.loaded, prepared.loaded.adapter
     root = adapter.root
     for method in prepared.methods:
-        for condition in getattr(method, "conditions", ()):
-            for layer in condition.layers:
-                try:
-                    adapter.component(root, layer, condition.component)
-                except (AttributeError, IndexError) as error:
-                    raise ModelError(
-                        f"layer {layer} {condition.component}: the module path does not resolve "
-                        f"on {loaded.name} ({error})"
-                    ) from None
+        for layer, component in sorted(method.sites):
+            try:
+                adapter.component(root, layer, component)
+            except (AttributeError, IndexError) as error:
+                raise ModelError(
+                    f"layer {layer} {component}: the module path does not resolve "
+                    f"on {loaded.name} ({error})"
+                ) from None
     config = getattr(adapter.config, "text_config", adapter.config)
     first = adapter.layer(root, 0)
     named = dict(first.named_parameters())
