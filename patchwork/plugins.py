@@ -1,14 +1,18 @@
 """Model families and study methods are plug-ins, found through entry points as xarray finds its
 backends: ``patchwork.families`` (name → a :class:`~patchwork.models.adapter.ModelAdapter`
-subclass) and ``patchwork.methods`` (study ``kind`` → a :class:`~patchwork.methods.method.Method`
-subclass). patchwork registers its own the same way (``pyproject.toml``); another package adds one
-by declaring, in its own ``pyproject.toml``::
+subclass), ``patchwork.methods`` (study ``kind`` → a :class:`~patchwork.methods.method.Method`
+subclass) and ``patchwork.reports`` (study ``kind`` → a :class:`~patchwork.analysis.reports.Report`
+subclass: the summary and figures of that kind's arrays). patchwork registers its own the same
+way (``pyproject.toml``); another package adds one by declaring, in its own ``pyproject.toml``::
 
     [project.entry-points."patchwork.methods"]
     answer_margin = "my_package.methods:AnswerMargin"
 
+    [project.entry-points."patchwork.reports"]
+    answer_margin = "my_package.reports:AnswerMarginReport"
+
 Names are read from the installed packages' metadata without importing anything; a plug-in is
-imported only when a study uses it.
+imported only when a study uses it (a report: when a store is read).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from patchwork.errors import PatchworkError
 
 FAMILIES = "patchwork.families"
 METHODS = "patchwork.methods"
+REPORTS = "patchwork.reports"
 
 
 @cache

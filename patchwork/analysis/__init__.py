@@ -15,13 +15,17 @@ from patchwork.analysis.plots import (
     plot_layer_profile,
     save_figure,
     save_figures,
+    standard_figures,
+    window_layers,
 )
 from patchwork.analysis.profile import (
     DEFAULT_FIXED_FLOOR,
     layer_changes,
     layer_profile,
+    mean_profile,
     noise_floor,
 )
+from patchwork.analysis.reports import Report, reports_for
 from patchwork.analysis.results import (
     AnalysisError,
     SampleCoverage,
@@ -38,6 +42,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "AnalysisError",
     "PatchworkAccessor",
+    "Report",
     "SampleCoverage",
     "bootstrap_mean",
     "bootstrap_weights",
@@ -47,14 +52,18 @@ __all__ = [
     "layer_profile",
     "locate",
     "locate_table",
+    "mean_profile",
     "noise_floor",
     "plot_components",
     "plot_heatmap",
     "plot_layer_profile",
+    "reports_for",
     "resampled_means",
     "sample_coverage",
     "save_figure",
     "save_figures",
     "select_metric",
+    "standard_figures",
     "synthetic_results",
+    "window_layers",
 ]

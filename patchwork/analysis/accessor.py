@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from patchwork.analysis import plots as _plots
 from patchwork.analysis import profile as _profile
 from patchwork.analysis import windows as _windows
+from patchwork.analysis.reports import Report, reports_for
 from patchwork.analysis.results import (
     SampleCoverage,
     check_results,
@@ -63,8 +64,20 @@ class PatchworkAccessor:
 
     def layer_profile(self, metric: str = "normalized_effect", **options) -> xr.Dataset:
         """Mean effect per (layer, position_group, component) with bootstrap intervals
-        (see :func:`~patchwork.analysis.layer_profile`)."""
+        (see :func:`~patchwork.analysis.layer_profile`): the estimator and samples of the
+        heatmap, ``locate`` and the summary ``patchwork run`` prints."""
         return _profile.layer_profile(self._results, metric, **options)
+
+    def reports(self) -> list[Report]:
+        """The report of every method kind in the store (see
+        :func:`~patchwork.analysis.reports.reports_for`)."""
+        return reports_for(self._results)
+
+    def summaries(self, **options: Any) -> dict[str, pd.DataFrame]:
+        """Kind → summary table of every method kind in the store, as ``patchwork run`` and
+        ``patchwork status`` print them; each names its estimator and samples in
+        ``attrs["caption"]``."""
+        return {report.kind: report.summary(self._results, **options) for report in self.reports()}
 
     def noise_floor(self, metric: str = "normalized_effect", **options) -> xr.DataArray:
         """Floor per (position_group, component) from ``null_effect``

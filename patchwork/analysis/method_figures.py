@@ -1,7 +1,7 @@
 """Figures of the knockout, logit-lens, attention-share, probe, base-comparison and steering arrays.
 
 Every function reads a study store's dataset (``patchwork.open_results``) or, for probes, the
-output of :func:`~patchwork.methods.probes.probe_scores`, and returns a
+output of :func:`~patchwork.analysis.probes.probe_scores`, and returns a
 :class:`matplotlib.figure.Figure` built without pyplot (seaborn draws on its axes). Lines show the
 mean over samples with a 95% bootstrap interval (seaborn's default estimator).
 """
@@ -268,7 +268,7 @@ def steering_frame(results: xr.Dataset) -> pd.DataFrame:
     held = _done(results)
     held = held.sel(sample=held["steering_held_out"].values == 1)
     effect = held["steering_effect"].to_dataset(dim="metric")
-    frame = xr.merge([effect, held["steering_audio_top"].rename("audio_top")]).to_dataframe()
+    frame = effect.assign(audio_top=held["steering_audio_top"]).to_dataframe()
     frame = frame.reset_index()[
         ["sample", "steering_layer", "steering_alpha", "steering_direction", "audio_top"]
         + [str(metric) for metric in held["metric"].values]

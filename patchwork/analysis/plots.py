@@ -10,7 +10,7 @@ backend; :func:`save_figure` writes PNG and SVG.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,8 @@ from patchwork.analysis.results import (
     describe,
 )
 
+#: Formats :func:`save_figure` writes.
+FIGURE_FORMATS = ("png", "svg", "pdf")
 #: Every position group keeps its colour in every figure.
 GROUP_ORDER = ("audio", "video", "image", "text", "answer", "all")
 _COLOURBLIND = sns.color_palette("colorblind", 10)
@@ -113,7 +115,7 @@ def plot_heatmap(
         ax.set_xlabel("")
         ax.tick_params(axis="y", rotation=0)
         if located is not None:
-            _outline_windows(ax, located.sel(component=component), layers, groups)
+            _outline_windows(ax, located, component, layers, groups)
     axes[-1].set_xlabel("layer (first layer of the patched window)")
     colourbar = figure.colorbar(axes[0].collections[0], ax=list(axes), shrink=0.9)
     colourbar.set_label("mean " + _metric_label(profile))
@@ -121,15 +123,17 @@ def plot_heatmap(
     return figure
 
 
-def _outline_windows(ax, located: xr.Dataset, layers: np.ndarray, groups: list[str]) -> None:
+def _outline_windows(
+    ax, located: xr.Dataset, component: str, layers: np.ndarray, groups: list[str]
+) -> None:
+    """A box around the cells of the layers ``window_layers`` names (heatmap cells are unit
+    squares, layer k at x = k … k + 1 in stored order)."""
     for row, group in enumerate(groups):
-        if group not in located["position_group"].values:
+        window = window_layers(located, component, group)
+        if window is None:
             continue
-        cell = located.sel(position_group=group)
-        if str(cell["status"].values) != "located":
-            continue
-        first = int(np.searchsorted(layers, cell["start_layer"].values))
-        last = int(np.searchsorted(layers, cell["end_layer"].values))
+        first = int(np.searchsorted(layers, window[0]))
+        last = int(np.searchsorted(layers, window[1]))
         ax.add_patch(
             Rectangle((first, row), last - first + 1, 1, fill=False, edgecolor="black", lw=2)
         )
@@ -154,41 +158,39 @@ def _draw_profile(ax, profile: xr.Dataset, component: str, group: str, label: bo
     )
 
 
-def _shade_window(ax, located: xr.Dataset | None, component: str, group: str) -> None:
-    span = _window_span(located, component, group)
-    if span is not None:
-        ax.axvspan(*span, color=_PALETTE.get(group, "grey"), alpha=0.15)
-
-
-def _mark_window(
-    ax, profile: xr.Dataset, located: xr.Dataset | None, component: str, group: str
-) -> None:
-    """Thicken the stretch of the line where the located window moves it."""
-    span = _window_span(located, component, group)
-    if span is None:
-        return
-    cell = profile["mean"].sel(component=component, position_group=group)
-    stretch = cell.sel(layer=(cell["layer"] >= span[0]) & (cell["layer"] <= span[1]))
-    ax.plot(
-        stretch["layer"].values,
-        stretch.values,
-        lw=7,
-        alpha=0.35,
-        color=_PALETTE.get(group, "grey"),
-        solid_capstyle="round",
-    )
-
-
-def _window_span(located: xr.Dataset | None, component: str, group: str) -> list[float] | None:
-    """From the layer stored before the window to its end: where the line moves."""
+def window_layers(
+    located: xr.Dataset | None, component: str, group: str
+) -> tuple[float, float] | None:
+    """The located window of a cell as :func:`~patchwork.analysis.locate` states it: its first
+    and last layer, inclusive (None when the cell has no located window). Every figure marks
+    exactly these layers."""
     if located is None or group not in located["position_group"].values:
+        return None
+    if component not in located["component"].values:
         return None
     cell = located.sel(component=component, position_group=group)
     if str(cell["status"].values) != "located":
         return None
-    layers = located.attrs.get("layers") or []
-    start, end = float(cell["start_layer"]), float(cell["end_layer"])
-    return [max((layer for layer in layers if layer < start), default=start - 1), end]
+    return float(cell["start_layer"]), float(cell["end_layer"])
+
+
+def layer_extent(layers: Iterable[float], start: float, end: float) -> tuple[float, float]:
+    """The x range of a line plot that holds the stored layers ``start`` … ``end`` and no other:
+    halfway to the neighbouring stored layers (half a step beyond the first and the last)."""
+    stored = sorted(float(layer) for layer in layers)
+    steps = np.diff(stored) if len(stored) > 1 else np.ones(1)
+    first, last = stored.index(float(start)), stored.index(float(end))
+    before = stored[first - 1] if first > 0 else stored[first] - float(steps[0])
+    after = stored[last + 1] if last + 1 < len(stored) else stored[last] + float(steps[-1])
+    return (stored[first] + before) / 2, (stored[last] + after) / 2
+
+
+def _shade_window(
+    ax, located: xr.Dataset | None, component: str, group: str, layers: Iterable[float]
+) -> None:
+    window = window_layers(located, component, group)
+    if window is not None:
+        ax.axvspan(*layer_extent(layers, *window), color=_PALETTE.get(group, "grey"), alpha=0.15)
 
 
 def _reference_lines(ax) -> None:
@@ -207,8 +209,8 @@ def plot_layer_profile(
     Args:
         profile: from :func:`~patchwork.analysis.layer_profile`.
         component: which component.
-        located: from :func:`~patchwork.analysis.locate`; the stretch of each line across its
-            located window is drawn thick (optional).
+        located: from :func:`~patchwork.analysis.locate`; each group's located window is shaded
+            in its colour, over the layers :func:`window_layers` names (optional).
         position_groups: which lines (default: all stored).
 
     Returns:
@@ -219,13 +221,14 @@ def plot_layer_profile(
     groups = position_groups or [str(g) for g in profile["position_group"].values]
     figure = Figure(figsize=(7.0, 4.2), layout="constrained")
     ax = figure.subplots()
+    layers = profile["layer"].values
     for group in groups:
         _draw_profile(ax, profile, component, group, label=True)
-        _mark_window(ax, profile, located, component, group)
+        _shade_window(ax, located, component, group, layers)
     _reference_lines(ax)
     confidence = profile.attrs.get("confidence", 0.95)
     ax.legend(
-        title=f"position group\n(band: {confidence:.0%} CI;\nthick: located window)",
+        title=f"position group\n(band: {confidence:.0%} CI;\nshaded: located window)",
         frameon=False,
         loc="best",
     )
@@ -255,7 +258,7 @@ def plot_components(profile: xr.Dataset, located: xr.Dataset | None = None) -> F
         for column, component in enumerate(components):
             ax = axes[row, column]
             _draw_profile(ax, profile, component, group, label=False)
-            _shade_window(ax, located, component, group)
+            _shade_window(ax, located, component, group, profile["layer"].values)
             _reference_lines(ax)
             if row == 0:
                 ax.set_title(component, fontsize=10)
@@ -275,7 +278,7 @@ def save_figure(
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for extension in formats:
-        if extension not in ("png", "svg", "pdf"):
+        if extension not in FIGURE_FORMATS:
             raise AnalysisError(f"figure format must be png, svg or pdf; got {extension!r}")
         path = directory / f"{stem}.{extension}"
         figure.savefig(path, dpi=150)
@@ -291,12 +294,21 @@ def save_figures(
 ) -> list[Path]:
     """Every standard figure of a sweep, written into ``directory``.
 
-    Writes ``heatmap``, ``components`` and one ``profile_<component>`` per component, each in
-    every format. Returns the paths written.
+    Writes :func:`standard_figures`, each in every format. Returns the paths written.
     """
-    paths = save_figure(plot_heatmap(profile, located), directory, "heatmap", formats)
-    paths += save_figure(plot_components(profile, located), directory, "components", formats)
-    for component in profile["component"].values:
-        figure = plot_layer_profile(profile, str(component), located)
-        paths += save_figure(figure, directory, f"profile_{component}", formats)
+    paths = []
+    for stem, figure in standard_figures(profile, located).items():
+        paths += save_figure(figure, directory, stem, formats)
     return paths
+
+
+def standard_figures(profile: xr.Dataset, located: xr.Dataset | None) -> dict[str, Figure]:
+    """File stem → figure: ``heatmap``, ``components`` and one ``profile_<component>`` per
+    component, all marking the same located windows."""
+    figures = {
+        "heatmap": plot_heatmap(profile, located),
+        "components": plot_components(profile, located),
+    }
+    for component in profile["component"].values:
+        figures[f"profile_{component}"] = plot_layer_profile(profile, str(component), located)
+    return figures

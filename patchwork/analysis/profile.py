@@ -20,7 +20,12 @@ from __future__ import annotations
 
 import xarray as xr
 
-from patchwork.analysis.bootstrap import bootstrap_mean, bootstrap_weights, resampled_means
+from patchwork.analysis.bootstrap import (
+    bootstrap_mean,
+    bootstrap_weights,
+    ratio_mean,
+    resampled_means,
+)
 from patchwork.analysis.results import (
     AnalysisError,
     AnalysisSettings,
@@ -98,6 +103,46 @@ def layer_profile(
         variable=variable,
     )
     return profile
+
+
+def mean_profile(
+    results: xr.Dataset,
+    metric: str = "normalized_effect",
+    variable: str = "effect",
+    estimator: str | None = None,
+    min_relative_gap: float | None = None,
+) -> xr.DataArray:
+    """The ``mean`` of :func:`layer_profile` without its bootstrap: the same samples, the same
+    estimator, the same numbers (what ``patchwork run`` prints and the heatmap draws).
+
+    Returns:
+        DataArray with dims ``(layer, position_group, component)`` in units of the metric; attrs
+        as :func:`layer_profile`'s.
+    """
+    settings = AnalysisSettings.from_results(results, estimator, min_relative_gap)
+    done, coverage = used_samples(results, metric, settings)
+    values, denominator = estimator_terms(done, metric, settings.estimator, variable)
+    mean = ratio_mean(values, denominator).transpose("layer", "position_group", "component")
+    mean.name = "mean"
+    mean.attrs.update(
+        {**_provenance(results), **coverage.attrs(), **settings.attrs()},
+        metric=metric,
+        variable=variable,
+    )
+    return mean
+
+
+def estimator_label(metric: str, estimator: str) -> str:
+    """How a profile of ``metric`` averages over samples, in words: e.g. ``"ratio of means
+    Σ(patched − conflict) / Σ(clean − conflict) of the logit difference"``."""
+    if metric != "normalized_effect":
+        return f"mean {metric}"
+    if estimator == "ratio_of_means":
+        return (
+            "normalized effect as a ratio of means, Σ(patched − conflict) / Σ(clean − conflict) "
+            "of the logit difference,"
+        )
+    return "normalized effect as a mean of per-sample ratios"
 
 
 def layer_changes(values: xr.DataArray) -> xr.DataArray:

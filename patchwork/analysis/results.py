@@ -52,6 +52,17 @@ GAP_TOO_SMALL = "clean − conflict gap below min_relative_gap × the median gap
 #: Estimators of a mean normalized effect over samples (see :mod:`patchwork.analysis.profile`).
 ESTIMATORS = ("ratio_of_means", "mean_of_ratios")
 
+#: Fewer samples than this give bootstrap intervals (and means) too rough to read at their stated
+#: coverage; ``locate``, its table and the method summaries flag them.
+MIN_SAMPLES = 8
+
+
+def few_samples_note(n_samples: int) -> str:
+    """``""``, or a note that ``n_samples`` is below :data:`MIN_SAMPLES`."""
+    if n_samples >= MIN_SAMPLES:
+        return ""
+    return f"only {n_samples} samples (fewer than {MIN_SAMPLES}): intervals and means are rough"
+
 
 @dataclass(frozen=True)
 class AnalysisSettings:
@@ -327,6 +338,29 @@ def _excluded_masks(
         masks[reason] = masks.get(reason, np.zeros_like(left)) | full
         left &= ~full
     return masks
+
+
+def default_metric(results: xr.Dataset) -> tuple[str, str]:
+    """The metric an activation-patching analysis reads when none is named, and why.
+
+    The normalized effect, unless no done sample defines it (every clean run fails to prefer the
+    audio answer, or every conflict run already does, as on a random-init model): then the logit
+    difference, with a note saying so.
+
+    Returns:
+        ``(metric, note)``; ``note`` is ``""`` for the normalized effect.
+    """
+    coverage = sample_coverage(results, "normalized_effect")
+    if coverage.used > 0 or not np.asarray(done_mask(results)).any():
+        return "normalized_effect", ""
+    return "logit_diff", f"no sample defines the normalized effect ({coverage}): logit_diff shown"
+
+
+def done_mask(results: xr.Dataset) -> np.ndarray:
+    """Which samples are marked done (all of them without a ``done`` mark)."""
+    if "done" not in results.data_vars:
+        return np.ones(results.sizes.get("sample", 0), dtype=bool)
+    return results["done"].values.astype(bool)
 
 
 def sample_coverage(

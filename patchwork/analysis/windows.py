@@ -36,7 +36,12 @@ from patchwork.analysis.profile import (
     estimator_terms,
     noise_floor,
 )
-from patchwork.analysis.results import AnalysisError, AnalysisSettings, used_samples
+from patchwork.analysis.results import (
+    AnalysisError,
+    AnalysisSettings,
+    few_samples_note,
+    used_samples,
+)
 
 _FLOAT_FIELDS = (
     "start_layer",
@@ -75,6 +80,7 @@ TABLE_COLUMNS = (
     "noise",
     "floor",
     "n_samples",
+    "note",
 )
 
 
@@ -194,13 +200,16 @@ def locate_table(located: xr.Dataset) -> pd.DataFrame:
     Returns:
         DataFrame with columns ``position_group``, ``component``, ``status``, ``window`` (e.g.
         ``"4–5"``, ``"5"`` or ``"none"``), ``direction``, the layer columns as nullable integers,
-        the change and its interval, ``before``, ``after``, ``floor`` and ``n_samples``; its
-        ``attrs`` are those of ``located`` (metric, floor source, samples used of all).
+        the change and its interval, ``before``, ``after``, ``floor``, ``n_samples`` and ``note``
+        (e.g. ``"from 2 samples (fewer than 8): intervals are rough"``, else ``""``; see
+        :data:`~patchwork.analysis.results.MIN_SAMPLES`); its ``attrs`` are those of ``located``
+        (metric, floor source, samples used of all).
     """
     table = located.to_dataframe().reset_index()
     for column in ("start_layer", "end_layer", "peak_layer", "peak_layer_low", "peak_layer_high"):
         table[column] = table[column].round().astype("Int64")
     table["window"] = [_window_label(row) for row in table.itertuples()]
+    table["note"] = [few_samples_note(int(n)) for n in table["n_samples"]]
     table = table[list(TABLE_COLUMNS)]
     table.attrs = dict(located.attrs)
     return table

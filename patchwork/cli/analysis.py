@@ -1,4 +1,4 @@
-"""``patchwork locate`` and ``patchwork plot``: the analysis on the command line."""
+"""``patchwork locate``, ``plot`` and ``compare``: the analysis on the command line."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from patchwork.analysis.results import UNFINISHED, AnalysisError, SampleCoverage
+from patchwork.errors import PatchworkError
 
 
 class OutputFormat(StrEnum):
@@ -25,7 +26,12 @@ ModelOption = Annotated[
     str | None, typer.Option("--model", help="Model group, when the store holds several.")
 ]
 MetricOption = Annotated[
-    str, typer.Option("--metric", help="logit_diff, audio_probability or normalized_effect.")
+    str | None,
+    typer.Option(
+        "--metric",
+        help="logit_diff, audio_probability or normalized_effect (default: normalized_effect, or "
+        "logit_diff when no sample's baselines define it, which the output says).",
+    ),
 ]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")]
 EstimatorOption = Annotated[
@@ -130,7 +136,7 @@ def _plain(value: Any) -> Any:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``locate`` and ``plot`` to the ``patchwork`` command line."""
+    """Add ``locate``, ``plot`` and ``compare`` to the ``patchwork`` command line."""
     from patchwork.cli.output import user_errors
 
     @app.command()
@@ -141,7 +147,7 @@ def register(app: typer.Typer) -> None:
             OutputFormat, typer.Option("--format", help="table or json.")
         ] = OutputFormat.table,
         model: ModelOption = None,
-        metric: MetricOption = "normalized_effect",
+        metric: MetricOption = None,
         floor: Annotated[
             str,
             typer.Option(
@@ -160,10 +166,17 @@ def register(app: typer.Typer) -> None:
         min_gap: MinGapOption = None,
         no_verify: NoVerifyOption = False,
     ) -> None:
-        """Print, per position group and component, the layer window where the effect changes."""
+        """Print, per position group and component, the layer window where the effect changes
+        (activation patching); for every other kind in the store, one line saying what to read
+        instead. Exits 2 when nothing in the store can be located."""
+        from patchwork.analysis.results import default_metric
         from patchwork.analysis.windows import locate as locate_windows
 
         results = open_store(store, model, verify=not no_verify)
+        elsewhere = _not_locatable(results)
+        if metric is None:
+            metric, note = default_metric(results)
+            elsewhere = [note, *elsewhere] if note else elsewhere
         located = locate_windows(
             results,
             metric=metric,
@@ -178,6 +191,42 @@ def register(app: typer.Typer) -> None:
             typer.echo(located_as_json(located))
         else:
             _print_table(located)
+        for line in elsewhere:  # on stderr under --format json, which keeps stdout one document
+            typer.echo(line, err=output is OutputFormat.json)
+
+    @app.command()
+    @user_errors
+    def compare(
+        first: StoreArgument,
+        second: Annotated[
+            Path,
+            typer.Argument(help="A second results store (the same path for two of its models)."),
+        ],
+        model: ModelOption = None,
+        second_model: Annotated[
+            str | None,
+            typer.Option(
+                "--second-model", help="Model group of the second store (default: --model)."
+            ),
+        ] = None,
+        metric: MetricOption = None,
+        resamples: ResamplesOption = 1000,
+        seed: SeedOption = 0,
+        estimator: EstimatorOption = None,
+        min_gap: MinGapOption = None,
+        no_verify: NoVerifyOption = False,
+    ) -> None:
+        """Print every method kind's summary of two stores (two models, or two runs of a study)
+        side by side, and their difference (second − first) where rows match."""
+        _compare(
+            open_store(first, model, verify=not no_verify),
+            open_store(second, second_model or model, verify=not no_verify),
+            metric=metric,
+            seed=seed,
+            n_resamples=resamples,
+            estimator=estimator,
+            min_relative_gap=min_gap,
+        )
 
     @app.command()
     @user_errors
@@ -185,7 +234,7 @@ def register(app: typer.Typer) -> None:
         store: StoreArgument,
         out: Annotated[Path, typer.Option("--out", help="Directory for the figures.")],
         model: ModelOption = None,
-        metric: MetricOption = "normalized_effect",
+        metric: MetricOption = None,
         image_format: Annotated[
             list[str] | None,
             typer.Option("--image-format", help="png, svg or pdf; repeat for several."),
@@ -196,22 +245,77 @@ def register(app: typer.Typer) -> None:
         min_gap: MinGapOption = None,
         no_verify: NoVerifyOption = False,
     ) -> None:
-        """Write the heatmap, per-component profiles and small multiples of a store."""
-        import patchwork.analysis  # noqa: F401  (registers the accessor)
+        """Write the figures of every method kind in a store (activation patching: the heatmap,
+        per-component profiles and small multiples; see docs/methods.md for the others)."""
+        from patchwork.analysis.plots import FIGURE_FORMATS, save_figure
+        from patchwork.analysis.reports import reports_for
+        from patchwork.analysis.results import check_choice, check_results
 
-        results = open_store(store, model, verify=not no_verify)
         formats = image_format or ["png", "svg"]
-        paths = results.patchwork.save_figures(
-            out,
-            metric=metric,
-            formats=formats,
-            seed=seed,
-            n_resamples=resamples,
-            estimator=estimator,
-            min_relative_gap=min_gap,
-        )
-        for path in paths:
-            typer.echo(str(path))
+        for extension in formats:
+            check_choice("--image-format", extension, FIGURE_FORMATS)
+        results = open_store(store, model, verify=not no_verify)
+        reports = reports_for(results)
+        if not reports:
+            check_results(results)  # says what the store lacks
+        options = {
+            "metric": metric,
+            "seed": seed,
+            "n_resamples": resamples,
+            "estimator": estimator,
+            "min_relative_gap": min_gap,
+        }
+        failed = []
+        for report in reports:
+            try:
+                figures = report.figures(results, **options)
+            except PatchworkError as error:
+                failed.append(f"{report.kind}: {error}")
+                continue
+            for stem, figure in figures.items():
+                for path in save_figure(figure, out, stem, formats):
+                    typer.echo(str(path))
+        if failed:
+            raise AnalysisError(f"no figures for {'; '.join(failed)}")
+
+
+def _compare(first: Any, second: Any, **options: Any) -> None:
+    """Print :func:`~patchwork.analysis.compare.compare`: per kind, both summaries side by side
+    and their difference below."""
+    from rich.columns import Columns
+
+    from patchwork.analysis.compare import compare, comparison_labels
+    from patchwork.cli.output import console
+    from patchwork.cli.summaries import summary_table
+
+    labels = comparison_labels(first, second)
+    for comparison in compare(first, second, **options):
+        console.rule(comparison.kind)
+        if comparison.note:
+            console.print(f"[yellow]{comparison.note}[/]")
+        sides = zip((comparison.first, comparison.second), labels, strict=True)
+        tables = [summary_table(frame, label) for frame, label in sides if frame is not None]
+        if tables:
+            console.print(Columns(tables))
+        if comparison.difference is not None:
+            console.print(summary_table(comparison.difference))
+        elif comparison.first is not None and comparison.second is not None:
+            console.print("[dim]a ranking: compared side by side only[/]")
+
+
+def _not_locatable(results: Any) -> list[str]:
+    """One line per kind in ``results`` that ``locate`` does not read, saying what to use instead;
+    raises :class:`AnalysisError` with those lines when no kind can be located."""
+    from patchwork.analysis.reports import reports_for
+    from patchwork.analysis.results import check_results
+
+    reports = reports_for(results)
+    lines = [report.locate_line() for report in reports if not report.locate_applies]
+    if not any(report.locate_applies for report in reports):
+        if not lines:
+            check_results(results)  # says what the store lacks
+        raise AnalysisError("; ".join(lines))
+    return lines
 
 
 def _number(value: float, signed: bool = False) -> str:
@@ -249,7 +353,9 @@ def _print_table(located: Any) -> None:
     )
     if coverage is not None:
         title += "".join(f"\n{line}" for line in excluded_lines(coverage))
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    notes = sorted({note for note in table_data["note"] if note})
+    caption = "\n".join(f"[yellow]note: {note}[/]" for note in notes) or None
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("group", "component", "window", "peak [CI]"):
         table.add_column(column, no_wrap=True)
     for column in ("change [CI]", "null Δ", "floor"):

@@ -96,3 +96,43 @@ def store_without_null(tmp_path_factory: pytest.TempPathFactory, results: xr.Dat
     return _write_store(
         tmp_path_factory.mktemp("stores") / "no_null.zarr", results.drop_vars("null_effect")
     )
+
+
+#: The kinds ``tests.methods.helpers.METHODS`` lacks: with it, every kind patchwork ships.
+EVERY_KIND = """\
+  - kind: activation_patching
+    from: clean
+    into: conflict
+    components: [residual, attention]
+    layers: all
+    position_groups: [video, answer]
+  - kind: steering
+    run: conflict
+    source: clean
+    layers: [0, 2]
+    position_group: audio
+    alphas: [0, 1]
+    fit_fraction: 0.4
+  - kind: head_patching
+    from: clean
+    into: conflict
+    layers: [0, 2]
+    position_groups: [audio, answer]
+  - kind: path_patching
+    from: clean
+    into: conflict
+    sender_group: video
+    sender_layers: [0, 1]
+    receiver_layers: [1, 2]
+"""
+
+
+@pytest.fixture(scope="session")
+def every_kind_store(tmp_path_factory: pytest.TempPathFactory):
+    """A store written by ``run_study`` holding all nine method kinds (6 samples, 3 layers; a
+    random-init thinker, so activation patching has no sample usable for the normalized effect)."""
+    from patchwork import parse_study, run_study
+    from tests.methods.helpers import METHODS, study_text
+
+    study = parse_study(study_text(samples=6, methods=METHODS + EVERY_KIND))
+    return run_study(study, store_root=tmp_path_factory.mktemp("every-kind")).store

@@ -44,7 +44,9 @@ def test_plot_writes_figures(small_store: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [
         "components.png",
         "heatmap.png",
+        "pairs_residual.png",
         "profile_residual.png",
+        "samples_residual.png",
     ]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from patchwork.analysis import method_figures as figures
-from patchwork.methods.probes import probe_scores
+from patchwork.analysis.probes import probe_scores
 
 from .conftest import Stored
 

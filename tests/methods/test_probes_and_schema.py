@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from patchwork import StudyError, load_study, parse_study
+from patchwork.analysis.probes import probe_accuracy, probe_scores
 from patchwork.methods.method import method_registry
-from patchwork.methods.probes import probe_accuracy, probe_scores
 
 from .helpers import study_text
 
