@@ -289,25 +289,57 @@ def _dataset(rows: dict[tuple[str, str], dict[str, Any]], organisms: list[str]) 
     return xr.Dataset(variables, coords={"organism": organisms, "technique": methods})
 
 
+#: The panels of :func:`plot_bench`: grade, title, y-axis label.
+PANELS = (
+    ("auroc", "AUROC of the layer steps\n(window organisms; 1: planted ones first)", "AUROC"),
+    ("error_layers", "located layers outside the window\n(window organisms; 0: exact)", "layers"),
+    ("first_planted", "clips whose first-ranked head is planted\n(head organisms)", "share"),
+)
+
+
 def plot_bench(graded: xr.Dataset):
     """Per organism and method: AUROC of the layer steps and error of the located window (window
-    organisms), the clips whose first-ranked head is planted (head organisms)."""
+    organisms), the clips whose first-ranked head is planted (head organisms). One colour per
+    method in every panel, named by one legend below the panels (never over a bar)."""
     import seaborn as sns
     from matplotlib.figure import Figure
 
     frame = graded.to_dataframe().reset_index()
-    panels = [
-        ("auroc", "AUROC, planted layers"),
-        ("error_layers", "located layers outside the window"),
-        ("first_planted", "clips with a planted head first"),
-    ]
-    figure = Figure(figsize=(13, 3.6), layout="constrained")
-    for axes, (column, label) in zip(figure.subplots(1, 3), panels, strict=True):
+    methods = [str(method) for method in graded["technique"].values]
+    colours = dict(zip(methods, sns.color_palette(n_colors=len(methods)), strict=True))
+    figure = Figure(figsize=(13, 4.4), layout="constrained")
+    figure.suptitle("patchwork bench: how well each method recovers the planted truth")
+    legend: dict[str, Any] = {}
+    for axes, (column, title, label) in zip(figure.subplots(1, 3), PANELS, strict=True):
         shown = frame[np.isfinite(frame[column].astype(float))]
         if shown.empty:
             axes.set_axis_off()
             continue
-        sns.barplot(shown, x="organism", y=column, hue="technique", ax=axes)
-        axes.set_ylabel(label)
+        present = set(shown["technique"])
+        sns.barplot(
+            shown,
+            x="organism",
+            y=column,
+            hue="technique",
+            hue_order=[method for method in methods if method in present],
+            palette=colours,
+            ax=axes,
+        )
+        axes.set_title(title)
+        axes.set(xlabel="", ylabel=label)
         axes.tick_params(axis="x", rotation=20)
+        for handle, method in zip(*axes.get_legend_handles_labels(), strict=True):
+            legend.setdefault(method, handle)
+        if axes.get_legend() is not None:
+            axes.get_legend().remove()
+    if legend:
+        ordered = [method for method in methods if method in legend]
+        figure.legend(
+            [legend[method] for method in ordered],
+            ordered,
+            loc="outside lower center",
+            ncols=len(ordered),
+            title="method",
+            frameon=False,
+        )
     return figure

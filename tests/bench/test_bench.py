@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import typer
 import xarray as xr
+from rich.text import Text
 from typer.testing import CliRunner
 
 from patchwork.bench import SUITE, Organism, run_bench
@@ -80,3 +81,65 @@ def test_cli_refuses_an_unknown_organism(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip().startswith("error: --organism: unknown 'window 9'")
     assert not any(tmp_path.iterdir())
+
+
+def synthetic_graded() -> xr.Dataset:
+    """Grades shaped as ``run_bench`` writes them, for the table and the figure."""
+    from patchwork.bench.suite import GRADES, _dataset
+
+    def grades(**values: object) -> dict[str, object]:
+        return {**dict.fromkeys(GRADES, np.nan), "status": "", **values}
+
+    rows = {}
+    for organism in ("window 4-5", "window 1"):
+        for method, error in (("exact", 0), ("attribution", 4), ("attribution+verify", 0)):
+            rows[(organism, method)] = grades(
+                status="located", error_layers=error, auroc=1 - error / 10, samples_used=16
+            )
+        rows[(organism, "knockout")] = grades(inside=0.99, outside=2e-8, samples_used=16)
+    for method in ("head_patching", "head_knockout"):
+        rows[("heads 4:1 4:3", method)] = grades(first_planted=1.0, planted_share=0.9)
+    return _dataset(rows, ["window 4-5", "heads 4:1 4:3", "window 1"])
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_the_table_cuts_no_cell_on_a_narrow_console(terminal: bool) -> None:
+    import io
+
+    from rich.console import Console
+
+    from patchwork.cli.bench import bench_table, print_uncut
+
+    out = io.StringIO()
+    console = Console(file=out, width=60, force_terminal=terminal)
+    print_uncut(console, bench_table(synthetic_graded(), "bench", Path("out")))
+    text = out.getvalue()
+    assert "…" not in text
+    if terminal:  # folded within the terminal's width
+        assert max(map(len, Text.from_ansi(text).plain.splitlines())) <= 60
+    else:  # one line per row, however wide
+        assert "attribution+verify" in text and "heads 4:1 4:3" in text
+
+
+def test_the_figure_has_a_title_per_panel_and_its_legend_beside_the_bars() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from patchwork.bench.suite import plot_bench
+
+    figure = plot_bench(synthetic_graded())
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    panels = [axes for axes in figure.axes if axes.axison]
+    assert len(panels) == 3
+    assert all(axes.get_title() for axes in panels)
+    assert all(axes.get_legend() is None for axes in panels)
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == [
+        "exact",
+        "attribution",
+        "attribution+verify",
+        "head_patching",
+        "head_knockout",
+    ]
+    box = legend.get_window_extent(renderer)
+    assert not any(box.overlaps(axes.get_window_extent(renderer)) for axes in panels)
