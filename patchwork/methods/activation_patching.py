@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +40,9 @@ from patchwork.patching.attribution import (
     spearman,
     widened,
 )
+from patchwork.patching.batches import Batches
+from patchwork.patching.exact import ExactRunner
 from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_rows
-from patchwork.patching.partial_forward import ResumePatcher, first_position
 from patchwork.patching.patcher import (
     Activations,
     Condition,
@@ -62,7 +63,6 @@ NULL_DIMS = ("sample", "partner", *EFFECT_DIMS[1:])
 AGREEMENT_STATS = ("spearman", "recall_among_verified", "top_k_lift")
 #: Attribution's flags of the cells it reports exactly, per effect variable.
 VERIFIED = {"effect": "verified", "null_effect": "null_verified"}
-T = TypeVar("T")
 
 
 def noise_partners(layouts: Sequence[str | None], count: int, seed: int) -> list[list[int]]:
@@ -285,9 +285,9 @@ class ActivationPatchingMethod(SourceIntoTarget):
         # so it records sources one at a time: a batched forward may round differently.
         rows_per_forward = 1 if spec.method == "exact" else batch_size
         batches = layout_batches([s.runs[spec.source] for s in samples], rows_per_forward)
-        runner = _ExactRunner(patcher, self.study.execution.reuse, batch_size)
+        runner = ExactRunner(patcher, self.study.execution.reuse, batch_size)
 
-        def prepare(batch: list[int]) -> list[tuple[tuple[torch.Tensor, Activations], Any]]:
+        def prepare(batch: Sequence[int]) -> list[tuple[tuple[torch.Tensor, Activations], Any]]:
             """Source runs and, for attribution, target linearizations of one batch."""
             runs = [on_device(samples[row], spec.source) for row in batch]
             recorded = patcher.record_rows(runs, self.sites)
@@ -308,8 +308,9 @@ class ActivationPatchingMethod(SourceIntoTarget):
 
         sources: dict[int, tuple[torch.Tensor, Activations]] = {}
         linearizations: dict[int, Linearization] = {}
+        preparing = Batches(batch_size)
         for batch in batches:
-            for row, (recorded, found) in zip(batch, _halving(prepare, batch), strict=True):
+            for row, (recorded, found) in zip(batch, preparing.map(batch, prepare), strict=True):
                 sources[row], linearizations[row] = recorded, found
         rows = {self.position[s.sample_id]: row for row, s in enumerate(samples)}
         outside: dict[int, tuple[Sample, Activations]] = {}
@@ -422,7 +423,7 @@ class ActivationPatchingMethod(SourceIntoTarget):
 
     def _uncertain(
         self,
-        runner: _ExactRunner,
+        runner: ExactRunner,
         activations: Activations,
         delta: Activations,
         masks: Mapping[str, torch.Tensor],
@@ -433,7 +434,7 @@ class ActivationPatchingMethod(SourceIntoTarget):
 
         A first-order estimate errs by terms of second order in the patch's change ``Δ``: the
         uncertainty of a condition is ``Σ ‖Δ‖²`` over its sites and positions. Work is what the
-        exact run computes (:meth:`_ExactRunner.costs`). Conditions are taken greedily by
+        exact run computes (:meth:`ExactRunner.costs`). Conditions are taken greedily by
         uncertainty over work while the budget lasts.
         """
         costs = runner.costs(self.conditions, activations)
@@ -468,19 +469,6 @@ class ActivationPatchingMethod(SourceIntoTarget):
         return top + controls
 
 
-def _halving(run: Callable[[list[int]], list[T]], batch: list[int]) -> list[T]:
-    """``run(batch)``; if the accelerator runs out of memory, ``run`` on each half in turn."""
-    try:
-        return run(batch)
-    except torch.OutOfMemoryError:
-        if len(batch) == 1:
-            raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        half = len(batch) // 2
-        return _halving(run, batch[:half]) + _halving(run, batch[half:])
-
-
 def _agreement(
     estimated: np.ndarray, exact: np.ndarray, conflict: dict[str, torch.Tensor], k: int
 ) -> tuple[float, float, float]:
@@ -496,137 +484,6 @@ def _agreement(
         len(exact_top & set(range(k))) / k,
         float(truth[:k].mean()) / random_mean if random_mean > 0 else float("nan"),
     )
-
-
-class _ExactRunner:
-    """Exact patched runs of one target: resumed mid-model where possible, else full traces."""
-
-    def __init__(self, patcher: Patcher, reuse: bool, batch_size: int) -> None:
-        self.patcher = patcher
-        self.resume = ResumePatcher(patcher.adapter) if reuse else None
-        self.batch_size = batch_size
-        self.resumed = False
-
-    def resumable(self, target: dict[str, torch.Tensor]) -> bool:
-        """True when patched runs of ``target`` resume mid-model
-        (:mod:`~patchwork.patching.partial_forward`)."""
-        return self.resume is not None and ResumePatcher.applicable(self.patcher.adapter, target)
-
-    def start(
-        self,
-        target: dict[str, torch.Tensor],
-        masks: dict[str, torch.Tensor],
-        sites: Iterable[tuple[int, str]],
-    ) -> torch.Tensor:
-        """Run the target once, keeping its activations at ``sites`` (and, resumed, what patched
-        runs reuse); its answer logits (1, vocab)."""
-        self.target, self.masks = target, masks
-        self.resumed = self.resumable(target)
-        if self.resumed:
-            assert self.resume is not None
-            self.cache = self.resume.prepare(target, sites)
-            self.target_activations = self.cache.activations
-            return self.cache.answer_logits
-        logits, self.target_activations = self.patcher.record(target, sites)
-        return logits
-
-    def adopt(
-        self,
-        target: dict[str, torch.Tensor],
-        masks: dict[str, torch.Tensor],
-        linearization: Linearization,
-    ) -> None:
-        """Patch ``target`` from what its linearization kept (no run of its own): its
-        activations, and the cache resumed runs start from where it kept one."""
-        self.target, self.masks = target, masks
-        self.target_activations = linearization.activations
-        self.resumed = linearization.cache is not None and self.resumable(target)
-        if self.resumed:
-            assert linearization.cache is not None
-            self.cache = linearization.cache
-
-    def starts(self, conditions: Sequence[Condition], activations: Activations) -> list[int]:
-        """Each condition's first changed position (the sequence length: it changes nothing)."""
-        return [
-            first_change(condition, activations, self.target_activations, self.masks)
-            for condition in conditions
-        ]
-
-    def costs(self, conditions: Sequence[Condition], activations: Activations) -> list[int]:
-        """Work of each condition's exact run, in layer × position steps: resumed, the layers
-        from its first patched one times the positions from the first it changes; otherwise
-        every layer and position; none for a patch that changes nothing."""
-        seq_len = int(self.masks["all"].numel())
-        depth = self.patcher.adapter.num_layers
-        return [
-            0
-            if start == seq_len
-            else (depth - min(c.layers)) * (seq_len - start)
-            if self.resumed
-            else depth * seq_len
-            for c, start in zip(conditions, self.starts(conditions, activations), strict=True)
-        ]
-
-    def patch(
-        self,
-        conditions: Sequence[Condition],
-        activations: Activations,
-        ids: tuple[int, int],
-        clean: dict[str, torch.Tensor],
-        conflict: dict[str, torch.Tensor],
-    ) -> np.ndarray:
-        """Metric tables (len(conditions), metrics) of the patched runs.
-
-        Conditions that change nothing get the target's metrics without a run. The others run in
-        batches ordered by first changed position, then layer: a resumed batch shares its start
-        and each row skips the most. A batch that runs out of accelerator memory is halved and
-        retried; the smaller size is kept for the rest of the run.
-        """
-        seq_len = int(self.masks["all"].numel())
-        starts = self.starts(conditions, activations)
-        tables = np.repeat(metric_rows(conflict, clean, conflict), len(conditions), axis=0)
-        live = sorted(
-            (row for row, start in enumerate(starts) if start < seq_len),
-            key=lambda row: (starts[row], min(conditions[row].layers), conditions[row].component),
-        )
-        first = 0
-        while first < len(live):
-            rows = live[first : first + self.batch_size]
-            chunk = [conditions[row] for row in rows]
-            try:
-                if self.resumed and self.resume is not None:
-                    logits = self.resume.patched(
-                        self.cache, activations, chunk, self.masks, [starts[row] for row in rows]
-                    )
-                else:
-                    logits = self.patcher.patched(self.target, activations, chunk, self.masks)
-            except torch.OutOfMemoryError:
-                if self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, self.batch_size // 2)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            tables[rows] = metric_rows(answer_metrics(logits, *ids), clean, conflict)
-            first += len(rows)
-        return tables
-
-
-def first_change(
-    condition: Condition,
-    source: Activations,
-    target: Activations,
-    group_masks: Mapping[str, torch.Tensor],
-) -> int:
-    """First position a condition's patch changes: the first of its group's positions where a
-    patched site's source activation differs from the target's; the sequence length if none does
-    (patching a value with itself is no patch)."""
-    differs = torch.zeros_like(group_masks[condition.position_group])
-    for layer in condition.layers:
-        site = (layer, condition.component)
-        unequal = (source[site] != target[site]).any(-1).cpu()
-        differs |= unequal.flatten(0, -2).any(0) if unequal.ndim > 1 else unequal
-    return first_position(group_masks[condition.position_group] & differs)
 
 
 def _same_layout(first: Sample, second: Sample, run: str) -> bool:

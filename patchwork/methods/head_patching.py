@@ -9,6 +9,7 @@ and ``head_baseline`` (sample, head_run, metric). See :mod:`patchwork.patching.h
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from patchwork.data.sample import Sample
 from patchwork.errors import StudyError
 from patchwork.methods.method import Cost, SourceIntoTarget
 from patchwork.patching.attribution import budgeted, linearize, widened
+from patchwork.patching.batches import Batches
 from patchwork.patching.heads import (
     HeadActivations,
     HeadCondition,
@@ -107,7 +109,7 @@ class HeadPatchingMethod(SourceIntoTarget):
     def compute(self, samples: Sequence[Sample], patcher: Patcher) -> dict[str, np.ndarray]:
         spec, adapter = self.spec, patcher.adapter
         device = next(adapter.root.parameters()).device
-        size = self.study.execution.batch_size
+        batches = Batches(self.study.execution.batch_size)
         arrays = {
             name: np.full(variable.shape(len(samples)), np.nan, dtype=np.float32)
             for name, variable in self.variables().items()
@@ -172,18 +174,28 @@ class HeadPatchingMethod(SourceIntoTarget):
                 )
             live.sort(key=lambda item: (item[1], item[0].layer))
             flat = {(layer, "heads"): value.flatten(-2) for layer, value in source.items()}
-            for first in range(0, len(live), size):
-                chunk = live[first : first + size]
-                if resume is not None:
+
+            target_run = runs[spec.target]
+
+            def patched_logits(
+                chunk: Sequence[tuple[HeadCondition, int]],
+                bound: tuple[Any, ...] = (resume, cache if resume else None, flat, masks),
+                run: dict[str, torch.Tensor] = target_run,
+                recorded: HeadActivations = source,
+            ) -> torch.Tensor:
+                """Patched runs of a batch of head cells (bound to this sample's runs)."""
+                resumer, kept, flattened, groups = bound
+                if resumer is not None:
                     conditions = [
                         Condition(c.layer, (c.layer,), c.position_group, "heads", c.head)
                         for c, _ in chunk
                     ]
                     starts = [start for _, start in chunk]
-                    logits = resume.patched(cache, flat, conditions, masks, starts)
-                else:
-                    patched = [condition for condition, _ in chunk]
-                    logits = patched_heads(adapter, runs[spec.target], source, patched, masks)
+                    return resumer.patched(kept, flattened, conditions, groups, starts)
+                patched = [condition for condition, _ in chunk]
+                return patched_heads(adapter, run, recorded, patched, groups)
+
+            for chunk, logits in batches.run(live, patched_logits):
                 values = metric_rows(answer_metrics(logits, *ids), clean, conflict)
                 for (condition, _), value in zip(chunk, values, strict=True):
                     arrays["head_effect"][(row, *index[condition])] = value

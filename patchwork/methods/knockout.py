@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ from patchwork.methods.method import Cost, Method
 from patchwork.models import blocks
 from patchwork.models.adapter import ModelAdapter
 from patchwork.models.blocks import with_blocked_mask
+from patchwork.patching.batches import Batches
 from patchwork.patching.heads import head_count
 from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_rows
 from patchwork.patching.patcher import Patcher
@@ -337,7 +339,7 @@ class AttentionKnockoutMethod(Method):
         steps = self.spec.decode_tokens
         banned = adapter.media_token_ids()
         tokens = np.zeros((n, len(self.knockouts), steps), dtype=np.int64)
-        batch = self.study.execution.batch_size
+        batches = Batches(self.study.execution.batch_size)
         for row, sample in enumerate(samples):
             run, reference = (
                 {key: value.to(device) for key, value in sample.runs[name].items()}
@@ -351,14 +353,20 @@ class AttentionKnockoutMethod(Method):
                 ]
             run_m, ref_m = (answer_metrics(logits, *ids) for logits in plain)
             baseline[row] = baseline_rows(ref_m, run_m)[::-1]  # (run, reference)
-            for first in range(0, len(self.knockouts), batch):
-                chunk = self.knockouts[first : first + batch]
+
+            def knocked_out(chunk: Sequence[Knockout], run: Any = run) -> tuple[Any, Any]:
+                """The answer logits and the greedy continuation with each knockout."""
                 logits = knocked_out_logits(adapter, run, chunk)
-                knocked = answer_metrics(logits, *ids)
-                effect[row, first : first + len(chunk)] = metric_rows(knocked, ref_m, run_m)
                 generated = _greedy(logits, banned)
                 for _ in range(1, steps):
                     following = knocked_out_logits(adapter, run, chunk, generated)
                     generated = torch.cat([generated, _greedy(following, banned)], 1)
+                return logits, generated
+
+            first = 0
+            for chunk, (logits, generated) in batches.run(self.knockouts, knocked_out):
+                knocked = answer_metrics(logits, *ids)
+                effect[row, first : first + len(chunk)] = metric_rows(knocked, ref_m, run_m)
                 tokens[row, first : first + len(chunk)] = generated.cpu().numpy()
+                first += len(chunk)
         return {"knockout_effect": effect, "knockout_baseline": baseline, "knockout_token": tokens}

@@ -10,12 +10,14 @@ metrics of the target run with that one path carrying the source run's signal (N
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from patchwork.data.sample import Sample
 from patchwork.errors import ModelError, StudyError
 from patchwork.methods.method import Cost, SourceIntoTarget
+from patchwork.patching.batches import Batches
 from patchwork.patching.heads import head_count
 from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_rows
 from patchwork.patching.patcher import Patcher
@@ -89,7 +91,7 @@ class PathPatchingMethod(SourceIntoTarget):
     def compute(self, samples: Sequence[Sample], patcher: Patcher) -> dict[str, np.ndarray]:
         spec, adapter = self.spec, patcher.adapter
         device = next(adapter.root.parameters()).device
-        size = self.study.execution.batch_size
+        batches = Batches(self.study.execution.batch_size)
         arrays = {
             name: np.full(variable.shape(len(samples)), np.nan, dtype=np.float32)
             for name, variable in self.variables().items()
@@ -119,14 +121,15 @@ class PathPatchingMethod(SourceIntoTarget):
                     adapter, receiver, head, inputs_at[receiver], probs[receiver], delta, positions
                 )
                 patched.append((receiver, head, outputs_at[receiver][:, head] + change))
-            for first in range(0, len(self.paths), size):
-                logits = patched_head_outputs(
-                    adapter, runs[spec.target], patched[first : first + size]
-                )
+            rows = list(zip(self.paths, patched, strict=True))
+            target_run = runs[spec.target]
+
+            def patched_logits(chunk: Sequence[tuple[Any, Any]], run: Any = target_run) -> Any:
+                return patched_head_outputs(adapter, run, [change for _, change in chunk])
+
+            for chunk, logits in batches.run(rows, patched_logits):
                 values = metric_rows(answer_metrics(logits, *ids), clean, conflict)
-                for (sender, receiver, head), value in zip(
-                    self.paths[first : first + size], values, strict=True
-                ):
+                for ((sender, receiver, head), _), value in zip(chunk, values, strict=True):
                     cell = (
                         row,
                         self.senders.index(sender),

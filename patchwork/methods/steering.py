@@ -25,6 +25,7 @@ Gemma 3n stream). Stored:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from patchwork.data.source import SampleSource
 from patchwork.errors import StudyError
 from patchwork.methods.method import Method
 from patchwork.models.adapter import ModelAdapter
+from patchwork.patching.batches import Batches
 from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_rows
 from patchwork.patching.patcher import Activations, Patcher
 from patchwork.store.zarr_store import ArraySpec
@@ -199,7 +201,7 @@ class SteeringMethod(Method):
             for ai in range(len(spec.alphas))
             for di in range(len(DIRECTIONS))
         ]
-        size = self.study.execution.batch_size
+        batches = Batches(self.study.execution.batch_size)
         for row, sample in enumerate(samples):
             held_out = not self.fitted[self.position[sample.sample_id]]
             arrays["steering_held_out"][row] = float(held_out)
@@ -216,8 +218,10 @@ class SteeringMethod(Method):
             if not held_out:
                 continue
             mask = patcher.adapter.position_groups(inputs["input_ids"])[spec.position_group]
-            for first in range(0, len(conditions), size):
-                chunk = conditions[first : first + size]
+
+            def steer(
+                chunk: Sequence[tuple[int, int, int]], mask: Any = mask, inputs: Any = inputs
+            ) -> torch.Tensor:
                 shifts = {}
                 for li, layer in enumerate(self.layers):
                     vectors = [
@@ -228,7 +232,9 @@ class SteeringMethod(Method):
                     ]
                     if any(cli == li for cli, _, _ in chunk):
                         shifts[layer] = torch.stack(vectors)
-                logits = steered_logits(patcher, inputs, shifts, mask)
+                return steered_logits(patcher, inputs, shifts, mask)
+
+            for chunk, logits in batches.run(conditions, steer):
                 metrics = answer_metrics(logits, *ids)
                 steered = metric_rows(metrics, reference, steered_run)
                 top = (logits.argmax(-1) == sample.audio_answer_id).cpu().numpy()

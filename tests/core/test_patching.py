@@ -182,7 +182,7 @@ def test_reuse_does_not_change_stored_effects(tmp_path: Path) -> None:
 
 
 def test_a_batch_out_of_memory_is_halved_and_retried(tiny_model, monkeypatch) -> None:
-    from patchwork.methods.activation_patching import _ExactRunner, first_change
+    from patchwork.patching.exact import ExactRunner, first_change
     from patchwork.patching.metrics import answer_metrics as metrics_of
 
     sample = random_sample(1, 0, RUNS, "what do you hear", tiny_model)
@@ -193,12 +193,12 @@ def test_a_batch_out_of_memory_is_halved_and_retried(tiny_model, monkeypatch) ->
     conflict = sample.runs["conflict"]
     masks = tiny_model.adapter.position_groups(conflict["input_ids"])
     ids = (sample.audio_answer_id, sample.visual_answer_id)
-    expected_runner = _ExactRunner(patcher, reuse=False, batch_size=64)
+    expected_runner = ExactRunner(patcher, reuse=False, batch_size=64)
     base = metrics_of(expected_runner.start(conflict, masks, sites), *ids)
     clean_metrics = metrics_of(clean_logits, *ids)
     expected = expected_runner.patch(conditions, clean, ids, clean_metrics, base)
 
-    runner = _ExactRunner(patcher, reuse=False, batch_size=64)
+    runner = ExactRunner(patcher, reuse=False, batch_size=64)
     runner.start(conflict, masks, sites)
     seq_len = conflict["input_ids"].shape[1]
     live = sum(
@@ -215,15 +215,16 @@ def test_a_batch_out_of_memory_is_halved_and_retried(tiny_model, monkeypatch) ->
 
     monkeypatch.setattr(Patcher, "patched", limited)
     tables = runner.patch(conditions, clean, ids, clean_metrics, base)
-    assert live > 32  # the first batch is too big
-    assert sizes[:3] == [live, 32, 16] and runner.batch_size == 16
+    assert live > 32  # the first batch is too big: halved until it fits, that size kept
+    assert sizes[:3] == [live, live // 2, live // 4] and runner.batches.size == live // 4
+    assert all(size <= live // 4 for size in sizes[3:])
     np.testing.assert_allclose(tables, expected, atol=1e-6)
 
 
 def test_a_patch_that_changes_nothing_is_not_run(tiny_model, monkeypatch) -> None:
     """Patching a run with its own activations needs no run: every condition gets the target's
     metrics, and neither full traces nor resumed runs are started."""
-    from patchwork.methods.activation_patching import _ExactRunner
+    from patchwork.patching.exact import ExactRunner
     from patchwork.patching.metrics import answer_metrics as metrics_of
     from patchwork.patching.partial_forward import ResumePatcher
 
@@ -238,7 +239,7 @@ def test_a_patch_that_changes_nothing_is_not_run(tiny_model, monkeypatch) -> Non
     monkeypatch.setattr(Patcher, "patched", lambda *args: runs.append("full"))
     monkeypatch.setattr(ResumePatcher, "patched", lambda *args: runs.append("resumed"))
     for reuse in (True, False):
-        runner = _ExactRunner(patcher, reuse=reuse, batch_size=8)
+        runner = ExactRunner(patcher, reuse=reuse, batch_size=8)
         base = metrics_of(runner.start(conflict, masks, sites), *ids)
         tables = runner.patch(conditions, runner.target_activations, ids, base, base)
         assert runs == []
@@ -278,7 +279,7 @@ def test_sliding_window_layers_take_full_traces(tmp_path: Path) -> None:
     runs are not resumed, and the exact path then equals the model's own masking."""
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration as Thinker
 
-    from patchwork.methods.activation_patching import _ExactRunner
+    from patchwork.patching.exact import ExactRunner
     from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter
     from patchwork.patching.partial_forward import ResumePatcher
 
@@ -304,6 +305,6 @@ def test_sliding_window_layers_take_full_traces(tmp_path: Path) -> None:
     resume = ResumePatcher(windowed)
     forced = resume.patched(resume.prepare(conflict), clean, conditions, masks)
     assert float((forced - full).abs().max()) > 1e-3  # resuming anyway would be wrong
-    runner = _ExactRunner(patcher, reuse=True, batch_size=64)
+    runner = ExactRunner(patcher, reuse=True, batch_size=64)
     runner.start(conflict, masks, sites)
     assert not runner.resumed  # the exact path took full traces
