@@ -65,8 +65,8 @@ class KnockoutReport(Report):
         n_resamples: int = 1000,
         **options: Any,
     ) -> pd.DataFrame:
-        """One row per rule: how many knockouts it holds, the one with the largest mean absolute effect
-        (``strongest``: ``rule@first-last[#hheads]``) and that mean with its 95% bootstrap
+        """One row per rule: how many knockouts it holds, the one with the largest mean absolute
+        effect (``strongest``: ``rule@first-last[#hheads]``) and that mean with its 95% bootstrap
         interval."""
         metric = metric or "normalized_effect"
         done = _require_done(results, self.kind)
