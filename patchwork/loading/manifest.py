@@ -7,38 +7,41 @@ JSONL rows::
               "conflict": {"audio": "media/dog.wav", "frames": ["media/cat.png"]}}}
 
 CSV has the same fields flattened: ``id,audio_answer,visual_answer,clean.audio,clean.frames,…``
-with frame paths separated by ``;``. An optional ``question`` overrides the study's. Paths are
+with frame paths separated by ``;`` (the row schema and both spellings:
+:mod:`patchwork.loading.manifest_schema`, :mod:`patchwork.loading.manifest_files`; every row is
+validated before any media is decoded). An optional ``question`` overrides the study's. Paths are
 relative to the manifest; a run may give ``fps`` of its frames (default 2). Instead of
 ``frames`` a run may name a ``video`` container (its soundtrack is the audio unless ``audio``
 names another file), and ``image_features`` precomputed for models whose vision tower cannot run
-here; see :mod:`patchwork.data.video`. The model's adapter turns decoded media into inputs.
-Every run of a row must yield the same token layout. Errors name the manifest line, the sample
-and the file; nothing is written before every row has been read. The question is rendered by the
-checkpoint's chat template (:mod:`patchwork.loading.chat`) or written with its turns by hand; a
-question may hold ``{media}``: the text before it (e.g. a user turn) precedes the media
-placeholders.
+here; see :mod:`patchwork.data.containers`. The model's adapter turns decoded media into inputs.
+Every run of a row must yield the same token layout (when a check finds runs of different
+lengths, its error says which of ``seconds`` and ``frame_size`` the row leaves unset). Errors name
+the manifest line, the sample and the file; nothing is written before every row has been read.
+The question is rendered by the checkpoint's chat template (:mod:`patchwork.loading.chat`) or
+written with its turns by hand; a question may hold ``{media}``: the text before it (e.g. a user
+turn) precedes the media placeholders.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from patchwork.data import video
+from patchwork.data import containers
 from patchwork.data.sample import Sample
 from patchwork.data.source import SampleInfo, SampleSource, layout_digests
 from patchwork.errors import DataError, PatchworkError
 from patchwork.loading.chat import MEDIA_MARKER, chat_prompt
+from patchwork.loading.manifest_files import read_manifest
+from patchwork.loading.manifest_schema import ManifestRow, ManifestRun, RowLimits
 from patchwork.loading.model import LoadedModel
 from patchwork.study.schema import Study
 
-REQUIRED = ("id", "audio_answer", "visual_answer", "runs")
+#: Run fields that decide a run's token count; runs of one row should agree on them.
+LAYOUT_FIELDS = ("seconds", "frame_size", "fps", "max_frames", "audio_in_video")
 
 
 def load_manifest(study: Study, loaded: LoadedModel) -> list[Sample]:
@@ -67,87 +70,81 @@ def manifest_source(
     except PatchworkError as error:
         raise type(error)(f"{study.where('chat', 'template')}: {error}") from None
 
-    def build(line: int, row: Mapping[str, Any]) -> Sample:
+    limits = RowLimits(study.dataset.max_seconds, study.dataset.max_frame_side)
+    rows = read_manifest(path, limits)  # every row's fields, before any media is decoded
+
+    def build(line: int, row: ManifestRow) -> Sample:
         label = f"{path}:{line}"
         try:
             sample = _sample(row, path.parent, question, loaded, study)
         except PatchworkError as error:
-            raise type(error)(f"{label}: sample {row['id']}: {error}") from None
+            raise type(error)(f"{label}: sample {row.id}: {error}") from None
         return replace(sample, meta={**sample.meta, "manifest_line": label})
 
-    rows: list[tuple[int, Mapping[str, Any]]] = []
     infos = []
-    seen: dict[str, int] = {}
-    for line, row in _rows(path):
-        label = f"{path}:{line}"
-        missing = [key for key in REQUIRED if not row.get(key)]
-        if missing:
-            named = f" (sample {row['id']})" if row.get("id") else ""
-            raise DataError(f"{label}: row lacks field(s) {missing}{named}")
-        sample_id = str(row["id"])
-        if sample_id in seen:
-            raise DataError(f"{label}: sample id {sample_id!r} repeats line {seen[sample_id]}")
-        seen[sample_id] = line
+    for line, row in rows:
         sample = build(line, row)
         if check is not None:
-            check(sample)
+            try:
+                check(sample)
+            except DataError as error:
+                hint = layout_hint(row, sample)
+                if hint is None:
+                    raise
+                raise DataError(f"{error}; {hint}") from None
         infos.append(
-            SampleInfo(sample_id, sample.audio_answer, sample.visual_answer, layout_digests(sample))
+            SampleInfo(row.id, sample.audio_answer, sample.visual_answer, layout_digests(sample))
         )
-        rows.append((line, row))
-    if not rows:
-        raise DataError(f"{path}: the manifest lists no samples")
     return SampleSource(
         infos, lambda start, stop: [build(line, row) for line, row in rows[start:stop]]
     )
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of a field
-    except UnicodeDecodeError as error:
-        line = path.read_bytes()[: error.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}:{line}: not UTF-8 text (byte {error.start}); save the manifest as UTF-8"
-        ) from None
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        for row in reader:
-            yield reader.line_num, _unflatten(row)
-        return
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: not a JSON object ({error.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{number}: not a JSON object")
-        yield number, row
+def layout_hint(row: ManifestRow, sample: Sample) -> str | None:
+    """What to set so that the runs of ``row`` share one token layout, when they differ in
+    length (None when they do not): the runs' lengths, the ``seconds`` and ``frame_size`` the
+    row leaves unset, and the layout fields its runs disagree on."""
+    lengths = {name: int(inputs["input_ids"].shape[-1]) for name, inputs in sample.runs.items()}
+    if len(set(lengths.values())) <= 1:
+        return None
+    counted = " and ".join(f"{name!r} {length}" for name, length in lengths.items())
+    hint = (
+        f"the runs have {counted} tokens: set 'frame_size' and 'seconds' in every run of the row "
+        "so that the runs share one token layout"
+    )
+    unset = [
+        f"{name}.{field}"
+        for name, run in row.runs.items()
+        for field in ("seconds", "frame_size")
+        if getattr(run, field) is None and _applies(field, run)
+    ]
+    disagree = [
+        field
+        for field in LAYOUT_FIELDS
+        if len({repr(getattr(run, field)) for run in row.runs.values()}) > 1
+    ]
+    if unset:
+        hint += f" (not set: {', '.join(unset)})"
+    if disagree:
+        hint += f"; the runs differ in {', '.join(disagree)}"
+    return hint
 
 
-def _unflatten(row: Mapping[str, str]) -> dict[str, Any]:
-    nested: dict[str, Any] = {"runs": {}}
-    for key, value in row.items():
-        if key is None or value is None or value == "":
-            continue
-        if "." in key:
-            run, field = key.split(".", 1)
-            parts = value.split(";") if field == "frames" else value
-            nested["runs"].setdefault(run, {})[field] = parts
-        else:
-            nested[key] = value
-    return nested
+def _applies(field: str, run: ManifestRun) -> bool:
+    """Whether ``field`` changes the layout of ``run``: seconds cut sound and video, frame_size
+    resizes pictures."""
+    if field == "seconds":
+        return bool(run.audio or run.video)
+    return bool(run.video or run.frames)
 
 
 def _sample(
-    row: Mapping[str, Any], base: Path, question: str, loaded: LoadedModel, study: Study
+    row: ManifestRow, base: Path, question: str, loaded: LoadedModel, study: Study
 ) -> Sample:
     """One row's sample; ``question`` is the study's, rendered (a row's own is rendered here)."""
     adapter, dataset = loaded.adapter, study.dataset
-    if row.get("question"):
-        question = chat_prompt(loaded, str(row["question"]), study.chat)
+    if row.question:
+        question = chat_prompt(loaded, row.question, study.chat)
     # "{media}" in the question splits it: the text before goes before the media placeholders
     # (e.g. a chat template's user turn), the text after follows them
     before, marker, after = question.rpartition(MEDIA_MARKER)
@@ -155,21 +152,24 @@ def _sample(
     question = after if marker else question
     text_ids = loaded.token_ids(question)
     runs = {}
-    if not isinstance(row["runs"], Mapping):
-        raise DataError("'runs' must map run names to their media")
-    for name, spec in row["runs"].items():
-        if not isinstance(spec, Mapping):
-            raise DataError(f"run {name!r} must be a mapping of media fields")
-        if not {"audio", "video", "frames", "image_features"} & set(spec):
-            raise DataError(
-                f"run {name!r} names no media: give 'audio', 'video', 'frames' or 'image_features'"
-            )
-        media_run = video.run_media(
-            spec, base, adapter.sampling_rate, question, dataset.max_seconds, dataset.max_frame_side
+    for name, run in row.runs.items():
+        media_run = containers.run_media(
+            run.media_spec(),
+            base,
+            adapter.sampling_rate,
+            question,
+            dataset.max_seconds,
+            dataset.max_frame_side,
+            sampling=adapter.video_sampling(study.inputs.convention),
         )
-        label = f"run {name!r} ({', '.join(_files(spec, base))})"
+        label = f"run {name!r} ({', '.join(_files(run, base))})"
         try:
-            inputs = adapter.build_inputs(text_ids, media_run)
+            if study.inputs.builder == "processor":  # files checked above, made officially here
+                inputs = adapter.processor_inputs(
+                    run.media_spec(), base, text_ids, study.inputs.convention
+                )
+            else:
+                inputs = adapter.build_inputs(text_ids, media_run)
         except PatchworkError as error:
             raise type(error)(f"{label}: {error}") from None
         if prefix_ids:
@@ -177,23 +177,19 @@ def _sample(
         adapter.check_inputs(inputs, label)
         runs[name] = inputs
     return Sample(
-        sample_id=str(row["id"]),
+        sample_id=row.id,
         runs=runs,
-        audio_answer=str(row["audio_answer"]),
-        visual_answer=str(row["visual_answer"]),
-        audio_answer_id=loaded.answer_id(str(row["audio_answer"])),
-        visual_answer_id=loaded.answer_id(str(row["visual_answer"])),
+        audio_answer=row.audio_answer,
+        visual_answer=row.visual_answer,
+        audio_answer_id=loaded.answer_id(row.audio_answer),
+        visual_answer_id=loaded.answer_id(row.visual_answer),
     )
 
 
-def _files(spec: Mapping[str, Any], base: Path) -> list[str]:
+def _files(run: ManifestRun, base: Path) -> list[str]:
     """The media files a run names, as paths for messages."""
-    listed = []
-    for key in ("video", "audio", "image_features", "frames"):
-        value = spec.get(key)
-        for item in value if isinstance(value, list) else [value] if value else []:
-            listed.append(str(base / item))
-    return listed
+    named = [run.video, run.audio, run.image_features, *(run.frames or ())]
+    return [str(base / item) for item in named if item]
 
 
 def _with_prefix(inputs: dict[str, torch.Tensor], prefix_ids: list[int]) -> dict[str, torch.Tensor]:

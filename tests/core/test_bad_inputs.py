@@ -71,14 +71,14 @@ def _set(run: str, field: str, value):
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("fps", float("nan"), "fps must lie in (0, 120]"),
-        ("fps", float("inf"), "fps must lie in (0, 120]"),
-        ("fps", 0, "fps must lie in (0, 120]"),
-        ("seconds", 1e9, "seconds must lie in (0, 600]"),
-        ("seconds", float("nan"), "seconds must lie in (0, 600]"),
-        ("seconds", -1, "seconds must lie in (0, 600]"),
-        ("frame_size", [100000, 100000], "frame_size sides must lie in [1, 4096]"),
-        ("frame_size", [0, 0], "frame_size sides must lie in [1, 4096]"),
+        ("fps", float("nan"), "runs.conflict.fps: must lie in (0, 120], got NaN"),
+        ("fps", float("inf"), "runs.conflict.fps: must lie in (0, 120], got Infinity"),
+        ("fps", 0, "runs.conflict.fps: must lie in (0, 120], got 0"),
+        ("seconds", 1e9, "runs.conflict.seconds: must lie in (0, 600]"),
+        ("seconds", float("nan"), "runs.conflict.seconds: must lie in (0, 600]"),
+        ("seconds", -1, "runs.conflict.seconds: must lie in (0, 600]"),
+        ("frame_size", [100000, 100000], "runs.conflict.frame_size: sides must lie in [1, 4096]"),
+        ("frame_size", [0, 0], "runs.conflict.frame_size: sides must lie in [1, 4096]"),
     ],
 )
 def test_run_fields_out_of_bounds(tmp_path: Path, field: str, value, expected: str) -> None:
