@@ -3,7 +3,10 @@ manifest rows are decoded one block at a time).
 
 Runs the same tiny study with N and more samples, each in a fresh process, and prints their peak
 resident set size, for two sources: the ``random`` generator, and a manifest of 10 s clips
-(wav at 16 kHz and a 252×448 picture per run, as the counterfactual studies use).
+(wav at 16 kHz and a 252×448 picture per run, as the counterfactual studies use). Last, the
+hostile case of issue #28: the same manifest whose first clip is a sparse WAV of 4 KB on disk
+whose header claims 200 M samples — refused from its header, its peak must stay within 1.1× of
+the normal manifest's.
 Usage: ``python benchmarks/memory.py [--samples N] [--rows 16 512]``.
 """
 
@@ -22,11 +25,16 @@ CHILD = """
 import json, resource, sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
-from patchwork import parse_study, run_study
+from patchwork import PatchworkError, parse_study, run_study
 text, root, source = sys.argv[1], sys.argv[2], sys.argv[3]
-summary = run_study(parse_study(text, Path(source) if source else None), root)
+try:
+    seconds = run_study(parse_study(text, Path(source) if source else None), root).seconds
+except PatchworkError as error:
+    seconds, refused = 0.0, str(error)
+else:
+    refused = ""
 peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_mb": peak_kb / 1024, "seconds": summary.seconds}))
+print(json.dumps({"peak_mb": peak_kb / 1024, "seconds": seconds, "refused": refused}))
 """
 
 MODEL = "random_init: {{layers: 4, hidden_size: 64, heads: 4, kv_heads: 2}}"
@@ -75,11 +83,27 @@ def write_manifest(folder: Path, rows: int) -> Path:
     return path
 
 
-def measure(samples: int, manifest: bool) -> dict[str, float]:
+def sparse_wav(path: Path, claimed_samples: int = 200_000_000) -> Path:
+    """A PCM-16 mono 16 kHz WAV, 4 KB on disk, whose header claims ``claimed_samples``."""
+    import struct
+
+    data_bytes = claimed_samples * 2
+    header = b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE"
+    header += b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16_000, 32_000, 2, 16)
+    header += b"data" + struct.pack("<I", data_bytes)
+    with path.open("wb") as handle:
+        handle.write(header + bytes(4096 - len(header)))
+        handle.truncate(len(header) + data_bytes)
+    return path
+
+
+def measure(samples: int, manifest: bool, sparse: bool = False) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as root:
         source = ""
         if manifest:
             write_manifest(Path(root), samples)
+            if sparse:
+                sparse_wav(Path(root) / "a.wav")
             text, source = MANIFEST.format(), str(Path(root) / "study.yaml")
         else:
             text = GENERATED.format(samples=samples)
@@ -111,6 +135,13 @@ def main() -> None:
                 f"{source:>10} {samples:>8} {row['peak_mb']:>14.1f} "
                 f"{row['peak_mb'] / base:>11.3f}x {row['seconds']:>9.1f}"
             )
+    normal = measure(args.rows[0], manifest=True)
+    hostile = measure(args.rows[0], manifest=True, sparse=True)
+    ratio = hostile["peak_mb"] / normal["peak_mb"]
+    print(
+        f"{'sparse wav':>10} {args.rows[0]:>8} {hostile['peak_mb']:>14.1f} {ratio:>11.3f}x "
+        f"(vs the same manifest intact; refused: {hostile['refused'][-90:]!r})"
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The same code serves the testbed's synthetic world and users' own data:
 
-- audio: :func:`load_audio` reads a sound file (soundfile) as mono float32 at 16 kHz;
+- audio: :func:`load_audio` reads a sound file (soundfile) as mono float32 at 16 kHz, as
+  ``librosa.load`` reads it (:mod:`patchwork.data.conventions`);
   :func:`audio_features` makes Whisper-style log-mel features with transformers'
   ``WhisperFeatureExtractor`` → ``input_features`` (n_audios, n_mels, T_mel) and
   ``feature_attention_mask`` (n_audios, T_mel), one mel frame per 10 ms (hop 160 samples).
@@ -15,6 +16,7 @@ Missing or unreadable files raise :class:`patchwork.errors.DataError` naming the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -31,25 +33,75 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def load_audio(path: str | Path, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
-    """A sound file as a mono float32 waveform (n_samples,) at ``sampling_rate`` Hz.
+def soundfile_reads(path: str | Path) -> bool:
+    """Whether soundfile (libsndfile) knows the format of ``path`` (read from its header)."""
+    import soundfile
 
-    Several channels are averaged; another file rate is resampled by linear interpolation (enough
-    for speech-band features; resample with a proper filter beforehand for high fidelity).
+    try:
+        soundfile.info(str(path))
+    except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError):
+        return False
+    return True
+
+
+def load_audio(
+    path: str | Path,
+    sampling_rate: int = SAMPLING_RATE,
+    max_seconds: float | None = None,
+    seconds: float | None = None,
+) -> np.ndarray:
+    """A sound file as a mono float32 waveform (n_samples,) at ``sampling_rate`` Hz, as
+    ``librosa.load(path, sr=sampling_rate)`` reads it: channels averaged, another rate resampled
+    with soxr (:func:`patchwork.data.conventions.resample`).
+
+    The length is read from the header first: a file claiming more than ``max_seconds`` is
+    refused before a sample is decoded; with ``seconds`` only that much is read.
     """
     import soundfile
+
+    from patchwork.data import conventions
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"audio file not found: {path}")
     try:
-        waveform, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, soundfile.LibsndfileError) as error:
+        info = soundfile.info(str(path))
+        file_rate, claimed = int(info.samplerate), int(info.frames)
+        check_stream(path, file_rate, int(info.channels))
+        limit = seconds if seconds is not None else max_seconds
+        if seconds is None and max_seconds is not None and claimed > max_seconds * file_rate:
+            raise DataError(
+                f"{path}: the audio lasts {claimed / file_rate:.1f} s by its header, over the "
+                f"dataset's max_seconds ({max_seconds:g}); cut it with the run's 'seconds'"
+            )
+        wanted = claimed if limit is None else min(claimed, math.ceil(limit * file_rate) + 1)
+        # block by block: memory follows the samples really read, not the header's claim
+        blocks = list(
+            soundfile.blocks(
+                str(path), blocksize=1 << 16, frames=wanted, dtype="float32", always_2d=True
+            )
+        )
+    except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError) as error:
         raise DataError(f"cannot read audio file {path}: {error}") from None
-    mono = waveform.mean(axis=1)
-    if file_rate != sampling_rate:
-        mono = resample(mono, file_rate, sampling_rate)
-    return mono.astype(np.float32)
+    if not blocks:
+        raise DataError(f"{path} holds no audio samples")
+    mono = conventions.to_mono(np.concatenate(blocks))
+    return conventions.resample(mono, file_rate, sampling_rate)
+
+
+#: Highest sampling rate and most channels a sound file may declare.
+MAX_FILE_RATE = 768_000
+MAX_CHANNELS = 32
+
+
+def check_stream(path: Path, rate: int, channels: int) -> None:
+    """Refuse a header's sampling rate or channel count outside what real audio uses."""
+    if not 0 < rate <= MAX_FILE_RATE:
+        raise DataError(f"audio file {path}: its header names {rate} Hz (1 … {MAX_FILE_RATE})")
+    if not 0 < channels <= MAX_CHANNELS:
+        raise DataError(
+            f"audio file {path}: its header names {channels} channels (1 … {MAX_CHANNELS})"
+        )
 
 
 def save_audio(path: str | Path, waveform: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> Path:
@@ -63,14 +115,29 @@ def save_audio(path: str | Path, waveform: np.ndarray, sampling_rate: int = SAMP
 
 
 def resample(waveform: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Linear-interpolation resampling of a mono waveform (n_samples,)."""
-    if from_rate <= 0 or to_rate <= 0:
-        raise DataError(f"sampling rates must be positive, got {from_rate} -> {to_rate}")
-    duration = len(waveform) / from_rate
-    n_out = int(round(duration * to_rate))
-    source_times = np.arange(len(waveform)) / from_rate
-    target_times = np.arange(n_out) / to_rate
-    return np.interp(target_times, source_times, waveform).astype(np.float32)
+    """A mono waveform (n_samples,) resampled with soxr as librosa does
+    (:func:`patchwork.data.conventions.resample`)."""
+    from patchwork.data import conventions
+
+    return conventions.resample(waveform, from_rate, to_rate)
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int, mode: str = "round") -> np.ndarray:
+    """Frames (n, H, W, 3) resized to ``height`` × ``width`` with torch's antialiased bicubic,
+    as torchvision resizes video tensors. ``mode``: ``"round"`` computes in float, then rounds
+    and clips to uint8 (torchvision's v1 ``resize``, what qwen-omni-utils calls); ``"uint8"``
+    uses torch's native uint8 kernel (torchvision's v2 ``resize`` on CPU, what the transformers
+    video processor calls; up to tens of levels apart from ``"round"`` on noisy frames);
+    ``"float"`` keeps float32 values in [0, 255] unrounded."""
+    tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
+    if mode != "uint8":
+        tensor = tensor.to(torch.float32)
+    resized = torch.nn.functional.interpolate(
+        tensor, size=(height, width), mode="bicubic", align_corners=False, antialias=True
+    )
+    if mode == "round":
+        resized = resized.clamp(0, 255).round().to(torch.uint8)
+    return resized.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 @lru_cache(maxsize=8)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from patchwork.data.conventions import VideoSampling
+
 ModelInputs = Mapping[str, torch.Tensor]
 
 
@@ -52,3 +54,8 @@ class RunMedia:
     audio_in_video: bool = False
     #: The question as text (for adapters whose processor tokenizes the prompt itself).
     question: str = ""
+    #: The video convention the frames were taken by; it also sets their pixel budget. None:
+    #: frames made in code (the adapter's own budget).
+    sampling: VideoSampling | None = None
+    #: Source time (s) of each frame, for showing what the model sees.
+    frame_times: tuple[float, ...] = ()

@@ -20,7 +20,6 @@ Facts this adapter guards (transformers 5.x):
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +30,9 @@ import torch
 from torch import nn
 
 from patchwork.data import media
+from patchwork.data.conventions import Convention, VideoSampling, even_count
 from patchwork.data.sample import ModelInputs, RunMedia
+from patchwork.data.sizing import fit_frames, fitted_size  # noqa: F401 (fitted_size re-exported)
 from patchwork.errors import DataError, ModelError
 from patchwork.models.adapter import ModelAdapter, load_thinker, text_and_answer
 
@@ -70,6 +71,48 @@ class Qwen25OmniAdapter(ModelAdapter):
     pixel_std: tuple[float, ...] = media.CLIP_STD
     #: Most pixels per frame (the released processors' video budget, 768 merged patches of 28²).
     max_frame_pixels: int = 768 * 28 * 28
+
+    official_processor = True
+    #: The published vision tower's patch · merge: its official pixel budgets hold for it only.
+    published_unit: int = 28
+    #: The rate the processor assumes when the model card calls it without ``fps``.
+    processor_fps: float = 2.0
+
+    def video_sampling(self, convention: Convention = "model_card") -> VideoSampling:
+        """How this family's official route (``convention``) takes and sizes video frames.
+
+        Model card: qwen-omni-utils' counts, indices and budgets (its frames fitted to multiples
+        of 28: it is called with its default ``image_patch_size``), then the processor.
+        transformers: the video processor's ``do_sample_frames`` and its own per-frame budget.
+        A checkpoint without processor files (``preprocessor_config.json``: no official
+        processor to follow) or whose vision tower is not the published one (``patch · merge``
+        other than :attr:`published_unit`) has no official budget: its frames keep their size,
+        fitted to its own unit, at most 768 units² each.
+        """
+        vision = self.config.vision_config
+        unit = vision.patch_size * vision.spatial_merge_size
+        if unit != self.published_unit or not self._saved_processor:
+            return VideoSampling(convention, unit=unit, min_tokens=None, total_tokens=None)
+        if convention == "model_card":
+            return VideoSampling(convention, unit=28, processor_fps=self.processor_fps)
+        return VideoSampling(convention, unit=unit, total_tokens=None)
+
+    def _fit_video(self, frames: np.ndarray, sampling: VideoSampling) -> np.ndarray:
+        """Frames (n, H, W, 3) sized as the route sizes them: fitted to ``sampling``'s unit and
+        budget (uint8, as torchvision resizes uint8 video), then — where the
+        processor's unit differs (Qwen3-Omni's 32 after qwen-omni-utils' 28) — fitted again by
+        the video processor (float, no rounding)."""
+        vision = self.config.vision_config
+        low, high = sampling.pixel_range(even_count(len(frames), vision.temporal_patch_size))
+        # qwen-omni-utils resizes with torchvision's v1 resize (float, rounded to uint8); the
+        # transformers video processor with v2's, torch's native uint8 kernel on CPU
+        first = "round" if sampling.convention == "model_card" else "uint8"
+        fitted = fit_frames(frames, sampling.unit, high, int(low), resize=first)
+        unit = vision.patch_size * vision.spatial_merge_size
+        if unit != sampling.unit:
+            tokens = (128 * unit * unit, 768 * unit * unit)
+            fitted = fit_frames(fitted, unit, tokens[1], tokens[0], resize="float")
+        return fitted
 
     #: Longest clip (samples at 16 kHz) of the feature extractor when the checkpoint names none;
     #: None where the processor neither pads nor cuts clips.
@@ -224,15 +267,27 @@ class Qwen25OmniAdapter(ModelAdapter):
 
     def build_inputs(self, text_ids: Sequence[int], media_run: RunMedia) -> dict[str, torch.Tensor]:
         """Whisper log-mel audio and Qwen-VL video patches as the family's processors make them
-        (frames fitted to patch·merge and the pixel budget as ``smart_resize`` fits them), prompt
-        ids with each clip's placeholders — interleaved when ``media_run.audio_in_video``."""
+        (frames fitted to patch·merge and the route's pixel budget as ``smart_resize`` fits them:
+        :meth:`video_sampling`), prompt ids with each clip's placeholders — interleaved when
+        ``media_run.audio_in_video``."""
         config = self.config
         vision = config.vision_config
         if media_run.waveform is None or media_run.frames is None:
             raise DataError(f"{self.family} runs need both audio and frames (or a video)")
         audio = media.clip_features(media_run.waveform, **self._audio_settings)
         mel_frames = audio["input_features"].shape[-1]
-        video = vision_patches(media_run.frames, vision, **self._vision_settings)
+        # the budget is this family's for the route the frames were taken by
+        route = media_run.sampling.convention if media_run.sampling else "model_card"
+        sampling = self.video_sampling(route)
+        settings = self._vision_settings
+        video = media.video_patches(
+            self._fit_video(media_run.frames, sampling),
+            patch_size=vision.patch_size,
+            temporal_patch_size=vision.temporal_patch_size,
+            merge_size=vision.spatial_merge_size,
+            mean=settings["mean"],
+            std=settings["std"],
+        )
         seconds_per_grid = vision.temporal_patch_size / float(media_run.fps)
         audio_tokens = self.audio_token_count(mel_frames)
         if media_run.audio_in_video:
@@ -280,46 +335,6 @@ class Qwen25OmniAdapter(ModelAdapter):
                     f"{label}: {found} {name} placeholder tokens but the {name} features need "
                     f"{count}; the model would silently misplace or drop them"
                 )
-
-
-def fitted_size(
-    height: int, width: int, unit: int, max_pixels: int | None, min_pixels: int
-) -> tuple[int, int]:
-    """(H, W) a frame is resized to: multiples of ``unit`` nearest the frame, scaled down (up)
-    keeping the aspect ratio when that exceeds ``max_pixels`` (falls short of ``min_pixels``) —
-    the rule of Qwen-VL's ``smart_resize``."""
-    if max(height, width) > 200 * min(height, width):
-        raise DataError(f"frames of {height}x{width} pixels: the aspect ratio must be below 200")
-    fitted_h = max(unit, round(height / unit) * unit)
-    fitted_w = max(unit, round(width / unit) * unit)
-    if max_pixels and fitted_h * fitted_w > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        fitted_h = max(unit, math.floor(height / beta / unit) * unit)
-        fitted_w = max(unit, math.floor(width / beta / unit) * unit)
-    elif min_pixels and fitted_h * fitted_w < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        fitted_h = math.ceil(height * beta / unit) * unit
-        fitted_w = math.ceil(width * beta / unit) * unit
-    return fitted_h, fitted_w
-
-
-def fit_frames(
-    frames: np.ndarray, unit: int, max_pixels: int | None = None, min_pixels: int = 0
-) -> np.ndarray:
-    """Frames (n, H, W, 3) resized (bicubic, Pillow) to :func:`fitted_size`; returned unchanged
-    when they already fit."""
-    height, width = frames.shape[1:3]
-    fitted = fitted_size(height, width, unit, max_pixels, min_pixels)
-    if fitted == (height, width):
-        return frames
-    from PIL import Image
-
-    return np.stack(
-        [
-            np.asarray(Image.fromarray(frame).resize(fitted[::-1], Image.Resampling.BICUBIC))
-            for frame in frames
-        ]
-    )
 
 
 def vision_patches(

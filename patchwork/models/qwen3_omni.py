@@ -57,6 +57,11 @@ class Qwen3OmniAdapter(Qwen25OmniAdapter):
     max_frame_pixels = 768 * 32 * 32
     #: Its processor neither pads nor cuts clips (``padding=True``, ``truncation=False``).
     max_audio_samples = None
+    #: Qwen3-VL patches of 16 merged 2 × 2; the model card still calls qwen-omni-utils with its
+    #: default 14-pixel patches (frames fitted to 28), then the video processor fits them to 32.
+    published_unit = 32
+    #: ``Qwen3OmniMoeProcessor`` called without ``fps`` assumes 1 frame per second.
+    processor_fps = 1.0
 
     @classmethod
     def from_pretrained(cls, path: Path, config: Any, **options: Any) -> nn.Module:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from patchwork.data import video
+from patchwork.data import containers
 from patchwork.loading.model import load_model
 from patchwork.models.qwen2_5_omni import chunk_bounds, fit_frames
 from patchwork.models.qwen3_omni import Qwen3OmniAdapter
@@ -30,7 +30,7 @@ def loaded(request, checkpoint):
 
 
 def clip_inputs(loaded, media: Path, audio_in_video: bool) -> dict:
-    run = video.run_media(
+    run = containers.run_media(
         {"video": "dog.mkv", "audio_in_video": audio_in_video}, media, 16_000, "what do you hear"
     )
     return loaded.adapter.build_inputs(loaded.token_ids("what do you hear"), run)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from patchwork import ModelError
-from patchwork.data import video
+from patchwork.data import containers
 from patchwork.loading.model import load_model
 from patchwork.patching.patcher import Condition, Patcher
 from patchwork.study.schema import ModelSpec
@@ -25,10 +25,10 @@ def loaded(checkpoint):
 
 def runs(loaded, media: Path) -> tuple[dict, dict]:
     text = loaded.token_ids("what do you hear")
-    clean = video.run_media(
+    clean = containers.run_media(
         {"audio": "dog.mkv", "image_features": "dog_features.npy"}, media, 16_000, ""
     )
-    conflict = video.run_media(
+    conflict = containers.run_media(
         {"audio": "dog_swap.wav", "image_features": "cat_features.npy"}, media, 16_000, ""
     )
     return loaded.adapter.build_inputs(text, clean), loaded.adapter.build_inputs(text, conflict)

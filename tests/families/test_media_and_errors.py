@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from patchwork import DataError, ModelError, PatchworkError, StudyError, load_study, run_study
-from patchwork.data import video
+from patchwork.data import containers
+from patchwork.data.conventions import VideoSampling
 from patchwork.loading.model import load_model
 from patchwork.study.schema import ModelSpec
 
@@ -18,17 +19,22 @@ from . import builders
 
 def test_frames_are_sampled_at_the_requested_rate(family_root: Path) -> None:
     clip = family_root / "media" / "dog.mkv"
-    sampled = video.sample_frames(clip, fps=2.0)
-    assert np.array_equal(sampled, builders.frames(0, 16)[[0, 4, 8, 12]])  # lossless FFV1
-    assert len(video.sample_frames(clip, fps=8.0, max_frames=5)) == 5
+    # 16 frames at 8 fps, 2 per second: the model card spreads 4 from first to last,
+    # transformers' do_sample_frames steps by total / 4 (lossless FFV1: exact frames)
+    sampled = containers.sample_frames(clip, fps=2.0)
+    assert np.array_equal(sampled.frames, builders.frames(0, 16)[[0, 5, 10, 15]])
+    assert sampled.fps == 2.0 and sampled.times == (0.0, 0.625, 1.25, 1.875)
+    stepped = containers.sample_frames(clip, VideoSampling("transformers"), fps=2.0)
+    assert np.array_equal(stepped.frames, builders.frames(0, 16)[[0, 4, 8, 12]])
+    assert len(containers.sample_frames(clip, fps=8.0, max_frames=5).frames) == 4  # even
 
 
 def test_soundtracks_are_decoded_and_resampled(family_root: Path) -> None:
     media = family_root / "media"
-    soundtrack = video.decode_audio(media / "dog.mkv", 16_000)
+    soundtrack = containers.decode_audio(media / "dog.mkv", 16_000)
     assert soundtrack.shape == (32_000,)
     assert np.allclose(soundtrack, builders.tone(220.0, 2.0), atol=1e-3)
-    resampled = video.load_sound(media / "bird.ogg", 16_000)  # Vorbis at 22.05 kHz
+    resampled = containers.load_sound(media / "bird.ogg", 16_000)  # Vorbis at 22.05 kHz
     assert abs(len(resampled) - 32_000) < 400
     spectrum = np.abs(np.fft.rfft(resampled[4000:20000]))  # 1 s: bins of 1 Hz
     assert abs(int(np.argmax(spectrum)) - 440) < 2
@@ -116,7 +122,7 @@ def test_one_audio_placeholder_too_few_is_refused(
     spec = row["runs"]["conflict"]
     inputs = loaded.adapter.build_inputs(
         loaded.token_ids("what do you hear"),
-        video.run_media(spec, Path("/"), loaded.adapter.sampling_rate, ""),
+        containers.run_media(spec, Path("/"), loaded.adapter.sampling_rate, ""),
     )
     loaded.adapter.check_inputs(inputs, "sample dog")
     ids = inputs["input_ids"]
@@ -181,19 +187,22 @@ def test_text_before_the_media_marker_precedes_the_placeholders(
 
 def test_clips_are_cut_to_a_common_length_and_size(family_root: Path) -> None:
     """Counterfactual pairs from clips of different lengths get one token layout."""
-    run = video.run_media(
+    run = containers.run_media(
         {"video": "dog.mkv", "audio": "bird.ogg", "seconds": 1.5, "frame_size": [16, 24]},
         family_root / "media",
         16_000,
         "",
     )
     assert run.waveform is not None and run.waveform.shape == (24_000,)
-    assert run.frames is not None and run.frames.shape == (3, 16, 24, 3)
-    padded = video.run_media({"audio": "dog.mkv", "seconds": 3}, family_root / "media", 16_000, "")
+    # frames 0-12 (the model card's video_end): 3.25 at 2 per second, at least 4, even
+    assert run.frames is not None and run.frames.shape == (4, 16, 24, 3)
+    padded = containers.run_media(
+        {"audio": "dog.mkv", "seconds": 3}, family_root / "media", 16_000, ""
+    )
     assert padded.waveform is not None and padded.waveform.shape == (48_000,)
     assert not padded.waveform[32_000:].any()
     with pytest.raises(DataError, match="frame_size must be"):
-        video.run_media(
+        containers.run_media(
             {"video": "dog.mkv", "frame_size": "big"}, family_root / "media", 16_000, ""
         )
 

@@ -138,7 +138,8 @@ def test_a_third_party_family_and_method_run_a_study(
     for index, sample in enumerate(load_samples(study, loaded).load(0, len(results["sample"]))):
         conflict = sample.runs["conflict"]
         with torch.no_grad():
-            logits = loaded.model(**conflict).logits[0, -1]
+            # with the flags the ids imply (use_audio_in_video for interleaved clips)
+            logits = loaded.model(**loaded.adapter.forward_kwargs(conflict)).logits[0, -1]
         expected = 2.0 * float(logits[sample.audio_answer_id] - logits[sample.visual_answer_id])
         assert float(results["margin"].isel(sample=index)) == pytest.approx(expected, abs=1e-4)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from patchwork.data import video
+from patchwork.data import containers
 from patchwork.loading.model import load_model
 from patchwork.models.adapter import ModelAdapter
 from patchwork.patching.patcher import Condition, Patcher
@@ -23,8 +23,8 @@ def loaded(checkpoint):
 
 def runs(loaded, media: Path) -> tuple[dict, dict]:
     text = loaded.token_ids("what do you hear")
-    clean = video.run_media({"video": "dog.mkv"}, media, 16_000, "")
-    conflict = video.run_media({"video": "cat.mkv", "audio": "dog.mkv"}, media, 16_000, "")
+    clean = containers.run_media({"video": "dog.mkv"}, media, 16_000, "")
+    conflict = containers.run_media({"video": "cat.mkv", "audio": "dog.mkv"}, media, 16_000, "")
     return loaded.adapter.build_inputs(text, clean), loaded.adapter.build_inputs(text, conflict)
 
 
