@@ -18,13 +18,17 @@ from patchwork._version import __version__
 from patchwork.errors import DataError, ModelError, PatchworkError, StoreError, StudyError
 
 if TYPE_CHECKING:
+    from patchwork.engine.inspect import inspect_inputs
     from patchwork.engine.runner import RunSummary, run_study
+    from patchwork.loading.pairs import pair_clips
     from patchwork.store.zarr_store import open_results
     from patchwork.study import load_study, parse_study
 
 #: Public name → module that defines it (imported when the name is first read).
 _LAZY = {
     "RunSummary": "patchwork.engine.runner",
+    "inspect_inputs": "patchwork.engine.inspect",
+    "pair_clips": "patchwork.loading.pairs",
     "run_study": "patchwork.engine.runner",
     "open_results": "patchwork.store.zarr_store",
     "load_study": "patchwork.study",
@@ -48,8 +52,10 @@ __all__ = [
     "StoreError",
     "StudyError",
     "__version__",
+    "inspect_inputs",
     "load_study",
     "open_results",
+    "pair_clips",
     "parse_study",
     "run_study",
 ]

@@ -1,0 +1,225 @@
+"""``patchwork pairs``: labelled clips → a counterfactual manifest that validates and runs."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from patchwork import DataError, load_study, open_results, run_study
+from patchwork.cli import _register_subcommands, app
+from patchwork.loading.clips import Clip, Dropped, find_clips, measure, read_words
+from patchwork.loading.pairs import pair_clips
+
+from .clips import labelled_folder, write_mp4
+
+_register_subcommands()
+cli = CliRunner()
+
+STUDY = """\
+name: pairs-tiny
+model:
+  family: qwen2_5_omni
+  random_init: {layers: 1, hidden_size: 32, heads: 2, kv_heads: 1, seed: 1}
+dataset:
+  manifest: pairs.jsonl
+interventions:
+  - kind: activation_patching
+    from: clean
+    into: conflict
+    components: [residual]
+    layers: all
+    position_groups: [audio, video, answer]
+    noise_floor: mismatched
+execution: {batch_size: 8, unit_size: 6, seed: 0}
+"""
+
+
+def command(*arguments: str | Path, code: int = 0) -> str:
+    result = cli.invoke(app, [str(argument) for argument in arguments])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert result.exit_code == code, result.output
+    return " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Twelve labelled clips: 64×48, 80×48 and 48×64 px; 10, 25, 29.97 and 30 fps; 1.8–3 s;
+    sound at 16, 22.05, 44.1 and 48 kHz, mono and stereo."""
+    return labelled_folder(tmp_path_factory.mktemp("own") / "clips")
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_twelve_mixed_clips_give_a_manifest_that_validates_and_runs(
+    clips: Path, tmp_path: Path
+) -> None:
+    study = tmp_path / "study.yaml"
+    study.write_text(STUDY)
+    manifest = tmp_path / "pairs.jsonl"
+    report = command("pairs", clips, "--out", manifest, "--study", study, "--seed", "1")
+    assert "12 rows, 4 per label" in report
+    assert "single tokens of random_init" in report
+    assert "frame_size [48, 64] (height, width): the most common (6 of 12 clips)" in report
+    assert "seconds 1.5: the shortest usable clip (1.80 s)" in report
+    assert "left out" not in report
+
+    written = rows(manifest)
+    assert len(written) == 12
+    # one frame size and one length in every run: one token layout for every row
+    settings = {
+        (run["seconds"], tuple(run["frame_size"])) for r in written for run in r["runs"].values()
+    }
+    assert settings == {(1.5, (48, 64))}
+    for row in written:
+        clean, conflict = row["runs"]["clean"], row["runs"]["conflict"]
+        assert conflict["audio"] == clean["video"] and conflict["video"] != clean["video"]
+        assert row["audio_answer"] == Path(clean["video"]).parent.name
+        assert row["visual_answer"] == Path(conflict["video"]).parent.name
+        assert row["audio_answer"] != row["visual_answer"]
+        assert (manifest.parent / clean["video"]).is_file()
+    # balanced: every label is heard four times and seen four times, every clip is heard once
+    assert Counter(r["audio_answer"] for r in written) == {"dog": 4, "cat": 4, "bird": 4}
+    assert Counter(r["visual_answer"] for r in written) == {"dog": 4, "cat": 4, "bird": 4}
+    assert len({r["runs"]["clean"]["video"] for r in written}) == 12
+
+    assert "is valid for random_init (1 layers, 12 samples)" in command("validate", study)
+    results = open_results(run_study(load_study(study), tmp_path / "store").store).load()
+    assert results.sizes["sample"] == 12
+    assert np.isfinite(results["effect"].values).all()
+    # every row shares the layout, so every sample found noise-floor partners
+    assert np.isfinite(results["null_effect"].values).all()
+
+
+def test_pairs_are_seeded(clips: Path, tmp_path: Path) -> None:
+    first, again, other = (tmp_path / f"{name}.jsonl" for name in ("first", "again", "other"))
+    pair_clips(clips, first, seed=4)
+    pair_clips(clips, again, seed=4)
+    pair_clips(clips, other, seed=5)
+    assert first.read_bytes() == again.read_bytes()
+    assert first.read_bytes() != other.read_bytes()
+
+
+def test_clips_that_cannot_serve_are_left_out_with_their_reason(tmp_path: Path) -> None:
+    folder = labelled_folder(tmp_path / "clips", labels=("dog", "cat"))
+    write_mp4(folder / "dog" / "short.mp4", 64, 48, 25.0, 0.6)
+    write_mp4(folder / "cat" / "silent.mp4", 64, 48, 25.0, 2.5, audio_rate=None)
+    (folder / "cat" / "broken.mp4").write_bytes(b"not a video at all")
+    (folder / "cat" / "notes.txt").write_text("labels by hand")
+    write_mp4(folder / "fish" / "fish0.mp4", 64, 48, 25.0, 2.5)
+    (folder / "loose.mp4").write_bytes(b"")
+    words = tmp_path / "words.yaml"
+    words.write_text("dog: woof\ncat: meow\n")
+
+    report = pair_clips(folder, tmp_path / "pairs.jsonl", words=words, per_label=9, seed=0)
+    reasons = {dropped.name: dropped.reason for dropped in report.dropped}
+    assert reasons["dog/short.mp4"].startswith("too short: 0.6")
+    assert reasons["cat/silent.mp4"].startswith("no soundtrack")
+    assert reasons["cat/broken.mp4"].startswith("unreadable")
+    assert reasons["cat/notes.txt"] == "not a video file"
+    assert reasons["fish/fish0.mp4"] == "label 'fish' has no word in the word map"
+    assert any(name.endswith("loose.mp4") for name in reasons)
+    assert report.rows == 8 and report.per_label == 4
+    assert report.words == {"cat": "meow", "dog": "woof"}
+    assert report.checked_with is None
+    lines = "\n".join(report.lines())
+    assert "not checked against a model" in lines
+    assert "--per-label 9" in lines and "left out 6:" in lines
+    assert {r["audio_answer"] for r in rows(tmp_path / "pairs.jsonl")} == {"woof", "meow"}
+
+
+def test_words_are_checked_against_the_models_tokenizer(clips: Path, tmp_path: Path) -> None:
+    """The testbed's word-level tokenizer: a word it lacks, and two labels sharing a word."""
+    words = tmp_path / "words.csv"
+    words.write_text("label,word\ndog,bark\ncat,xyzzy\nbird,bark\n")
+    with pytest.raises(DataError, match="at least two labels, found \\['bird'\\]") as caught:
+        pair_clips(clips, tmp_path / "pairs.jsonl", words=words, loaded=_testbed())
+    assert "4 × answer word 'xyzzy' of label 'cat': ['xyzzy'] not in the model's vocabulary" in (
+        str(caught.value)
+    )
+    words.write_text("label,word\ndog,bark\ncat,moo\nbird,bark\n")
+    report = pair_clips(clips, tmp_path / "pairs.jsonl", words=words, loaded=_testbed())
+    reasons = {dropped.label: dropped.reason for dropped in report.dropped}
+    assert reasons == {
+        "dog": "answer word 'bark' of label 'dog' is the same token as label 'bird''s"
+    }
+    assert report.checked_with == "testbed" and report.rows == 8
+
+
+def _testbed():  # type: ignore[no-untyped-def]
+    from patchwork.loading.pairs import checkpoint_model
+
+    return checkpoint_model("testbed")
+
+
+def test_a_csv_of_clips_and_given_choices(clips: Path, tmp_path: Path) -> None:
+    table = tmp_path / "clips.csv"
+    listed = sorted(clips.rglob("*.mp4"))
+    table.write_text(
+        "path,label\n"
+        + "".join(f"{path},{path.parent.name}\n" for path in listed)
+        + "gone.mp4,dog\n"
+    )
+    out = tmp_path / "out" / "pairs.jsonl"
+    report = pair_clips(table, out, frame_size=(56, 72), seconds=2.0, fps=4.0, audio_in_video=True)
+    assert [d.reason for d in report.dropped].count("clips.csv:14: file not found") == 1
+    too_short = [d.name for d in report.dropped if d.reason.startswith("too short")]
+    assert len(too_short) == 3  # the 1.8 s clips
+    runs = [run for row in rows(out) for run in row["runs"].values()]
+    assert {
+        (tuple(r["frame_size"]), r["seconds"], r["fps"], r["audio_in_video"]) for r in runs
+    } == {((56, 72), 2.0, 4.0, True)}
+    assert all(not run["video"].startswith("/") for run in runs)  # relative to the manifest
+    assert (out.parent / runs[0]["video"]).resolve().is_file()
+
+
+def test_measure_reads_size_rate_and_usable_length(tmp_path: Path) -> None:
+    clip = write_mp4(tmp_path / "a" / "x.mp4", 80, 48, 30000 / 1001, 2.5, audio_rate=48_000)
+    measured = measure(Clip(clip, "a"))
+    assert isinstance(measured, Clip)
+    assert (measured.width, measured.height) == (80, 48)
+    assert measured.fps == pytest.approx(29.97, abs=0.01)
+    assert measured.seconds == pytest.approx(2.5, abs=0.1)
+    assert isinstance(measure(Clip(tmp_path / "a" / "none.mp4", "a")), Dropped)
+
+
+def test_word_maps_and_sources_are_read_or_refused(tmp_path: Path) -> None:
+    yaml_map = tmp_path / "words.yaml"
+    yaml_map.write_text("dog: woof\ncat: 7\n")
+    assert read_words(yaml_map) == {"dog": "woof", "cat": "7"}
+    yaml_map.write_text("- dog\n- cat\n")
+    with pytest.raises(DataError, match="expected a mapping of label: word"):
+        read_words(yaml_map)
+    csv_map = tmp_path / "words.csv"
+    csv_map.write_text("dog,woof,extra\n")
+    with pytest.raises(DataError, match="words.csv:1: expected label,word"):
+        read_words(csv_map)
+    with pytest.raises(DataError, match="no such folder or CSV"):
+        find_clips(tmp_path / "missing")
+    bad = tmp_path / "clips.csv"
+    bad.write_text("file,class\na.mp4,dog\n")
+    with pytest.raises(DataError, match="clips.csv:1: needs columns path and label"):
+        find_clips(bad)
+
+
+def test_the_command_says_mistakes_in_one_line(clips: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pairs.jsonl"
+    assert "pairs writes a JSONL manifest" in command(
+        "pairs", clips, "--out", tmp_path / "pairs.csv", code=2
+    )
+    assert "--frame-size: expected HEIGHTxWIDTH" in command(
+        "pairs", clips, "--out", out, "--frame-size", "wide", code=2
+    )
+    assert "give --study or --checkpoint, not both" in command(
+        "pairs", clips, "--out", out, "--study", "s.yaml", "--checkpoint", "testbed", code=2
+    )
+    assert "no config.json" in command(
+        "pairs", clips, "--out", out, "--checkpoint", tmp_path, code=2
+    )
+    assert not out.exists()
