@@ -154,8 +154,9 @@ execution: {{batch_size: 16, unit_size: 8}}
 
 
 def build_model(study: Any, scale: Scale) -> Any:
-    """The study's random_init thinker with ``scale``'s text decoder, built on its device in its
-    dtype under its seed (a :class:`~patchwork.loading.model.LoadedModel`)."""
+    """The study's random_init thinker with ``scale``'s text decoder, built on the scale's device
+    (``meta`` for shapes alone) in the study's dtype under its seed (a
+    :class:`~patchwork.loading.model.LoadedModel`)."""
     import torch
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
@@ -168,7 +169,7 @@ def build_model(study: Any, scale: Scale) -> Any:
     text.intermediate_size = scale.intermediate_size
     text.max_position_embeddings = scale.max_positions
     text.rope_parameters = {**text.rope_parameters, "rope_theta": scale.rope_theta}
-    with torch.random.fork_rng(devices=[]), torch.device(spec.device):  # caller's CPU state kept
+    with torch.random.fork_rng(devices=[]), torch.device(scale.device):  # caller's CPU state kept
         torch.manual_seed(spec.random_init.seed)
         model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(
             config, dtype=getattr(torch, spec.dtype)

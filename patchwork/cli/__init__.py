@@ -2,13 +2,14 @@
 (exit codes in :mod:`patchwork.cli.output`). This module holds the app and the commands that
 drive a run; :mod:`patchwork.cli.analysis` and :mod:`patchwork.cli.testbed` add the others.
 
-Only ``run``, ``validate`` and ``plan`` (which build the model on the meta device) and the
-``testbed`` commands load torch, transformers and nnsight; ``--help``,
+Only ``run``, ``validate``, ``plan``, ``inspect`` and ``pairs`` (which build the model on the meta
+device) and the ``testbed`` commands load torch, transformers and nnsight; ``--help``,
 ``validate --schema-only``, ``status``, ``locate`` and ``plot`` start without them.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,6 +48,9 @@ def _root(
     ] = False,
 ) -> None:
     """Causal interventions on audio-visual LLMs: where does the audio evidence get lost?"""
+    from patchwork.cli.progress import quiet_library_bars
+
+    quiet_library_bars()  # every command that loads a model shows its own progress, or none
 
 
 SetOption = Annotated[
@@ -61,18 +65,45 @@ SetOption = Annotated[
 ]
 
 
+#: The study field each short option of ``run`` sets.
+SHORT_FORMS = {
+    "threads": "execution.threads",
+    "device": "model.device",
+    "dtype": "model.dtype",
+    "batch_size": "execution.batch_size",
+    "samples": "dataset.samples",
+    "seed": "dataset.seed",
+}
+
+
 def overrides(assignments: list[str] | None = None, **short_forms: object) -> list[str]:
-    """``--set`` assignments plus the short options that were given, as ``key.path=value``."""
-    fields = {
-        "threads": "execution.threads",
-        "device": "model.device",
-        "dtype": "model.dtype",
-        "batch_size": "execution.batch_size",
-        "samples": "dataset.samples",
-        "seed": "dataset.seed",
-    }
-    given = [f"{fields[name]}={value}" for name, value in short_forms.items() if value is not None]
+    """``--set`` assignments plus the short options that were given, as ``key.path=value`` (a
+    text value quoted, so that it is read as the text it is: ``--device yes`` is not ``true``)."""
+    given = [
+        f"{SHORT_FORMS[name]}={json.dumps(value) if isinstance(value, str) else value}"
+        for name, value in short_forms.items()
+        if value is not None
+    ]
     return [*(assignments or []), *given]
+
+
+def _load_with_short_forms(
+    study: Path, assignments: list[str] | None, **short_forms: object
+) -> Any:
+    """:func:`~patchwork.study.load_study` with ``overrides(assignments, **short_forms)``; a
+    refused short form is named as it was typed (``--seed -1: …``), not as its override."""
+    from patchwork.errors import StudyError
+    from patchwork.study import load_study
+
+    try:
+        return load_study(study, overrides(assignments, **short_forms))
+    except StudyError as error:
+        for name, value in short_forms.items():
+            written = overrides(None, **{name: value})
+            if value is not None and str(error).startswith(f"--set {written[0]}:"):
+                option = f"--{name.replace('_', '-')} {value}"
+                raise StudyError(option + str(error)[len(f"--set {written[0]}") :]) from None
+        raise
 
 
 @app.command()
@@ -117,7 +148,7 @@ def plan(
     Builds the model from its config alone (no weights read, no memory); checks as `validate`."""
     from rich.table import Table
 
-    from patchwork.engine.plan import plan_study
+    from patchwork.engine.cost import plan_study
     from patchwork.study import load_study
 
     estimate = plan_study(load_study(study, overrides(assignments)))
@@ -139,7 +170,9 @@ def run(
     ] = False,
     workers: Annotated[
         int,
-        typer.Option("--workers", min=0, help="Run units on a local Dask cluster of N processes."),
+        typer.Option(
+            "--workers", min=0, max=256, help="Run units on a local Dask cluster of N processes."
+        ),
     ] = 0,
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="Run units on the Dask cluster at ADDRESS.")
@@ -148,7 +181,10 @@ def run(
     threads: Annotated[
         int | None,
         typer.Option(
-            "--threads", min=1, help="torch threads per process (execution.threads; default 1)."
+            "--threads",
+            min=1,
+            max=1024,
+            help="torch threads per process (execution.threads; default 1).",
         ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="model.device, e.g. cuda:0.")] = None,
@@ -160,34 +196,25 @@ def run(
     """Run a study's sweep and write its results store; re-running resumes."""
     import contextlib
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from patchwork.cli.options import output_folder
+    from patchwork.cli.progress import RunProgress
 
-    from patchwork.study import load_study
-
-    loaded = load_study(
+    loaded = _load_with_short_forms(
         study,
-        overrides(
-            assignments,
-            threads=threads,
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            samples=samples,
-            seed=seed,
-        ),
+        assignments,
+        threads=threads,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        samples=samples,
+        seed=seed,
     )
-    from transformers.utils import logging as transformers_logging
+    from patchwork.engine.runner import run_study, store_path
 
-    from patchwork.engine.runner import run_study
+    output_folder(store, "--store")  # before anything loads: a store is a folder
+    label = loaded.where("store") if loaded.store is not None else "--store"
+    output_folder(store_path(loaded, store), label)
 
-    transformers_logging.disable_progress_bar()  # ours is the one bar
     with contextlib.ExitStack() as stack:
         executor = None
         if workers or scheduler:
@@ -201,44 +228,22 @@ def run(
                     loaded.execution.threads,
                 )
             )
-        progress = stack.enter_context(
-            Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("samples"),
-                TextColumn("{task.fields[rate]}"),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                TimeElapsedColumn(),
-                console=console,
-            )
-        )
-        task = progress.add_task(f"{loaded.name}: loading", total=None, rate="")
-
-        def on_start(total: int, pending: int) -> None:
-            before = f" ({total - pending}/{total} done before)" if pending < total else ""
-            progress.update(task, total=pending, description=f"{loaded.name}{before}")
-
-        def on_unit(count: int) -> None:
-            progress.advance(task, count)
-            speed = progress.tasks[0].speed
-            progress.update(task, rate=f"{speed:.2f}/s" if speed else "")
-
+        progress = stack.enter_context(RunProgress(loaded.name, console))
         summary = run_study(
             loaded,
             store_root=store,
             executor=executor,
             fresh=fresh,
-            on_start=on_start,
-            on_unit=on_unit,
-            on_note=lambda note: progress.console.print(f"[yellow]{note}[/]"),
+            on_start=progress.start,
+            on_unit=progress.unit,
+            on_note=progress.note,
         )
-    if summary.layer_profile is not None:
-        console.print(_profile_table(loaded.name, summary.layer_profile))
+    from patchwork.cli.summaries import print_summaries
     from patchwork.store.zarr_store import open_results
 
-    _print_baselines(open_results(summary.store, summary.model, verify=False))  # just checked
+    written = open_results(summary.store, summary.model, verify=False)  # just checked
+    print_summaries(written, console)  # every present kind's, as `patchwork status` prints them
+    _print_baselines(written)
     console.print(
         f"{summary.samples} samples on "
         f"{summary.model}: {summary.units_run} units run, {summary.units_skipped} already done, "
@@ -250,36 +255,19 @@ def run(
     )
 
 
-def _profile_table(study: str, profile: Any) -> Any:
-    """Mean normalized effect (layer × position group) of the first component, as a table."""
-    from rich.table import Table
-
-    component = str(profile["component"].values)
-    table = Table(
-        title=f"{study}: mean normalized effect of patching the {component} "
-        "(0 = nothing restored, 1 = audio answer fully restored)"
-    )
-    table.add_column("layer", justify="right")
-    groups = [str(group) for group in profile["position_group"].values]
-    for group in groups:
-        table.add_column(group, justify="right")
-    for layer in profile["layer"].values:
-        row = profile.sel(layer=layer)
-        table.add_row(
-            str(int(layer)), *(f"{float(row.sel(position_group=g)):+.2f}" for g in groups)
-        )
-    return table
-
-
 @app.command()
 @user_errors
 def verify(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).")]) -> None:
     """Remove crash leftovers and unmark any finished unit whose data are incomplete."""
+    from patchwork.store.metadata import metadata_line
     from patchwork.store.verify import verify_store
 
     report = verify_store(store)
     for leftover in report.partial_files_removed:
         console.print(f"removed leftover {leftover}")
+    for model, lines in report.marks_restored.items():
+        for line in lines:
+            console.print(f"{model}: {line}")
     for model, units in report.units_cleared.items():
         for start, stop in units:
             console.print(
@@ -290,7 +278,11 @@ def verify(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).
             console.print(
                 f"{model}: coordinates {names} damaged; the next run of the study rewrites them"
             )
+    for model, lost in report.metadata_lost.items():
+        console.print(f"[yellow]{metadata_line(store, model, lost)}[/]")
     verdict = "[green]ok[/]" if report.ok else "[yellow]repaired[/]"
+    if report.metadata_lost:
+        verdict = "[yellow]needs the study[/]"
     console.print(
         f"{verdict} {store}: {report.units_checked} finished units checked, "
         f"{sum(map(len, report.units_cleared.values()))} unmarked, "
@@ -302,31 +294,43 @@ def verify(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).
 @user_errors
 def status(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).")]) -> None:
     """Show what a store holds and how far its run got."""
-    import zarr
+    from patchwork.errors import StoreError
+    from patchwork.store.metadata import metadata_line, unreadable_metadata
+    from patchwork.store.zarr_store import open_results, root_attributes, store_models
 
-    from patchwork.analysis.results import sample_coverage
-    from patchwork.store.zarr_store import open_results
-
-    first = open_results_any(store)
-    root = zarr.open_group(store, mode="r", zarr_format=3)
+    models = store_models(store)
+    attrs = root_attributes(store)
+    for model in models:  # damaged metadata: one line, before anything is printed
+        lost = unreadable_metadata(store, model)
+        if lost:
+            raise StoreError(metadata_line(store, model, lost))
     console.print(
-        f"[bold]{store}[/]: study {first.attrs.get('study_name')!r}, "
-        f"config {str(first.attrs.get('config_sha256'))[:12]}, created {first.attrs.get('created')}"
+        f"[bold]{store}[/]: study {attrs.get('study_name')!r}, "
+        f"config {str(attrs.get('config_sha256'))[:12]}, created {attrs.get('created')}"
     )
-    for model, _ in sorted(root.groups()):
+    for model in models:
         results = open_results(store, model)
         done = int(results["done"].sum())
         total = results.sizes["sample"]
         state = "complete" if done == total else "partial"
-        console.print(
-            f"  {model}: {done}/{total} samples done ({state}); layers "
-            f"{results.sizes['layer']}, groups {list(map(str, results.position_group.values))}, "
-            f"components {list(map(str, results.component.values))}"
-        )
-        if "effect" in results:
-            coverage = sample_coverage(results)
-            console.print(f"  analysis of the normalized effect uses {coverage}")
+        console.print(f"  {model}: {done}/{total} samples done ({state})")
+        for name, variable in results.data_vars.items():
+            if name not in ("done", "checksum"):
+                shape = " × ".join(f"{dim} {results.sizes[dim]}" for dim in variable.dims[1:])
+                console.print(f"    {name} ({shape or 'per sample'})")
         _print_baselines(results)
+    _print_store_summaries(store, models)
+
+
+def _print_store_summaries(store: Path, models: list[str]) -> None:
+    """After ``status``'s lines: every present kind's summary, per model group."""
+    from patchwork.cli.summaries import print_summaries
+    from patchwork.store.zarr_store import open_results
+
+    for model in models:
+        if len(models) > 1:
+            console.print(f"[bold]{model}[/]")
+        print_summaries(open_results(store, model, verify=False), console, indent="  ")
 
 
 def _print_baselines(results: Any) -> None:
@@ -354,12 +358,14 @@ def open_results_any(store: Path) -> Any:
 
 def _register_subcommands() -> None:
     """``locate`` and ``plot`` (:mod:`patchwork.cli.analysis`), ``testbed …``
-    (:mod:`patchwork.cli.testbed`)."""
-    from patchwork.cli import analysis, bench, testbed
+    (:mod:`patchwork.cli.testbed`), ``bench``, ``inspect`` and ``pairs`` (their own modules)."""
+    from patchwork.cli import analysis, bench, inspect, pairs, testbed
 
     analysis.register(app)
     testbed.register(app)
     bench.register(app)
+    inspect.register(app)
+    pairs.register(app)
 
 
 def main() -> None:

@@ -9,9 +9,12 @@ from typing import Annotated
 
 import typer
 
+from patchwork.cli.options import MAX_SEED
 from patchwork.errors import PatchworkError
 
 NUM_LAYERS, NUM_HEADS = 8, 4
+#: Most training steps a stage may take (the shipped recipe takes 150 + 300).
+MAX_STEPS = 1_000_000
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +33,9 @@ def register(app: typer.Typer) -> None:
 
 def train_command(
     out: Annotated[Path, typer.Option(help="Directory for the stage-2 checkpoint.")],
-    seed: Annotated[int, typer.Option(help="Seed of weights, media banks and batches.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed of weights, media banks and batches.")
+    ] = 0,
     audio_supervision: Annotated[
         float,
         typer.Option(help="Fraction of stage-2 clips that conflict, labelled with the sound."),
@@ -139,21 +144,24 @@ def train_command(
     stage1_steps = 150 if stage1_steps is None else stage1_steps
     if stage2_steps is None:
         stage2_steps = 300 if fixed_steps else 3000
-    for option, value in (
-        ("--stage1-steps", stage1_steps),
-        ("--stage2-steps", stage2_steps),
-        ("--batch-size", batch_size),
-        ("--threads", threads),
-        ("--check-every", check_every),
+    for option, value, largest in (
+        ("--stage1-steps", stage1_steps, MAX_STEPS),
+        ("--stage2-steps", stage2_steps, MAX_STEPS),
+        ("--batch-size", batch_size, 4096),
+        ("--threads", threads, 1024),
+        ("--check-every", check_every, MAX_STEPS),
     ):
-        if value < 1:
-            raise PatchworkError(f"{option}: expected a positive integer, got {value}")
+        if not 1 <= value <= largest:
+            raise PatchworkError(f"{option}: expected an integer in [1, {largest}], got {value}")
+    if not 0 < time_budget <= 7 * 24 * 3600:  # NaN fails too
+        raise PatchworkError(f"--time-budget: expected seconds in (0, 604800], got {time_budget}")
     if video_access_heads and video_access_layers:
         raise PatchworkError(
             "--video-access-heads: give either it or --video-access-layers, not both"
         )
     if from_base is not None and not (from_base / "patchwork_testbed.json").is_file():
         raise PatchworkError(f"--from-base: {from_base} is not a testbed checkpoint")
+    _check_outputs(out, base_out, from_base)
     config = TrainConfig(
         seed=seed,
         stage1_steps=stage1_steps,
@@ -183,6 +191,22 @@ def train_command(
     typer.echo(f"wrote {path}")
 
 
+def _check_outputs(out: Path, base_out: Path | None, from_base: Path | None) -> None:
+    """Before training starts: the folders it writes can be written, the base it starts from is
+    a whole testbed checkpoint (every file read and checked, no weights loaded)."""
+    from patchwork.cli.options import output_folder
+    from patchwork.testbed.model import open_checkpoint
+
+    output_folder(out, "--out")
+    if base_out is not None:
+        output_folder(base_out, "--base-out")
+    if from_base is not None:
+        try:
+            open_checkpoint(from_base)
+        except PatchworkError as error:
+            raise PatchworkError(f"--from-base {from_base}: {error}") from None
+
+
 def eval_command(
     checkpoint: Annotated[
         str,
@@ -191,16 +215,21 @@ def eval_command(
             "testbed, testbed-base, testbed-windowed, testbed-heads."
         ),
     ],
-    samples: Annotated[int, typer.Option(help="Held-out samples per question.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed of the held-out samples.")] = 20_000,
+    samples: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Held-out samples per question.")
+    ] = 100,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed of the held-out samples.")
+    ] = 20_000,
     probes: Annotated[bool, typer.Option(help="Also fit the per-layer linear probes.")] = False,
-    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, max=1024, help="torch threads.")] = 1,
 ) -> None:
     """Print the behaviour table (and optionally probe accuracies) of a testbed checkpoint."""
     import torch
     from rich.console import Console
     from rich.table import Table
 
+    from patchwork.analysis.probes import probe_accuracy
     from patchwork.testbed import evaluate, load
     from patchwork.testbed.model import KNOWN_CHECKPOINTS, checkpoint_path
 
@@ -217,7 +246,7 @@ def eval_command(
             _rich_table(
                 Table,
                 "probe accuracy, sound category (conflicting clips)",
-                evaluate.probe_table(model, directory),
+                evaluate.probe_table(model, directory, probe_accuracy),
             )
         )
 

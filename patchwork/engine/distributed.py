@@ -35,7 +35,10 @@ def check_address(address: str) -> str:
     from urllib.parse import urlsplit
 
     text = address if "://" in address else f"tcp://{address}"
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as error:  # e.g. an unclosed IPv6 bracket
+        raise PatchworkError(f"--scheduler {address}: expected tcp://HOST:PORT ({error})") from None
     if parts.scheme != "tcp":
         raise PatchworkError(
             f"--scheduler {address}: only tcp:// addresses are supported ({parts.scheme}:// needs "
@@ -45,7 +48,12 @@ def check_address(address: str) -> str:
         port = parts.port
     except ValueError:
         port = -1
-    if not parts.hostname or port is None or not 0 < port < 65536:
+    try:
+        host = parts.hostname
+    except ValueError:
+        host = None
+    extra = parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc
+    if not host or extra or port is None or not 0 < port < 65536:
         raise PatchworkError(
             f"--scheduler {address}: expected tcp://HOST:PORT with a port in 1-65535"
         )

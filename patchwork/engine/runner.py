@@ -30,6 +30,7 @@ from patchwork.errors import DataError, PatchworkError, RunInterrupted, StoreErr
 from patchwork.loading.model import LoadedModel, load_model
 from patchwork.methods.method import Method, method_class
 from patchwork.patching.patcher import Patcher
+from patchwork.store.metadata import refuse_links, unreadable_metadata
 from patchwork.store.zarr_store import (
     DAMAGE,
     ResultStore,
@@ -37,6 +38,7 @@ from patchwork.store.zarr_store import (
     open_results,
     provenance,
     resolve_store_path,
+    root_attributes,
     template,
 )
 from patchwork.study.loader import describe_changes, parse_study, study_hash
@@ -59,9 +61,6 @@ class RunSummary:
     units_skipped: int
     seconds: float
     store_seconds: float
-    layer_profile: xr.DataArray | None
-    """Mean normalized effect over finished samples, (layer, position_group), of the first
-    patched component; None when the study has no activation patching."""
 
 
 @dataclass(frozen=True)
@@ -172,16 +171,15 @@ def prepare(
 
 
 def media_notes(loaded: LoadedModel, samples: list[Sample]) -> tuple[str, ...]:
-    """Runs whose media a testbed was not trained on (other clip lengths, picture sizes)."""
-    if not loaded.testbed:
+    """Runs whose media lie far from what the model was trained on, where its loader can tell
+    (testbed checkpoints: other clip lengths, picture sizes)."""
+    if loaded.input_notes is None:
         return ()
-    from patchwork.testbed.model import outside_training
-
     return tuple(
         note
         for sample in samples
         for run, inputs in sample.runs.items()
-        for note in outside_training(inputs, f"sample {sample.sample_id}, run {run}")
+        for note in loaded.input_notes(inputs, f"sample {sample.sample_id}, run {run}")
     )
 
 
@@ -213,7 +211,18 @@ def run_study(
     note = on_note or (lambda _: None)
     if progress:
         on_start, on_unit = _notebook_progress(study.name, on_start, on_unit)
-    check_unlocked(store_path(study, store_root))  # before the model loads
+    path = store_path(study, store_root)
+    for folder in (path, path.parent):
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"{folder} is a file, not a folder: choose another store")
+    check_unlocked(path)  # before the model loads
+    finished = None if fresh else _finished(study, store_path(study, store_root))
+    if finished is not None:  # nothing to compute: the model is not loaded
+        model, samples, units = finished
+        if on_start:
+            on_start(samples, 0)
+        seconds = time.perf_counter() - started
+        return RunSummary(store_path(study, store_root), model, samples, 0, units, seconds, 0.0)
     threads = torch.get_num_threads()
     prepared: Prepared | None = None
     try:
@@ -494,11 +503,6 @@ def _models(path: Path) -> list[str]:
 def _summary(
     prepared: Prepared, run: int, skipped: int, started: float, store_seconds: float
 ) -> RunSummary:
-    results = open_results(prepared.store, prepared.loaded.name, verify=False)  # just written
-    profile = None
-    if "effect" in results:
-        effect = results["effect"].sel(metric="normalized_effect").isel(component=0)
-        profile = effect.where(results["done"]).mean("sample").compute()
     return RunSummary(
         store=prepared.store,
         model=prepared.loaded.name,
@@ -507,5 +511,28 @@ def _summary(
         units_skipped=skipped,
         seconds=time.perf_counter() - started,
         store_seconds=store_seconds,
-        layer_profile=profile,
     )
+
+
+def _finished(study: Study, path: Path) -> tuple[str, int, int] | None:
+    """(model, samples, units) when ``path`` holds this study's store with every unit done and
+    reading back whole (checksums, declared finiteness, coordinates); None otherwise — then the
+    run loads its model and resumes (or refuses) as usual."""
+    if not (path / "zarr.json").exists():
+        return None
+    try:
+        if root_attributes(path).get("config_sha256") != study_hash(study):
+            return None
+        refuse_links(path)  # a store holding a link is refused by the run itself
+        models = _models(path)
+        if len(models) != 1 or unreadable_metadata(path, models[0]):
+            return None  # metadata to restore first
+        store = ResultStore(path, models[0], mode="r")
+        if not all(mark is True for mark in store.marks()):
+            return None  # units to compute, or marks to restore
+        if store.damaged_units() or store.damaged_coordinates():
+            return None
+    except (StoreError, *DAMAGE):
+        return None
+    units = store.units()
+    return models[0], units[-1][1], len(units)

@@ -6,6 +6,7 @@ run remote code only when the study sets ``trust_remote_code``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from torch import nn
 from patchwork import plugins
 from patchwork.errors import ModelError
 from patchwork.models.adapter import ModelAdapter
+from patchwork.models.checkpoint import ConfigError, build_empty, check_folder, read_config
 from patchwork.models.generic import GenericAdapter
 from patchwork.models.qwen2_5_omni import seeded_thinker
 from patchwork.study.schema import ModelSpec, RandomInit
@@ -54,8 +56,10 @@ class LoadedModel:
     adapter: ModelAdapter
     name: str
     tokenizer: Any = None
-    testbed: bool = False
-    """A testbed checkpoint: trained on one clip length and one picture size."""
+    input_notes: Callable[[Mapping[str, Any], str], list[str]] | None = None
+    """``input_notes(inputs, label)``: one line per medium of a run far from what the model was
+    trained on (set for testbed checkpoints, whose training media had one size); None where the
+    loader cannot tell."""
     has_weights: bool = True
     """False for a model built from its config alone (meta device): checks only, no forwards."""
 
@@ -129,6 +133,10 @@ def load_model(
     """
     if not weights:
         return _without_weights(spec, study_where, config_only)
+    try:
+        device = torch.device(spec.device)  # a misspelt device is refused before any loading
+    except RuntimeError as error:
+        raise ModelError(f"{study_where}.device: {_first_line(error)}") from None
     dtype = getattr(torch, spec.dtype)
     tokenizer = None
     source = None
@@ -150,7 +158,7 @@ def load_model(
         tokenizer = _tokenizer(source, spec, study_where)
         name = source.name
     try:
-        model = model.to(device=torch.device(spec.device)).eval()
+        model = model.to(device=device).eval()
     except (RuntimeError, AssertionError) as error:
         raise ModelError(
             f"{study_where}.device: cannot use device {spec.device!r} ({error})"
@@ -158,7 +166,15 @@ def load_model(
     _set_attention(model, spec.attention)
     adapter = _adapter(spec, model, source, study_where)
     is_testbed = name.startswith("testbed") if source is None else _is_testbed(source)
-    return LoadedModel(model, adapter, name, tokenizer, testbed=is_testbed)
+    return LoadedModel(model, adapter, name, tokenizer, input_notes=_input_notes(is_testbed))
+
+
+def _input_notes(testbed: bool) -> Callable[[Mapping[str, Any], str], list[str]] | None:
+    if not testbed:
+        return None
+    from patchwork.testbed.model import outside_training
+
+    return outside_training
 
 
 def _adapter(spec: ModelSpec, model: nn.Module, source: Path | None, where: str) -> ModelAdapter:
@@ -173,34 +189,37 @@ def _adapter(spec: ModelSpec, model: nn.Module, source: Path | None, where: str)
 
 
 def _without_weights(spec: ModelSpec, where: str, config_only: bool = False) -> LoadedModel:
-    from patchwork.models.adapter import empty_model
-
     if spec.random_init is not None:
         with torch.device("meta"):
             model = random_thinker(spec.random_init, spec.attention)
         adapter = _adapter(spec, model, None, where)
         return LoadedModel(model, adapter, "random_init", has_weights=False)
-    import transformers
-
-    from patchwork.testbed.model import checkpoint_path, load_tokenizer
+    from patchwork.testbed.model import checkpoint_path, open_checkpoint
 
     named = spec.checkpoint or ""
     is_shipped = named.startswith("testbed")
     path = checkpoint_path(named) if is_shipped else Path(named)
     config = _checkpoint_config(path, spec, where, needs_weights=not config_only)
     if _is_testbed(path):
-        model = empty_model(transformers.Qwen2_5OmniThinkerForConditionalGeneration, config)
-        tokenizer: Any = load_tokenizer(path)
-    else:
         try:
-            model = adapter_class(spec).empty(path, config)
+            checked = open_checkpoint(path, weights=not config_only)
         except ModelError as error:
-            raise ModelError(f"{where}.family: {error}") from None
+            raise ModelError(f"{where}.checkpoint: {error}") from None
+        model, tokenizer = checked.empty, checked.tokenizer
+    else:
+        model = _empty(path, spec, config, where)
+        if not config_only:
+            _check_weights(path, model, where)
         tokenizer = _tokenizer(path, spec, where)
     adapter = _adapter(spec, model, None if is_shipped else path, where)
     name = named if is_shipped else path.name
     return LoadedModel(
-        model, adapter, name, tokenizer, testbed=_is_testbed(path), has_weights=False
+        model,
+        adapter,
+        name,
+        tokenizer,
+        has_weights=False,
+        input_notes=_input_notes(_is_testbed(path)),
     )
 
 
@@ -277,8 +296,6 @@ def _checkpoint_config(path: Path, spec: ModelSpec, where: str, needs_weights: b
     """The config of a checkpoint directory, once it is known to be one: a directory, with
     safetensors weights (a testbed checkpoint has them by construction; not checked when
     ``needs_weights`` is False), with a readable config.json."""
-    import transformers
-
     if not path.is_dir():
         raise ModelError(f"{where}.checkpoint: no checkpoint directory at {path}")
     if needs_weights and not _is_testbed(path) and not any(path.glob("*.safetensors")):
@@ -287,11 +304,9 @@ def _checkpoint_config(path: Path, spec: ModelSpec, where: str, needs_weights: b
             "refused)"
         )
     try:
-        return transformers.AutoConfig.from_pretrained(
-            path, local_files_only=True, trust_remote_code=spec.trust_remote_code
-        )
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{where}.checkpoint: cannot read {path}/config.json ({error})") from None
+        return read_config(path, spec.trust_remote_code)
+    except ModelError as error:
+        raise ModelError(f"{where}.checkpoint: {error}") from None
 
 
 def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
@@ -301,8 +316,14 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
     if _is_testbed(path):
         from patchwork import testbed
 
-        return testbed.load(path, spec.attention, getattr(torch, spec.dtype))[0]
-    _check_size(path, spec, config, where)
+        try:
+            return testbed.load(path, spec.attention, getattr(torch, spec.dtype))[0]
+        except ModelError as error:
+            raise ModelError(f"{where}.checkpoint: {error}") from None
+    if adapter_class(spec).empty.__func__ is not ModelAdapter.empty.__func__:  # type: ignore[attr-defined]
+        _check_weights(path, _empty(path, spec, config, where), where)
+    else:  # a plug-in family that cannot build its model empty: transformers' report below
+        _check_weights(path, None, where)
     try:
         loaded: Any = adapter_class(spec).from_pretrained(
             path,
@@ -336,30 +357,23 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
     return model  # type: ignore[no-any-return]
 
 
-def _check_size(path: Path, spec: ModelSpec, config: Any, where: str) -> None:
-    """Refuse a config.json that describes a far larger model than the weight files hold, before
-    anything is allocated (a typo'd or foreign config would exhaust memory)."""
+def _empty(path: Path, spec: ModelSpec, config: Any, where: str) -> nn.Module:
+    """The checkpoint's model built from its config on the meta device (no weights read)."""
     try:
-        empty = adapter_class(spec).empty(path, config)
-    except (ModelError, RuntimeError, ValueError, TypeError):
-        return  # the family's own loading reports what is wrong
-    from safetensors import SafetensorError, safe_open
+        return build_empty(lambda: adapter_class(spec).empty(path, config), path)
+    except ConfigError as error:
+        raise ModelError(f"{where}.checkpoint: {error}") from None
+    except ModelError as error:  # the family's own refusal
+        raise ModelError(f"{where}.family: {error}") from None
 
-    for file in sorted(path.glob("*.safetensors")):
-        try:
-            with safe_open(str(file), framework="pt"):  # reads the header only
-                pass
-        except SafetensorError as error:
-            raise ModelError(
-                f"{where}.checkpoint: {file} is a damaged safetensors file ({error})"
-            ) from None
-    stored = sum(file.stat().st_size for file in path.glob("*.safetensors"))
-    parameters = sum(p.numel() for p in empty.parameters())
-    if parameters > 4 * stored:  # under 2 bits a weight, even 4-bit packing is far above
-        raise ModelError(
-            f"{where}.checkpoint: {path}/config.json describes {parameters:,} parameters but "
-            f"its weight files hold {stored:,} bytes; the config does not belong to these weights"
-        )
+
+def _check_weights(path: Path, empty: nn.Module | None, where: str) -> None:
+    """:func:`patchwork.models.checkpoint.check_folder` (headers only without the ``empty``
+    model), its refusal labelled with the study's field."""
+    try:
+        check_folder(path, empty)
+    except ModelError as error:
+        raise ModelError(f"{where}.checkpoint: {error}") from None
 
 
 def _first_line(error: BaseException) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,12 @@ from typing import Any
 from pydantic import ValidationError
 from ruamel.yaml import YAML, MappingNode, Node, SequenceNode
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent
+from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, ScalarEvent
 
 from patchwork import plugins
 from patchwork.errors import PatchworkError, StudyError
 from patchwork.study.locations import FieldPath, dotted, format_location
+from patchwork.study.messages import describe_error, first_error, yaml_error
 from patchwork.study.schema import PluginIntervention, Study
 
 #: Fields that change how fast a run goes or how it is analysed, never what it computes: outside
@@ -54,15 +56,12 @@ def parse_study(text: str, source: Path | None = None, overrides: Iterable[str] 
         data = YAML(typ="safe", pure=True).load(text)
         lines = _key_lines(YAML(typ="safe", pure=True).compose(text))
     except MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = error.problem or error.context or "malformed YAML"
-        raise StudyError(f"{label}{line}: malformed YAML: {problem.strip()}") from None
+        raise StudyError(yaml_error(error, label)) from None
     except YAMLError as error:
         raise StudyError(f"{label}: malformed YAML: {error}") from None
     if not isinstance(data, Mapping):
         raise StudyError(f"{label}:1: a study file is a mapping of keys (name, model, …)")
-    overridden = {}
+    overridden, written = {}, data
     for override in overrides:
         field_path, value = parse_override(override)
         data = _with_value(dict(data), field_path, value, override)
@@ -72,10 +71,12 @@ def parse_study(text: str, source: Path | None = None, overrides: Iterable[str] 
     try:
         study = Study.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
+        first = first_error(error.errors(), Study)
         field_path = _data_path(data, tuple(first["loc"]))
-        where = _override_of(overridden, field_path) or format_location(source, lines, field_path)
-        raise StudyError(f"{where}: {_describe(first)}") from None
+        where = _override_of(overridden, field_path, written) or format_location(
+            source, lines, field_path
+        )
+        raise StudyError(f"{where}: {describe_error(first, Study)}") from None
     study._source = source
     study._text = text
     study._lines = lines
@@ -88,25 +89,47 @@ def parse_study(text: str, source: Path | None = None, overrides: Iterable[str] 
 #: few hundred lines are typical, and anchors only serve alias bombs ("billion laughs").
 MAX_STUDY_BYTES = 1_000_000
 MAX_NESTING = 32
+#: Integers a study writes have at most this many digits (its largest bound, a seed's, has 19);
+#: longer ones are refused before YAML converts them (Python converts at most 4,300 digits).
+MAX_DIGITS = 30
+#: Plain YAML scalars that YAML 1.2 or 1.1 reads as integers (decimal, hex, octal, binary,
+#: sexagesimal), underscores allowed.
+_INTEGER = re.compile(r"[-+]?(?:0x[0-9a-fA-F_]+|0o?[0-7_]+|0b[01_]+|[0-9][0-9_]*(?::[0-9_]+)*)")
 
 
 def _check_shape(text: str, label: str) -> None:
-    """Refuse, in one pass over the YAML events, what could make loading hang or recurse: text
-    over :data:`MAX_STUDY_BYTES`, aliases (``*name``), nesting deeper than :data:`MAX_NESTING`."""
+    """Refuse, in one pass over the YAML events, what could make loading hang, recurse or fail
+    inside the YAML library: text over :data:`MAX_STUDY_BYTES`, aliases (``*name``), nesting
+    deeper than :data:`MAX_NESTING`, integers of more than :data:`MAX_DIGITS` digits."""
     size = len(text.encode("utf-8"))
     if size > MAX_STUDY_BYTES:
         raise StudyError(f"{label}: {size:,} bytes; a study file is at most {MAX_STUDY_BYTES:,}")
     depth = 0
     for event in YAML(typ="safe", pure=True).parse(text):
         line = event.start_mark.line + 1 if event.start_mark is not None else 1
+        where = f"{label}:{line}"
         if isinstance(event, AliasEvent):
-            raise StudyError(f"{label}:{line}: YAML aliases (*{event.anchor}) are not allowed")
+            raise StudyError(f"{where}: YAML aliases (*{event.anchor}) are not allowed")
         if isinstance(event, CollectionStartEvent):
             depth += 1
             if depth > MAX_NESTING:
-                raise StudyError(f"{label}:{line}: nested more than {MAX_NESTING} levels deep")
+                raise StudyError(f"{where}: nested more than {MAX_NESTING} levels deep")
         elif isinstance(event, CollectionEndEvent):
             depth -= 1
+        elif isinstance(event, ScalarEvent) and event.style is None:
+            digits = _integer_digits(event.value)
+            if digits > MAX_DIGITS:
+                raise StudyError(
+                    f"{where}: a number of {digits:,} digits; numbers in a study have at "
+                    f"most {MAX_DIGITS}"
+                )
+
+
+def _integer_digits(value: str) -> int:
+    """How many digits a plain scalar has when YAML would read it as an integer (else 0)."""
+    if len(value) <= MAX_DIGITS or not _INTEGER.fullmatch(value):
+        return 0
+    return sum(character.isalnum() for character in value)
 
 
 def _check_plugin_entries(study: Study) -> None:
@@ -124,9 +147,9 @@ def _check_plugin_entries(study: Study) -> None:
         try:
             spec = model.model_validate(entry.model_dump())
         except ValidationError as error:
-            first = error.errors()[0]
+            first = first_error(error.errors(), model)
             where = study.where("interventions", index, *first["loc"])
-            raise StudyError(f"{where}: {_describe(first)}") from None
+            raise StudyError(f"{where}: {describe_error(first, model)}") from None
         for run in getattr(spec, "run_names", ()):
             if run not in study.runs:
                 where = study.where("interventions", index)
@@ -138,15 +161,19 @@ def parse_override(text: str) -> tuple[FieldPath, object]:
     (``true``, ``[0, 2]``, ``{GPU: 1}`` …); a numeric part indexes a list
     (``interventions.0.window=2``)."""
     key, sep, value = text.partition("=")
-    parts = key.strip().split(".")
-    if not sep or not all(part.strip() for part in parts):
-        raise StudyError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. model.dtype=bfloat16")
+    parts = [part.strip() for part in key.split(".")]
+    shown = _shown(text)
+    if not sep or not all(parts):
+        raise StudyError(f"--set {shown!r}: expected KEY.PATH=VALUE, e.g. model.dtype=bfloat16")
+    indices = [part for part in parts if part.isascii() and part.isdigit()]
+    if any(len(index) > 9 for index in indices):
+        raise StudyError(f"--set {shown}: a list index of more than 9 digits")
     try:
-        _check_shape(value, f"--set {text}")
+        _check_shape(value, f"--set {shown}")
         parsed = YAML(typ="safe", pure=True).load(value) if value.strip() else ""
     except YAMLError as error:
-        raise StudyError(f"--set {text}: the value is not valid YAML ({error})") from None
-    return tuple(int(p) if p.strip().isdigit() else p.strip() for p in parts), parsed
+        raise StudyError(f"--set {shown}: the value is not valid YAML ({error})") from None
+    return tuple(int(p) if p.isascii() and p.isdigit() else p for p in parts), parsed
 
 
 def study_hash(study: Study) -> str:
@@ -154,6 +181,13 @@ def study_hash(study: Study) -> str:
     :data:`NOT_HASHED` fields, nor of how its paths are spelled: the manifest counts as its
     resolved path and the digest of its bytes, a checkpoint directory as its resolved path. What
     a resumed run must match."""
+    canonical = json.dumps(_meaning(study), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _meaning(study: Study) -> dict[str, Any]:
+    """What :func:`study_hash` digests: the study as JSON without :data:`NOT_HASHED`, the
+    manifest as its resolved path and its bytes' digest, a checkpoint as its resolved path."""
     meaning = study.model_dump(mode="json", by_alias=True, exclude=NOT_HASHED)
     manifest = study.dataset.manifest
     if manifest is not None:
@@ -163,20 +197,18 @@ def study_hash(study: Study) -> str:
     checkpoint = study.model.checkpoint
     if checkpoint is not None and not checkpoint.startswith("testbed"):
         meaning["model"]["checkpoint"] = str(Path(checkpoint).resolve())
-    canonical = json.dumps(meaning, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return meaning
 
 
 def describe_changes(stored_text: str, study: Study, stored_overrides: Iterable[str] = ()) -> str:
     """'changed: a.b, c' — the fields where ``study`` differs from a study given as YAML text
-    (with the ``--set`` overrides it ran with)."""
+    (with the ``--set`` overrides it ran with), compared as :func:`study_hash` compares them: the
+    stored text's relative paths are read from ``study``'s folder, and paths compare resolved."""
     try:
-        stored = parse_study(stored_text, overrides=stored_overrides)
+        stored = parse_study(stored_text, source=study.source_path, overrides=stored_overrides)
     except StudyError:
         return "the stored study no longer validates"
-    old = stored.model_dump(mode="json", by_alias=True, exclude=NOT_HASHED)
-    new = study.model_dump(mode="json", by_alias=True, exclude=NOT_HASHED)
-    changed = _differences(old, new, ())
+    changed = _differences(_meaning(stored), _meaning(study), ())
     return "changed: " + ", ".join(dotted(path) for path in changed) if changed else ""
 
 
@@ -194,18 +226,6 @@ def _differences(old: object, new: object, path: FieldPath) -> list[FieldPath]:
             for d in _differences(a, b, (*path, i))
         ]
     return [] if old == new else [path]
-
-
-def _describe(error: Mapping) -> str:
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        return "unknown key (check its spelling against the study-file reference)"
-    if error["type"] == "missing":
-        return "required field is missing"
-    given = error.get("input")
-    if isinstance(given, str | int | float | bool) or given is None:
-        return f"{message}; got {given!r}"
-    return message
 
 
 def _data_path(data: object, loc: FieldPath) -> FieldPath:
@@ -264,17 +284,44 @@ def _with_value(data: dict, field_path: FieldPath, value: object, override: str)
         return {**data, head: items}
     if child is None:
         child = {}
+    if isinstance(child, list):
+        raise StudyError(
+            f"--set {override}: {head} is a list; name an item by its index (0 to "
+            f"{len(child) - 1}), not {rest[0]!r}"
+        )
     if not isinstance(child, Mapping):
         raise StudyError(f"--set {override}: {head} is not a mapping")
     return {**data, head: _with_value(dict(child), rest, value, override)}
 
 
-def _override_of(overridden: Mapping[FieldPath, str], field_path: FieldPath) -> str | None:
-    """'--set a.b=v: a.b' when the invalid field is (inside) an override's value."""
+def _override_of(
+    overridden: Mapping[FieldPath, str], field_path: FieldPath, written: object
+) -> str | None:
+    """'--set a.b=v: a.b' when the invalid field is (inside) an override's value, or a key that
+    an override added to what the file had ``written`` (``--set modle.dtype=…`` adds ``modle``)."""
     for path, override in overridden.items():
-        if field_path[: len(path)] == path:
-            return f"--set {override}: {dotted(field_path)}"
+        inside = field_path[: len(path)] == path
+        added = path[: len(field_path)] == field_path and not _present(written, field_path)
+        if inside or added:
+            return f"--set {_shown(override)}: {dotted(field_path)}"
     return None
+
+
+def _shown(override: str) -> str:
+    """An override as messages show it: whole up to 80 characters, else its start."""
+    return override if len(override) <= 80 else f"{override[:60]}…"
+
+
+def _present(data: object, field_path: FieldPath) -> bool:
+    """Whether ``data`` (mappings and lists) has a value at ``field_path``."""
+    for part in field_path:
+        if isinstance(data, Mapping) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return False
+    return True
 
 
 def _resolve_relative(data: dict, base: Path) -> dict:

@@ -60,6 +60,8 @@ def describe_error(error: Mapping[str, Any], root: type[BaseModel]) -> str:
     if error["type"] == "missing":
         return "required field is missing"
     given = error.get("input")
+    if isinstance(given, str) and len(given) > 100:  # a hostile value is not echoed whole
+        return f"{message}; got {given[:60]!r}… ({len(given):,} characters)"
     if isinstance(given, str | int | float | bool) or given is None:
         return f"{message}; got {given!r}"
     return message

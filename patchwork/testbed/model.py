@@ -9,7 +9,9 @@ command that reproduces it, measured behaviour).
 from __future__ import annotations
 
 import json
+import reprlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -168,10 +170,127 @@ def save(model: Any, tokenizer: Tokenizer, directory: Path, meta: dict[str, Any]
 
 
 def read_meta(directory: Path) -> dict[str, Any]:
+    """A checkpoint's ``patchwork_testbed.json``, its planted windows checked for shape.
+
+    Raises:
+        patchwork.errors.ModelError: naming the file, when it is missing, not JSON, or declares
+            windows patchwork cannot read.
+    """
     path = Path(directory) / META_FILE
     if not path.is_file():
         raise ModelError(f"{directory} is not a testbed checkpoint (no {META_FILE})")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ModelError(f"{path}: not a readable testbed description ({error})") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: not a readable testbed description (expected a JSON object)")
+    _check_windows(meta.get("windows"), path)
+    return meta
+
+
+#: The planted windows a checkpoint's json may declare, and their form.
+WINDOW_KEYS = {
+    "video_access_layers": "[FIRST, LAST]",
+    "audio_access_layers": "[FIRST, LAST]",
+    "video_access_heads": "[[LAYER, HEAD], ...]",
+}
+
+
+def _check_windows(declared: object, path: Path, layers: int = 2**31, heads: int = 2**31) -> None:
+    """Refuse windows that :func:`~patchwork.testbed.windows.rules_from_meta` cannot read, or
+    that lie outside a model of ``layers`` decoder layers of ``heads`` query heads: a window
+    read wrongly would run the model without the blocks it was trained with."""
+    if declared is None:
+        return
+    if not isinstance(declared, dict) or set(declared) - set(WINDOW_KEYS):
+        raise ModelError(
+            f"{path}: windows: expected null or an object of {', '.join(WINDOW_KEYS)}; "
+            f"got {reprlib.repr(declared)}"
+        )
+    for key, form in WINDOW_KEYS.items():
+        value = declared.get(key)
+        if value is None:
+            continue
+        of_heads = key == "video_access_heads"
+        pairs = value if of_heads else [value]
+        limits = (layers, heads) if of_heads else (layers, layers)
+        if (
+            not isinstance(pairs, list)
+            or not all(_pair_within(pair, *limits) for pair in pairs)
+            or (not of_heads and value[0] > value[1])
+        ):
+            raise ModelError(
+                f"{path}: windows.{key}: expected {form}, indices within the model; "
+                f"got {reprlib.repr(value)}"
+            )
+
+
+def _pair_within(pair: object, first_limit: int, second_limit: int) -> bool:
+    return (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+        and 0 <= pair[0] < first_limit
+        and 0 <= pair[1] < second_limit
+    )
+
+
+@dataclass
+class Checkpoint:
+    """A testbed checkpoint folder, checked: its description, config, tokenizer and its model
+    built on the meta device (shapes, no weights)."""
+
+    directory: Path
+    meta: dict[str, Any]
+    config: Any
+    tokenizer: Tokenizer
+    empty: torch.nn.Module
+
+
+def open_checkpoint(directory: str | Path, weights: bool = True) -> Checkpoint:
+    """Read and check every file of a testbed checkpoint folder without loading its weights:
+    ``patchwork_testbed.json``, ``config.json`` (a Qwen2.5-Omni thinker), ``tokenizer.json``
+    (the testbed's specials, no id beyond the model's vocabulary) and, unless ``weights`` is
+    False, the safetensors headers (every tensor the model expects, shape and dtype; see
+    :mod:`patchwork.models.checkpoint`).
+
+    Raises:
+        patchwork.errors.ModelError: naming the file that is missing, damaged or does not fit.
+    """
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration as Thinker
+
+    from patchwork.models import checkpoint
+    from patchwork.models.adapter import empty_model
+
+    directory = Path(directory)
+    meta = read_meta(directory)
+    config = checkpoint.read_config(directory)
+    if config.model_type != "qwen2_5_omni_thinker":
+        raise ModelError(
+            f"{directory / 'config.json'}: a testbed checkpoint is a 'qwen2_5_omni_thinker', "
+            f"not {config.model_type!r}"
+        )
+    text_config = config.text_config
+    _check_windows(
+        meta.get("windows"),
+        directory / META_FILE,
+        text_config.num_hidden_layers,
+        text_config.num_attention_heads,
+    )
+    tokenizer = load_tokenizer(directory)
+    largest = max(tokenizer.get_vocab(with_added_tokens=True).values())
+    if largest >= text_config.vocab_size:
+        raise ModelError(
+            f"{directory / 'tokenizer.json'}: token id {largest} is beyond the model's "
+            f"vocabulary of {text_config.vocab_size} (config.json)"
+        )
+    empty = checkpoint.build_empty(lambda: empty_model(Thinker, config), directory)
+    if weights:
+        if not checkpoint.weight_files(directory):
+            raise ModelError(f"{directory}: no model.safetensors (a testbed checkpoint's weights)")
+        checkpoint.check_weights(directory, empty, checkpoint.stored_tensors(directory))
+    return Checkpoint(directory, meta, config, tokenizer, empty)
 
 
 def load(
@@ -179,47 +298,77 @@ def load(
 ) -> tuple[torch.nn.Module, Tokenizer]:
     """Load a testbed checkpoint in eval mode, planted windows (if declared) installed.
 
+    Every file is checked first (:func:`open_checkpoint`), and transformers' own report of the
+    weights it did not find refuses the rest: a folder without the model's tensors never runs
+    on random values.
+
     ``dtype`` is applied as transformers' ``from_pretrained`` applies it (rotary frequencies and
     other buffers it keeps in float32 stay float32).
 
     The windows are forward pre-hooks, so they stay active under ``nnsight.NNsight`` wrapping, for
     batches of several rows, and after ``set_attn_implementation``.
     """
+    from safetensors import SafetensorError
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
     from patchwork.models import blocks
     from patchwork.testbed import windows
 
-    directory = Path(checkpoint_dir)
-    meta = read_meta(directory)
-    tokenizer = load_tokenizer(directory)
+    checked = open_checkpoint(checkpoint_dir)
+    directory = checked.directory
     try:
-        model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+        loaded: Any = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
             directory,
+            config=checked.config,
             use_safetensors=True,
             local_files_only=True,
             attn_implementation=attention,
             dtype=dtype,
+            output_loading_info=True,
         )
-    except OSError as error:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as error:
         raise ModelError(f"cannot load testbed checkpoint {directory}: {error}") from None
+    model, info = loaded
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:  # what transformers found missing; the header check above should have
+        raise ModelError(
+            f"testbed checkpoint {directory}: transformers found {len(missing)} of the model's "
+            f"weights missing (e.g. {', '.join(missing[:3])})"
+        )
     model.eval()
-    config: Any = model.config
-    text_config = config.text_config
+    text_config = checked.config.text_config
     rules = windows.rules_from_meta(
-        meta.get("windows"), text_config.num_hidden_layers, text_config.num_attention_heads
+        checked.meta.get("windows"),
+        text_config.num_hidden_layers,
+        text_config.num_attention_heads,
     )
     if rules:
         blocks.install(model, rules, blocks.modality_token_ids(model.config))
-    return model, tokenizer
+    return model, checked.tokenizer
 
 
 def load_tokenizer(directory: Path) -> Tokenizer:
-    """The word-level tokenizer saved beside a testbed checkpoint."""
+    """The word-level tokenizer saved beside a testbed checkpoint, with the testbed's specials.
+
+    Raises:
+        patchwork.errors.ModelError: naming ``tokenizer.json`` when it is missing, damaged or
+            lacks a special token.
+    """
     path = Path(directory) / "tokenizer.json"
     if not path.is_file():
         raise ModelError(f"testbed checkpoint {directory} has no tokenizer.json")
-    return Tokenizer.from_file(str(path))
+    try:
+        tokenizer = Tokenizer.from_str(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelError(f"cannot read {path} ({error})") from None
+    except Exception as error:  # noqa: BLE001 - tokenizers raises plain Exception, nothing finer
+        if type(error) is not Exception:
+            raise  # a subclass is not the parser's report: keep its traceback
+        raise ModelError(f"{path}: not a readable tokenizer ({str(error)[:200]})") from None
+    missing = [token for token in SPECIALS.values() if tokenizer.token_to_id(token) is None]
+    if missing:
+        raise ModelError(f"{path}: the testbed's special tokens {missing} are missing")
+    return tokenizer
 
 
 def checkpoint_path(name: str = "testbed") -> Path:

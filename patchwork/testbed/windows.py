@@ -45,7 +45,7 @@ def parse_heads(
     pairs = []
     for item in str(text).split(","):
         layer, _, head = item.strip().partition(":")
-        if not (layer.isdigit() and head.isdigit()):
+        if not all(part.isascii() and part.isdigit() and len(part) < 10 for part in (layer, head)):
             raise PatchworkError(f"{option}: expected LAYER:HEAD,LAYER:HEAD,..., got {text!r}")
         pair = int(layer), int(head)
         if not (pair[0] < num_layers and pair[1] < num_heads):

@@ -55,6 +55,10 @@ BAD_ARGUMENTS = {
         ["validate", str(SMOKE), "--set", "model.dtype=float12"],
         "--set model.dtype=float12: model.dtype",
     ),
+    "run: misspelt override": (
+        ["run", str(SMOKE), "--set", "modle.dtype=float16"],
+        "error: --set modle.dtype=float16: modle: unknown key; did you mean 'model'?",
+    ),
     "run: no file": (["run", "nowhere.yaml"], "study file not found"),
     "run: override without value": (["run", str(SMOKE), "--set", "model"], "KEY.PATH=VALUE"),
     "run: zero threads": (["run", str(SMOKE), "--threads", "0"], "--threads"),

@@ -297,3 +297,16 @@ def test_a_finished_unit_holds_nan_only_where_its_array_declares(
     store.write_unit(0, {"score": values})  # checksums of these very values
     assert store.unit_intact(0, 2) is intact
     assert store.damaged_units() == ([] if intact else [(0, 2)])
+
+
+@pytest.mark.parametrize("which", ["store", "root"])
+def test_a_store_path_that_is_a_file_is_refused_in_one_line(tmp_path: Path, which: str) -> None:
+    study = parse_study(study_text(samples=2))
+    root = tmp_path / "root"
+    if which == "root":
+        root.write_text("a file")
+    else:
+        root.mkdir()
+        (root / "tiny.zarr").write_text("a file")
+    with pytest.raises(StoreError, match=r"is a file, not a folder: choose another store"):
+        run_study(study, store_root=root)

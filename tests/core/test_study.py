@@ -143,3 +143,100 @@ def test_attribution_over_a_window_of_layers_is_refused(tmp_path: Path, method: 
     assert ": interventions[0].method:" in message and "window 2 needs method: exact" in message
     parse_study(study_text().replace("window: 1", f"window: 1\n    method: {method}"))
     parse_study(study_text().replace("window: 1", "window: 2\n    method: exact"))
+
+
+UNCLOSED = {
+    "bracket": ("name: x\nmodel: [a, b\ndataset: {}\n", 2, "'[' opened here is not closed"),
+    "bracket at the end": ("name: x\nmodel: [a, b\n", 2, "'[' opened here is not closed"),
+    "brace": ("name: x\nmodel: {family: a\ndataset: {}\n", 2, "'{' opened here is not closed"),
+    "quote": ("name: x\ndescription: 'a\nmodel: {}\n", 2, "the quote opened here is not closed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNCLOSED))
+def test_an_unclosed_bracket_or_quote_is_reported_where_it_opened(
+    tmp_path: Path, case: str
+) -> None:
+    text, line, problem = UNCLOSED[case]
+    message = error_of(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'study.yaml'}:{line}: malformed YAML: {problem} (line ")
+
+
+def test_a_mistake_inside_a_construct_is_reported_at_the_mistake(tmp_path: Path) -> None:
+    text = study_text() + "name: again\n"  # a duplicate key: its own line, not the mapping's
+    line = len(text.splitlines())
+    assert f"study.yaml:{line}: malformed YAML: found duplicate key" in error_of(tmp_path, text)
+
+
+MISSPELT = {
+    "a section (required)": (("model:", "modle:"), "modle", "model"),
+    "a section (optional)": (("execution:", "exectuion:"), "exectuion", "execution"),
+    "a field": (("  seed: 3", "  sede: 3"), "dataset.sede", "seed"),
+    "an intervention's field": (("window: 1", "windw: 1"), "interventions[0].windw", "window"),
+    "an alias": (("from: clean", "form: clean"), "interventions[0].form", "from"),
+    "a field of random_init": (
+        ("hidden_size: 32", "hiden_size: 32"),
+        "model.random_init",
+        "hidden_size",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISSPELT))
+def test_a_misspelt_key_names_the_closest_allowed_one(tmp_path: Path, case: str) -> None:
+    (spelt, misspelt), field, meant = MISSPELT[case]
+    text = study_text().replace(spelt, misspelt, 1)
+    message = error_of(tmp_path, text)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if misspelt.strip() in row)
+    assert message.startswith(f"{tmp_path / 'study.yaml'}:{line}: {field}")
+    assert message.endswith(f"unknown key; did you mean {meant!r}?")
+
+
+def test_an_unknown_key_like_no_allowed_one_gets_no_guess(tmp_path: Path) -> None:
+    text = study_text().replace("  seed: 3", "  seed: 3\n  colour: red")
+    message = error_of(tmp_path, text)
+    assert message.endswith(
+        "dataset.colour: unknown key (check its spelling against the study-file reference)"
+    )
+
+
+BAD_OVERRIDES = {
+    "modle.dtype=float16": "--set modle.dtype=float16: modle: unknown key; did you mean 'model'?",
+    "model.dtyp=float16": "--set model.dtyp=float16: model.dtyp: unknown key; did you mean "
+    "'dtype'?",
+    "execution.reuse.deep=1": "--set execution.reuse.deep=1: execution.reuse:",
+    "exectuion.retry.count=2": "--set exectuion.retry.count=2: exectuion: unknown key; did you "
+    "mean 'execution'?",
+}
+
+
+@pytest.mark.parametrize("override", sorted(BAD_OVERRIDES))
+def test_a_bad_override_is_named_not_the_file(tmp_path: Path, override: str) -> None:
+    with pytest.raises(StudyError) as caught:
+        load_study(write(tmp_path, study_text()), overrides=[override])
+    assert str(caught.value).startswith(BAD_OVERRIDES[override])
+
+
+def test_a_misspelt_key_in_the_file_is_not_blamed_on_an_override(tmp_path: Path) -> None:
+    text = study_text().replace("  seed: 3", "  sede: 3")
+    with pytest.raises(StudyError) as caught:
+        load_study(write(tmp_path, text), overrides=["dataset.samples=4"])
+    assert str(caught.value).startswith(f"{tmp_path / 'study.yaml'}:")
+    assert "dataset.sede: unknown key; did you mean 'seed'?" in str(caught.value)
+
+
+def test_what_changed_compares_the_manifest_as_a_resolved_path(tmp_path: Path) -> None:
+    from patchwork.study import describe_changes
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "m.jsonl").write_text('{"id": "a"}\n')
+    text = study_text().replace("generator: random", "manifest: data/m.jsonl")
+    stored = load_study(write(tmp_path, text))
+    assert describe_changes(stored.text, stored) == ""
+    wider = load_study(write(tmp_path, text.replace("window: 1", "window: 2")))
+    assert describe_changes(stored.text, wider) == "changed: interventions[0].window"
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "m.jsonl").write_text('{"id": "a"}\n')
+    elsewhere = load_study(write(tmp_path, text.replace("data/m.jsonl", "elsewhere/m.jsonl")))
+    assert describe_changes(stored.text, elsewhere) == "changed: dataset.manifest.path"

@@ -1,0 +1,265 @@
+"""A checkpoint's weights checked against the model its config describes, from the safetensors
+headers alone: every tensor the model expects is present, with its shape and a dtype of its kind.
+
+transformers loads a folder that lacks some (or all) of a model's tensors with a warning and
+random values in their place; a run on it would finish and store meaningless effects. These checks
+read only the headers (``safetensors.safe_open``: names, shapes, dtypes; it also refuses a header
+that does not cover the file), so ``patchwork validate`` can make them without loading anything.
+
+The names a checkpoint uses are those transformers writes (``save_pretrained`` reverts its
+renamings, e.g. Qwen2.5-Omni's ``model.language_model.*`` is stored as ``model.*``); a folder
+written under the model's own names, or under one common prefix (a full omni checkpoint's
+``thinker.``), matches too.
+
+:func:`read_config` and :func:`build_empty` turn what a damaged ``config.json`` makes transformers
+raise into one :class:`ConfigError` (a :class:`~patchwork.errors.ModelError`) naming the file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from patchwork.errors import ModelError
+
+#: Prefixes tried beyond "" are the stored names' first components; a folder with more than this
+#: many distinct first components is matched without a prefix.
+MAX_PREFIXES = 64
+
+
+def read_config(folder: Path, trust_remote_code: bool = False) -> Any:
+    """The transformers config of a checkpoint folder's ``config.json``.
+
+    Raises:
+        ConfigError: naming the file, when transformers cannot read it (not
+            JSON, an unknown ``model_type``, fields that contradict each other such as
+            ``num_hidden_layers`` and ``layer_types``).
+    """
+    import transformers
+
+    try:
+        return transformers.AutoConfig.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except _config_errors() as error:
+        raise ConfigError(
+            f"cannot read {Path(folder) / 'config.json'} ({_reason(error)})"
+        ) from None
+
+
+def build_empty(build: Callable[[], nn.Module], folder: Path) -> nn.Module:
+    """``build()`` — a model made from a folder's config on the meta device — with what
+    transformers raises for a config it read but cannot realise (heads that do not divide the
+    hidden size, negative sizes …) as one :class:`ConfigError`."""
+    try:
+        return build()
+    except _config_errors() as error:
+        raise ConfigError(
+            f"{Path(folder) / 'config.json'} describes a model transformers cannot build "
+            f"({_reason(error)})"
+        ) from None
+
+
+def _config_errors() -> tuple[type[BaseException], ...]:
+    """What transformers (and the strict dataclasses of huggingface_hub under its configs) raise
+    for a config file's values; a config is a user's file, so each is the user's to fix."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    return (
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        ZeroDivisionError,
+        OverflowError,
+        RecursionError,
+        StrictDataclassError,
+    )
+
+
+def _reason(error: BaseException) -> str:
+    """An error's message in one short line (transformers' are long and multi-line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(error).__name__
+    return text[:300]
+
+
+class ConfigError(ModelError):
+    """A checkpoint's ``config.json`` cannot be read, or describes a model that cannot be built."""
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor as a safetensors header describes it."""
+
+    shape: tuple[int, ...]
+    dtype: str  # safetensors' name: F32, BF16, I64 …
+    file: Path
+
+    @property
+    def floating(self) -> bool:
+        return self.dtype.startswith(("F", "BF"))
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The folder's ``*.safetensors`` files, sorted."""
+    return sorted(path for path in Path(folder).glob("*.safetensors"))
+
+
+def stored_tensors(folder: Path) -> dict[str, StoredTensor]:
+    """Every tensor of the folder's safetensors files, from their headers (no data read).
+
+    Raises:
+        patchwork.errors.ModelError: naming a file whose header is damaged or does not cover
+            the file (truncated, garbled, not safetensors at all), or that cannot be read.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    tensors: dict[str, StoredTensor] = {}
+    for file in weight_files(folder):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    part = handle.get_slice(name)
+                    tensors[name] = StoredTensor(tuple(part.get_shape()), part.get_dtype(), file)
+        except SafetensorError as error:
+            raise ModelError(f"{file} is a damaged safetensors file ({error})") from None
+        except OSError as error:
+            raise ModelError(f"cannot read {file} ({error.strerror or error})") from None
+    return tensors
+
+
+def expected_tensors(model: nn.Module) -> list[dict[str, tuple[tuple[int, ...], torch.dtype]]]:
+    """The tensors a checkpoint of ``model`` (built on the meta device is enough) must hold,
+    name → (shape, dtype): as transformers' ``save_pretrained`` would name them, and as the
+    model names them (the two are equal for most models). Tied copies and what transformers
+    tolerates missing (``_keys_to_ignore_on_load_missing``) are left out."""
+    state = dict(model.state_dict())
+    for name in getattr(model, "_keys_to_ignore_on_save", None) or ():
+        state.pop(name, None)
+    tolerated = [
+        re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_missing", None) or ()
+    ]
+    state = _untied(state, model)
+    namings = [state]
+    saved = _as_saved(state, model)
+    if saved is not None and set(saved) != set(state):
+        namings.insert(0, saved)
+    return [
+        {
+            name: (tuple(tensor.shape), tensor.dtype)
+            for name, tensor in naming.items()
+            if not any(pattern.search(name) for pattern in tolerated)
+        }
+        for naming in namings
+    ]
+
+
+def _untied(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` without the tied copies safetensors cannot store (transformers' own rule)."""
+    try:
+        from transformers.modeling_utils import remove_tied_weights_from_state_dict
+    except ImportError:  # another transformers: keep the names the model itself declares
+        tied = getattr(model, "_tied_weights_keys", None) or {}
+        return {name: tensor for name, tensor in state.items() if name not in tied}
+    return remove_tied_weights_from_state_dict(state, model)  # type: ignore[arg-type]
+
+
+def _as_saved(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """``state`` renamed (and, for merged tensors, split) as ``save_pretrained`` writes it;
+    None where this transformers has no such step."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:
+        return None
+    return revert_weight_conversion(model, state)  # type: ignore[arg-type,no-any-return]
+
+
+def check_folder(folder: Path, empty: nn.Module | None) -> None:
+    """Check a checkpoint folder's weights from their headers alone, before anything is
+    allocated: the headers are whole (:func:`stored_tensors`); and, given the ``empty`` model
+    (built from the folder's config on the meta device), the config describes no far larger model
+    than the files hold (a typo'd or foreign config would exhaust memory) and the files hold every
+    tensor of it (:func:`check_weights`).
+
+    Raises:
+        patchwork.errors.ModelError: naming the file or folder and what is wrong.
+    """
+    stored = stored_tensors(folder)
+    if empty is None:
+        return
+    size = sum(file.stat().st_size for file in weight_files(folder))
+    parameters = sum(parameter.numel() for parameter in empty.parameters())
+    if parameters > 4 * size:  # under 2 bits a weight, even 4-bit packing is far above
+        raise ModelError(
+            f"{folder}/config.json describes {parameters:,} parameters but its weight files hold "
+            f"{size:,} bytes; the config does not belong to these weights"
+        )
+    check_weights(folder, empty, stored)
+
+
+def check_weights(folder: Path, model: nn.Module, stored: Mapping[str, StoredTensor]) -> None:
+    """Refuse a checkpoint folder whose ``stored`` tensors (see :func:`stored_tensors`) miss a
+    tensor ``model`` expects, hold one in another shape, or hold a floating-point one as integers
+    (or the reverse). Other floating-point dtypes are fine: loading casts them.
+
+    Raises:
+        patchwork.errors.ModelError: naming the folder, how many tensors are wrong and a few of
+            them.
+    """
+    expected, prefix = _best_match(expected_tensors(model), stored)
+    missing = sorted(prefix + name for name in expected if prefix + name not in stored)
+    if missing:
+        raise ModelError(
+            f"{len(missing)} of the model's {len(expected)} weights are not in the safetensors "
+            f"files of {folder} (e.g. {', '.join(missing[:3])}); the model would run on random "
+            "values in their place — does config.json belong to these weights?"
+        )
+    for name, (shape, dtype) in sorted(expected.items()):
+        found = stored[prefix + name]
+        if found.shape != shape:
+            raise ModelError(
+                f"{found.file}: mismatched sizes: tensor {prefix + name} has shape "
+                f"{list(found.shape)}, the model config.json describes {list(shape)}"
+            )
+        if found.floating != dtype.is_floating_point:
+            kind = "floating-point" if dtype.is_floating_point else "integer"
+            raise ModelError(
+                f"{found.file}: tensor {prefix + name} is stored as {found.dtype}; the model "
+                f"needs {kind} values there ({str(dtype).removeprefix('torch.')})"
+            )
+
+
+def missing_tensors(model: nn.Module, stored: Mapping[str, StoredTensor]) -> list[str]:
+    """The names (as a checkpoint stores them, sorted) of the tensors ``model`` expects that are
+    not among ``stored``: what transformers would fill with random values."""
+    expected, prefix = _best_match(expected_tensors(model), stored)
+    return sorted(prefix + name for name in expected if prefix + name not in stored)
+
+
+def _best_match(
+    namings: list[dict[str, Any]], stored: Mapping[str, StoredTensor]
+) -> tuple[dict[str, Any], str]:
+    """The naming under which most expected tensors are stored, and the common prefix they are
+    stored under: none, unless no tensor is stored without one (a full omni checkpoint's
+    ``thinker.``)."""
+
+    def found(naming: dict[str, Any], prefix: str) -> int:
+        return sum(prefix + name in stored for name in naming)
+
+    best = max(namings, key=lambda naming: found(naming, ""))
+    if found(best, "") or not stored:
+        return best, ""
+    firsts = {name.split(".", 1)[0] + "." for name in stored if "." in name}
+    if not firsts or len(firsts) > MAX_PREFIXES:
+        return best, ""
+    scored = [(found(n, p), -i, p) for i, n in enumerate(namings) for p in sorted(firsts)]
+    count, index, prefix = max(scored)
+    return namings[-index], prefix if count else ""

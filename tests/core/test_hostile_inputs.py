@@ -1,0 +1,200 @@
+"""The attack campaign's hostile numbers and options (issue 28, items 2 and 3), kept as a
+regression corpus: each once ended in a traceback (or, for output paths, in a refusal found only
+after the work was done); each is now one line ``error: …`` with exit code 2, found before any
+model loads or any training starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from patchwork.study.schema import MAX_SEED
+
+from .helpers import SMOKE, study_text
+from .hostile import patchwork_main, refused
+
+BIG = "9" * 5000
+#: Seeds beyond what torch accepts (2**64), beyond the bound (2**63) and below zero.
+BAD_SEEDS = (str(2**64), str(2**63), "-1")
+
+
+@pytest.fixture
+def tiny_study(tmp_path: Path) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(study_text(layers=2, samples=2))
+    return path
+
+
+@pytest.fixture
+def nothing_heavy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No model loads, no organism or testbed trains: each case is refused before."""
+    from patchwork import bench
+    from patchwork.engine import runner
+    from patchwork.testbed import train
+
+    def started(*arguments: object, **options: object) -> None:
+        raise AssertionError("work started before the options were checked")
+
+    monkeypatch.setattr(runner, "load_model", started)
+    monkeypatch.setattr(train, "train", started)
+    monkeypatch.setattr(bench, "run_bench", started)
+
+
+STUDY_CASES = {
+    "a 5000-digit integer": ("seed: 3", f"seed: {BIG}", "study.yaml:9: a number of 5,000 digits"),
+    "a 5000-digit hex integer": ("seed: 3", f"seed: 0x{BIG}", "a number of 5,002 digits"),
+    "a seed beyond 64 bits": ("seed: 1}", f"seed: {2**64}}}", "model.random_init.seed"),
+    "a negative seed": ("seed: 0}", "seed: -1}", "execution.seed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STUDY_CASES))
+def test_hostile_numbers_in_a_study(tmp_path: Path, case: str, nothing_heavy: None) -> None:
+    old, new, expected = STUDY_CASES[case]
+    text = study_text(layers=2, samples=2)
+    assert old in text
+    path = tmp_path / "study.yaml"
+    path.write_text(text.replace(old, new, 1))
+    for schema_only in ([], ["--schema-only"]):
+        refused(patchwork_main("validate", path, *schema_only), expected)
+
+
+SET_CASES = {
+    "a 5000-digit value": (f"execution.batch_size={BIG}", "a number of 5,000 digits"),
+    "a 5000-digit list index": (f"interventions.{BIG}.window=2", "more than 9 digits"),
+    "a superscript index": ("interventions.²=1", "interventions is a list"),
+    "a quoted 5000-digit value": (f"execution.batch_size='{BIG}'", "execution.batch_size"),
+    **{
+        f"{field}={seed}": (f"{field}={seed}", field)
+        for field in ("execution.seed", "model.random_init.seed", "dataset.seed")
+        for seed in BAD_SEEDS
+    },
+    "the meta device": ("model.device=meta", "'meta' holds no data"),
+    "a NaN window": ("interventions.0.window=.nan", "interventions.0.window"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SET_CASES))
+def test_hostile_overrides(tiny_study: Path, case: str, nothing_heavy: None) -> None:
+    assignment, expected = SET_CASES[case]
+    for command in ("validate", "plan", "run"):
+        line = refused(patchwork_main(command, tiny_study, "--set", assignment), expected)
+        assert len(line) < 400, line  # the hostile value is not echoed whole
+
+
+RUN_OPTIONS = {
+    "--seed -1": (["--seed", "-1"], "--seed -1: dataset.seed"),
+    "--seed 2**64": (["--seed", str(2**64)], "--seed"),
+    "--device meta": (["--device", "meta"], "--device meta: model.device"),
+    "--threads 5000": (["--threads", "5000"], "--threads"),
+    "--workers 100000": (["--workers", "100000"], "--workers"),
+    "--scheduler unclosed IPv6": (["--scheduler", "tcp://[::1"], "--scheduler tcp://[::1"),
+    "--scheduler with a path": (["--scheduler", "tcp://host:8786/x"], "tcp://HOST:PORT"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_OPTIONS))
+def test_hostile_run_options(
+    tiny_study: Path, tmp_path: Path, case: str, nothing_heavy: None
+) -> None:
+    options, expected = RUN_OPTIONS[case]
+    store = tmp_path / "store"
+    refused(patchwork_main("run", tiny_study, "--store", store, *options), expected)
+    assert not store.exists()
+
+
+def test_an_unknown_device_is_refused_before_the_model_is_built(
+    tiny_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from patchwork.loading import model
+
+    def built(*arguments: object, **options: object) -> None:
+        raise AssertionError("the model was built before its device was checked")
+
+    monkeypatch.setattr(model, "random_thinker", built)
+    refused(
+        patchwork_main("run", tiny_study, "--store", tmp_path, "--device", "yes"),
+        "model.device",
+        "device string: yes",
+    )
+
+
+def test_a_store_path_that_is_a_file_is_refused_before_loading(
+    tmp_path: Path, nothing_heavy: None
+) -> None:
+    text = study_text(layers=2, samples=2) + "store: results/tiny.zarr\n"
+    study = tmp_path / "study.yaml"
+    study.write_text(text)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a store")
+    refused(patchwork_main("run", study, "--store", a_file), f"--store {a_file}", "is a file")
+    refused(patchwork_main("run", study, "--store", "/dev/null"), "/dev/null is not a folder")
+    (tmp_path / "root" / "results").mkdir(parents=True)
+    (tmp_path / "root" / "results" / "tiny.zarr").write_text("a file where the store goes")
+    line = refused(patchwork_main("run", study, "--store", tmp_path / "root"), "is a file")
+    assert line.startswith(f"error: {study}:") and ": store " in line
+
+
+@pytest.mark.parametrize("out", ["file", "/dev/null", "file/below"])
+def test_output_folders_are_checked_before_work_starts(
+    tmp_path: Path, out: str, nothing_heavy: None
+) -> None:
+    """`testbed train --out FILE` once trained to the end and then failed to save."""
+    (tmp_path / "file").write_text("")
+    path = out if out.startswith("/") else str(tmp_path / out)
+    refused(patchwork_main("bench", "--out", path), f"--out {path}")
+    refused(
+        patchwork_main("testbed", "train", "--out", path, "--stage2-steps", "1", "--fixed-steps"),
+        f"--out {path}",
+    )
+    refused(
+        patchwork_main("testbed", "train", "--out", tmp_path / "ok", "--base-out", path),
+        f"--base-out {path}",
+    )
+    assert not (tmp_path / "ok").exists()
+
+
+TRAINING_OPTIONS = {
+    "--seed -1": (["--seed", "-1"], "--seed"),
+    "--seed 2**64": (["--seed", str(2**64)], "--seed"),
+    "--time-budget nan": (["--time-budget", "nan"], "--time-budget"),
+    "--batch-size 10**6": (["--batch-size", "1000000"], "--batch-size"),
+    "--stage2-steps 10**9": (["--stage2-steps", str(10**9)], "--stage2-steps"),
+    "--video-access-heads ²:1": (["--video-access-heads", "²:1"], "--video-access-heads"),
+    "--video-access-layers 5000 digits": (
+        ["--video-access-layers", f"0-{BIG}"],
+        "--video-access-layers",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAINING_OPTIONS))
+def test_hostile_training_options(tmp_path: Path, case: str, nothing_heavy: None) -> None:
+    options, expected = TRAINING_OPTIONS[case]
+    refused(patchwork_main("testbed", "train", "--out", tmp_path / "out", *options), expected)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("seed", BAD_SEEDS)
+def test_evaluation_seeds_are_bounded(seed: str) -> None:
+    refused(
+        patchwork_main("testbed", "eval", "testbed", "--samples", "1", "--seed", seed), "--seed"
+    )
+
+
+def test_the_largest_seed_is_one_torch_and_numpy_take() -> None:
+    """The bound is theirs, with room for the small offsets added to seeds (``seed + fold``)."""
+    torch.manual_seed(MAX_SEED + 5)
+    torch.Generator().manual_seed(MAX_SEED + 5)
+    np.random.default_rng([MAX_SEED, 2**31, 7, 99]).random()
+    with pytest.raises(ValueError, match="Overflow"):
+        torch.manual_seed(2**64)  # what a study once reached
+    with pytest.raises(ValueError):
+        np.random.default_rng(-1)
+    outcome = patchwork_main(
+        "validate", SMOKE, "--schema-only", "--set", f"execution.seed={MAX_SEED}"
+    )
+    assert outcome.code == 0, outcome.stderr
