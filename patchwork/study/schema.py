@@ -1,13 +1,12 @@
 """The study file's schema: a YAML study validated into typed, immutable objects.
 
 Unknown keys are errors everywhere (``extra="forbid"``). Checks that need the model (layer counts)
-happen later, in :mod:`patchwork.engine.plan`, and still name the study file's line through
+happen later, in :mod:`patchwork.engine.cost`, and still name the study file's line through
 :meth:`Study.where`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -35,7 +34,15 @@ Metric = Literal["logit_diff", "audio_probability", "normalized_effect"]
 COMPONENTS: tuple[Component, ...] = ("residual", "attention", "mlp")
 METRICS: tuple[Metric, ...] = ("logit_diff", "audio_probability", "normalized_effect")
 
-_RANGE = re.compile(r"^\s*(\d+)\s*(?:-|:|\.\.)\s*(\d+)\s*$")
+_RANGE = re.compile(r"^\s*([0-9]{1,18})\s*(?:-|:|\.\.)\s*([0-9]{1,18})\s*$")
+
+#: Largest seed: torch takes seeds in [-2**63, 2**64 - 1], numpy's generators any integer >= 0;
+#: every seed patchwork uses lies in both, with room for the small offsets added to some.
+MAX_SEED = 2**63 - 1
+#: Largest token id a study may name (a vocabulary of 2**31 is beyond any model).
+MAX_TOKEN_ID = 2**31 - 1
+#: The torch device types a run can compute on ("meta" holds no data; "cpu", "cuda:1" …).
+_DEVICE = re.compile(r"^(?!meta(:|$))[a-z][a-z0-9_]*(:[0-9]{1,4})?$")
 
 
 def parse_range(text: str) -> tuple[int, int] | None:
@@ -58,7 +65,7 @@ class RandomInit(_Strict):
     heads: int = Field(4, ge=1, le=64)
     kv_heads: int = Field(2, ge=1, le=64)
     vocab_size: int = Field(64, ge=16, le=262_144)
-    seed: int = Field(0, description="Seed of the weight initialisation.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the weight initialisation.")
 
     @model_validator(mode="after")
     def _heads_fit(self) -> RandomInit:
@@ -76,12 +83,15 @@ def parse_id_ranges(items: tuple[int | str, ...]) -> list[tuple[int, int]]:
     pairs = []
     for item in items:
         if isinstance(item, int) and not isinstance(item, bool):
-            pairs.append((item, item))
-            continue
-        match = _RANGE.match(str(item))
-        if not match or int(match[2]) < int(match[1]):
-            raise ValueError(f"expected a token id or a range like '100-199', got {item!r}")
-        pairs.append((int(match[1]), int(match[2])))
+            pair = (item, item)
+        else:
+            match = _RANGE.match(str(item))
+            if not match or int(match[2]) < int(match[1]):
+                raise ValueError(f"expected a token id or a range like '100-199', got {item!r}")
+            pair = (int(match[1]), int(match[2]))
+        if not 0 <= pair[0] <= pair[1] <= MAX_TOKEN_ID:
+            raise ValueError(f"token ids lie in [0, {MAX_TOKEN_ID}], got {item!r}")
+        pairs.append(pair)
     return pairs
 
 
@@ -109,7 +119,9 @@ class GenericSpec(_Strict):
     media: tuple[Literal["audio", "images", "videos"], ...] = Field(
         ("audio",), description="Which decoded media the processor receives, and as what."
     )
-    sampling_rate: int = Field(16_000, ge=1, description="Audio rate the processor expects.")
+    sampling_rate: int = Field(
+        16_000, ge=1, le=1_000_000, description="Audio rate the processor expects."
+    )
 
     @field_validator("position_groups")
     @classmethod
@@ -147,7 +159,9 @@ class ModelSpec(_Strict):
         None, description="Module paths and placeholder ids (family 'generic' only)."
     )
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    device: str = Field("cpu", description="torch device, e.g. 'cpu', 'cuda', 'cuda:1'.")
+    device: str = Field(
+        "cpu", max_length=40, description="torch device, e.g. 'cpu', 'cuda', 'cuda:1'."
+    )
     attention: Literal["sdpa", "eager"] = "sdpa"
     trust_remote_code: bool = Field(
         False, description="Let transformers run code shipped with the checkpoint. Off by default."
@@ -160,6 +174,16 @@ class ModelSpec(_Strict):
         if family not in installed:
             raise ValueError(f"unknown model family; installed: {', '.join(installed)}")
         return family
+
+    @field_validator("device")
+    @classmethod
+    def _computes(cls, device: str) -> str:
+        if not _DEVICE.match(device):
+            raise ValueError(
+                "expected a torch device that computes, e.g. 'cpu', 'cuda', 'cuda:1', 'mps' "
+                "('meta' holds no data)"
+            )
+        return device
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -191,6 +215,35 @@ class ChatSpec(_Strict):
     )
 
 
+class InputsSpec(_Strict):
+    """How a manifest's media files become the model's inputs (docs: "Your own clips",
+    Conventions). ``inputs: processor`` is short for ``{builder: processor}``, ``inputs:
+    transformers`` for ``{convention: transformers}``."""
+
+    convention: Literal["model_card", "transformers"] = Field(
+        "model_card",
+        description="Which official route's frames, pixel budget and frame times: 'model_card' "
+        "(qwen-omni-utils, then the processor, as the model cards call them) or 'transformers' "
+        "(the processor's own do_sample_frames).",
+    )
+    builder: Literal["patchwork", "processor"] = Field(
+        "patchwork",
+        description="'patchwork': patchwork builds the inputs by the convention's rules (no "
+        "torchvision needed); 'processor': the family's official processor, built from the "
+        "checkpoint folder, builds them (needs torchvision, torchcodec and, for the model-card "
+        "route, qwen-omni-utils).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        if value == "processor":
+            return {"builder": "processor"}
+        if value in ("model_card", "transformers"):
+            return {"convention": value}
+        return value
+
+
 class DatasetSpec(_Strict):
     """Where the samples come from: a named generator or a manifest of media files."""
 
@@ -203,7 +256,7 @@ class DatasetSpec(_Strict):
         None, description="A JSONL or CSV file listing samples (paths relative to the study file)."
     )
     samples: int = Field(16, ge=1, le=1_000_000, description="How many samples (generators only).")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Which samples (generators).")
     max_seconds: float = Field(
         600.0, gt=0, le=7200, description="Longest clip (or `seconds`) a manifest run may have."
     )
@@ -278,7 +331,9 @@ class ActivationPatching(_Strict):
     layers: Literal["all"] | tuple[int, ...] = Field(
         "all", description="'all', or a list of layer indices and ranges like '4-7'."
     )
-    window: int = Field(1, ge=1, description="Consecutive layers patched together.")
+    window: int = Field(
+        1, ge=1, le=MAX_LAYER_INDEX + 1, description="Consecutive layers patched together."
+    )
     position_groups: tuple[PositionGroup, ...] = Field(
         ("audio", "video", "text", "answer"), min_length=1
     )
@@ -291,7 +346,10 @@ class ActivationPatching(_Strict):
         "the estimate's agreement with them.",
     )
     verify_top_k: int = Field(
-        16, ge=1, description="attribution+verify: top-estimated cells checked per sample."
+        16,
+        ge=1,
+        le=1_000_000,
+        description="attribution+verify: top-estimated cells checked per sample.",
     )
     verify_budget: float = Field(
         0.3,
@@ -375,7 +433,10 @@ class KnockoutRule(_Strict):
         "layers of the sliding windows. " + _LAYERS_DOC,
     )
     window: int | None = Field(
-        None, ge=1, description="Sweep: one knockout per first layer, blocking `window` layers."
+        None,
+        ge=1,
+        le=MAX_LAYER_INDEX + 1,
+        description="Sweep: one knockout per first layer, blocking `window` layers.",
     )
     self_pairs: Literal["keep", "block"] = Field(
         "block",
@@ -550,27 +611,56 @@ class HeadPatching(_Strict):
 
 
 class PathPatching(_Strict):
-    """The source run's signal from a position group's residual stream after a layer, through
-    the values one later head reads, to the answer, every other path frozen to the target run."""
+    """The source run's signal from a sender (a position group's residual stream after a layer,
+    an MLP's output or a head's output there) through one later head's queries, keys or values
+    to the answer, the rest frozen to the target run as ``freeze`` says (Wang et al. 2022)."""
 
     kind: Literal["path_patching"]
     source: str = Field("clean", alias="from", description="The run the signal comes from.")
     target: str = Field("conflict", alias="into", description="The run it is patched into.")
     sender_group: PositionGroup = Field(
-        "video", description="The positions whose residual stream sends the signal."
+        "video", description="The positions at which the sender takes the source run's value."
+    )
+    senders: tuple[Literal["residual", "mlp", "heads"], ...] = Field(
+        ("residual",),
+        min_length=1,
+        description="What sends, at each sender layer: residual (the whole residual stream "
+        "after the layer), mlp (the layer's MLP output), heads (each of sender_heads' outputs).",
     )
     sender_layers: Literal["all"] | tuple[int, ...] = Field(
-        "all", description="Layers after which the sender is read. " + _LAYERS_DOC
+        "all", description="Layers whose components send. " + _LAYERS_DOC
+    )
+    sender_heads: Literal["all"] | tuple[int, ...] = Field(
+        "all", description="With senders: heads — which query heads send (indices, 'a-b' ranges)."
+    )
+    receivers: tuple[Literal["queries", "keys", "values"], ...] = Field(
+        ("values",),
+        min_length=1,
+        description="Which input of each receiving query head reads the sender's signal.",
     )
     receiver_layers: Literal["all"] | tuple[int, ...] = Field(
         "all", description="Layers whose heads receive it (later than the sender's). " + _LAYERS_DOC
     )
+    freeze: Literal["attention", "attention+mlp"] = Field(
+        "attention",
+        description="What stays at the target run's value between sender and receiver: "
+        "attention (every other attention head; MLPs and norms recomputed, as Wang et al. 2022 "
+        "define path patching) or attention+mlp (MLPs too: only the residual stream carries the "
+        "signal: patchwork's path patching before issue 27).",
+    )
 
-    _layers = field_validator("sender_layers", "receiver_layers", mode="before")(_parse_layers)
+    _layers = field_validator("sender_layers", "receiver_layers", "sender_heads", mode="before")(
+        _parse_layers
+    )
+    _unique = field_validator("senders", "receivers")(_unique_groups)
 
     @property
     def run_names(self) -> tuple[str, ...]:
         return (self.source, self.target)
+
+
+#: Largest multiple of a steering direction (the mean difference itself is 1).
+MAX_ALPHA = 10_000.0
 
 
 class Steering(_Strict):
@@ -607,8 +697,10 @@ class Steering(_Strict):
     @field_validator("alphas")
     @classmethod
     def _distinct_alphas(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if len(set(value)) != len(value) or not all(math.isfinite(a) for a in value):
-            raise ValueError(f"expected distinct finite numbers, got {list(value)}")
+        if len(set(value)) != len(value) or not all(abs(a) <= MAX_ALPHA for a in value):
+            raise ValueError(
+                f"expected distinct numbers in [-{MAX_ALPHA:g}, {MAX_ALPHA:g}], got {list(value)}"
+            )
         return value
 
     @property
@@ -694,12 +786,22 @@ class AnalysisSpec(_Strict):
 class Execution(_Strict):
     """How the sweep runs: batch of patched conditions per forward, samples per stored unit."""
 
-    batch_size: int = Field(16, ge=1, description="Patched conditions per batched forward.")
-    unit_size: int = Field(8, ge=1, description="Samples per work unit (= one store chunk).")
-    seed: int = 0
+    batch_size: int = Field(
+        16, ge=1, le=65_536, description="Patched conditions per batched forward."
+    )
+    unit_size: int = Field(
+        8, ge=1, le=1_000_000, description="Samples per work unit (= one store chunk)."
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of a run's random draws (noise-floor partners, steering's fit samples).",
+    )
     threads: int = Field(
         1,
         ge=1,
+        le=1024,
         description="torch CPU threads per process (each Dask worker too). 1 is fastest on a "
         "shared machine and no slower on an idle 2-core one (benchmarks/threads.py); raise it for "
         "large models on many idle cores. Not part of the study hash: a run may resume with "
@@ -710,7 +812,7 @@ class Execution(_Strict):
         description="Patched runs start at the patched layer and position, reusing the target "
         "run's cached layer inputs, keys and values (exact; for adapters that support it).",
     )
-    resources: dict[str, float] = Field(
+    resources: dict[str, Annotated[float, Field(ge=0, le=1_000_000)]] = Field(
         default_factory=dict,
         description="Dask worker resources each unit needs, e.g. {GPU: 1} (distributed runs).",
     )
@@ -731,6 +833,7 @@ class Study(_Strict):
     )
     question: str = "what do you hear"
     chat: ChatSpec = Field(default_factory=ChatSpec)
+    inputs: InputsSpec = Field(default_factory=InputsSpec)
     interventions: tuple[Intervention, ...] = Field(min_length=1)
     metrics: tuple[Metric, ...] = Field(METRICS, min_length=1)
     execution: Execution = Field(default_factory=Execution)
