@@ -380,6 +380,20 @@ def plot_heads(results: xr.Dataset) -> Figure:
     return figure
 
 
+#: The dimensions of a path, in ``path_effect``'s order.
+PATH_DIMS = ("sender", "sender_layer", "receiver_layer", "receiver_head", "receiver_input")
+
+
+def path_effects(results: xr.Dataset) -> xr.DataArray:
+    """``path_effect`` with every dimension of :data:`PATH_DIMS`: a store written before senders
+    and receivers had kinds (issue 27) holds residual senders into values only."""
+    effect = results["path_effect"]
+    for dim, only in (("sender", "residual"), ("receiver_input", "values")):
+        if dim not in effect.dims:
+            effect = effect.expand_dims({dim: [only]})
+    return effect.transpose("sample", *PATH_DIMS, ...)
+
+
 def rank_paths(
     results: xr.Dataset,
     confidence: float = 0.95,
@@ -387,50 +401,81 @@ def rank_paths(
     seed: int = 0,
     floor: float = DEFAULT_FIXED_FLOOR,
 ) -> pd.DataFrame:
-    """Paths (sender layer → receiving head's values) ranked by the share of the clean–conflict
-    logit-difference gap they restore, Σ(patched − target) / Σ(source − target) over samples,
-    with a percentile bootstrap interval and the noise floor (as :func:`rank_heads`). Columns:
-    rank, sender_layer, receiver_layer, receiver_head, restored, ci_low, ci_high, n_samples,
+    """Paths (sender of a layer → one receiving head's queries, keys or values) ranked by the
+    share of the clean–conflict logit-difference gap they restore, Σ(patched − target) /
+    Σ(source − target) over samples, with a percentile bootstrap interval and the noise floor (as
+    :func:`rank_heads`). Columns: rank, sender ('residual', 'mlp', 'head h'), sender_layer,
+    receiver_layer, receiver_head, receiver_input, restored, ci_low, ci_high, n_samples,
     simultaneous_low, floor, above_floor."""
     done = _done(results)
-    patched = done["path_effect"].sel(metric="logit_diff")
+    patched = path_effects(done).sel(metric="logit_diff")
     base = done["path_baseline"].sel(metric="logit_diff")
     source, target = base.isel(path_run=0, drop=True), base.isel(path_run=1, drop=True)
-    paths = patched.stack(path=("sender_layer", "receiver_layer", "receiver_head"))
+    paths = patched.stack(path=PATH_DIMS)
     paths = paths.isel(path=(paths["receiver_layer"] > paths["sender_layer"]).values)
     frame = _gap_ranking(paths, target, source, "restored", confidence, n_resamples, seed, floor)
-    columns = ["rank", "sender_layer", "receiver_layer", "receiver_head", "restored"]
+    columns = ["rank", *PATH_DIMS, "restored"]
     return frame[[*columns, "ci_low", "ci_high", "n_samples", *NOISE_COLUMNS]]
 
 
+def sender_name(sender: str, layer: int) -> str:
+    """A sender as people read it: 'residual after 2', 'mlp 2', 'head 2:1'."""
+    if sender == "residual":
+        return f"residual after {layer}"
+    if sender.startswith("head "):
+        return f"head {layer}:{sender.split()[1]}"
+    return f"{sender} {layer}"
+
+
 def plot_paths(results: xr.Dataset) -> Figure:
-    """Sender layer × receiving head (layer:head) heatmap of the share of the gap each path
-    restores (:func:`rank_paths`); blank where the receiver does not follow the sender."""
+    """One panel per receiver input (queries, keys, values): sender (kind and layer) × receiving
+    head (layer:head) heatmap of the share of the gap each path restores
+    (:func:`rank_paths`); blank where the receiver does not follow the sender."""
     frame = rank_paths(results, n_resamples=1)
     frame["receiver"] = [
         f"{layer}:{head}"
         for layer, head in zip(frame["receiver_layer"], frame["receiver_head"], strict=True)
     ]
-    order = [
-        f"{layer}:{head}"
-        for layer in results["receiver_layer"].values
-        for head in results["receiver_head"].values
+    frame["sending"] = [
+        sender_name(sender, layer)
+        for sender, layer in zip(frame["sender"], frame["sender_layer"], strict=True)
     ]
-    grid = frame.pivot(index="sender_layer", columns="receiver", values="restored")
-    grid = grid.reindex(columns=[label for label in order if label in grid.columns])
+    effect = path_effects(results)
+    columns = [
+        f"{layer}:{head}"
+        for layer in effect["receiver_layer"].values
+        for head in effect["receiver_head"].values
+    ]
+    senders = [str(sender) for sender in effect["sender"].values]
+    layers = [int(layer) for layer in effect["sender_layer"].values]
+    heads = [sender for sender in senders if sender.startswith("head ")]
+    rows = [
+        sender_name(sender, layer) for sender in senders if sender not in heads for layer in layers
+    ] + [sender_name(sender, layer) for layer in layers for sender in heads]
+    inputs = [str(name) for name in effect["receiver_input"].values]
     limit = float(frame["restored"].abs().max()) or 1.0
-    figure = Figure(figsize=(max(6.0, 0.28 * grid.shape[1] + 2), 3.6), layout="constrained")
-    ax = figure.subplots()
-    sns.heatmap(
-        grid,
-        ax=ax,
-        cmap="vlag",
-        vmin=-limit,
-        vmax=limit,
-        cbar_kws={"label": "share of the gap restored"},
-    )
-    ax.set_xlabel("receiving head (layer:head), through its values")
-    ax.set_ylabel("sender: residual after layer")
-    ax.set_title("sender → receiving head's values → answer")
-    ax.invert_yaxis()
+    width = max(6.0, 0.28 * len(columns) + 2)
+    height = max(3.6, 0.22 * len(rows) + 1.5)
+    figure = Figure(figsize=(width * len(inputs), height), layout="constrained")
+    axes = figure.subplots(1, len(inputs), squeeze=False)[0]
+    for ax, name in zip(axes, inputs, strict=True):
+        part = frame[frame["receiver_input"] == name]
+        grid = part.pivot(index="sending", columns="receiver", values="restored")
+        grid = grid.reindex(
+            index=[row for row in rows if row in grid.index],
+            columns=[column for column in columns if column in grid.columns],
+        )
+        sns.heatmap(
+            grid,
+            ax=ax,
+            cmap="vlag",
+            vmin=-limit,
+            vmax=limit,
+            cbar=ax is axes[-1],
+            cbar_kws={"label": "share of the gap restored"},
+        )
+        ax.set_xlabel(f"receiving head (layer:head), through its {name}")
+        ax.set_ylabel("sender" if ax is axes[0] else "")
+        ax.set_title(f"→ {name}")
+    figure.suptitle("sender → receiving head → answer")
     return figure

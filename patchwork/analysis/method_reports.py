@@ -373,7 +373,7 @@ class HeadPatchingReport(Report):
 
 
 class PathPatchingReport(Report):
-    """The sender → receiving-head paths that restore most of the gap."""
+    """The sender → receiving-head input paths that restore most of the gap."""
 
     kind = "path_patching"
     variables = ("path_effect", "path_baseline")
@@ -388,19 +388,27 @@ class PathPatchingReport(Report):
         frame = figures.rank_paths(results, n_resamples=n_resamples, seed=seed).head(2 * TOP)
         floor = float(frame["floor"].iloc[0])
         frame = frame.assign(
-            sender=frame["sender_layer"],
+            sender=[
+                figures.sender_name(sender, layer)
+                for sender, layer in zip(frame["sender"], frame["sender_layer"], strict=True)
+            ],
             receiver=[
-                f"{layer}:{head}"
-                for layer, head in zip(frame["receiver_layer"], frame["receiver_head"], strict=True)
+                f"{layer}:{head} {name}"
+                for layer, head, name in zip(
+                    frame["receiver_layer"],
+                    frame["receiver_head"],
+                    frame["receiver_input"],
+                    strict=True,
+                )
             ],
         )[["rank", "sender", "receiver", *_RANK_COLUMNS]]
         used, total = _counts(results)
         return describe_summary(
             frame.reset_index(drop=True),
             self.kind,
-            f"path patching: the top {2 * TOP} paths, sender layer → receiving head "
-            f"(layer:head) through its values (above_floor: above the noise floor of {floor:.2f} "
-            "for every path at once)",
+            f"path patching: the top {2 * TOP} paths, sender → receiving head (layer:head) "
+            f"through its queries, keys or values (above_floor: above the noise floor of "
+            f"{floor:.2f} for every path at once)",
             _GAP_SHARE,
             used,
             total,

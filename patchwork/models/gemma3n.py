@@ -107,6 +107,13 @@ class Gemma3nAdapter(ModelAdapter):
     def batch_axis(self, component: str) -> int:
         return 1 if component == "residual" else 0
 
+    def shares_key_values(self, layer: int) -> bool:
+        """Decoder layer ``layer`` reuses the keys and values an earlier layer computed (KV
+        sharing, the config's ``kv_sharing_modes``: 'reuse'), so its attention has no k_proj or
+        v_proj (path patching: :mod:`patchwork.patching.paths`)."""
+        modes = getattr(self.config.get_text_config(), "kv_sharing_modes", None) or ()
+        return layer < len(modes) and modes[layer] == "reuse"
+
     def merge_streams(self, residual: torch.Tensor) -> torch.Tensor:
         """(streams, seq, hidden) → (seq, hidden), as the text model merges its AltUp streams
         after the last layer: streams 1… projected back and rescaled to stream 0's magnitude,
