@@ -301,7 +301,7 @@ def main() -> None:
     if args.child:
         child(*args.child, quick=args.quick)
         return
-    from patchwork.study.schema import ActivationPatching
+    from patchwork.study.entries import ActivationPatching
 
     default_budget = ActivationPatching.model_fields["verify_budget"].default
     rows = []

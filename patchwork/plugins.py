@@ -25,6 +25,8 @@ from patchwork.errors import PatchworkError
 
 FAMILIES = "patchwork.families"
 METHODS = "patchwork.methods"
+#: Study ``kind`` → the pydantic model of its study entry (torch-free; read by the schema).
+ENTRIES = "patchwork.entries"
 REPORTS = "patchwork.reports"
 
 

@@ -20,7 +20,7 @@ from patchwork.models.adapter import ModelAdapter
 from patchwork.models.checkpoint import ConfigError, build_empty, check_folder, read_config
 from patchwork.models.generic import GenericAdapter
 from patchwork.models.qwen2_5_omni import seeded_thinker
-from patchwork.study.schema import ModelSpec, RandomInit
+from patchwork.study.specs import ModelSpec, RandomInit
 
 #: Files whose presence in a checkpoint directory means it ships a tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")

@@ -352,7 +352,7 @@ def checkpoint_model(checkpoint: str, family: str | None = None) -> LoadedModel:
     """A checkpoint's tokenizer and its model built on the meta device (no weights read), to
     check words and layouts against; ``family`` defaults to the one its config names."""
     from patchwork.loading.model import load_model
-    from patchwork.study.schema import ModelSpec
+    from patchwork.study.specs import ModelSpec
 
     if family is None:
         family = "qwen2_5_omni"

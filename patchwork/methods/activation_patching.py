@@ -51,7 +51,8 @@ from patchwork.patching.patcher import (
     sweep_conditions,
 )
 from patchwork.store.zarr_store import ArraySpec
-from patchwork.study.schema import METRICS, ActivationPatching
+from patchwork.study.entries import ActivationPatching
+from patchwork.study.specs import METRICS
 
 EFFECT_DIMS = ("sample", "layer", "position_group", "component", "metric")
 NULL_DIMS = ("sample", "partner", *EFFECT_DIMS[1:])

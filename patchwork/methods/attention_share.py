@@ -24,7 +24,7 @@ from patchwork.models.adapter import ModelAdapter
 from patchwork.models.attention import decoder_attention
 from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
-from patchwork.study.schema import AttentionShare
+from patchwork.study.entries import AttentionShare
 
 
 def attention_weights(

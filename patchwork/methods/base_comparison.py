@@ -23,7 +23,7 @@ from patchwork.loading.model import LoadedModel, load_model
 from patchwork.methods.method import Method
 from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
-from patchwork.study.schema import BaseComparison
+from patchwork.study.entries import BaseComparison
 
 
 def next_token_log_probs(loaded_root: torch.nn.Module, forward: dict) -> torch.Tensor:

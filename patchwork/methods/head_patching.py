@@ -30,7 +30,8 @@ from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_row
 from patchwork.patching.partial_forward import ResumePatcher, first_position
 from patchwork.patching.patcher import Condition, Patcher
 from patchwork.store.zarr_store import ArraySpec
-from patchwork.study.schema import METRICS, HeadPatching
+from patchwork.study.entries import HeadPatching
+from patchwork.study.specs import METRICS
 
 
 class HeadPatchingMethod(SourceIntoTarget):

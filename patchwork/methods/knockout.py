@@ -47,7 +47,8 @@ from patchwork.patching.heads import head_count
 from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_rows
 from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
-from patchwork.study.schema import METRICS, AttentionKnockout
+from patchwork.study.entries import AttentionKnockout
+from patchwork.study.specs import METRICS
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from patchwork.methods.method import Method
 from patchwork.models.adapter import ModelAdapter
 from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
-from patchwork.study.schema import LogitLens
+from patchwork.study.entries import LogitLens
 
 ANSWERS = ("audio", "visual")
 

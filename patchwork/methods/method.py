@@ -26,7 +26,8 @@ from patchwork.errors import DataError, StudyError
 from patchwork.loading.model import LoadedModel
 from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
-from patchwork.study.schema import METRICS, PluginIntervention, Study
+from patchwork.study.schema import PluginIntervention, Study
+from patchwork.study.specs import METRICS
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from patchwork.patching.paths import (
     record,
 )
 from patchwork.store.zarr_store import ArraySpec
-from patchwork.study.schema import METRICS, PathPatching
+from patchwork.study.entries import PathPatching
+from patchwork.study.specs import METRICS
 
 #: A path: the frozen row of its sender and receiver input, the receiving layer and query head.
 Path = tuple[FrozenRow, int, int]

@@ -24,7 +24,7 @@ from patchwork.data.sample import Sample
 from patchwork.methods.method import Method
 from patchwork.patching.patcher import Patcher
 from patchwork.store.zarr_store import ArraySpec
-from patchwork.study.schema import Probes
+from patchwork.study.entries import Probes
 
 
 class ProbesMethod(Method):

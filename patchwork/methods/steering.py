@@ -39,7 +39,8 @@ from patchwork.patching.batches import Batches
 from patchwork.patching.metrics import answer_metrics, baseline_rows, metric_rows
 from patchwork.patching.patcher import Activations, Patcher
 from patchwork.store.zarr_store import ArraySpec
-from patchwork.study.schema import METRICS, Steering
+from patchwork.study.entries import Steering
+from patchwork.study.specs import METRICS
 
 DIRECTIONS = ("mean_difference", "shuffled")
 

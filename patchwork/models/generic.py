@@ -26,7 +26,7 @@ from torch import nn
 from patchwork.data.sample import ModelInputs, RunMedia
 from patchwork.errors import DataError, ModelError
 from patchwork.models.adapter import ModelAdapter, _attribute, empty_model, text_and_answer
-from patchwork.study.schema import GenericSpec, parse_id_ranges
+from patchwork.study.specs import GenericSpec, parse_id_ranges
 
 
 class GenericAdapter(ModelAdapter):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from patchwork.study.schema import METRICS
+from patchwork.study.specs import METRICS
 
 #: Denominators of normalized_effect smaller than this give NaN rather than a huge ratio.
 MIN_GAP = 1e-6

@@ -18,7 +18,7 @@ def parse_layer_span(text: str | None, num_layers: int, option: str) -> tuple[in
     """``"A:B"`` or ``"A-B"`` (as study files write ranges) → (A, B), both inclusive, checked
     against ``num_layers``; None passes through."""
     from patchwork.errors import PatchworkError
-    from patchwork.study.schema import parse_range
+    from patchwork.study.specs import parse_range
 
     if text is None or text == "":
         return None

@@ -9,7 +9,8 @@ from patchwork import ModelError
 from patchwork.loading.generators import random_sample
 from patchwork.loading.model import RANDOM_SPECIALS, load_model
 from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter, audio_token_count
-from patchwork.study.schema import ModelSpec, RandomInit, RunSpec
+from patchwork.study.schema import RunSpec
+from patchwork.study.specs import ModelSpec, RandomInit
 
 RUNS = {"clean": RunSpec(picture="blank"), "conflict": RunSpec(picture="other_category")}
 

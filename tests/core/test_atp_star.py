@@ -22,7 +22,8 @@ from patchwork.patching.atp_star import (
 )
 from patchwork.patching.attribution import linearize, site_changes
 from patchwork.patching.patcher import Patcher, sweep_conditions
-from patchwork.study.schema import ModelSpec, RandomInit, RunSpec
+from patchwork.study.schema import RunSpec
+from patchwork.study.specs import ModelSpec, RandomInit
 
 from . import reference
 

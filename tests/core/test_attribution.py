@@ -20,7 +20,8 @@ from patchwork.patching.attribution import (
     spearman,
 )
 from patchwork.patching.patcher import Patcher, sweep_conditions
-from patchwork.study.schema import ModelSpec, RandomInit, RunSpec
+from patchwork.study.schema import RunSpec
+from patchwork.study.specs import ModelSpec, RandomInit
 
 from . import reference
 from .helpers import study_text

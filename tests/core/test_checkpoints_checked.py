@@ -183,7 +183,7 @@ def _family_model(family: str, folder: Path):
     """The model class transformers loads the folder into, and the folder's empty model."""
     from patchwork.loading.model import adapter_class
     from patchwork.models.adapter import empty_model
-    from patchwork.study.schema import ModelSpec
+    from patchwork.study.specs import ModelSpec
 
     config = read_config(folder)
     if family == "testbed":

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from patchwork.study.schema import MAX_SEED
+from patchwork.study.specs import MAX_SEED
 
 from .helpers import SMOKE, study_text
 from .hostile import patchwork_main, refused

@@ -16,7 +16,8 @@ from patchwork.loading.generators import random_sample
 from patchwork.loading.model import load_model
 from patchwork.patching.metrics import answer_metrics
 from patchwork.patching.patcher import Patcher, sweep_conditions
-from patchwork.study.schema import ModelSpec, RandomInit, RunSpec
+from patchwork.study.schema import RunSpec
+from patchwork.study.specs import ModelSpec, RandomInit
 
 from ..tolerance import normalized_effect_tolerance
 from . import reference
@@ -279,8 +280,8 @@ def test_sliding_window_layers_take_full_traces(tmp_path: Path) -> None:
     runs are not resumed, and the exact path then equals the model's own masking."""
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration as Thinker
 
-    from patchwork.patching.exact import ExactRunner
     from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter
+    from patchwork.patching.exact import ExactRunner
     from patchwork.patching.partial_forward import ResumePatcher
 
     spec = RandomInit(layers=3, hidden_size=32, heads=2, kv_heads=1, seed=4)

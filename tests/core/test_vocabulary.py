@@ -15,7 +15,7 @@ import pytest
 from patchwork.data import media
 from patchwork.errors import ModelError
 from patchwork.loading.model import LoadedModel, load_model
-from patchwork.study.schema import ModelSpec
+from patchwork.study.specs import ModelSpec
 from patchwork.testbed import world
 
 

@@ -61,7 +61,7 @@ def qwen2_5_omni_checkpoint(folder: Path) -> Path:
     """A 3-layer Qwen2.5-Omni thinker (hidden 32); 10 time positions per 1 s chunk, so that a
     2 s clip interleaves in several chunks."""
     from patchwork.loading.model import random_thinker
-    from patchwork.study.schema import RandomInit
+    from patchwork.study.specs import RandomInit
 
     model = random_thinker(RandomInit(layers=3, hidden_size=32, heads=2, kv_heads=1, seed=2))
     model.config.seconds_per_chunk = 1

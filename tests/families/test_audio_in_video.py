@@ -12,7 +12,7 @@ from patchwork.data import containers
 from patchwork.loading.model import load_model
 from patchwork.models.qwen2_5_omni import chunk_bounds, fit_frames
 from patchwork.models.qwen3_omni import Qwen3OmniAdapter
-from patchwork.study.schema import ModelSpec
+from patchwork.study.specs import ModelSpec
 
 #: 2 s clip at 2 fps -> grid (2, 8, 8): 16 video tokens per grid step, 1 s apart.
 #: Qwen2.5-Omni (test config: 10 positions per second, 1 s chunks): 50 audio tokens, in chunks.

@@ -125,7 +125,7 @@ def test_the_inputs_section_and_its_short_forms() -> None:
 )
 def test_the_processor_builder_without_torchvision_is_one_line(checkpoint) -> None:
     from patchwork.loading.model import load_model
-    from patchwork.study.schema import ModelSpec
+    from patchwork.study.specs import ModelSpec
 
     loaded = load_model(
         ModelSpec(family="qwen2_5_omni", checkpoint=str(checkpoint("qwen2_5_omni")))

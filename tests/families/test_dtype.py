@@ -14,7 +14,7 @@ import transformers
 from patchwork import load_study
 from patchwork.engine.runner import load_samples
 from patchwork.loading.model import load_model
-from patchwork.study.schema import ModelSpec
+from patchwork.study.specs import ModelSpec
 from patchwork.testbed import checkpoint_path
 
 from . import builders
@@ -79,7 +79,7 @@ def test_the_testbed_loads_as_transformers_loads_it(dtype: str) -> None:
 
 
 def test_a_bfloat16_random_init_keeps_float32_rotary_frequencies() -> None:
-    from patchwork.study.schema import RandomInit
+    from patchwork.study.specs import RandomInit
 
     spec = RandomInit(layers=2, hidden_size=32, heads=2, kv_heads=1)
     loaded = load_model(ModelSpec(random_init=spec, dtype="bfloat16"))

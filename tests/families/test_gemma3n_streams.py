@@ -13,7 +13,7 @@ from patchwork import ModelError
 from patchwork.data import containers
 from patchwork.loading.model import load_model
 from patchwork.patching.patcher import Condition, Patcher
-from patchwork.study.schema import ModelSpec
+from patchwork.study.specs import ModelSpec
 
 from . import reference
 

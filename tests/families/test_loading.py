@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from patchwork import ModelError
 from patchwork.loading.model import load_model
-from patchwork.study.schema import ModelSpec
+from patchwork.study.specs import ModelSpec
 
 from . import checkpoints
 

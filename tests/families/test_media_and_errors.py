@@ -12,7 +12,7 @@ from patchwork import DataError, ModelError, PatchworkError, StudyError, load_st
 from patchwork.data import containers
 from patchwork.data.conventions import VideoSampling
 from patchwork.loading.model import load_model
-from patchwork.study.schema import ModelSpec
+from patchwork.study.specs import ModelSpec
 
 from . import builders
 

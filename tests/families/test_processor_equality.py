@@ -21,7 +21,7 @@ from patchwork.errors import DataError
 from patchwork.loading.model import load_model
 from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter, fitted_size, vision_patches
 from patchwork.models.qwen3_omni import Qwen3OmniAdapter, qwen3_audio_token_count
-from patchwork.study.schema import ModelSpec
+from patchwork.study.specs import ModelSpec
 
 #: Clip lengths in samples at 16 kHz: shorter than a hop, not a multiple of it, 1 s, 10 s (the
 #: reference study's clips), just under and exactly the 30 s of the default extractor.

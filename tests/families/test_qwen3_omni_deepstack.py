@@ -11,7 +11,7 @@ from patchwork.data import containers
 from patchwork.loading.model import load_model
 from patchwork.models.adapter import ModelAdapter
 from patchwork.patching.patcher import Condition, Patcher
-from patchwork.study.schema import ModelSpec
+from patchwork.study.specs import ModelSpec
 
 from . import reference
 

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from patchwork.loading.model import load_model
 from patchwork.methods.knockout import Knockout, generate_with_knockout
-from patchwork.study.schema import ModelSpec, RandomInit, RunSpec
+from patchwork.study.schema import RunSpec
+from patchwork.study.specs import ModelSpec, RandomInit
 
 from ..tolerance import normalized_effect_tolerance
 from . import reference
