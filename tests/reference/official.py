@@ -37,15 +37,20 @@ QWEN3_SPECIALS = {
     "<|audio_pad|>": 151675,
 }
 WORDS = "what do you hear see the sound ? in this clip".split()
+#: The words the Qwen chat template writes around a user turn (its default system turn).
+CHAT_WORDS = "system You are a helpful assistant. user assistant".split()
 
 
-def _tokenizer(specials: dict[str, int], extra: dict[str, str]):
+def _tokenizer(specials: dict[str, int], extra: dict[str, str], words: list[str] = WORDS):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<unk>": 0, **{word: 10 + index for index, word in enumerate(WORDS)}, **specials}
+    vocab = {"<unk>": 0, **{word: 10 + index for index, word in enumerate(words)}, **specials}
     model = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     model.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # every special token split off the words around it, as in the real tokenizer
+    # ("<|im_start|>system" is two tokens)
+    model.add_special_tokens(list(specials))
     return PreTrainedTokenizerFast(
         tokenizer_object=model,
         unk_token="<unk>",
@@ -55,9 +60,9 @@ def _tokenizer(specials: dict[str, int], extra: dict[str, str]):
     )
 
 
-def qwen2_5_omni_folder(folder: Path) -> Path:
+def qwen2_5_omni_folder(folder: Path, words: list[str] = WORDS) -> Path:
     """Qwen2.5-Omni-7B's published config, preprocessor config and chat template, and a
-    word-level tokenizer with the real special-token ids."""
+    word-level tokenizer of ``words`` with the real special-token ids."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(FIXTURES / "qwen2_5_omni_7b.json", folder / "config.json")
     shutil.copy(
@@ -74,7 +79,7 @@ def qwen2_5_omni_folder(folder: Path) -> Path:
         "audio_bos_token": "<|audio_bos|>",
         "audio_eos_token": "<|audio_eos|>",
     }
-    _tokenizer(QWEN_SPECIALS, extra).save_pretrained(folder)
+    _tokenizer(QWEN_SPECIALS, extra, words).save_pretrained(folder)
     return folder
 
 
