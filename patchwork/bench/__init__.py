@@ -3,9 +3,15 @@ the picture's route planted where it is known, and every method graded on how we
 
 Organisms (:data:`SUITE`): the shipped ``testbed-windowed`` (the text reads video only in layers
 4–5) and ``testbed-heads`` (the answer reads it only through heads 4:1 and 4:3), windows at other
-depths and widths trained by the stopping recipe (cached under the output folder), and a control
-without suppression (trained with a third of the conflicts labelled with their sound: the picture
-does not win, so there is nothing to find).
+depths and widths trained by the stopping recipe (cached under the output folder), and two
+controls: ``control`` (``testbed-windowed``, whose picture wins every conflict, patched at its
+audio positions — they come before the video, so patching them can restore nothing) and
+``sound wins`` (trained with a third of the conflicts labelled with their sound: no clip has a
+suppression to undo).
+
+Which clips count (:func:`~patchwork.bench.suite.usable_mask`): those whose clean run prefers the
+audio answer and whose conflict run the picture's, by a gap worth a ratio; a grade read from
+fewer than :data:`~patchwork.bench.suite.MIN_USABLE` of them is ``untestable``, never a pass.
 
 Grades, per organism and method (:func:`grade`):
 
@@ -13,21 +19,35 @@ Grades, per organism and method (:func:`grade`):
   ``attribution``, ``attribution+verify``): :func:`~patchwork.analysis.windows.locate`'s status
   and window, the *error* in layers (how many located layers lie outside the planted window; 0 =
   recovered exactly), and the *AUROC* of each clip's per-layer steps of the restored answer
-  against the planted layers (mean over clips);
+  against the planted layers (mean over clips; ties within
+  :data:`~patchwork.analysis.ground_truth.TIE_TOLERANCE` count half);
 - window organisms, attention knockout: the recovery (normalized effect) when the text's access
   to the picture is blocked inside the planted window, and outside it (by construction ≈ 0);
 - head organisms: head patching and single-head knockout graded by
   :func:`~patchwork.analysis.ground_truth.planted_recovery` (clips whose first-ranked head is
   planted, the planted heads' share of the restoration);
-- the control: ``nothing`` when ``locate`` finds no window (or no clip has a gap worth a
-  normalized effect), ``spurious`` otherwise.
+- controls: ``nothing`` when ``locate`` finds no window, ``spurious`` when it finds one;
+- every ranking of cells (layers, heads) on the organisms with a truth: faithfulness curves and
+  their areas ``cpr``, ``cmd``, ``bottom_area`` (:mod:`patchwork.bench.faithfulness`), beside the
+  planted truth's own.
 
-:func:`run_bench` writes ``bench.zarr`` (an :class:`xarray.Dataset`) and a
-figure into the output folder (dimensions ``organism`` and ``technique``: the method graded).
+:func:`run_bench` writes ``bench.zarr`` (an :class:`xarray.Dataset`: dimensions ``organism`` and
+``technique``, the method graded; the curves also over ``ranked`` and ``k``), ``bench.png`` and
+``faithfulness.png`` into the output folder.
 """
 
 from __future__ import annotations
 
-from patchwork.bench.suite import SUITE, Organism, grade, run_bench
+from patchwork.bench.figures import grade_frame, reference_lines
+from patchwork.bench.run import run_bench
+from patchwork.bench.suite import MIN_USABLE, SUITE, Organism, grade
 
-__all__ = ["SUITE", "Organism", "grade", "run_bench"]
+__all__ = [
+    "MIN_USABLE",
+    "SUITE",
+    "Organism",
+    "grade",
+    "grade_frame",
+    "reference_lines",
+    "run_bench",
+]

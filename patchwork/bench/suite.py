@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from patchwork.errors import PatchworkError
+from patchwork.analysis.results import MIN_SAMPLES
 
 PATCHING_METHODS = ("exact", "attribution", "attribution+verify")
 METHODS = (*PATCHING_METHODS, "knockout", "head_patching", "head_knockout")
@@ -21,6 +21,9 @@ RECIPE: dict[str, Any] = {
     "stop_at_targets": True,
     "time_budget": 600.0,
 }
+#: A grade read from fewer usable clips than this is ``untestable``, never a pass: the bootstrap
+#: intervals and means of :mod:`patchwork.analysis` are too rough below it.
+MIN_USABLE = MIN_SAMPLES
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ class Organism:
     :class:`~patchwork.testbed.train.TrainConfig`'s fields, stage 2 from ``from_base`` when given)
     trained once and cached; ``window`` (inclusive layers where the text reads the picture),
     ``heads`` ((layer, head) pairs through which alone the answer reads it), or neither: a
-    control with nothing to find."""
+    control, whose patching of ``position_group`` (the group the patching studies patch) must
+    find nothing."""
 
     name: str
     checkpoint: str | None = None
@@ -37,6 +41,7 @@ class Organism:
     from_base: str | None = None
     window: tuple[int, int] | None = None
     heads: tuple[tuple[int, int], ...] | None = None
+    position_group: str = "answer"
 
     @property
     def slug(self) -> str:
@@ -54,6 +59,10 @@ class Organism:
 SUITE: tuple[Organism, ...] = (
     Organism("window 4-5", checkpoint="testbed-windowed", window=(4, 5)),
     Organism("heads 4:1 4:3", checkpoint="testbed-heads", heads=((4, 1), (4, 3))),
+    # The picture wins every conflict of testbed-windowed, but its audio positions come before the
+    # video in every clip: their residual stream is the same in the clean and the conflict run,
+    # so patching it can restore nothing (a null that holds exactly, yet every clip is usable).
+    Organism("control", checkpoint="testbed-windowed", position_group="audio"),
     Organism(
         "window 1",
         train={**RECIPE, "video_access_layers": (1, 1), "audio_access_layers": (0, 0)},
@@ -64,8 +73,10 @@ SUITE: tuple[Organism, ...] = (
         train={**RECIPE, "video_access_layers": (5, 6), "audio_access_layers": (0, 3)},
         window=(5, 6),
     ),
+    # Trained with a third of its conflicts labelled with their sound: its conflict runs prefer
+    # the sound, so no clip has a suppression to undo and every grade is untestable.
     Organism(
-        "control",
+        "sound wins",
         train={"audio_supervision": 0.3, "stage2_steps": 300},
         from_base="testbed-base",
     ),
@@ -109,7 +120,7 @@ interventions:
     components: [residual]
     layers: all
     window: 1
-    position_groups: [answer]
+    position_groups: [{organism.position_group}]
     noise_floor: none
     method: {method}
 """
@@ -127,6 +138,7 @@ interventions:
     rules:
       inside: {{queries: [answer, text], keys: [video], layers: {first}-{last}}}
       outside: {{queries: [answer, text], keys: [video], layers: {outside}}}
+      layer: {{queries: [answer, text], keys: [video], window: 1}}
 """
         )
     if method == "head_patching":
@@ -158,27 +170,33 @@ GRADES = (
     "outside",
     "first_planted",
     "planted_share",
+    "cpr",
+    "cmd",
+    "bottom_area",
     "samples_used",
+    "samples_total",
 )
 
 
-def grade(organism: Organism, method: str, results: xr.Dataset) -> dict[str, Any]:
+def grade(
+    organism: Organism, method: str, results: xr.Dataset, min_usable: int = MIN_USABLE
+) -> dict[str, Any]:
     """The grades of one method's results on one organism (see the package docstring); those
-    that do not apply are NaN (status: empty)."""
-    from patchwork.analysis import AnalysisError, ground_truth, locate
+    that do not apply are NaN (status: empty). Only usable clips are graded; with fewer than
+    ``min_usable`` of them the status is ``untestable`` and every other grade NaN."""
+    from patchwork.analysis import ground_truth, locate
 
     grades: dict[str, Any] = dict.fromkeys(GRADES, np.nan)
     grades["status"] = ""
+    usable = usable_mask(method, results)
+    grades["samples_used"], grades["samples_total"] = int(usable.sum()), int(usable.size)
+    if grades["samples_used"] < min_usable:
+        grades["status"] = "untestable"
+        return grades
     if method in PATCHING_METHODS:
-        try:
-            located = locate(results, n_resamples=500)
-        except AnalysisError:  # no clip's conflict run loses the audio answer: no suppression
-            grades["status"] = "nothing" if organism.window is None else "no usable clip"
-            grades["samples_used"] = 0
-            return grades
-        found = located.sel(position_group="answer", component="residual")
+        located = locate(results, n_resamples=500)
+        found = located.sel(position_group=organism.position_group, component="residual")
         status = str(found["status"].values)
-        grades["samples_used"] = int(found["n_samples"])
         if organism.window is None:
             grades["status"] = "spurious" if status == "located" else "nothing"
             return grades
@@ -187,159 +205,77 @@ def grade(organism: Organism, method: str, results: xr.Dataset) -> dict[str, Any
         if status == "located":
             start, end = int(found["start_layer"]), int(found["end_layer"])
             grades["error_layers"] = max(0, first - start) + max(0, end - last)
-        grades["auroc"] = _step_auroc(results, organism.window)
+        steps = layer_steps(results, organism.position_group).isel(sample=usable)
+        layers = steps["layer"].values
+        planted = (layers >= first) & (layers <= last)
+        grades["auroc"] = float(np.mean([ground_truth.auroc(row, planted) for row in steps.values]))
     elif method == "knockout":
-        effect = results["knockout_effect"].sel(metric="normalized_effect")
+        effect = results["knockout_effect"].sel(metric="normalized_effect").isel(sample=usable)
         labels = [str(label) for label in effect["knockout"].values]
         for rule in ("inside", "outside"):
             chosen = [label for label in labels if label.startswith(f"{rule}@")]
-            grades[rule] = float(effect.sel(knockout=chosen).mean(skipna=True))
-        grades["samples_used"] = int(effect.notnull().all("knockout").sum())
+            grades[rule] = float(effect.sel(knockout=chosen).mean())
     else:
         assert organism.heads is not None
-        restored = (
-            ground_truth.head_restoration(results)
-            if method == "head_patching"
-            else ground_truth.knockout_restoration(results, "picture")
+        graded = ground_truth.planted_recovery(
+            head_scores(method, results).isel(sample=usable), organism.heads
         )
-        graded = ground_truth.planted_recovery(restored, organism.heads)
         grades["first_planted"] = float(graded["first_planted"].mean())
         grades["planted_share"] = float(graded["planted_share"].median())
-        grades["samples_used"] = int(graded["planted_share"].notna().sum())
     return grades
 
 
-def _step_auroc(results: xr.Dataset, window: tuple[int, int]) -> float:
-    """Mean over clips of the AUROC with which each layer's step of the restored answer (the
-    normalized effect of patching after it, minus that after the layer before; 0 before layer 0)
-    picks out the planted layers."""
+def usable_mask(method: str, results: xr.Dataset) -> np.ndarray:
+    """Which clips of ``method``'s results a grade reads
+    (:func:`~patchwork.analysis.ground_truth.usable_clips` of their clean and conflict runs)."""
+    from patchwork.analysis import sample_coverage
+    from patchwork.analysis.ground_truth import usable_clips
+
+    if method in PATCHING_METHODS:  # exactly the clips locate reads
+        excluded = {sample for ids in sample_coverage(results).excluded.values() for sample in ids}
+        return np.array([str(sample) not in excluded for sample in results["sample"].values])
+    if method == "head_patching":
+        runs = results["head_baseline"].sel(metric="logit_diff")
+        clean, conflict = runs.isel(head_run=0), runs.isel(head_run=1)
+    else:
+        runs = results["knockout_baseline"].sel(metric="logit_diff")
+        clean, conflict = runs.isel(knockout_run=1), runs.isel(knockout_run=0)
+    done = results["done"].values.astype(bool) if "done" in results else True
+    return np.asarray(usable_clips(clean, conflict).values & done, dtype=bool)
+
+
+def layer_steps(results: xr.Dataset, group: str = "answer") -> xr.DataArray:
+    """(sample, layer): each layer's step of the restored answer — the normalized effect of
+    patching ``group``'s residual stream after it, minus that after the layer before (0 before
+    layer 0)."""
     effect = results["effect"].sel(
-        metric="normalized_effect", position_group="answer", component="residual"
+        metric="normalized_effect", position_group=group, component="residual"
     )
-    values = effect.transpose("sample", "layer").values.astype(np.float64)
-    steps = np.diff(values, axis=1, prepend=0.0)
-    layers = effect["layer"].values
-    planted = (layers >= window[0]) & (layers <= window[1])
-    scores = []
-    for row in steps:
-        if not np.isfinite(row).all():
-            continue
-        positive, negative = row[planted], row[~planted]
-        wins = (positive[:, None] > negative[None, :]).mean()
-        ties = (positive[:, None] == negative[None, :]).mean()
-        scores.append(wins + 0.5 * ties)
-    return float(np.mean(scores)) if scores else float("nan")
+    effect = effect.transpose("sample", "layer").sortby("layer").astype(np.float64)
+    return effect.copy(data=np.diff(effect.values, axis=1, prepend=0.0))
 
 
-def run_bench(
-    out: Path,
-    organisms: Sequence[Organism] = SUITE,
-    samples: int = 16,
-    log: Callable[[str], None] = print,
-) -> xr.Dataset:
-    """Run every organism's methods, grade them, and write ``bench.zarr`` (organism × technique)
-    and ``bench.png`` into ``out``; returns the graded dataset."""
-    from patchwork.analysis import save_figure
-    from patchwork.engine.runner import run_study
-    from patchwork.store.zarr_store import open_results
-    from patchwork.study import load_study
+def head_scores(method: str, results: xr.Dataset) -> xr.DataArray:
+    """(sample, layer, head): each head's restoration by ``head_patching`` or ``head_knockout``
+    (:mod:`~patchwork.analysis.ground_truth`)."""
+    from patchwork.analysis import ground_truth
 
-    out = Path(out)
-    if samples < 2:
-        raise PatchworkError(f"bench needs at least 2 samples per organism, got {samples}")
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for organism in organisms:
-        checkpoint = organism_path(organism, out / "organisms", log)
-        for method in organism.methods:
-            folder = out / "studies" / organism.slug
-            folder.mkdir(parents=True, exist_ok=True)
-            study_file = folder / f"{method.replace('+', '-')}.yaml"
-            study_file.write_text(study_text(organism, checkpoint, method, samples))
-            summary = run_study(load_study(study_file), store_root=out / "stores" / organism.slug)
-            rows[(organism.name, method)] = grade(
-                organism, method, open_results(summary.store).load()
-            )
-            log(f"{organism.name} · {method}: {_line(rows[(organism.name, method)])}")
-    graded = _dataset(rows, [o.name for o in organisms])
-    graded.to_zarr(out / "bench.zarr", mode="w")
-    save_figure(plot_bench(graded), out, "bench")
-    return graded
+    if method == "head_patching":
+        return ground_truth.head_restoration(results)
+    return ground_truth.knockout_restoration(results, "picture")
 
 
-def _line(grades: dict[str, Any]) -> str:
-    shown = [f"{key} {value}" for key, value in grades.items() if isinstance(value, str) and value]
-    shown += [
-        f"{key} {value:.3g}"
-        for key, value in grades.items()
-        if not isinstance(value, str) and np.isfinite(value)
-    ]
-    return ", ".join(shown)
+def cell_scores(organism: Organism, method: str, results: xr.Dataset) -> np.ndarray:
+    """``method``'s mean score over its usable clips for each of ``organism``'s faithfulness cells
+    — layers in order (window organisms: patching's layer steps, single-layer knockout's
+    restoration), or (layer, head) pairs in order (head organisms)."""
+    from patchwork.analysis import ground_truth
 
-
-def _dataset(rows: dict[tuple[str, str], dict[str, Any]], organisms: list[str]) -> xr.Dataset:
-    methods = [method for method in METHODS if any(m == method for _, m in rows)]
-    variables = {}
-    for name in GRADES:
-        text = name == "status"
-        values = np.full((len(organisms), len(methods)), "" if text else np.nan, dtype=object)
-        for (organism, method), grades in rows.items():
-            values[organisms.index(organism), methods.index(method)] = grades[name]
-        variables[name] = (("organism", "technique"), values.astype(str if text else np.float64))
-    # not "method": Dataset.sel(method=...) is the inexact-matching argument
-    return xr.Dataset(variables, coords={"organism": organisms, "technique": methods})
-
-
-#: The panels of :func:`plot_bench`: grade, title, y-axis label.
-PANELS = (
-    ("auroc", "AUROC of the layer steps\n(window organisms; 1: planted ones first)", "AUROC"),
-    ("error_layers", "located layers outside the window\n(window organisms; 0: exact)", "layers"),
-    ("first_planted", "clips whose first-ranked head is planted\n(head organisms)", "share"),
-)
-
-
-def plot_bench(graded: xr.Dataset):
-    """Per organism and method: AUROC of the layer steps and error of the located window (window
-    organisms), the clips whose first-ranked head is planted (head organisms). One colour per
-    method in every panel, named by one legend below the panels (never over a bar)."""
-    import seaborn as sns
-    from matplotlib.figure import Figure
-
-    frame = graded.to_dataframe().reset_index()
-    methods = [str(method) for method in graded["technique"].values]
-    colours = dict(zip(methods, sns.color_palette(n_colors=len(methods)), strict=True))
-    figure = Figure(figsize=(13, 4.4), layout="constrained")
-    figure.suptitle("patchwork bench: how well each method recovers the planted truth")
-    legend: dict[str, Any] = {}
-    for axes, (column, title, label) in zip(figure.subplots(1, 3), PANELS, strict=True):
-        shown = frame[np.isfinite(frame[column].astype(float))]
-        if shown.empty:
-            axes.set_axis_off()
-            continue
-        present = set(shown["technique"])
-        sns.barplot(
-            shown,
-            x="organism",
-            y=column,
-            hue="technique",
-            hue_order=[method for method in methods if method in present],
-            palette=colours,
-            ax=axes,
-        )
-        axes.set_title(title)
-        axes.set(xlabel="", ylabel=label)
-        axes.tick_params(axis="x", rotation=20)
-        for handle, method in zip(*axes.get_legend_handles_labels(), strict=True):
-            legend.setdefault(method, handle)
-        if axes.get_legend() is not None:
-            axes.get_legend().remove()
-    if legend:
-        ordered = [method for method in methods if method in legend]
-        figure.legend(
-            [legend[method] for method in ordered],
-            ordered,
-            loc="outside lower center",
-            ncols=len(ordered),
-            title="method",
-            frameon=False,
-        )
-    return figure
+    usable = usable_mask(method, results)
+    if method in PATCHING_METHODS:
+        scores = layer_steps(results, organism.position_group)
+    elif method == "knockout":
+        scores = ground_truth.layer_knockout_restoration(results, "layer")
+    else:
+        scores = head_scores(method, results).stack(cell=("layer", "head"))
+    return np.asarray(scores.isel(sample=usable).mean("sample").values, dtype=np.float64)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from patchwork.errors import PatchworkError
+
+if TYPE_CHECKING:
+    import xarray as xr
+    from rich.console import Console
+    from rich.table import Table
 
 
 def register(app: typer.Typer) -> None:
@@ -22,20 +27,22 @@ def bench_command(
         Path,
         typer.Option(help="Folder for the organisms (trained once, cached), stores and results."),
     ] = Path("bench"),
-    samples: Annotated[int, typer.Option(help="Held-out clips per organism and method.")] = 16,
+    samples: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Held-out clips per organism and method.")
+    ] = 16,
     organism: Annotated[
         list[str] | None,
         typer.Option(help="Only these organisms (repeat the option) [default: the whole suite]."),
     ] = None,
-    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, max=1024, help="torch threads.")] = 1,
 ) -> None:
     """Train (once) or load the planted organisms, run every method on each, grade how well it
-    recovers the planted truth; writes bench.zarr and bench.png into --out."""
+    recovers the planted truth; writes bench.zarr, bench.png and faithfulness.png into --out."""
     import torch
     from rich.console import Console
-    from rich.table import Table
 
-    from patchwork.bench import SUITE, run_bench
+    from patchwork.bench import SUITE, reference_lines, run_bench
+    from patchwork.cli.options import output_folder
 
     names = [o.name for o in SUITE]
     unknown = [name for name in organism or [] if name not in names]
@@ -44,17 +51,48 @@ def bench_command(
             f"--organism: unknown {unknown[0]!r}; the suite has " + ", ".join(map(repr, names))
         )
     chosen = [o for o in SUITE if not organism or o.name in organism]
+    output_folder(out, "--out")  # before any organism trains
     torch.set_num_threads(threads)
     graded = run_bench(out, chosen, samples, log=typer.echo)
-    table = Table(title=f"patchwork bench ({samples} clips per organism) → {out / 'bench.zarr'}")
-    frame = graded.to_dataframe().reset_index()
+    print_uncut(
+        Console(), bench_table(graded, f"patchwork bench ({samples} clips per organism)", out)
+    )
+    for line in reference_lines(graded):
+        typer.echo(line)
+
+
+def bench_table(graded: xr.Dataset, title: str, out: Path) -> Table:
+    """The grading table: a row per organism and method it runs, a column per grade."""
+    from rich.table import Table
+
+    from patchwork.bench import grade_frame
+
+    table = Table(title=f"{title} → {out / 'bench.zarr'}")
+    frame = grade_frame(graded)
+    frame["samples_used"] = [  # "13 of 16": the clips a grade read, of those run
+        f"{used:.0f} of {total:.0f}" if used == used else ""
+        for used, total in zip(frame["samples_used"], frame["samples_total"], strict=True)
+    ]
     for column, heading in HEADINGS.items():
-        table.add_column(heading, justify="left" if frame[column].dtype == object else "right")
+        table.add_column(  # folded onto more lines, never cut
+            heading, justify="left" if frame[column].dtype == object else "right", overflow="fold"
+        )
     for row in frame[list(HEADINGS)].itertuples(index=False):
         if all(value == "" or value != value for value in row[2:]):
             continue  # a method the organism does not run
         table.add_row(*(_cell(value) for value in row))
-    Console().print(table)
+    return table
+
+
+def print_uncut(console: Console, table: Table) -> None:
+    """Print ``table`` with no cell cut: as wide as it needs when the output is not a terminal
+    (a log file has no width), its cells folded onto more lines on a narrow terminal."""
+    if not console.is_terminal:
+        from rich.console import Console
+
+        natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+        console = Console(file=console.file, width=max(console.width, natural))
+    console.print(table)
 
 
 HEADINGS = {
@@ -67,7 +105,10 @@ HEADINGS = {
     "outside": "outside",
     "first_planted": "head 1st",
     "planted_share": "share",
-    "samples_used": "n",
+    "cpr": "CPR",
+    "cmd": "CMD",
+    "bottom_area": "bottom",
+    "samples_used": "clips",
 }
 
 

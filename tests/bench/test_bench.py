@@ -1,6 +1,7 @@
 """``patchwork bench`` grades methods against planted truth: on the shipped organisms exact
 patching + ``locate`` recovers the planted window, knockout recovers inside and not outside, head
-methods put a planted head first; the graded dataset round-trips through its Zarr store."""
+methods put a planted head first, each read from its usable clips only; the graded dataset
+round-trips through its Zarr store."""
 
 from __future__ import annotations
 
@@ -13,19 +14,16 @@ import xarray as xr
 from rich.text import Text
 from typer.testing import CliRunner
 
-from patchwork.bench import SUITE, Organism, run_bench
+from patchwork.analysis import ground_truth
+from patchwork.bench import SUITE, grade
 
-SHIPPED = [organism for organism in SUITE if organism.checkpoint is not None]
+from .conftest import CLIPS, stored
 
-
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory: pytest.TempPathFactory) -> tuple[xr.Dataset, Path]:
-    out = tmp_path_factory.mktemp("bench")
-    return run_bench(out, SHIPPED, samples=8, log=lambda line: None), out
+HEADS = next(organism for organism in SUITE if organism.heads is not None)
 
 
-def test_exact_patching_and_locate_recover_the_planted_window(graded):
-    results, _ = graded
+def test_exact_patching_and_locate_recover_the_planted_window(bench_run):
+    results, _ = bench_run
     window = results.sel(organism="window 4-5")
     exact = window.sel(technique="exact")
     assert str(exact["status"].values) == "located"
@@ -35,11 +33,11 @@ def test_exact_patching_and_locate_recover_the_planted_window(graded):
     knockout = window.sel(technique="knockout")
     assert float(knockout["inside"]) >= 0.9
     assert abs(float(knockout["outside"])) <= 0.01
-    assert int(exact["samples_used"]) >= 6
+    assert int(exact["samples_used"]) == int(exact["samples_total"]) == CLIPS
 
 
-def test_head_methods_put_a_planted_head_first(graded):
-    results, _ = graded
+def test_head_methods_put_a_planted_head_first(bench_run):
+    results, _ = bench_run
     heads = results.sel(organism="heads 4:1 4:3")
     for method in ("head_patching", "head_knockout"):
         assert float(heads["first_planted"].sel(technique=method)) >= 0.9
@@ -47,28 +45,41 @@ def test_head_methods_put_a_planted_head_first(graded):
     assert np.isnan(float(heads["auroc"].sel(technique="exact")))  # not run on this organism
 
 
-def test_the_graded_store_reads_back_equal_and_the_figure_is_written(graded):
-    results, out = graded
+def test_head_grades_read_the_usable_clips_only_and_say_how_many(bench_run):
+    """Two of the heads organism's first 12 clips already prefer the sound in their conflict run
+    (counted here from the stored runs). They are left out and reported: a head ranked first in
+    such a clip changes no grade, though grading every clip would count it."""
+    results, out = bench_run
+    patched = stored(out, "heads 4:1 4:3", "head_patching")
+    runs = patched["head_baseline"].sel(metric="logit_diff")
+    clean, conflict = runs.isel(head_run=0), runs.isel(head_run=1)
+    right_way = ((clean > 0) & (conflict < 0)).values
+    row = results.sel(organism="heads 4:1 4:3", technique="head_patching")
+    assert int(row["samples_used"]) == int(right_way.sum()) == CLIPS - 2
+    assert int(row["samples_total"]) == CLIPS
+
+    doctored = patched.copy(deep=True)
+    wrong = int(np.flatnonzero(~right_way)[0])
+    cell = {
+        "sample": patched["sample"].values[wrong],
+        "head_layer": 7,
+        "head": 0,
+        "head_group": "answer",
+        "metric": "logit_diff",
+    }  # head 7:0 restores most in that clip
+    doctored["head_effect"].loc[cell] += 100.0 * np.sign(float(clean[wrong] - conflict[wrong]))
+    everything = ground_truth.planted_recovery(ground_truth.head_restoration(doctored), HEADS.heads)
+    assert everything["first_planted"].mean() < 1.0  # grading every clip would count it
+    graded = grade(HEADS, "head_patching", doctored)
+    assert graded["first_planted"] == float(row["first_planted"]) == 1.0
+    assert graded["samples_used"] == CLIPS - 2
+
+
+def test_the_graded_store_reads_back_equal_and_the_figures_are_written(bench_run):
+    results, out = bench_run
     xr.testing.assert_equal(xr.open_zarr(out / "bench.zarr").load(), results)
     assert (out / "bench.png").stat().st_size > 0
-
-
-def test_an_organism_without_a_window_is_graded_nothing_or_spurious():
-    """The control's grade is ``nothing`` for a flat profile and ``spurious`` when ``locate``
-    finds a window where there should be none."""
-    from patchwork.analysis import synthetic_results
-    from patchwork.bench.suite import grade
-
-    flat = synthetic_results(steps={("answer", "residual"): (0.0, 0.0)}, null=False)
-    stepped = synthetic_results(steps={("answer", "residual"): (0.0, 1.0)}, null=False)
-    control = Organism("control")
-    assert grade(control, "exact", flat)["status"] == "nothing"
-    assert grade(control, "exact", stepped)["status"] == "spurious"
-    window = Organism("window", window=(5, 5))
-    graded = grade(window, "exact", stepped)
-    assert (graded["status"], graded["error_layers"]) == ("located", 0)
-    assert graded["auroc"] >= 0.9
-    assert grade(Organism("early", window=(1, 2)), "exact", stepped)["error_layers"] >= 3
+    assert (out / "faithfulness.png").stat().st_size > 0
 
 
 def test_cli_refuses_an_unknown_organism(tmp_path):
@@ -85,7 +96,8 @@ def test_cli_refuses_an_unknown_organism(tmp_path):
 
 def synthetic_graded() -> xr.Dataset:
     """Grades shaped as ``run_bench`` writes them, for the table and the figure."""
-    from patchwork.bench.suite import GRADES, _dataset
+    from patchwork.bench.run import _dataset
+    from patchwork.bench.suite import GRADES
 
     def grades(**values: object) -> dict[str, object]:
         return {**dict.fromkeys(GRADES, np.nan), "status": "", **values}
@@ -94,12 +106,34 @@ def synthetic_graded() -> xr.Dataset:
     for organism in ("window 4-5", "window 1"):
         for method, error in (("exact", 0), ("attribution", 4), ("attribution+verify", 0)):
             rows[(organism, method)] = grades(
-                status="located", error_layers=error, auroc=1 - error / 10, samples_used=16
+                status="located",
+                error_layers=error,
+                auroc=1 - error / 10,
+                samples_used=16,
+                samples_total=16,
             )
-        rows[(organism, "knockout")] = grades(inside=0.99, outside=2e-8, samples_used=16)
+        rows[(organism, "knockout")] = grades(
+            inside=0.99, outside=2e-8, samples_used=16, samples_total=16
+        )
     for method in ("head_patching", "head_knockout"):
-        rows[("heads 4:1 4:3", method)] = grades(first_planted=1.0, planted_share=0.9)
+        rows[("heads 4:1 4:3", method)] = grades(
+            first_planted=1.0, planted_share=0.9, samples_used=13, samples_total=16
+        )
     return _dataset(rows, ["window 4-5", "heads 4:1 4:3", "window 1"])
+
+
+def test_the_table_says_how_many_clips_each_grade_read() -> None:
+    import io
+
+    from rich.console import Console
+
+    from patchwork.cli.bench import bench_table, print_uncut
+
+    out = io.StringIO()
+    print_uncut(Console(file=out, width=200), bench_table(synthetic_graded(), "bench", Path("o")))
+    lines = out.getvalue().splitlines()
+    assert any("head_patching" in line and "13 of 16" in line for line in lines)
+    assert any("knockout" in line and "16 of 16" in line for line in lines)
 
 
 @pytest.mark.parametrize("terminal", [False, True])
@@ -124,7 +158,7 @@ def test_the_table_cuts_no_cell_on_a_narrow_console(terminal: bool) -> None:
 def test_the_figure_has_a_title_per_panel_and_its_legend_beside_the_bars() -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from patchwork.bench.suite import plot_bench
+    from patchwork.bench.figures import plot_bench
 
     figure = plot_bench(synthetic_graded())
     renderer = FigureCanvasAgg(figure).get_renderer()

@@ -1,0 +1,179 @@
+"""``run_bench``: run every organism's studies, grade them, measure the faithfulness curves, and
+write ``bench.zarr``, ``bench.png`` and ``faithfulness.png``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from patchwork.bench.faithfulness import RANKED, Cell, Curves, measure
+from patchwork.bench.suite import (
+    GRADES,
+    METHODS,
+    MIN_USABLE,
+    SUITE,
+    Organism,
+    cell_scores,
+    grade,
+    organism_path,
+    study_text,
+)
+from patchwork.errors import PatchworkError
+
+#: Per organism with curves: the planted truth's areas, the full patch, the clips used of all.
+ORGANISM_GRADES = (
+    "planted_cpr",
+    "planted_cmd",
+    "planted_bottom_area",
+    "full_patch",
+    "faithfulness_used",
+    "faithfulness_total",
+)
+
+
+def run_bench(
+    out: Path,
+    organisms: Sequence[Organism] = SUITE,
+    samples: int = 16,
+    log: Callable[[str], None] = print,
+    min_usable: int = MIN_USABLE,
+) -> xr.Dataset:
+    """Run every organism's methods, grade them (a grade from fewer than ``min_usable`` usable
+    clips is ``untestable``), measure the faithfulness curves of every testable ranking, and
+    write ``bench.zarr`` (organism × technique, and the curves over ``ranked`` × ``k``),
+    ``bench.png`` and ``faithfulness.png`` into ``out``; returns the graded dataset."""
+    from patchwork.analysis import save_figure
+    from patchwork.bench.figures import plot_bench, plot_faithfulness
+    from patchwork.engine.runner import run_study
+    from patchwork.store.zarr_store import open_results
+    from patchwork.study import load_study
+
+    out = Path(out)
+    if samples < 2:
+        raise PatchworkError(f"bench needs at least 2 samples per organism, got {samples}")
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    measured: dict[str, Curves] = {}
+    for organism in organisms:
+        checkpoint = organism_path(organism, out / "organisms", log)
+        stored: dict[str, xr.Dataset] = {}
+        folder = out / "studies" / organism.slug
+        folder.mkdir(parents=True, exist_ok=True)
+        for method in organism.methods:
+            study_file = folder / f"{method.replace('+', '-')}.yaml"
+            study_file.write_text(study_text(organism, checkpoint, method, samples))
+            summary = run_study(load_study(study_file), store_root=out / "stores" / organism.slug)
+            results = open_results(summary.store).load()
+            rows[(organism.name, method)] = grade(organism, method, results, min_usable)
+            if rows[(organism.name, method)]["status"] != "untestable":
+                stored[method] = results
+        if organism.window is not None or organism.heads is not None:
+            study_file = folder / f"{organism.methods[0].replace('+', '-')}.yaml"
+            curves = organism_faithfulness(
+                organism, stored, study_file, out / "stores" / organism.slug, samples, min_usable
+            )
+            measured[organism.name] = curves
+            for method, scores in curves.scores.items():
+                if method in stored:
+                    rows[(organism.name, method)].update(scores)
+        for method in organism.methods:
+            log(f"{organism.name} · {method}: {_line(rows[(organism.name, method)])}")
+    graded = _dataset(rows, [o.name for o in organisms], measured, min_usable)
+    graded.to_zarr(out / "bench.zarr", mode="w")
+    save_figure(plot_bench(graded), out, "bench")
+    if "faithfulness" in graded:
+        save_figure(plot_faithfulness(graded), out, "faithfulness")
+    return graded
+
+
+def organism_faithfulness(
+    organism: Organism,
+    stored: Mapping[str, xr.Dataset],
+    study_file: Path,
+    store_root: Path,
+    samples: int,
+    min_usable: int = MIN_USABLE,
+) -> Curves:
+    """The faithfulness curves (:mod:`patchwork.bench.faithfulness`) of each method in ``stored``
+    (method → its results) and of the planted truth, on the clips of ``study_file`` (any of the
+    organism's studies: they share clips and runs). Cells: every layer's heads on the window
+    organisms, every head on the head organisms."""
+    from patchwork.engine.runner import prepare
+    from patchwork.patching.heads import head_count
+    from patchwork.study import load_study
+
+    prepared = prepare(load_study(study_file), store_root=store_root)
+    adapter = prepared.loaded.adapter
+    layers, heads = range(adapter.num_layers), range(head_count(adapter))
+    cells: list[Cell]
+    if organism.heads is not None:
+        cells = [frozenset({(layer, head)}) for layer in layers for head in heads]
+        truth = set(organism.heads)
+        planted = np.array([next(iter(cell)) in truth for cell in cells])
+    else:
+        assert organism.window is not None
+        first, last = organism.window
+        cells = [frozenset((layer, head) for head in heads) for layer in layers]
+        planted = np.array([first <= layer <= last for layer in layers])
+    rankings = {
+        method: cell_scores(organism, method, results) for method, results in stored.items()
+    }
+    return measure(prepared, cells, rankings, planted, samples, min_usable)
+
+
+def _line(grades: dict[str, Any]) -> str:
+    shown = [f"{key} {value}" for key, value in grades.items() if isinstance(value, str) and value]
+    shown += [
+        f"{key} {value:.3g}"
+        for key, value in grades.items()
+        if not isinstance(value, str) and np.isfinite(value)
+    ]
+    return ", ".join(shown)
+
+
+def _dataset(
+    rows: dict[tuple[str, str], dict[str, Any]],
+    organisms: list[str],
+    measured: Mapping[str, Curves] | None = None,
+    min_usable: int = MIN_USABLE,
+) -> xr.Dataset:
+    methods = [method for method in METHODS if any(m == method for _, m in rows)]
+    variables: dict[str, Any] = {}
+    for name in GRADES:
+        text = name == "status"
+        values = np.full((len(organisms), len(methods)), "" if text else np.nan, dtype=object)
+        for (organism, method), grades in rows.items():
+            values[organisms.index(organism), methods.index(method)] = grades.get(name, np.nan)
+        variables[name] = (("organism", "technique"), values.astype(str if text else np.float64))
+    coords: dict[str, Any] = {"organism": organisms, "technique": methods}
+    measured = measured or {}
+    lengths = [len(c["top"]) for found in measured.values() for c in found.curves.values()]
+    if lengths:
+        width = max(lengths)
+        curves = np.full((len(organisms), len(methods), len(RANKED), width), np.nan)
+        planted = np.full((len(organisms), len(RANKED), width), np.nan)
+        per_organism = {name: np.full(len(organisms), np.nan) for name in ORGANISM_GRADES}
+        for organism, found in measured.items():
+            row = organisms.index(organism)
+            per_organism["faithfulness_used"][row] = found.used
+            per_organism["faithfulness_total"][row] = found.total
+            per_organism["full_patch"][row] = found.full_patch
+            for name, sides in found.curves.items():
+                stacked = np.stack([sides[side] for side in RANKED])
+                if name == "planted":
+                    planted[row, :, : stacked.shape[1]] = stacked
+                    for key, value in found.scores[name].items():
+                        per_organism[f"planted_{key}"][row] = value
+                elif name in methods:
+                    curves[row, methods.index(name), :, : stacked.shape[1]] = stacked
+        variables["faithfulness"] = (("organism", "technique", "ranked", "k"), curves)
+        variables["planted_faithfulness"] = (("organism", "ranked", "k"), planted)
+        variables.update({name: (("organism",), values) for name, values in per_organism.items()})
+        coords.update(ranked=list(RANKED), k=np.arange(1, width + 1))
+    # not "method": Dataset.sel(method=...) is the inexact-matching argument
+    graded = xr.Dataset(variables, coords=coords)
+    graded.attrs.update(min_usable=min_usable)
+    return graded
