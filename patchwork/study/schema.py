@@ -8,7 +8,7 @@ happen later, in :mod:`patchwork.engine.cost`, and still name the study file's l
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -159,7 +159,10 @@ def _kind_tag(value: object) -> str:
 _TAGGED: tuple[Any, ...] = tuple(
     Annotated[model, Tag(kind)] for kind, model in ENTRY_MODELS.items()
 ) + (Annotated[PluginIntervention, Tag("plugin")],)
-Intervention = Annotated[Union[_TAGGED], Discriminator(_kind_tag)]  # noqa: UP007 - built at run time
+if TYPE_CHECKING:  # an entry of any registered kind: each has .kind and .run_names
+    Intervention = Any
+else:
+    Intervention = Annotated[Union[_TAGGED], Discriminator(_kind_tag)]  # noqa: UP007
 
 
 class AnalysisSpec(Strict):
