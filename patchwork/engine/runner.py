@@ -250,6 +250,23 @@ def run_study(
     )
 
 
+def _refuse_nonfinite(
+    store: ResultStore, arrays: dict[str, np.ndarray], prepared: Prepared, start: int
+) -> None:
+    """A unit whose results hold NaN or infinity where a method declares none is not written (it
+    would fail verification and be computed again for ever): one line naming the samples."""
+    found = store.nonfinite(arrays)
+    if found:
+        infos = prepared.samples.infos
+        samples = sorted({infos[start + row].sample_id for _, row in found})
+        names = sorted({name for name, _ in found})
+        raise DataError(
+            f"samples {', '.join(samples)}: {', '.join(names)} not finite (NaN or infinity) "
+            "where the method declares finite values; check those samples' inputs (media, "
+            "image_features) and the checkpoint's weights"
+        )
+
+
 def _disk_full(store: Path, prepared: Prepared | None) -> str:
     """One line for a full disk: the store, the space left and a unit's size (uncompressed)."""
     folder = store if store.exists() else store.parent
@@ -301,6 +318,7 @@ def _run_units(
         if executor is None:
             for start, stop in pending:
                 arrays, groups = prepared.unit(start, stop)
+                _refuse_nonfinite(store, arrays, prepared, start)
                 writing = time.perf_counter()
                 store.write_unit(start, arrays)
                 store_seconds += time.perf_counter() - writing
@@ -392,6 +410,7 @@ def run_unit_task(task: UnitTask, start: int, stop: int) -> tuple[int, int, froz
     groups = frozenset[str]()
     if not store.done()[start:stop].all():
         arrays, groups = prepared.unit(start, stop)
+        _refuse_nonfinite(store, arrays, prepared, start)
         store.write_unit(start, arrays)
     return start, stop, groups
 

@@ -20,6 +20,8 @@ from patchwork.errors import StoreError
 
 #: Set on a model group once its template is written to the end.
 TEMPLATE_MARK = "template_complete"
+#: Per-sample marks written by every unit after its data (checksums, then done).
+MARKS = ("checksum", "done")
 
 
 def readable_json(path: Path) -> bool:
@@ -30,6 +32,11 @@ def readable_json(path: Path) -> bool:
         return False
 
 
+def _attributes(path: Path) -> dict[str, object]:
+    attributes = json.loads(path.read_text(encoding="utf-8")).get("attributes")
+    return attributes if isinstance(attributes, dict) else {}
+
+
 def unreadable_metadata(path: Path, model: str) -> list[str]:
     """The nodes of ``model``'s group whose ``zarr.json`` is missing or unreadable: ``model``
     for the group itself, else the array's name (a folder without metadata is a lost array)."""
@@ -37,10 +44,12 @@ def unreadable_metadata(path: Path, model: str) -> list[str]:
     if not directory.is_dir():
         return []
     lost = [model] if not readable_json(directory / "zarr.json") else []
+    folders = {entry.name for entry in directory.iterdir() if entry.is_dir()}
+    # a template patchwork wrote has both marks; a store other tools wrote may lack them
+    written = not lost and _attributes(directory / "zarr.json").get(TEMPLATE_MARK) is True
+    missing = [mark for mark in MARKS if mark not in folders] if written else []
     return lost + sorted(
-        entry.name
-        for entry in directory.iterdir()
-        if entry.is_dir() and not readable_json(entry / "zarr.json")
+        [name for name in folders if not readable_json(directory / name / "zarr.json")] + missing
     )
 
 
@@ -70,14 +79,18 @@ def refuse_links(path: Path) -> None:
 
 def restore_metadata(path: Path, model: str, empty: xr.Dataset) -> list[str]:
     """Write missing or unreadable ``zarr.json`` files of a finished template's group or arrays
-    again from the study's template; chunks are kept. A group's own metadata, where readable, is
-    kept byte for byte (writing arrays into a group rewrites its attributes otherwise). Returns
-    the names restored (``model`` for the group)."""
+    again from the study's template, and arrays removed whole (empty: a lost data array's units,
+    and every unit of a lost checksum array, fail their checksums and are computed again; a lost
+    done array is recovered from the checksums); chunks are kept. A group's own metadata, where
+    readable, is kept byte for byte (writing arrays into a group rewrites its attributes
+    otherwise). Returns the names restored (``model`` for the group)."""
     directory = path / model
     if not directory.is_dir():
         return []
     names = {str(name) for name in empty.variables}
+    absent = sorted(name for name in names if not (directory / name).exists())  # removed whole
     restored = [name for name in unreadable_metadata(path, model) if name in names | {model}]
+    restored = sorted(set(restored) | set(absent))
     arrays = [name for name in restored if name != model]
     for name in restored:  # unreadable metadata is no metadata
         (directory if name == model else directory / name).joinpath("zarr.json").unlink(

@@ -35,6 +35,7 @@ import zarr
 
 from patchwork.errors import StoreError
 from patchwork.store.metadata import (
+    MARKS,
     TEMPLATE_MARK,
     metadata_line,
     refuse_links,
@@ -43,8 +44,6 @@ from patchwork.store.metadata import (
 )
 
 SCHEMA_VERSION = 1
-#: Per-sample marks written by every unit after its data.
-MARKS = ("checksum", "done")
 
 warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
 warnings.filterwarnings("ignore", message=".*Consolidated metadata is currently not part.*")
@@ -382,6 +381,18 @@ class ResultStore:
             )
         except DAMAGE:
             return False
+
+    def nonfinite(self, arrays: Mapping[str, np.ndarray]) -> list[tuple[str, int]]:
+        """(array, sample index within ``arrays``) of each NaN or infinity where the array declares
+        none (:attr:`ArraySpec.may_be_nan`): what a unit must not write."""
+        found = []
+        for name, values in arrays.items():
+            values = np.asarray(values)
+            if values.dtype.kind != "f":
+                continue
+            flat = values.reshape(len(values), -1)[:, self._must_be_finite(name).reshape(-1)]
+            found += [(name, int(row)) for row in np.flatnonzero(~np.isfinite(flat).all(axis=1))]
+        return found
 
     def _must_be_finite(self, name: str) -> np.ndarray:
         """Boolean mask over an array's non-sample dimensions: where its values must be finite."""

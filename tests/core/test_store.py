@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from patchwork import StoreError, open_results, parse_study, run_study
+from patchwork.errors import DataError
 from patchwork.store.zarr_store import (
     ArraySpec,
     ResultStore,
@@ -310,3 +311,26 @@ def test_a_store_path_that_is_a_file_is_refused_in_one_line(tmp_path: Path, whic
         (root / "tiny.zarr").write_text("a file")
     with pytest.raises(StoreError, match=r"is a file, not a folder: choose another store"):
         run_study(study, store_root=root)
+
+
+def test_a_unit_with_nan_where_none_is_declared_is_refused_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NaN inputs or weights give NaN logit differences: the unit is refused in one line naming
+    its samples, and nothing is written (before: written, then unmarked by verify and computed
+    again for ever)."""
+    from patchwork.engine import runner as engine
+
+    study = parse_study(study_text(samples=4, unit_size=2))
+    real = engine.Prepared.unit
+
+    def poisoned(self, start: int, stop: int):  # noqa: ANN001, ANN202
+        arrays, groups = real(self, start, stop)
+        if start == 2:
+            arrays["effect"][1, 0, 0, 0, 0] = np.nan  # logit_diff of the unit's second sample
+        return arrays, groups
+
+    monkeypatch.setattr(engine.Prepared, "unit", poisoned)
+    with pytest.raises(DataError, match=r"samples s00003: effect not finite"):
+        run_study(study, store_root=tmp_path)
+    assert open_results(tmp_path / "tiny.zarr")["done"].values.tolist() == [True] * 2 + [False] * 2

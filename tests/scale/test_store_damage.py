@@ -153,3 +153,41 @@ def test_status_reads_every_method_store_without_naming_its_arrays(store: Path) 
     assert "random_init: 8/8 samples done (complete)" in line
     assert "effect (layer 2 × position_group 5 × component 3 × metric 3)" in line
     assert np.isfinite(open_results(store)["effect"].sel(metric="logit_diff")).all()
+
+
+def test_a_removed_checksum_array_costs_its_units_never_their_verification(
+    store: Path, finished: Path
+) -> None:
+    """Without its checksums a store cannot tell whole data from damaged data: the array is
+    written again and every unit computed again (before: verify said ok and a changed effect
+    went unnoticed)."""
+    before = every_file(finished / "tiny.zarr")
+    shutil.rmtree(store / "random_init" / "checksum")
+    code, line = one_line("verify", store)
+    assert "the metadata (zarr.json) of 'checksum' is lost" in line
+    summary = run_study(parse_study(TEXT), store.parent)
+    assert summary.units_run == 4
+    assert every_file(store) == before
+
+
+@pytest.mark.parametrize("array", ["done", "effect"])
+def test_an_array_removed_whole_is_written_again_by_the_run(
+    store: Path, finished: Path, array: str
+) -> None:
+    """A lost done array is recovered from the checksums (no unit computed); a lost data array
+    costs exactly its units. Never a refusal that only --fresh can answer."""
+    before = every_file(finished / "tiny.zarr")
+    shutil.rmtree(store / "random_init" / array)
+    summary = run_study(parse_study(TEXT), store.parent)
+    assert summary.units_run == (0 if array == "done" else 4)
+    assert every_file(store) == before
+
+
+def test_verify_waits_for_no_run_it_is_refused_while_one_writes(store: Path) -> None:
+    from patchwork.engine.lock import store_lock
+
+    before = every_file(store)
+    with store_lock(store):
+        code, line = one_line("verify", store)
+    assert code == 2 and "being written by another run" in line
+    assert every_file(store) == before
