@@ -49,8 +49,19 @@ def unreadable_metadata(path: Path, model: str) -> list[str]:
     written = not lost and _attributes(directory / "zarr.json").get(TEMPLATE_MARK) is True
     missing = [mark for mark in MARKS if mark not in folders] if written else []
     return lost + sorted(
-        [name for name in folders if not readable_json(directory / name / "zarr.json")] + missing
+        [
+            name
+            for name in folders
+            if _array_folder(directory / name) and not readable_json(directory / name / "zarr.json")
+        ]
+        + missing
     )
+
+
+def _array_folder(folder: Path) -> bool:
+    """A folder zarr wrote for an array: its metadata file, or its chunks (``c/``), are there;
+    any other folder (a user's figures) is none of the store's business."""
+    return (folder / "zarr.json").exists() or (folder / "c").is_dir()
 
 
 def metadata_line(path: Path, model: str, lost: list[str]) -> str:

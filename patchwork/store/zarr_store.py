@@ -521,13 +521,18 @@ def open_results(
 
 
 def store_models(path: str | Path) -> list[str]:
-    """The model groups of a store, by their folders (a group whose metadata is lost included),
-    once its root metadata reads; :class:`StoreError` in one line otherwise."""
+    """The model groups of a store, by their folders (a group whose metadata is lost included,
+    a user's folder such as figures not), once its root metadata reads; :class:`StoreError` in
+    one line otherwise."""
     path = Path(path)
     if not (path / "zarr.json").exists():
         raise StoreError(f"{path}: no patchwork store here")
     root_attributes(path)
-    return sorted(entry.name for entry in path.iterdir() if entry.is_dir())
+    return sorted(
+        entry.name
+        for entry in path.iterdir()
+        if entry.is_dir() and ((entry / "zarr.json").exists() or (entry / "done").is_dir())
+    )
 
 
 def _open(path: Path, model: str | None, chunks: dict[str, int] | None, verify: bool) -> xr.Dataset:

@@ -191,3 +191,14 @@ def test_verify_waits_for_no_run_it_is_refused_while_one_writes(store: Path) -> 
         code, line = one_line("verify", store)
     assert code == 2 and "being written by another run" in line
     assert every_file(store) == before
+
+
+@pytest.mark.parametrize("inside", ["", "random_init"])
+def test_a_folder_of_the_users_inside_the_store_is_not_lost_metadata(
+    store: Path, inside: str
+) -> None:
+    """plot --out STORE/figs once made every later command refuse the store."""
+    (store / inside / "figs").mkdir()
+    (store / inside / "figs" / "heatmap.png").write_bytes(b"png")
+    code, line = one_line("status", store)
+    assert code == 0 and "8/8 samples done (complete)" in line
