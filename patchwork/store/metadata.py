@@ -48,11 +48,13 @@ def unreadable_metadata(path: Path, model: str) -> list[str]:
     # a template patchwork wrote has both marks; a store other tools wrote may lack them
     written = not lost and _attributes(directory / "zarr.json").get(TEMPLATE_MARK) is True
     missing = [mark for mark in MARKS if mark not in folders] if written else []
+    named = _named_by_arrays(directory, folders)
     return lost + sorted(
         [
             name
             for name in folders
-            if _array_folder(directory / name) and not readable_json(directory / name / "zarr.json")
+            if (name in named or _array_folder(directory / name))
+            and not readable_json(directory / name / "zarr.json")
         ]
         + missing
     )
@@ -62,6 +64,22 @@ def _array_folder(folder: Path) -> bool:
     """A folder zarr wrote for an array: its metadata file, or its chunks (``c/``), are there;
     any other folder (a user's figures) is none of the store's business."""
     return (folder / "zarr.json").exists() or (folder / "c").is_dir()
+
+
+def _named_by_arrays(directory: Path, folders: set[str]) -> set[str]:
+    """The dimensions and coordinates the group's readable arrays name: an array whose chunks
+    all hold the fill value has no ``c/`` folder, so its lost metadata leaves a bare folder that
+    only these names tell from a user's."""
+    named: set[str] = set()
+    for name in folders:
+        metadata = directory / name / "zarr.json"
+        if not readable_json(metadata):
+            continue
+        dims = json.loads(metadata.read_text(encoding="utf-8")).get("dimension_names")
+        if isinstance(dims, list):
+            named.update(str(dim) for dim in dims if dim)
+        named.update(str(_attributes(metadata).get("coordinates", "")).split())
+    return named
 
 
 def metadata_line(path: Path, model: str, lost: list[str]) -> str:
@@ -99,9 +117,10 @@ def restore_metadata(path: Path, model: str, empty: xr.Dataset) -> list[str]:
     if not directory.is_dir():
         return []
     names = {str(name) for name in empty.variables}
-    absent = sorted(name for name in names if not (directory / name).exists())  # removed whole
-    restored = [name for name in unreadable_metadata(path, model) if name in names | {model}]
-    restored = sorted(set(restored) | set(absent))
+    # removed whole, or a folder left without metadata (an array of fill values has no chunks)
+    absent = {name for name in names if not readable_json(directory / name / "zarr.json")}
+    group_lost = not readable_json(directory / "zarr.json")
+    restored = sorted(absent | ({model} if group_lost else set()))
     arrays = [name for name in restored if name != model]
     for name in restored:  # unreadable metadata is no metadata
         (directory if name == model else directory / name).joinpath("zarr.json").unlink(

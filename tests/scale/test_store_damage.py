@@ -202,3 +202,25 @@ def test_a_folder_of_the_users_inside_the_store_is_not_lost_metadata(
     (store / inside / "figs" / "heatmap.png").write_bytes(b"png")
     code, line = one_line("status", store)
     assert code == 0 and "8/8 samples done (complete)" in line
+
+
+def test_lost_metadata_of_an_array_without_chunks_is_written_again(
+    store: Path, finished: Path
+) -> None:
+    """An array whose values all equal its fill value has no chunk files: losing its metadata
+    left an empty folder that was taken for a user's, and the run failed with KeyError (found by
+    the damage fuzzer in CI)."""
+    bare = [
+        folder.name
+        for folder in (store / "random_init").iterdir()
+        if folder.is_dir() and not (folder / "c").exists()
+    ]
+    assert bare  # the store this test damages has such an array ('partner')
+    before = every_file(finished / "tiny.zarr")
+    for name in bare:
+        (store / "random_init" / name / "zarr.json").unlink()
+    code, line = one_line("verify", store)
+    assert code == 0 and all(f"'{name}'" in line for name in bare), line
+    summary = run_study(parse_study(TEXT), store.parent)
+    assert summary.units_run == 0
+    assert every_file(store) == before
