@@ -260,12 +260,11 @@ def run(
 def verify(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).")]) -> None:
     """Remove crash leftovers and unmark any finished unit whose data are incomplete."""
     from patchwork.engine.lock import store_lock
-    from patchwork.errors import StoreError
     from patchwork.store.metadata import metadata_line
     from patchwork.store.verify import verify_store
+    from patchwork.store.zarr_store import root_attributes
 
-    if not (store / "zarr.json").exists():
-        raise StoreError(f"{store}: no patchwork store here")
+    root_attributes(store)  # a store whose root metadata read, or one line
     with store_lock(store):  # never while a run writes: its marks would look lost
         report = verify_store(store)
     for leftover in report.partial_files_removed:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from patchwork.analysis.results import UNFINISHED, AnalysisError, SampleCoverage
+from patchwork.cli.options import MAX_SEED
 from patchwork.errors import PatchworkError
 
 
@@ -33,7 +34,9 @@ MetricOption = Annotated[
         "logit_diff when no sample's baselines define it, which the output says).",
     ),
 ]
-SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")]
+SeedOption = Annotated[
+    int, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of the bootstrap.")
+]
 EstimatorOption = Annotated[
     str | None,
     typer.Option(
@@ -250,10 +253,12 @@ def register(app: typer.Typer) -> None:
         from patchwork.analysis.plots import FIGURE_FORMATS, save_figure
         from patchwork.analysis.reports import reports_for
         from patchwork.analysis.results import check_choice, check_results
+        from patchwork.cli.options import output_folder
 
         formats = image_format or ["png", "svg"]
         for extension in formats:
             check_choice("--image-format", extension, FIGURE_FORMATS)
+        output_folder(out, "--out")  # before the store is read and the figures drawn
         results = open_store(store, model, verify=not no_verify)
         reports = reports_for(results)
         if not reports:

@@ -35,10 +35,12 @@ def inspect_command(
     from rich.table import Table
 
     from patchwork.analysis.input_figures import write_inspection
+    from patchwork.cli.options import output_folder
     from patchwork.cli.output import console
     from patchwork.engine.inspect import inspect_inputs
     from patchwork.study import load_study
 
+    output_folder(out, "--out")  # before the inputs are built
     inputs = inspect_inputs(load_study(study, assignments or []), sample, run)
     for line in inputs.describe():
         console.print(line, highlight=False, markup=False)

@@ -30,7 +30,7 @@ from patchwork.errors import DataError, PatchworkError, RunInterrupted, StoreErr
 from patchwork.loading.model import LoadedModel, load_model
 from patchwork.methods.method import Method, method_class
 from patchwork.patching.patcher import Patcher
-from patchwork.store.metadata import refuse_links, unreadable_metadata
+from patchwork.store.metadata import recorded_root, refuse_links, unreadable_metadata
 from patchwork.store.zarr_store import (
     DAMAGE,
     ResultStore,
@@ -500,7 +500,7 @@ def _source_label(study: Study) -> str | None:
 
 
 def _remove_store(path: Path, on_note: Note) -> None:
-    if not (path / "zarr.json").exists():
+    if not (path / "zarr.json").exists() and recorded_root(path) is None:
         raise StoreError(f"{path} exists but is not a patchwork store; not removing it")
     try:  # a damaged store is what --fresh is for: never verify it first
         count = sum(

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import zarr
 
-from patchwork.errors import StoreError
 from patchwork.store.metadata import refuse_links, unreadable_metadata
 from patchwork.store.zarr_store import ResultStore, store_models, template_complete
 
@@ -48,10 +47,8 @@ def verify_store(path: str | Path) -> VerifyReport:
     is (its finished units are kept) and named in :attr:`VerifyReport.metadata_lost`: the next
     run of the study writes the metadata again from the study."""
     path = Path(path)
-    if not (path / "zarr.json").exists():
-        raise StoreError(f"{path}: no patchwork store here")
+    models = store_models(path)  # a store whose root metadata read, or one line
     refuse_links(path)
-    models = store_models(path)  # the root's metadata reads, or one line
     root = zarr.open_group(path, mode="r", zarr_format=3)
     report = VerifyReport()
     for folder, _, files in os.walk(path, followlinks=False):

@@ -4,7 +4,8 @@ Layout (``store/<study>.zarr``)::
 
     /            attrs: schema_version, study_name, study (YAML text), config_sha256, git_commit,
                         versions, created
-    /<model>/    attrs: model_name
+    /<model>/    attrs: model_name, coordinate_checksums, metadata_checksums (each array's
+                        zarr.json), store_attributes (the root's, to rebuild it), template_complete
       <arrays of each method>  (sample, …)  e.g. activation patching's
                  effect, null_effect (sample, layer, position_group, component, metric) and
                  baseline (sample, run, metric); float32, NaN = not computed
@@ -19,6 +20,7 @@ mark, so an interrupted run never leaves a unit marked done with missing data.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import platform
 import subprocess
 import warnings
@@ -35,11 +37,18 @@ import zarr
 
 from patchwork.errors import StoreError
 from patchwork.store.metadata import (
+    DAMAGE,
     MARKS,
+    METADATA_SUMS,
+    ROOT_RECORD,
     TEMPLATE_MARK,
     metadata_line,
+    metadata_sums,
+    recorded_root,
     refuse_links,
     restore_metadata,
+    restore_root,
+    root_line,
     unreadable_metadata,
 )
 
@@ -142,17 +151,6 @@ def template(samples: SampleCoords, arrays: Mapping[str, ArraySpec], unit_size: 
 COORDINATE_SUMS = "coordinate_checksums"
 #: An array's declaration of where a finished unit may hold NaN (:attr:`ArraySpec.may_be_nan`).
 NAN_ATTRIBUTE = "may_be_nan"
-#: What reading a damaged chunk or metadata file raises (codec, JSON, shape errors; a garbled
-#: variable-length string chunk can claim billions of items, and numpy refuses to allocate them).
-DAMAGE = (
-    RuntimeError,
-    ValueError,
-    TypeError,
-    KeyError,
-    OSError,
-    MemoryError,
-    zarr.errors.BaseZarrError,
-)
 
 
 def template_complete(group: zarr.Group) -> bool:
@@ -200,6 +198,7 @@ class ResultStore:
 
         ``describe(stored_root_attributes)`` says what changed when the study hash differs.
         """
+        restored_root = restore_root(path, provenance["config_sha256"])
         if (path / "zarr.json").exists():
             existing = root_attributes(path)
             if existing.get("config_sha256") != provenance["config_sha256"]:
@@ -210,7 +209,7 @@ class ResultStore:
                     "(it removes the old results) or choose another store"
                 )
             refuse_links(path)
-            restored = restore_metadata(path, model, empty)
+            restored = restore_metadata(path, model, empty, lambda: _template_records(path, model))
             root = zarr.open_group(path, mode="r", zarr_format=3)
             group = root.get(model)
             if isinstance(group, zarr.Group) and template_complete(group):
@@ -218,6 +217,11 @@ class ResultStore:
                 store.check_layout(empty, unit_size)
                 repairs = store.repair(empty, rewrite_coordinates=bool(restored))
                 store.repairs = [
+                    *(
+                        ["root metadata was lost or damaged: written again"]
+                        if restored_root
+                        else []
+                    ),
                     *(
                         f"metadata of {name!r} was lost or damaged: written again"
                         for name in restored
@@ -239,7 +243,7 @@ class ResultStore:
         empty.attrs["model_name"] = model
         empty.to_zarr(path, group=model, mode="w", compute=False, zarr_format=3, consolidated=False)
         store = cls(path, model)
-        store._group.attrs[COORDINATE_SUMS] = store._coordinate_sums()
+        store._group.attrs.update(_template_records(path, model))
         # written last: a template without the mark was cut short and is written again
         store._group.attrs[TEMPLATE_MARK] = True
         return store
@@ -310,7 +314,7 @@ class ResultStore:
         done = self.done()
         for (start, stop), mark in zip(self.units(), self.marks(), strict=True):
             if mark is None or mark != bool(done[start]):
-                self._array("done")[start:stop] = done[start:stop]
+                self._write("done", start, stop, done[start:stop])
                 state = "finished: kept" if done[start] else "not finished: computed again"
                 lost = "unreadable" if mark is None else "lost"
                 lines.append(
@@ -332,9 +336,27 @@ class ResultStore:
                 f"unit [{start}, {stop}) is not aligned to chunks of {self.unit_size} samples"
             )
         for name, values in arrays.items():
-            self._array(name)[start:stop] = values.astype(self._array(name).dtype)
-        self._array("checksum")[start:stop] = sample_checksums(arrays)
-        self._array("done")[start:stop] = True
+            self._write(name, start, stop, values.astype(self._array(name).dtype))
+        self._write("checksum", start, stop, sample_checksums(arrays))
+        self._write("done", start, stop, True)
+
+    def _write(self, name: str, start: int, stop: int, values: Any) -> None:
+        """``name[start:stop] = values``, once no folder stands where one of its chunks goes."""
+        array = self._array(name)
+        size = array.chunks[0]
+        rows = range(start // size, -(-stop // size))
+        for index in itertools.product(rows, *(range(count) for count in array.cdata_shape[1:])):
+            chunk = self.path / self.model / name / array.metadata.encode_chunk_key(index)
+            if chunk.is_dir() and not chunk.is_symlink():
+                # zarr can neither read nor replace a chunk there: its unit reads as damaged
+                try:
+                    chunk.rmdir()
+                except OSError:
+                    raise StoreError(
+                        f"{chunk} is a folder where a chunk of the store belongs, and it holds "
+                        "files; move it out of the store"
+                    ) from None
+        array[start:stop] = values
 
     def read_unit(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """The data variables of samples ``start … stop-1`` as written (no marks)."""
@@ -362,7 +384,7 @@ class ResultStore:
 
     def clear_done(self, start: int, stop: int) -> None:
         """Unmark a unit so that the next run computes it again."""
-        self._array("done")[start:stop] = False
+        self._write("done", start, stop, False)
 
     def unit_intact(self, start: int, stop: int) -> bool:
         """Whether a done unit reads back whole: every chunk decodes, the checksums recorded when
@@ -457,7 +479,8 @@ class ResultStore:
         lines = self.restore_marks()
         damaged = self.coordinate_names() if rewrite_coordinates else self.damaged_coordinates()
         for name in damaged:
-            self._array(name)[:] = np.asarray(empty[name].values).astype(self._array(name).dtype)
+            values = np.asarray(empty[name].values).astype(self._array(name).dtype)
+            self._write(name, 0, len(values), values)
             if not rewrite_coordinates:
                 lines.append(f"coordinate {name!r} was damaged: rewritten from the study")
         if damaged:
@@ -466,6 +489,17 @@ class ResultStore:
             self.clear_done(start, stop)
             lines.append(f"samples {start}-{stop - 1} were damaged: computed again")
         return lines
+
+
+def _template_records(path: Path, model: str) -> dict[str, Any]:
+    """What a model group records of its template once written: its coordinates' checksums,
+    its arrays' metadata checksums and the store root's attributes."""
+    store = ResultStore(path, model)
+    return {
+        COORDINATE_SUMS: store._coordinate_sums(),
+        METADATA_SUMS: metadata_sums(path / model),
+        ROOT_RECORD: root_attributes(path),
+    }
 
 
 def _dimensions(array: zarr.Array) -> tuple[str, ...]:
@@ -502,8 +536,7 @@ def open_results(
     verify`` unmarks damaged units, a run recomputes them). ``verify=False`` reads as stored.
     """
     path = Path(path)
-    if not (path / "zarr.json").exists():
-        raise StoreError(f"{path}: no patchwork store here")
+    root_attributes(path)  # a store, whose root metadata read
     try:
         return _open(path, model, chunks, verify)
     except DAMAGE as error:
@@ -518,8 +551,6 @@ def store_models(path: str | Path) -> list[str]:
     a user's folder such as figures not), once its root metadata reads; :class:`StoreError` in
     one line otherwise."""
     path = Path(path)
-    if not (path / "zarr.json").exists():
-        raise StoreError(f"{path}: no patchwork store here")
     root_attributes(path)
     return sorted(
         entry.name
@@ -603,9 +634,15 @@ def provenance(
 
 
 def root_attributes(path: Path) -> dict[str, object]:
+    """The store root's attributes; :class:`StoreError` in one line when there is no store, or
+    its root metadata cannot be read (saying whether a run can write it again)."""
+    if not (path / "zarr.json").exists() and recorded_root(path) is None:
+        raise StoreError(f"{path}: no patchwork store here")
     try:
         return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
     except DAMAGE as error:
+        if recorded_root(path) is not None:
+            raise StoreError(root_line(path)) from None
         raise StoreError(
             f"{path}: its root metadata is unreadable ({error}), so patchwork cannot tell which "
             "study wrote it; run with --fresh to start over or choose another store"

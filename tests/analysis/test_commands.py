@@ -58,12 +58,22 @@ def test_plot_writes_figures(small_store: Path, tmp_path: Path) -> None:
         (["locate", "{store}", "--floor", "-1"], "--floor must be a finite number"),
         (["locate", "{store}", "--metric", "accuracy"], "metric must be one of"),
         (["plot", "{missing}", "--out", "{missing}"], "no patchwork store"),
+        # an output path that cannot be a folder is refused before the store or study is read
+        (["plot", "{missing}", "--out", "{file}"], "--out {file}: {file} is a file, not a folder"),
+        (["plot", "{missing}", "--out", "{file}/figs"], "{file} is a file, not a folder"),
+        (["plot", "{missing}", "--out", "/dev/null"], "/dev/null is not a folder"),
+        (["inspect", "{missing}", "--sample", "s0", "--out", "{file}"], "is a file, not a folder"),
+        (["inspect", "{missing}", "--sample", "s0", "--out", "/dev/null"], "is not a folder"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(
     store: Path, tmp_path: Path, arguments: list[str], message: str
 ) -> None:
-    filled = [a.format(store=store, missing=tmp_path / "missing.zarr") for a in arguments]
+    file = tmp_path / "figures.png"
+    file.write_bytes(b"png")
+    names = {"store": store, "missing": tmp_path / "missing.zarr", "file": file}
+    filled = [a.format(**names) for a in arguments]
+    message = message.format(**names)
     result = runner.invoke(app, filled)
     assert result.exit_code == 2
     assert message in result.output

@@ -6,6 +6,7 @@ would, then checks what the next ``verify`` or ``run`` keeps, recomputes, says a
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -15,13 +16,14 @@ import zarr
 from typer.testing import CliRunner
 
 from patchwork import StoreError, open_results, parse_study, run_study
-from patchwork.cli import app
+from patchwork.cli import _register_subcommands, app
 from patchwork.store.verify import verify_store
 
 from ..core.helpers import study_text
 
 TEXT = study_text(layers=2, samples=8, unit_size=2)
 cli = CliRunner()
+_register_subcommands()
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +105,9 @@ def test_restored_metadata_is_bit_identical_attributes_included(store: Path, nod
     metadata = store / "random_init" / ("" if node == "random_init" else node) / "zarr.json"
     metadata.write_text("{garbled")
     run_study(parse_study(TEXT), store.parent)
-    after = every_file(store)
-    assert after.keys() == before.keys()
-    group = "random_init/zarr.json"
-    if node == "random_init":  # written again from the study: the same attributes
-        assert open_results(store).attrs["model_name"] == "random_init"
-        after.pop(group), before.pop(group)
-    assert after == before
+    # a group's attributes are written again in the template's order, from the study and the
+    # arrays' own metadata
+    assert every_file(store) == before
 
 
 def test_no_write_follows_a_symbolic_link_out_of_the_store(store: Path, tmp_path: Path) -> None:
@@ -131,7 +129,7 @@ def test_no_write_follows_a_symbolic_link_out_of_the_store(store: Path, tmp_path
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
-        ("zarr.json", "its root metadata is unreadable"),
+        ("zarr.json", "root metadata (zarr.json) is lost or unreadable; finished units are kept"),
         ("random_init/zarr.json", "the metadata (zarr.json) of 'random_init' is lost"),
         ("random_init/effect/zarr.json", "the metadata (zarr.json) of 'effect' is lost"),
     ],
@@ -164,7 +162,7 @@ def test_a_removed_checksum_array_costs_its_units_never_their_verification(
     before = every_file(finished / "tiny.zarr")
     shutil.rmtree(store / "random_init" / "checksum")
     code, line = one_line("verify", store)
-    assert "the metadata (zarr.json) of 'checksum' is lost" in line
+    assert "the array 'checksum' is missing" in line
     summary = run_study(parse_study(TEXT), store.parent)
     assert summary.units_run == 4
     assert every_file(store) == before
@@ -224,3 +222,119 @@ def test_lost_metadata_of_an_array_without_chunks_is_written_again(
     summary = run_study(parse_study(TEXT), store.parent)
     assert summary.units_run == 0
     assert every_file(store) == before
+
+
+def edit_metadata(path: Path, field: str) -> None:
+    """Make an array's ``zarr.json`` disagree with the template: still valid JSON and Zarr."""
+    metadata = json.loads(path.read_text())
+    if field == "shape":
+        metadata["shape"][1] += 1
+    elif field == "chunk_shape":
+        metadata["chunk_grid"]["configuration"]["chunk_shape"][0] *= 2
+    else:
+        metadata["attributes"]["units"] = "V"
+    path.write_text(json.dumps(metadata, indent=2))
+
+
+@pytest.mark.parametrize("field", ["shape", "chunk_shape", "attributes"])
+def test_metadata_that_disagrees_with_the_template_is_damaged_metadata(
+    store: Path, field: str
+) -> None:
+    """A lying shape or chunk shape once passed verify (which then unmarked every unit), made
+    every run refuse the store and status print a traceback."""
+    before = every_file(store)
+    edit_metadata(store / "random_init" / "effect" / "zarr.json", field)
+    expected = "the metadata (zarr.json) of 'effect' is lost, unreadable or not what the store"
+    code, line = one_line("verify", store)
+    assert code == 0 and expected in line and "needs the study" in line
+    code, line = one_line("status", store)
+    assert code == 2 and line.startswith("error: ") and expected in line
+    assert run_study(parse_study(TEXT), store.parent).units_run == 0
+    assert every_file(store) == before  # written again byte for byte, attributes included
+    assert verify_store(store).ok
+
+
+@pytest.mark.parametrize("field", ["shape", "chunk_shape"])
+def test_a_store_without_metadata_checksums_is_still_repaired_from_the_template(
+    store: Path, field: str
+) -> None:
+    """Stores written before the group recorded its arrays' metadata: the run compares shapes
+    and chunk shapes with the study's template."""
+    group = store / "random_init" / "zarr.json"
+    metadata = json.loads(group.read_text())
+    del metadata["attributes"]["metadata_checksums"]
+    group.write_text(json.dumps(metadata, indent=2))
+    before = every_file(store)
+    edit_metadata(store / "random_init" / "effect" / "zarr.json", field)
+    assert run_study(parse_study(TEXT), store.parent).units_run == 0
+    assert every_file(store) == before
+
+
+@pytest.mark.parametrize("damage", ["remove", "garble", "config hash"])
+def test_a_lost_root_metadata_costs_no_finished_unit(store: Path, damage: str) -> None:
+    """The root zarr.json is written again from the record the model group keeps (before: the
+    run refused the store, and --fresh, the advice, recomputed every unit)."""
+    before = every_file(store)
+    root = store / "zarr.json"
+    if damage == "remove":
+        root.unlink()
+    elif damage == "garble":
+        root.write_text("{garbled")
+    else:
+        text = root.read_text()
+        digest = json.loads(text)["attributes"]["config_sha256"]
+        root.write_text(text.replace(digest, "0" * len(digest)))
+    if damage != "config hash":
+        for command in ("status", "verify"):
+            code, line = one_line(command, store)
+            assert code == 2 and "root metadata (zarr.json) is lost" in line
+            assert "finished units are kept" in line
+    assert run_study(parse_study(TEXT), store.parent).units_run == 0
+    assert every_file(store) == before
+
+
+@pytest.mark.parametrize(("chunk", "units"), [("effect/c/1/0/0/0/0", 1), ("done/c/1", 0)])
+def test_a_folder_in_place_of_a_chunk_costs_at_most_its_unit(
+    store: Path, chunk: str, units: int
+) -> None:
+    """A folder where a chunk file belongs made run, verify and status fail with
+    IsADirectoryError."""
+    before = every_file(store)
+    path = store / "random_init" / chunk
+    path.unlink()
+    path.mkdir()
+    code, line = one_line("status", store)
+    assert code in (0, 2) and (code == 0 or "damaged 1 finished unit(s) (samples 2-3" in line)
+    code, line = one_line("verify", store)
+    assert code == 0 and "repaired" in line
+    assert run_study(parse_study(TEXT), store.parent).units_run == units
+    assert every_file(store) == before
+
+
+def test_a_folder_with_files_in_place_of_a_chunk_is_refused_in_one_line(store: Path) -> None:
+    path = store / "random_init" / "effect" / "c" / "1" / "0" / "0" / "0" / "0"
+    path.unlink()
+    path.mkdir()
+    (path / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="is a folder where a chunk of the store belongs"):
+        run_study(parse_study(TEXT), store.parent)
+    assert (path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", ["compare", "locate", "plot", "status", "verify"])
+def test_a_removed_effect_array_is_named_by_every_command(
+    store: Path, tmp_path: Path, command: str
+) -> None:
+    """compare (and locate, plot with --no-verify) once failed with a KeyError traceback."""
+    shutil.rmtree(store / "random_init" / "effect")
+    extra = {
+        "compare": [store, "--no-verify"],
+        "locate": ["--no-verify"],
+        "plot": ["--out", tmp_path / "figures", "--no-verify"],
+    }
+    code, line = one_line(command, store, *extra.get(command, []))
+    assert "the array 'effect' is missing" in line, line
+    if command == "verify":
+        assert code == 0 and "needs the study" in line
+    else:
+        assert code == 2 and line.startswith(f"error: {store}/random_init: the array")
