@@ -91,18 +91,18 @@ def compare(first: xr.Dataset, second: xr.Dataset, **options: Any) -> list[Compa
                 notes.append(f"no summary of {label}: {error}")
         difference = None
         keys = ours[kind].keys
-        if keys is not None and summaries[0] is not None and summaries[1] is not None:
-            difference = summary_difference(summaries[0], summaries[1], keys)
-            difference.attrs.update(
-                {
-                    key: summaries[0].attrs[key]
-                    for key in ("number_format",)
-                    if key in summaries[0].attrs
-                },
-                kind=kind,
-                title=f"{kind}: {labels[1]} − {labels[0]}",
-                caption="over the rows both hold; each side's estimator and samples as above",
-            )
+        mine, other = summaries
+        if keys is not None and mine is not None and other is not None:
+            if set(keys) <= set(mine.columns) & set(other.columns):
+                difference = summary_difference(mine, other, keys)
+                difference.attrs.update(
+                    {key: mine.attrs[key] for key in ("number_format",) if key in mine.attrs},
+                    kind=kind,
+                    title=f"{kind}: {labels[1]} − {labels[0]}",
+                    caption="over the rows both hold; each side's estimator and samples as above",
+                )
+            else:  # one side lost arrays of the kind, and what is left is reported generically
+                notes.append(f"no difference: the summaries do not both hold {', '.join(keys)}")
         comparisons.append(
             Comparison(kind, summaries[0], summaries[1], difference, "; ".join(notes))
         )

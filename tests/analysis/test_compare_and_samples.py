@@ -90,6 +90,18 @@ def test_compare_subtracts_summaries_row_by_row() -> None:
     assert len(summary_difference(comparison.first, fewer, keys)) == 3 * 3
 
 
+def test_compare_with_a_store_that_lost_an_array_gives_no_difference_and_says_why() -> None:
+    # a store read without verification after its effect array was removed: what is left of the
+    # kind is reported generically, whose summary lacks the rows a difference is keyed on
+    first = synthetic_results(n_samples=16, seed=1)
+    damaged = synthetic_results(n_samples=16, seed=2).drop_vars("effect")
+    damaged.attrs["study"] = "interventions: [{kind: activation_patching}]"
+    (comparison,) = compare(first, damaged)
+    assert comparison.kind == "activation_patching"
+    assert comparison.difference is None and comparison.first is not None
+    assert "no difference" in comparison.note
+
+
 def test_compare_shows_rankings_side_by_side_and_names_kinds_of_one_store(every_kind_store):
     every_kind = open_results(every_kind_store).load()
     comparisons = {c.kind: c for c in compare(every_kind, every_kind, metric="logit_diff")}
