@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from patchwork.cli.options import MAX_SEED
 from patchwork.errors import PatchworkError
 
 if TYPE_CHECKING:
@@ -30,7 +31,10 @@ def pairs_command(
         Path | None,
         typer.Option(help="Label → answer word, YAML (label: word) or CSV (label,word)."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the clips drawn and the pictures paired.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(min=0, max=MAX_SEED, help="Seed of the clips drawn and the pictures paired."),
+    ] = 0,
     per_label: Annotated[
         int | None,
         typer.Option(min=1, help="Samples per label [default: as many as the rarest label has]."),

@@ -57,12 +57,6 @@ RUN_FIELDS = {
 _DECODE_SLACK_SECONDS = 1.0
 
 
-def _exists(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise DataError(f"{what} file not found: {path}")
-    return path
-
-
 def _too_long(path: Path, seconds: float, max_seconds: float) -> DataError:
     return DataError(
         f"{path}: the audio lasts {seconds:.1f} s by its header, over the dataset's max_seconds "
@@ -82,7 +76,7 @@ def decode_audio(
     ``max_seconds`` is refused before decoding; ``seconds`` stops decoding once it is read."""
     import av
 
-    path = _exists(Path(path), "audio")
+    path = media.media_file(Path(path), "audio")
     chunks: list[np.ndarray] = []
     try:
         with av.open(str(path)) as container:
@@ -150,7 +144,7 @@ def load_sound(
     """A sound file or a container's soundtrack, mono float32 at ``sampling_rate``, read as
     ``librosa.load(sr=...)`` reads it: through soundfile when soundfile knows the format, else
     through ffmpeg (PyAV) as 16-bit PCM."""
-    path = _exists(Path(path), "audio")
+    path = media.media_file(Path(path), "audio")
     if media.soundfile_reads(path):
         return media.load_audio(path, sampling_rate, max_seconds=max_seconds, seconds=seconds)
     return decode_audio(path, sampling_rate, max_seconds=max_seconds, seconds=seconds)
@@ -181,10 +175,11 @@ class SampledVideo:
 def scan_video(path: str | Path, max_side: int = 4096) -> VideoInfo:
     """Count the first video stream's frames without decoding them (as torchcodec's exact scan
     does: packets, and the span from the first presentation time to the last one's end);
-    frames with a side over ``max_side`` are refused from the header."""
+    frames with a side over ``max_side`` are refused from the header, a file cut short (fewer
+    packets than its header counts, or one the file ends inside of) from its packets."""
     import av
 
-    path = _exists(Path(path), "video")
+    path = media.media_file(Path(path), "video")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -203,6 +198,8 @@ def scan_video(path: str | Path, max_side: int = 4096) -> VideoInfo:
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.pts is None:
                     continue
+                if packet.is_corrupt:  # ffmpeg flags a packet the file ends inside of
+                    raise DataError(f"{path}: damaged or truncated (frame {count} is cut off)")
                 count += 1
                 stop = packet.pts + (packet.duration or 0)
                 begin = packet.pts if begin is None else min(begin, packet.pts)
@@ -211,10 +208,16 @@ def scan_video(path: str | Path, max_side: int = 4096) -> VideoInfo:
             known = begin is not None and end is not None
             span = float((end - begin) * base) if known else 0.0  # type: ignore[operator]
             rate = stream.average_rate
+            claimed = int(stream.frames or 0)  # 0 where the container does not say
     except av.FFmpegError as error:
         raise DataError(f"cannot decode video {path}: {error}") from None
     if count == 0:
         raise DataError(f"{path} holds no video frames")
+    if count < claimed:
+        raise DataError(
+            f"{path}: damaged or truncated (its header counts {claimed} frames, the file holds "
+            f"{count})"
+        )
     fps = count / span if span > 0 else float(rate or 0)
     if not math.isfinite(fps) or fps <= 0:
         raise DataError(f"{path}: the video stream's frame rate cannot be told")
@@ -279,7 +282,7 @@ def sample_frames(
 def load_features(path: str | Path) -> torch.Tensor:
     """Precomputed features from ``.npy`` or ``.safetensors`` (one tensor) as float32; their
     headers are read and checked against the file's size before anything is loaded."""
-    return features.load_features(_exists(Path(path), "image_features"))
+    return features.load_features(media.media_file(Path(path), "image_features"))
 
 
 def resize_frames(frames: np.ndarray, size: Any, max_side: int = 4096) -> np.ndarray:

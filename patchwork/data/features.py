@@ -30,12 +30,21 @@ _SAFETENSORS_DTYPES = {
 
 
 def load_features(path: Path) -> torch.Tensor:
-    """The one tensor of ``path`` (``.npy`` or ``.safetensors``) as float32."""
+    """The one tensor of ``path`` (``.npy`` or ``.safetensors``) as float32, refused when it holds
+    NaN or an infinity (as float32: a float64 beyond its range counts as infinite)."""
     if path.suffix == ".npy":
-        return _load_npy(path)
-    if path.suffix == ".safetensors":
-        return _load_safetensors(path)
-    raise DataError(f"features must be .npy or .safetensors: {path}")
+        tensor = _load_npy(path)
+    elif path.suffix == ".safetensors":
+        tensor = _load_safetensors(path)
+    else:
+        raise DataError(f"features must be .npy or .safetensors: {path}")
+    finite = torch.isfinite(tensor)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise DataError(
+            f"features {path} hold {bad:,} NaN or infinite value(s) of {tensor.numel():,}"
+        )
+    return tensor
 
 
 #: What numpy's header reader raises on a damaged header (it parses it as a Python literal).
@@ -76,7 +85,8 @@ def _load_npy(path: Path) -> torch.Tensor:
         array = np.load(path, allow_pickle=False)
     except _NPY_HEADER_ERRORS as error:
         raise DataError(f"cannot read features {path}: {error}") from None
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    with np.errstate(over="ignore"):  # beyond float32 becomes infinite, refused by the caller
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 def safetensors_header(path: Path) -> dict[str, dict[str, Any]]:

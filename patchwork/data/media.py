@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from patchwork import files
 from patchwork.errors import DataError
 
 SAMPLING_RATE = 16_000
@@ -44,6 +45,18 @@ def soundfile_reads(path: str | Path) -> bool:
     return True
 
 
+def media_file(path: Path, what: str) -> Path:
+    """``path`` when it is a regular file; else a :class:`DataError` saying what it is (``video
+    file x not found``, ``… is a directory, not a file``, ``… is a FIFO (named pipe), not a
+    regular file``), found from ``stat`` alone, before a decoder opens it and waits on a FIFO."""
+    problem = files.not_regular(path)
+    if problem == "not found":
+        raise DataError(f"{what} file not found: {path}")
+    if problem is not None:
+        raise DataError(f"{what} file {path} {problem}")
+    return path
+
+
 def load_audio(
     path: str | Path,
     sampling_rate: int = SAMPLING_RATE,
@@ -61,9 +74,7 @@ def load_audio(
 
     from patchwork.data import conventions
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"audio file not found: {path}")
+    path = media_file(Path(path), "audio")
     try:
         info = soundfile.info(str(path))
         file_rate, claimed = int(info.samplerate), int(info.frames)
@@ -249,8 +260,7 @@ def load_frames(paths: Sequence[str | Path], max_side: int = 4096) -> np.ndarray
 
     frames = []
     for path in map(Path, paths):
-        if not path.is_file():
-            raise DataError(f"image file not found: {path}")
+        media_file(path, "image")
         try:
             with Image.open(path) as image:
                 if max(image.size) > max_side:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from patchwork import files
 from patchwork.errors import DataError, PatchworkError
 
 if TYPE_CHECKING:
@@ -68,7 +69,10 @@ def find_clips(source: str | Path) -> tuple[list[Clip], list[Dropped]]:
         return _csv_clips(source)
     if source.is_file():
         raise DataError(f"{source}: give a folder of label folders or a CSV with path,label")
-    raise DataError(f"{source}: no such folder or CSV")
+    problem = files.not_regular(source)
+    if problem == "not found":
+        raise DataError(f"{source}: no such folder or CSV")
+    raise DataError(f"{source}: {problem}; give a folder of label folders or a CSV")
 
 
 def _folder_clips(folder: Path) -> tuple[list[Clip], list[Dropped]]:
@@ -79,10 +83,13 @@ def _folder_clips(folder: Path) -> tuple[list[Clip], list[Dropped]]:
         if entry.is_file():
             dropped.append(Dropped(entry, "", "not in a label folder"))
             continue
-        for path in sorted(p for p in entry.rglob("*") if p.is_file()):
+        for path in sorted(p for p in entry.rglob("*") if not p.is_dir()):
             if any(part.startswith(".") for part in path.relative_to(entry).parts):
                 continue
-            if path.suffix.lower() in VIDEO_SUFFIXES:
+            problem = files.not_regular(path)  # a FIFO would make the decoder wait for ever
+            if problem is not None:
+                dropped.append(Dropped(path, entry.name, f"the path {problem}"))
+            elif path.suffix.lower() in VIDEO_SUFFIXES:
                 clips.append(Clip(path, entry.name))
             else:
                 dropped.append(Dropped(path, entry.name, "not a video file"))
@@ -110,17 +117,21 @@ def _csv_clips(table: Path) -> tuple[list[Clip], list[Dropped]]:
             dropped.append(Dropped(Path(where), label, "row names no path"))
         elif not label:
             dropped.append(Dropped(path, "", f"{where}: row has no label"))
-        elif not path.is_file():
-            dropped.append(Dropped(path, label, f"{where}: file not found"))
+        elif (problem := files.not_regular(path)) is not None:
+            problem = "file not found" if problem == "not found" else f"the path {problem}"
+            dropped.append(Dropped(path, label, f"{where}: {problem}"))
         else:
             clips.append(Clip(path, label))
     return clips, dropped
 
 
-def measure(clip: Clip) -> Clip | Dropped:
+def measure(clip: Clip, max_side: int = 4096) -> Clip | Dropped:
     """``clip`` with its size, rate and usable length read from its header; :class:`Dropped`
-    when it cannot be read or lacks a picture or a soundtrack."""
+    when it cannot be read, lacks a picture or a soundtrack, or is cut short or damaged (its
+    video packets are counted, not decoded: :func:`~patchwork.data.containers.scan_video`)."""
     import av
+
+    from patchwork.data import containers
 
     try:
         with av.open(str(clip.path)) as container:
@@ -143,6 +154,10 @@ def measure(clip: Clip) -> Clip | Dropped:
         return Dropped(clip.path, clip.label, "its header gives no frame size")
     if not (picture and sound):
         return Dropped(clip.path, clip.label, "its header gives no duration")
+    try:
+        containers.scan_video(clip.path, max_side)
+    except DataError as error:
+        return Dropped(clip.path, clip.label, str(error).removeprefix(f"{clip.path}: "))
     return replace(clip, width=width, height=height, fps=fps, seconds=min(picture, sound))
 
 

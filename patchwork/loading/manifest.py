@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from patchwork import files
 from patchwork.data import containers
 from patchwork.data.sample import Sample
 from patchwork.data.source import SampleInfo, SampleSource, layout_digests
@@ -63,8 +64,10 @@ def manifest_source(
     """
     path = study.dataset.manifest
     assert path is not None
-    if not path.is_file():
-        raise DataError(f"{study.where('dataset', 'manifest')}: manifest not found: {path}")
+    problem = files.not_regular(path)
+    if problem is not None:
+        problem = "not found: " if problem == "not found" else f"{problem}: "
+        raise DataError(f"{study.where('dataset', 'manifest')}: manifest {problem}{path}")
     try:
         question = chat_prompt(loaded, study.question, study.chat)
     except PatchworkError as error:

@@ -35,6 +35,7 @@ from patchwork.data.conventions import Convention
 from patchwork.errors import DataError, PatchworkError
 from patchwork.loading.clips import Clip, Dropped, answer_words, find_clips, measure
 from patchwork.loading.model import LoadedModel
+from patchwork.study.specs import MAX_SEED
 
 #: Longest default length (s): the Qwen2.5-Omni and Gemma 3n feature extractors read 30 s.
 LONGEST_DEFAULT_SECONDS = 30.0
@@ -115,6 +116,8 @@ def pair_clips(
             or fewer than two labels keep a usable clip (the message counts the reasons).
     """
     out = Path(out)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise DataError(f"--seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     if out.suffix.lower() != ".jsonl":
         raise DataError(f"{out}: pairs writes a JSONL manifest; name it *.jsonl")
     for name, value, high in (("seconds", seconds, max_seconds), ("fps", fps, 120.0)):
@@ -125,7 +128,7 @@ def pair_clips(
     found, dropped = find_clips(source)
     clips: list[Clip] = []
     for clip in found:
-        measured = measure(clip)
+        measured = measure(clip, max_side)
         if isinstance(measured, Clip):
             clips.append(measured)
         else:

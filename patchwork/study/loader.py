@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from ruamel.yaml import YAML, MappingNode, Node, SequenceNode
+from ruamel.yaml import YAML, MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, ScalarEvent
 
-from patchwork import plugins
+from patchwork import files, plugins
 from patchwork.errors import PatchworkError, StudyError
 from patchwork.study.locations import FieldPath, dotted, format_location
 from patchwork.study.messages import describe_error, first_error, yaml_error
@@ -37,12 +37,20 @@ def load_study(path: str | Path, overrides: Iterable[str] = ()) -> Study:
     validation; an invalid one is reported as ``--set key.path=value: …``.
     """
     path = Path(path)
+    problem = files.not_regular(path)
+    if problem is not None:
+        raise StudyError(f"{path}: study file {problem}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StudyError(f"{path}: study file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise StudyError(f"{path}: cannot read study file ({error})") from None
+        data = files.read_at_most(path, MAX_STUDY_BYTES)
+    except OSError as error:
+        raise StudyError(f"{path}: cannot read study file ({error.strerror or error})") from None
+    if len(data) > MAX_STUDY_BYTES:  # refused while reading: /dev/zero-like files never end
+        raise StudyError(f"{path}: over {MAX_STUDY_BYTES:,} bytes; a study file is at most that")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise StudyError(f"{path}:{line}: not UTF-8 text (byte {error.start})") from None
     return parse_study(text, source=path, overrides=overrides)
 
 
@@ -53,8 +61,8 @@ def parse_study(text: str, source: Path | None = None, overrides: Iterable[str] 
     overrides = tuple(overrides)
     try:
         _check_shape(text, label)
+        lines = _key_lines(YAML(typ="safe", pure=True).compose(text), label)
         data = YAML(typ="safe", pure=True).load(text)
-        lines = _key_lines(YAML(typ="safe", pure=True).compose(text))
     except MarkedYAMLError as error:
         raise StudyError(yaml_error(error, label)) from None
     except YAMLError as error:
@@ -69,7 +77,7 @@ def parse_study(text: str, source: Path | None = None, overrides: Iterable[str] 
     if source is not None:
         data = _resolve_relative(dict(data), source.parent)
     try:
-        study = Study.model_validate(data)
+        study = Study.model_validate(_as_tuples(data))
     except ValidationError as error:
         first = first_error(error.errors(), Study)
         field_path = _data_path(data, tuple(first["loc"]))
@@ -170,6 +178,7 @@ def parse_override(text: str) -> tuple[FieldPath, object]:
         raise StudyError(f"--set {shown}: a list index of more than 9 digits")
     try:
         _check_shape(value, f"--set {shown}")
+        _key_lines(YAML(typ="safe", pure=True).compose(value), f"--set {shown}")
         parsed = YAML(typ="safe", pure=True).load(value) if value.strip() else ""
     except YAMLError as error:
         raise StudyError(f"--set {shown}: the value is not valid YAML ({error})") from None
@@ -244,21 +253,79 @@ def _data_path(data: object, loc: FieldPath) -> FieldPath:
     return tuple(path)
 
 
-def _key_lines(node: Node | None, prefix: FieldPath = ()) -> dict[FieldPath, int]:
-    """1-based line of every mapping key and sequence item, keyed by field path."""
+#: The YAML types a study is written in (YAML's core schema); others (``!!binary``,
+#: ``!!timestamp``, ``!!set`` …) are refused rather than handed to the schema as bytes or dates.
+_PLAIN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "seq", "map")
+)
+_NAME_TAG = "tag:yaml.org,2002:str"
+#: What a key that is not a name is, by its YAML tag.
+_KEY_KINDS = {
+    f"tag:yaml.org,2002:{tag}": kind
+    for tag, kind in (
+        ("int", "a number"),
+        ("float", "a number"),
+        ("bool", "true or false"),
+        ("null", "null"),
+        ("seq", "a list"),
+        ("map", "a mapping"),
+    )
+}
+
+
+def _key_lines(node: Node | None, label: str, prefix: FieldPath = ()) -> dict[FieldPath, int]:
+    """1-based line of every mapping key and sequence item, keyed by field path. Refuses, with
+    ``label:line``, a key that is not text (``? [a, b]``, ``1:``) and a value of a type outside
+    YAML's core schema (``!!binary``, a date)."""
     lines: dict[FieldPath, int] = {}
     if node is None:
         return lines
-    lines.setdefault(prefix, node.start_mark.line + 1)
+    line = node.start_mark.line + 1
+    lines.setdefault(prefix, line)
+    if str(node.tag) not in _PLAIN_TAGS:
+        tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+        field = f"{dotted(prefix)}: " if prefix else ""
+        raise StudyError(
+            f"{label}:{line}: {field}a {tag} value; a study holds text, numbers, true or false, "
+            "lists and mappings"
+        )
     if isinstance(node, MappingNode):
         for key, value in node.value:
+            if not (isinstance(key, ScalarNode) and str(key.tag) == _NAME_TAG):
+                field = f"{dotted(prefix)}: " if prefix else ""
+                raise StudyError(
+                    f"{label}:{key.start_mark.line + 1}: {field}key {_node_text(key)} is "
+                    f"{_KEY_KINDS.get(str(key.tag), 'not text')}; the keys of a study are names "
+                    "(text)"
+                )
             path = (*prefix, key.value)
             lines[path] = key.start_mark.line + 1
-            lines.update({k: v for k, v in _key_lines(value, path).items() if k != path})
+            lines.update({k: v for k, v in _key_lines(value, label, path).items() if k != path})
     elif isinstance(node, SequenceNode):
         for index, item in enumerate(node.value):
-            lines.update(_key_lines(item, (*prefix, index)))
+            lines.update(_key_lines(item, label, (*prefix, index)))
     return lines
+
+
+def _node_text(node: Node) -> str:
+    """A YAML node as flow text for messages (``[a, b]``), at most about 60 characters."""
+    if isinstance(node, ScalarNode):
+        text = node.value
+    elif isinstance(node, SequenceNode):
+        text = "[" + ", ".join(_node_text(item) for item in node.value[:8]) + "]"
+    else:
+        text = "{" + ", ".join(f"{_node_text(k)}: {_node_text(v)}" for k, v in node.value[:8]) + "}"
+    return text if len(text) <= 60 else f"{text[:57]}…"
+
+
+def _as_tuples(data: object) -> object:
+    """``data`` with every list a tuple: the schema is strict (a YAML text is never taken for a
+    number or a flag) and its sequences are tuples, which strict validation takes as they are."""
+    if isinstance(data, Mapping):
+        return {key: _as_tuples(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return tuple(_as_tuples(item) for item in data)
+    return data
 
 
 def _with_value(data: dict, field_path: FieldPath, value: object, override: str) -> dict:

@@ -86,7 +86,9 @@ class DatasetSpec(Strict):
         "synthetic audio-visual world of the default model.",
     )
     manifest: Path | None = Field(
-        None, description="A JSONL or CSV file listing samples (paths relative to the study file)."
+        None,
+        strict=False,
+        description="A JSONL or CSV file listing samples (paths relative to the study file).",
     )
     samples: int = Field(16, ge=1, le=1_000_000, description="How many samples (generators only).")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Which samples (generators).")
@@ -241,7 +243,9 @@ class Study(Strict):
     execution: Execution = Field(default_factory=Execution)
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     store: Path | None = Field(
-        None, description="Where the store goes, under the store root; default <name>.zarr."
+        None,
+        strict=False,
+        description="Where the store goes, under the store root; default <name>.zarr.",
     )
 
     _source: Path | None = PrivateAttr(None)

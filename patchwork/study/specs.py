@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from patchwork import plugins
 
 Component = Literal["residual", "attention", "mlp"]
-PositionGroup = Literal["audio", "video", "image", "text", "answer", "all"]
+PositionGroup = Literal["audio", "video", "image", "text", "answer", "text_and_answer", "all"]
 #: Knockout rules may also name the tokens generated after the prompt.
 KnockoutGroup = Literal["audio", "video", "image", "text", "answer", "generated", "all"]
 Metric = Literal["logit_diff", "audio_probability", "normalized_effect"]
@@ -40,9 +40,12 @@ def parse_range(text: str) -> tuple[int, int] | None:
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors; values are immutable; aliases and field names both accepted."""
+    """Unknown keys are errors; values are immutable; aliases and field names both accepted.
+    Types are strict: ``"4"`` is not a number, ``yes`` or ``1`` not a flag, ``true`` not a
+    number (an integer is a float); sequences are tuples (the loader makes YAML's lists tuples);
+    a path field accepts text (``Field(strict=False)``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
 class RandomInit(Strict):

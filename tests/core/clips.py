@@ -20,14 +20,17 @@ def write_mp4(
     seed: int = 0,
     audio_rate: int | None = 44_100,
     channels: int = 2,
+    faststart: bool = False,
 ) -> Path:
-    """An mp4 clip; ``audio_rate=None``: no soundtrack. Returns ``path``."""
+    """An mp4 clip; ``audio_rate=None``: no soundtrack; ``faststart``: its index (``moov``) ahead
+    of the media, so that the clip cut short keeps a whole header. Returns ``path``."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
     colour = np.random.default_rng(seed).integers(0, 256, 3).astype(np.uint8)
     layout = "stereo" if channels == 2 else "mono"
-    with av.open(str(path), mode="w") as container:
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as container:
         video = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         audio = container.add_stream("aac", rate=audio_rate, layout=layout) if audio_rate else None
@@ -86,3 +89,13 @@ def labelled_folder(folder: Path, labels: tuple[str, ...] = ("dog", "cat", "bird
                 channels=1 + index % 2,
             )
     return folder
+
+
+def truncated_mp4(path: Path, fraction: float = 0.5, **clip: object) -> Path:
+    """An mp4 clip (:func:`write_mp4`, 64×48, 8 fps, 3 s unless ``clip`` says otherwise) whose
+    index comes first, cut to ``fraction`` of its bytes: its header still counts every frame."""
+    options = {"width": 64, "height": 48, "fps": 8.0, "seconds": 3.0, **clip}
+    write_mp4(path, faststart=True, **options)  # type: ignore[arg-type]
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path

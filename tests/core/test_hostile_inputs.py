@@ -5,6 +5,7 @@ model loads or any training starts."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,18 @@ STUDY_CASES = {
     "a 5000-digit hex integer": ("seed: 3", f"seed: 0x{BIG}", "a number of 5,002 digits"),
     "a seed beyond 64 bits": ("seed: 1}", f"seed: {2**64}}}", "model.random_init.seed"),
     "a negative seed": ("seed: 0}", "seed: -1}", "execution.seed"),
+    # keys that are not names once ended in a TypeError (an unhashable key) or were misplaced
+    "a list as a key": ("name: tiny", "? [a, b]\n: 1\nname: tiny", "study.yaml:1: key [a, b]"),
+    "a number as a key": ("  attention: sdpa", "  1: 2", "study.yaml:5: model: key 1"),
+    "a mapping as a key": ("name: tiny", "? {a: 1}\n: 1\nname: tiny", "key {a: 1} is a map"),
+    # values of the wrong type were once taken as numbers or flags
+    "a flag as a count": ("samples: 2", "samples: true", "study.yaml:8: dataset.samples"),
+    "a text as a count": ("samples: 2", 'samples: "4"', "study.yaml:8: dataset.samples"),
+    "a flag as a window": ("window: 1", "window: true", "study.yaml:16: interventions[0].window"),
+    "a binary scalar": ("samples: 2", "samples: !!binary NA==", "8: dataset.samples: a !!binary"),
+    "a binary name": ("name: tiny", "name: !!binary dGlueQ==", "study.yaml:1: name: a !!binary"),
+    "a date as a seed": ("seed: 3", "seed: 2024-01-01", "9: dataset.seed: a !!timestamp"),
+    "a number as a flag": ("seed: 0}", "seed: 0, reuse: 1}", "execution.reuse"),
 }
 
 
@@ -74,7 +87,57 @@ SET_CASES = {
     },
     "the meta device": ("model.device=meta", "'meta' holds no data"),
     "a NaN window": ("interventions.0.window=.nan", "interventions.0.window"),
+    "a flag spelt yes": ("execution.reuse=yes", "--set execution.reuse=yes: execution.reuse"),
+    "a quoted count": ("execution.batch_size='4'", "execution.batch_size"),
+    "a float count": ("execution.batch_size=4.0", "execution.batch_size"),
+    "a number as a key": ("model={1: 2}", "--set model={1: 2}:1: key 1 is a number"),
+    "a list as a key": ("model.random_init={[a]: 2}", "key [a] is a list"),
+    "a binary value": ("execution.seed=!!binary NA==", "a !!binary value"),
 }
+
+
+def test_overrides_are_read_as_yaml_then_checked_strictly(tiny_study: Path) -> None:
+    """A ``--set`` value is text: ``4`` is read as the integer 4, ``true`` as the flag."""
+    outcome = patchwork_main(
+        "validate", tiny_study, "--schema-only", "--set", "execution.batch_size=4",
+        "--set", "execution.reuse=false", "--set", "dataset.max_seconds=30",
+    )  # fmt: skip
+    assert outcome.code == 0, outcome.stderr
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+def test_a_study_path_that_is_not_a_regular_file_is_refused_unread(
+    tmp_path: Path, kind: str
+) -> None:
+    """``validate /dev/zero`` once read without end, a FIFO waited forever for a writer."""
+    path = tmp_path / "study.yaml"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+    expected = {"directory": "is a directory", "fifo": "is a FIFO", "device": "is a character"}
+    for schema_only in ([], ["--schema-only"]):
+        refused(
+            patchwork_main("validate", path, *schema_only), f"{path}: study file", expected[kind]
+        )
+
+
+def test_a_huge_study_file_is_refused_while_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study file over the bound is refused after reading one byte more than the bound."""
+    from patchwork import files
+
+    path = tmp_path / "study.yaml"
+    with path.open("wb") as handle:  # sparse: 1 GB on paper, nothing on disk
+        handle.truncate(1 << 30)
+    asked: list[int] = []
+    read = files.read_at_most
+    monkeypatch.setattr(files, "read_at_most", lambda p, n: asked.append(n) or read(p, n))
+    refused(patchwork_main("validate", path, "--schema-only"), "over 1,000,000 bytes")
+    assert asked == [1_000_000]
 
 
 @pytest.mark.parametrize("case", sorted(SET_CASES))
@@ -198,3 +261,10 @@ def test_the_largest_seed_is_one_torch_and_numpy_take() -> None:
         "validate", SMOKE, "--schema-only", "--set", f"execution.seed={MAX_SEED}"
     )
     assert outcome.code == 0, outcome.stderr
+
+
+@pytest.mark.parametrize("seed", BAD_SEEDS)
+@pytest.mark.parametrize("command", ["locate", "plot"])
+def test_analysis_seeds_are_bounded(tmp_path: Path, command: str, seed: str) -> None:
+    """``--seed -1`` once reached numpy's generator (a traceback) when the store was there."""
+    refused(patchwork_main(command, tmp_path, "--seed", seed), "'--seed'")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 from patchwork import DataError, open_results, run_study
 from patchwork.data.media import save_audio, save_frame
 
+from .clips import truncated_mp4
 from .helpers import study_text
+from .hostile import patchwork_main, refused
 
 
 def make_media(folder: Path) -> None:
@@ -158,3 +161,91 @@ def test_the_same_manifest_study_spelled_another_way_resumes(
         (tmp_path / "samples.jsonl").read_text().replace("woof", "meow", 1)
     )
     assert study_hash(load_study(tmp_path / "study.yaml")) != before
+
+
+def _odd_path(path: Path, kind: str) -> None:
+    """Make ``path`` a folder, a FIFO or a link to ``/dev/zero``."""
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+
+
+ODD_PATHS = {
+    "directory": "is a directory",
+    "fifo": "is a FIFO (named pipe), not a regular file",
+    "device": "is a character device, not a regular file",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ODD_PATHS))
+@pytest.mark.parametrize("field", ["audio", "frames"])
+def test_a_media_path_that_is_not_a_file_is_named_for_what_it_is(
+    tmp_path: Path, kind: str, field: str
+) -> None:
+    """Such paths were reported as "not found" (and a FIFO could make a decoder wait)."""
+    make_media(tmp_path / "media")
+    _odd_path(tmp_path / "media" / "odd", kind)
+    rows = manifest_rows()
+    rows[1]["runs"]["conflict"][field] = ["media/odd"] if field == "frames" else "media/odd"
+    outcome = patchwork_main("validate", study_with_manifest(tmp_path, rows))
+    what = "audio" if field == "audio" else "image"
+    refused(
+        outcome, "samples.jsonl:2: sample bird-vs-fish", f"{what} file {tmp_path / 'media' / 'odd'}"
+    )
+    assert ODD_PATHS[kind] in outcome.line
+
+
+@pytest.mark.parametrize("kind", sorted(ODD_PATHS))
+def test_a_manifest_that_is_not_a_file_is_named_for_what_it_is(tmp_path: Path, kind: str) -> None:
+    study = study_with_manifest(tmp_path, manifest_rows())
+    (tmp_path / "samples.jsonl").unlink()
+    _odd_path(tmp_path / "samples.jsonl", kind)
+    refused(patchwork_main("validate", study), "dataset.manifest: manifest " + ODD_PATHS[kind])
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 1e300])
+def test_image_features_that_are_not_finite_are_refused(
+    tmp_path: Path, suffix: str, value: float
+) -> None:
+    """NaN or infinite features (a float64 beyond float32's range too) once passed validate."""
+    from safetensors.numpy import save_file
+
+    make_media(tmp_path / "media")
+    features = np.zeros((1, 4, 8), np.float64)
+    features[0, 2, 5] = value
+    path = tmp_path / "media" / f"features{suffix}"
+    if suffix == ".npy":
+        np.save(path, features)
+    else:
+        save_file({"features": features}, str(path))
+    rows = manifest_rows()
+    rows[1]["runs"]["conflict"]["image_features"] = f"media/features{suffix}"
+    study = study_with_manifest(tmp_path, rows)
+    expected = ("samples.jsonl:2: sample bird-vs-fish", f"features {path} hold 1 NaN or infinite")
+    refused(patchwork_main("validate", study), *expected)
+    refused(patchwork_main("run", study, "--store", tmp_path / "store"), *expected)
+    assert not (tmp_path / "store" / "tiny.zarr").exists()
+
+
+@pytest.mark.parametrize("seconds", [1.0, None])
+def test_a_truncated_video_is_refused_at_validate(tmp_path: Path, seconds: float | None) -> None:
+    """An mp4 cut in half whose header still counts every frame once passed validate when the
+    run used only the frames before the cut."""
+    make_media(tmp_path / "media")
+    clip = truncated_mp4(tmp_path / "media" / "clip.mp4")
+    rows = manifest_rows()
+    for row in rows:
+        for run in row["runs"].values():
+            del run["frames"]
+            run["video"] = "media/clip.mp4"
+            if seconds is not None:
+                run["seconds"] = seconds
+    refused(
+        patchwork_main("validate", study_with_manifest(tmp_path, rows)),
+        "samples.jsonl:1: sample dog-vs-cat",
+        f"{clip}: damaged or truncated",
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from patchwork.cli import _register_subcommands, app
 from patchwork.loading.clips import Clip, Dropped, find_clips, measure, read_words
 from patchwork.loading.pairs import pair_clips
 
-from .clips import labelled_folder, write_mp4
+from .clips import labelled_folder, truncated_mp4, write_mp4
+from .hostile import patchwork_main, refused
 
 _register_subcommands()
 cli = CliRunner()
@@ -223,3 +225,28 @@ def test_the_command_says_mistakes_in_one_line(clips: Path, tmp_path: Path) -> N
         "pairs", clips, "--out", out, "--checkpoint", tmp_path, code=2
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63), str(2**64)])
+def test_seeds_out_of_bounds_are_refused_in_one_line(
+    clips: Path, tmp_path: Path, seed: str
+) -> None:
+    """``pairs --seed -1`` was once accepted (Python's generator takes any integer)."""
+    out = tmp_path / "pairs.jsonl"
+    refused(patchwork_main("pairs", clips, "--out", out, "--seed", seed), "--seed")
+    assert not out.exists()
+    with pytest.raises(DataError, match=r"--seed must be an integer in \[0, "):
+        pair_clips(clips, out, seed=int(seed))
+
+
+def test_a_truncated_clip_is_left_out_without_a_model(tmp_path: Path) -> None:
+    """Without --study or --checkpoint a clip cut short was written into the manifest as
+    usable: its header still gave its whole length."""
+    folder = labelled_folder(tmp_path / "clips", labels=("dog", "cat"))
+    truncated_mp4(folder / "dog" / "cut.mp4", seconds=2.5)
+    os.mkfifo(folder / "cat" / "pipe.mp4")
+    report = pair_clips(folder, tmp_path / "pairs.jsonl", seed=0)
+    reasons = {dropped.name: dropped.reason for dropped in report.dropped}
+    assert reasons["dog/cut.mp4"].startswith("damaged or truncated")
+    assert reasons["cat/pipe.mp4"] == "the path is a FIFO (named pipe), not a regular file"
+    assert "cut.mp4" not in (tmp_path / "pairs.jsonl").read_text()
