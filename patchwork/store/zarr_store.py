@@ -583,7 +583,12 @@ def _open(path: Path, model: str | None, chunks: dict[str, int] | None, verify: 
     if verify:
         _check_whole(path, model)
     dataset = xr.open_zarr(path, group=model, consolidated=False, zarr_format=3, chunks=chunks)
-    dataset.attrs = {**dict(root.attrs), **dataset.attrs}
+    records = (COORDINATE_SUMS, METADATA_SUMS, ROOT_RECORD, TEMPLATE_MARK)  # the store's own
+    dataset.attrs = {
+        key: value
+        for key, value in {**dict(root.attrs), **dataset.attrs}.items()
+        if key not in records
+    }
     return dataset
 
 
