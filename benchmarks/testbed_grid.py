@@ -50,7 +50,6 @@ def cell(name: str, video: tuple, audio: tuple, seed: int, out: str) -> dict:
         picture_supervision=0.1,
         audio_first_steps=300,
         stop_at_targets=True,
-        time_budget=600.0,
     )
     directory = Path(out) / f"v{video[0]}-{video[1]}_a{audio[0]}-{audio[1]}_s{seed}"
     started = time.time()

@@ -30,9 +30,9 @@ from patchwork.analysis.results import (
 #: Formats :func:`save_figure` writes.
 FIGURE_FORMATS = ("png", "svg", "pdf")
 #: Every position group keeps its colour in every figure.
-GROUP_ORDER = ("audio", "video", "image", "text", "answer", "all")
+GROUP_ORDER = ("audio", "video", "image", "text", "answer", "text_and_answer", "all")
 _COLOURBLIND = sns.color_palette("colorblind", 10)
-_PALETTE = dict(zip(GROUP_ORDER, [_COLOURBLIND[i] for i in (0, 1, 5, 7, 2, 4)], strict=True))
+_PALETTE = dict(zip(GROUP_ORDER, [_COLOURBLIND[i] for i in (0, 1, 5, 7, 2, 3, 4)], strict=True))
 
 
 def _title(profile: xr.Dataset, what: str) -> str:

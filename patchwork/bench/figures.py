@@ -38,7 +38,8 @@ def plot_bench(graded: xr.Dataset):
     frame = grade_frame(graded)
     methods = [str(method) for method in graded["technique"].values]
     colours = dict(zip(methods, sns.color_palette(n_colors=len(methods)), strict=True))
-    figure = Figure(figsize=(13, 4.4), layout="constrained")
+    # wide enough for every organism's bars (15 in the suite), never narrower than before
+    figure = Figure(figsize=(max(13.0, 1.6 * graded.sizes["organism"]), 4.8), layout="constrained")
     figure.suptitle("patchwork bench: how well each method recovers the planted truth")
     legend: dict[str, Any] = {}
     for axes, (column, title, label) in zip(figure.subplots(1, 3), PANELS, strict=True):
@@ -58,7 +59,7 @@ def plot_bench(graded: xr.Dataset):
         )
         axes.set_title(title)
         axes.set(xlabel="", ylabel=label)
-        axes.tick_params(axis="x", rotation=20)
+        axes.tick_params(axis="x", rotation=35)
         for handle, method in zip(*axes.get_legend_handles_labels(), strict=True):
             legend.setdefault(method, handle)
         if axes.get_legend() is not None:
@@ -93,15 +94,18 @@ def plot_faithfulness(graded: xr.Dataset):
     ]
     methods = [str(method) for method in graded["technique"].values]
     colours = dict(zip(methods, sns.color_palette(n_colors=len(methods)), strict=True))
-    figure = Figure(figsize=(max(4.6 * len(shown), 9.0), 4.8), layout="constrained")
+    columns = min(max(len(shown), 1), 4)  # four panels a row, as many rows as it takes
+    rows = -(-max(len(shown), 1) // columns)
+    figure = Figure(figsize=(max(4.6 * columns, 9.0), 4.2 * rows + 0.6), layout="constrained")
     figure.suptitle(
         "faithfulness: each ranking's top-k (solid) and bottom-k (dashed) cells patched "
         "together,\nas a share of the full patch (planted truth: black)"
     )
     drawn: list[str] = []
-    for axes, organism in zip(
-        np.atleast_1d(figure.subplots(1, max(len(shown), 1))), shown, strict=False
-    ):
+    grid = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    for spare in grid[len(shown) :]:
+        spare.set_axis_off()
+    for axes, organism in zip(grid, shown, strict=False):
         planted = graded["planted_faithfulness"].sel(organism=organism)
         cells = int(planted.sel(ranked="top").notnull().sum())
         k = np.arange(0, cells + 1)

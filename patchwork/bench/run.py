@@ -23,6 +23,7 @@ from patchwork.bench.suite import (
     study_text,
 )
 from patchwork.errors import PatchworkError
+from patchwork.testbed.windows import in_spans
 
 #: Per organism with curves: the planted truth's areas, the full patch, the clips used of all.
 ORGANISM_GRADES = (
@@ -115,9 +116,8 @@ def organism_faithfulness(
         planted = np.array([next(iter(cell)) in truth for cell in cells])
     else:
         assert organism.window is not None
-        first, last = organism.window
         cells = [frozenset((layer, head) for head in heads) for layer in layers]
-        planted = np.array([first <= layer <= last for layer in layers])
+        planted = np.array([in_spans(layer, organism.window) for layer in layers])
     rankings = {
         method: cell_scores(organism, method, results) for method, results in stored.items()
     }

@@ -11,6 +11,7 @@ import numpy as np
 import xarray as xr
 
 from patchwork.analysis.results import MIN_SAMPLES
+from patchwork.testbed.windows import Spans, in_spans, spans_of
 
 PATCHING_METHODS = ("exact", "attribution", "attribution+verify")
 METHODS = (*PATCHING_METHODS, "knockout", "head_patching", "head_knockout")
@@ -19,7 +20,6 @@ RECIPE: dict[str, Any] = {
     "picture_supervision": 0.1,
     "audio_first_steps": 300,
     "stop_at_targets": True,
-    "time_budget": 600.0,
 }
 #: A grade read from fewer usable clips than this is ``untestable``, never a pass: the bootstrap
 #: intervals and means of :mod:`patchwork.analysis` are too rough below it.
@@ -28,24 +28,35 @@ MIN_USABLE = MIN_SAMPLES
 
 @dataclass(frozen=True)
 class Organism:
-    """A model with its truth: a shipped ``checkpoint``, or ``train`` options (a
+    """A model with its truth: a shipped ``checkpoint``, ``train`` options (a
     :class:`~patchwork.testbed.train.TrainConfig`'s fields, stage 2 from ``from_base`` when given)
-    trained once and cached; ``window`` (inclusive layers where the text reads the picture),
-    ``heads`` ((layer, head) pairs through which alone the answer reads it), or neither: a
-    control, whose patching of ``position_group`` (the group the patching studies patch) must
-    find nothing."""
+    trained once and cached, or ``model_of``: another suite organism's model, studied for another
+    truth. The truth: ``window`` (inclusive layers where the text reads the swapped medium, or
+    several separated spans), ``heads`` ((layer, head) pairs through which alone the answer reads
+    the picture), or neither: a control, whose patching of ``position_group`` (the group the
+    patching studies patch) must find nothing. ``swap`` is the medium the counterfactual run
+    changes: ``picture`` (clean: blank picture, conflict: another category's) or ``sound``
+    (clean: own sound, conflict: another category's sound; blank picture in both)."""
 
     name: str
     checkpoint: str | None = None
     train: dict[str, Any] = field(default_factory=dict)
     from_base: str | None = None
-    window: tuple[int, int] | None = None
+    model_of: str | None = None
+    window: Spans | None = None
     heads: tuple[tuple[int, int], ...] | None = None
     position_group: str = "answer"
+    swap: str = "picture"
 
     @property
     def slug(self) -> str:
         return "".join(c if c.isalnum() else "-" for c in self.name).strip("-")
+
+    @property
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        """The planted window's inclusive spans, in order (none for a head organism or a
+        control)."""
+        return spans_of(self.window)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -73,6 +84,63 @@ SUITE: tuple[Organism, ...] = (
         train={**RECIPE, "video_access_layers": (5, 6), "audio_access_layers": (0, 3)},
         window=(5, 6),
     ),
+    Organism(
+        "window 2-3",
+        train={**RECIPE, "video_access_layers": (2, 3), "audio_access_layers": (0, 1)},
+        window=(2, 3),
+    ),
+    Organism(
+        "window 3-6",
+        train={**RECIPE, "video_access_layers": (3, 6), "audio_access_layers": (1, 2)},
+        window=(3, 6),
+    ),
+    Organism(
+        "heads 2:1 5:3",
+        train={**RECIPE, "video_access_heads": ((2, 1), (5, 3))},
+        heads=((2, 1), (5, 3)),
+    ),
+    Organism(
+        "windows 1+5-6",
+        train={**RECIPE, "video_access_layers": ((1, 1), (5, 6)), "audio_access_layers": (0, 0)},
+        window=((1, 1), (5, 6)),
+    ),
+    # Audio-side truth: the same models, studied with a sound swap (the picture blank in both
+    # runs): the text and the answer read the sound only in the planted audio window.
+    Organism(
+        "audio 0-2",
+        checkpoint="testbed-windowed",
+        window=(0, 2),
+        swap="sound",
+        position_group="text_and_answer",
+    ),
+    Organism(
+        "audio 0",
+        model_of="window 1",
+        window=(0, 0),
+        swap="sound",
+        position_group="text_and_answer",
+    ),
+    Organism(
+        "audio 0-1",
+        model_of="window 2-3",
+        window=(0, 1),
+        swap="sound",
+        position_group="text_and_answer",
+    ),
+    Organism(
+        "audio 1-2",
+        model_of="window 3-6",
+        window=(1, 2),
+        swap="sound",
+        position_group="text_and_answer",
+    ),
+    Organism(
+        "audio 0-3",
+        model_of="window 5-6",
+        window=(0, 3),
+        swap="sound",
+        position_group="text_and_answer",
+    ),
     # Trained with a third of its conflicts labelled with their sound: its conflict runs prefer
     # the sound, so no clip has a suppression to undo and every grade is untestable.
     Organism(
@@ -90,6 +158,8 @@ def organism_path(organism: Organism, cache: Path, log: Callable[[str], None]) -
 
     if organism.checkpoint is not None:
         return checkpoint_path(organism.checkpoint)
+    if organism.model_of is not None:
+        return organism_path(next(o for o in SUITE if o.name == organism.model_of), cache, log)
     directory = cache / organism.slug
     if (directory / "patchwork_testbed.json").is_file():
         return directory
@@ -100,13 +170,16 @@ def organism_path(organism: Organism, cache: Path, log: Callable[[str], None]) -
 
 def study_text(organism: Organism, checkpoint: Path, method: str, samples: int) -> str:
     """The study that ``method`` runs on ``organism``."""
+    conflict = "{audio: own, picture: other_category}"
+    if organism.swap == "sound":
+        conflict = "{audio: other_category, picture: blank}"
     head = f"""\
 name: bench-{organism.slug}-{method.replace("+", "-")}
 model: {{family: qwen2_5_omni, checkpoint: {checkpoint}, attention: sdpa}}
 dataset: {{generator: testbed, samples: {samples}, seed: 0}}
 runs:
   clean: {{audio: own, picture: blank}}
-  conflict: {{audio: own, picture: other_category}}
+  conflict: {conflict}
 question: what do you hear
 metrics: [logit_diff, normalized_effect]
 execution: {{batch_size: 16, unit_size: 16, seed: 0}}
@@ -127,8 +200,9 @@ interventions:
         )
     if method == "knockout":
         assert organism.window is not None
-        first, last = organism.window
-        outside = [layer for layer in range(8) if not first <= layer <= last]
+        inside = [layer for layer in range(8) if in_spans(layer, organism.window)]
+        outside = [layer for layer in range(8) if not in_spans(layer, organism.window)]
+        keys = "audio" if organism.swap == "sound" else "video"
         return (
             head
             + f"""\
@@ -136,9 +210,9 @@ interventions:
     run: conflict
     reference: clean
     rules:
-      inside: {{queries: [answer, text], keys: [video], layers: {first}-{last}}}
-      outside: {{queries: [answer, text], keys: [video], layers: {outside}}}
-      layer: {{queries: [answer, text], keys: [video], window: 1}}
+      inside: {{queries: [answer, text], keys: [{keys}], layers: {inside}}}
+      outside: {{queries: [answer, text], keys: [{keys}], layers: {outside}}}
+      layer: {{queries: [answer, text], keys: [{keys}], window: 1}}
 """
         )
     if method == "head_patching":
@@ -162,6 +236,9 @@ interventions:
     )
 
 
+#: The grades read from every clip, each with a 95% interval over the clips (``NAME_low``,
+#: ``NAME_high``: the percentile bootstrap of whole clips, 1000 resamples, seed 0).
+INTERVAL_GRADES = ("auroc", "inside", "outside", "first_planted", "planted_share")
 GRADES = (
     "status",
     "error_layers",
@@ -175,6 +252,7 @@ GRADES = (
     "bottom_area",
     "samples_used",
     "samples_total",
+    *(f"{name}_{side}" for name in INTERVAL_GRADES for side in ("low", "high")),
 )
 
 
@@ -194,35 +272,89 @@ def grade(
         grades["status"] = "untestable"
         return grades
     if method in PATCHING_METHODS:
-        located = locate(results, n_resamples=500)
+        located = locate(from_embeddings(results), n_resamples=500)
         found = located.sel(position_group=organism.position_group, component="residual")
         status = str(found["status"].values)
         if organism.window is None:
             grades["status"] = "spurious" if status == "located" else "nothing"
             return grades
-        first, last = organism.window
         grades["status"] = status
         if status == "located":
             start, end = int(found["start_layer"]), int(found["end_layer"])
-            grades["error_layers"] = max(0, first - start) + max(0, end - last)
+            grades["error_layers"] = window_error(start, end, organism.spans)
         steps = layer_steps(results, organism.position_group).isel(sample=usable)
         layers = steps["layer"].values
-        planted = (layers >= first) & (layers <= last)
-        grades["auroc"] = float(np.mean([ground_truth.auroc(row, planted) for row in steps.values]))
+        planted = np.array([in_spans(int(layer), organism.window) for layer in layers])
+        _over_clips(grades, "auroc", [ground_truth.auroc(row, planted) for row in steps.values])
     elif method == "knockout":
         effect = results["knockout_effect"].sel(metric="normalized_effect").isel(sample=usable)
         labels = [str(label) for label in effect["knockout"].values]
         for rule in ("inside", "outside"):
             chosen = [label for label in labels if label.startswith(f"{rule}@")]
-            grades[rule] = float(effect.sel(knockout=chosen).mean())
+            _over_clips(grades, rule, effect.sel(knockout=chosen).mean("knockout").values)
     else:
         assert organism.heads is not None
         graded = ground_truth.planted_recovery(
             head_scores(method, results).isel(sample=usable), organism.heads
         )
-        grades["first_planted"] = float(graded["first_planted"].mean())
-        grades["planted_share"] = float(graded["planted_share"].median())
+        _over_clips(grades, "first_planted", graded["first_planted"].to_numpy(float))
+        _over_clips(grades, "planted_share", graded["planted_share"].to_numpy(float), np.median)
     return grades
+
+
+def _over_clips(
+    grades: dict[str, Any],
+    name: str,
+    per_clip: Any,
+    statistic: Callable[[np.ndarray], Any] = np.mean,
+) -> None:
+    """``grades[name]``: ``statistic`` (mean or median) of the clips' finite values, with its 95%
+    percentile-bootstrap interval over whole clips (:func:`~patchwork.analysis.bootstrap_weights`,
+    1000 resamples, seed 0) as ``name_low`` and ``name_high``."""
+    from patchwork.analysis.bootstrap import bootstrap_weights
+
+    values = np.asarray(per_clip, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return
+    grades[name] = float(statistic(values))
+    counts = bootstrap_weights(values.size, 1000, seed=0).values
+    resampled = [statistic(np.repeat(values, drawn)) for drawn in counts]
+    grades[f"{name}_low"], grades[f"{name}_high"] = (
+        float(bound) for bound in np.quantile(resampled, [0.025, 0.975])
+    )
+
+
+def window_error(start: int, end: int, spans: tuple[tuple[int, int], ...]) -> int:
+    """Layers by which the located window ``start``..``end`` misses the planted ``spans``: how
+    far it reaches before the first span or past the last, plus the layers it covers between
+    separated spans."""
+    first, last = spans[0][0], spans[-1][1]
+    between = sum(
+        not any(a <= layer <= b for a, b in spans)
+        for layer in range(max(start, first), min(end, last) + 1)
+    )
+    return max(0, first - start) + max(0, end - last) + between
+
+
+def from_embeddings(results: xr.Dataset) -> xr.Dataset:
+    """Patching ``results`` with a layer −1 in front of the first: the patched group's residual
+    stream *before* layer 0, its input embeddings. Every group the bench patches has the same
+    inputs in its clean and its conflict run (text tokens; the sound, for the control), so
+    patching there leaves the conflict run — normalized effect 0, the conflict run's logit
+    difference — exactly. ``locate`` then sees a window that starts at layer 0 (the rise from −1
+    to 0); without it, a window there is invisible (the step lies before the first stored layer)."""
+    effect = results["effect"]
+    start = xr.full_like(effect.isel(layer=[0]), np.nan).assign_coords(layer=[-1])
+    conflict = results["baseline"].sel(metric="logit_diff").isel(run=1, drop=True)
+    start.loc[{"metric": "normalized_effect"}] = 0.0
+    start.loc[{"metric": "logit_diff"}] = conflict.expand_dims(layer=[-1]).broadcast_like(
+        start.sel(metric="logit_diff")
+    )
+    kept = {name: results[name] for name in ("baseline", "done") if name in results}
+    return xr.Dataset(
+        {"effect": xr.concat([start, effect], "layer"), **kept}, attrs=dict(results.attrs)
+    )
 
 
 def usable_mask(method: str, results: xr.Dataset) -> np.ndarray:

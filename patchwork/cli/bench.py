@@ -66,6 +66,7 @@ def bench_table(graded: xr.Dataset, title: str, out: Path) -> Table:
     from rich.table import Table
 
     from patchwork.bench import grade_frame
+    from patchwork.bench.suite import INTERVAL_GRADES
 
     table = Table(title=f"{title} → {out / 'bench.zarr'}")
     frame = grade_frame(graded)
@@ -73,6 +74,16 @@ def bench_table(graded: xr.Dataset, title: str, out: Path) -> Table:
         f"{used:.0f} of {total:.0f}" if used == used else ""
         for used, total in zip(frame["samples_used"], frame["samples_total"], strict=True)
     ]
+    for name in INTERVAL_GRADES:  # "0.875 [0.81, 0.94]": the grade and its interval over clips
+        if f"{name}_low" in frame:
+            frame[name] = [
+                value
+                if value != value
+                else _cell(value) + (f" [{_cell(low)}, {_cell(high)}]" if low == low else "")
+                for value, low, high in zip(
+                    frame[name], frame[f"{name}_low"], frame[f"{name}_high"], strict=True
+                )
+            ]
     for column, heading in HEADINGS.items():
         table.add_column(  # folded onto more lines, never cut
             heading, justify="left" if frame[column].dtype == object else "right", overflow="fold"

@@ -59,7 +59,7 @@ def train_command(
         str | None,
         typer.Option(
             help="FIRST:LAST or FIRST-LAST (inclusive): the only decoder layers where text "
-            "reads video."
+            "reads video; several spans apart, comma-separated (1:1,5:6), plant separated windows."
         ),
     ] = None,
     audio_access_layers: Annotated[
@@ -95,9 +95,13 @@ def train_command(
         ),
     ] = False,
     time_budget: Annotated[
-        float,
-        typer.Option(help="Seconds for the whole run before stopping at the targets gives up."),
-    ] = 600.0,
+        float | None,
+        typer.Option(
+            help="Also give up stopping at the targets after this many seconds of the whole run "
+            "(wall clock: the result then depends on the machine's load) [default: none, only "
+            "the --stage2-steps cap]."
+        ),
+    ] = None,
     check_every: Annotated[int, typer.Option(help="Stage-2 steps between validation checks.")] = 50,
     batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 32,
     base_out: Annotated[
@@ -115,9 +119,9 @@ def train_command(
     The default recipe makes an organism for any planted window: stage 2 first teaches hearing
     (--audio-first-steps), plants vision dominance (--picture-supervision) and stops at the first
     validation check where congruent "hear" accuracy >= 0.98, audio-only >= 0.93 and the
-    picture's share of conflicts >= 0.63 (the targets + 0.03); without that by the step cap or the
-    time budget it fails, writing no stage-2 checkpoint. --fixed-steps is the shipped
-    checkpoints' recipe (dominance left to emerge, exactly --stage2-steps)."""
+    picture's share of conflicts >= 0.63 (the targets + 0.03); without that by the step cap (or
+    the --time-budget, if given) it fails, writing no stage-2 checkpoint. --fixed-steps is the
+    shipped checkpoints' recipe (dominance left to emerge, exactly --stage2-steps)."""
     import torch
 
     from patchwork.testbed import windows
@@ -153,7 +157,7 @@ def train_command(
     ):
         if not 1 <= value <= largest:
             raise PatchworkError(f"{option}: expected an integer in [1, {largest}], got {value}")
-    if not 0 < time_budget <= 7 * 24 * 3600:  # NaN fails too
+    if time_budget is not None and not 0 < time_budget <= 7 * 24 * 3600:  # NaN fails too
         raise PatchworkError(f"--time-budget: expected seconds in (0, 604800], got {time_budget}")
     if video_access_heads and video_access_layers:
         raise PatchworkError(

@@ -106,6 +106,11 @@ def random_sample(
     patches = grid[0] * grid[1] * grid[2]
     patch_dim = 3 * TEMPORAL * PATCH * PATCH
     sound = draw("sound", 1, MEL_BINS, mel_frames)
+    sounds = {
+        "own": sound,
+        "other_category": draw("other_sound", 1, MEL_BINS, mel_frames),
+        "silence": torch.zeros_like(sound),
+    }
     pictures = {
         "own": draw("picture", patches, patch_dim),
         "other_category": draw("other_picture", patches, patch_dim),
@@ -116,7 +121,7 @@ def random_sample(
         built[name] = {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
-            "input_features": sound if run.audio == "own" else torch.zeros_like(sound),
+            "input_features": sounds[run.audio],
             "feature_attention_mask": torch.ones(1, mel_frames, dtype=torch.long),
             "pixel_values_videos": pictures[run.picture],
             "video_grid_thw": torch.tensor([grid]),

@@ -19,7 +19,7 @@ from patchwork.data.conventions import Convention, VideoSampling
 from patchwork.data.sample import ModelInputs, RunMedia
 from patchwork.errors import ModelError
 
-POSITION_GROUPS = ("audio", "video", "image", "text", "answer", "all")
+POSITION_GROUPS = ("audio", "video", "image", "text", "answer", "text_and_answer", "all")
 
 
 def _attribute(root: Any, dotted: str) -> Any:
@@ -241,7 +241,8 @@ class ModelAdapter(ABC):
 
 
 def text_and_answer(groups: Mapping[str, torch.Tensor], seq_len: int) -> dict[str, torch.Tensor]:
-    """Complete modality masks with 'answer' (last position), 'text' (the rest) and 'all'."""
+    """Complete modality masks with 'answer' (last position), 'text' (the rest), both together
+    ('text_and_answer': every position that is not a media placeholder) and 'all'."""
     answer = torch.zeros(seq_len, dtype=torch.bool)
     answer[-1] = True
     modality = torch.zeros(seq_len, dtype=torch.bool)
@@ -251,5 +252,6 @@ def text_and_answer(groups: Mapping[str, torch.Tensor], seq_len: int) -> dict[st
         **groups,
         "text": ~modality & ~answer,
         "answer": answer,
+        "text_and_answer": ~modality,
         "all": torch.ones(seq_len, dtype=torch.bool),
     }

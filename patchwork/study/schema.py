@@ -109,7 +109,8 @@ class DatasetSpec(Strict):
 class RunSpec(Strict):
     """How one run of a sample is built from its media (generators only)."""
 
-    audio: Literal["own", "silence"] = "own"
+    #: ``other_category``: the sound of the picture's category B (a sound-swap counterfactual).
+    audio: Literal["own", "silence", "other_category"] = "own"
     picture: Literal["own", "blank", "other_category"] = "own"
 
 

@@ -22,7 +22,7 @@ from patchwork.errors import DataError
 from patchwork.testbed import model as testbed_model
 from patchwork.testbed import world
 
-AUDIO_CHOICES = ("own", "silence")
+AUDIO_CHOICES = ("own", "silence", "other_category")
 PICTURE_CHOICES = ("own", "blank", "other_category")
 #: Streams of random numbers per sample; distinct from the training streams (see train.py).
 _SAMPLE_STREAM = 101
@@ -38,7 +38,8 @@ def make_samples(
 ) -> list[Sample]:
     """``n`` samples, each with the runs ``runs`` names (run → {"audio": …, "picture": …}).
 
-    ``audio`` is ``own`` (A's sound) or ``silence``; ``picture`` is ``own`` (A's picture),
+    ``audio`` is ``own`` (A's sound), ``silence`` or ``other_category`` (B's sound: a sound swap);
+    ``picture`` is ``own`` (A's picture),
     ``blank`` (uniform grey) or ``other_category`` (B's picture). ``audio_answer`` is A's sound word
     and ``visual_answer`` B's sound word for "hear" questions (A's and B's object words for "see").
     Sample ``i`` is the same whatever ``n`` is.
@@ -103,6 +104,9 @@ def _one_sample(
             folder / "sound.wav", world.synthesize_sound(sound_kind.timbre, stream(1))
         ),
         "silence": media.save_audio(folder / "silence.wav", world.silence()),
+        "other_audio": media.save_audio(
+            folder / "other.wav", world.synthesize_sound(other_kind.timbre, stream(4))
+        ),
         "own_picture": media.save_frame(
             folder / "picture.png", world.draw_picture(sound_kind, stream(2))
         ),
@@ -113,7 +117,8 @@ def _one_sample(
     }
     built = {}
     for name, run in runs.items():
-        audio_file = files["own_audio" if run.get("audio", "own") == "own" else "silence"]
+        audio = run.get("audio", "own")
+        audio_file = files[{"own": "own_audio", "other_category": "other_audio"}.get(audio, audio)]
         picture = run.get("picture", "own")
         picture_file = files["own_picture" if picture == "own" else picture]
         built[name] = build_inputs(

@@ -17,7 +17,8 @@ With ``stop_at_targets`` stage 2 runs until the model is an organism: every ``ch
 steps a validation split (clips from a third media stream, neither training nor evaluation)
 measures congruent "hear" accuracy, audio-only accuracy and the picture's share of conflicting
 clips, and training stops at the first check that meets :data:`TARGETS` by ``margin``; at the
-step cap or the time budget without it, :class:`TrainingError` says how close it came. Learning
+step cap without it (or at the opt-in ``time_budget``, wall clock, which makes the outcome depend
+on the machine's load), :class:`TrainingError` says how close it came. Learning
 to hear is a sudden jump after a plateau, and the picture's share then drifts down with more
 steps, so a fixed step count that works for one window misses for another (issue #19).
 """
@@ -69,8 +70,9 @@ class TrainConfig:
     empty: float = 0.03  # silence + blank picture -> "nothing"
     hear_fraction: float = 0.7  # questions "what do you hear" vs "what do you see"
     variants: int = 48  # synthesized clips / pictures per category in the training banks
-    video_access_layers: tuple[int, int] | None = None
-    audio_access_layers: tuple[int, int] | None = None
+    #: Inclusive (first, last) layers where text reads video (audio), or several such spans.
+    video_access_layers: windows.Spans | None = None
+    audio_access_layers: windows.Spans | None = None
     #: (layer, query head) pairs: the only heads through which the answer reads video.
     video_access_heads: tuple[tuple[int, int], ...] | None = None
     #: Stage 2 stops at the first validation check meeting TARGETS + margin (stage2_steps caps it).
@@ -79,7 +81,8 @@ class TrainConfig:
     decay_steps: int = 600  # stopping at targets: the cosine reaches 10% here and stays
     margin: float = 0.03
     validation_clips: int = 200  # per kind
-    time_budget: float | None = None  # seconds for the whole run; None: no limit
+    #: Opt-in wall-clock limit (seconds, the whole run); None: only the step cap (deterministic).
+    time_budget: float | None = None
 
 
 @dataclass

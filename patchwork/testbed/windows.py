@@ -13,24 +13,53 @@ from patchwork.models.blocks import BlockRule
 #: The groups of every position that is not a media placeholder.
 NON_MODALITY = ("text", "answer", "generated")
 
+#: One inclusive (first, last) layer span, or several (separated windows).
+Spans = tuple[int, int] | tuple[tuple[int, int], ...]
 
-def parse_layer_span(text: str | None, num_layers: int, option: str) -> tuple[int, int] | None:
+
+def spans_of(access: Any) -> tuple[tuple[int, int], ...]:
+    """A window as a tuple of inclusive (first, last) spans: None → (), one span (as a
+    checkpoint's json or :class:`~patchwork.testbed.train.TrainConfig` writes it, ``[4, 5]``) →
+    ((4, 5),), several (``[[1, 1], [5, 6]]``) → themselves."""
+    if access is None or len(access) == 0:
+        return ()
+    if isinstance(access[0], int):
+        return ((int(access[0]), int(access[1])),)
+    return tuple((int(first), int(last)) for first, last in access)
+
+
+def in_spans(layer: int, access: Any) -> bool:
+    """Whether ``layer`` lies in one of the window's spans (:func:`spans_of`)."""
+    return any(first <= layer <= last for first, last in spans_of(access))
+
+
+def parse_layer_span(text: str | None, num_layers: int, option: str) -> Spans | None:
     """``"A:B"`` or ``"A-B"`` (as study files write ranges) → (A, B), both inclusive, checked
-    against ``num_layers``; None passes through."""
+    against ``num_layers``; several, comma-separated and apart (``"1:1,5:6"``) → ((1, 1), (5, 6));
+    None passes through."""
     from patchwork.errors import PatchworkError
     from patchwork.study.specs import parse_range
 
     if text is None or text == "":
         return None
-    span = parse_range(str(text))
-    if span is None:
-        raise PatchworkError(f"{option}: expected FIRST:LAST layer indices, got {text!r}")
-    first, last = span
-    if not 0 <= first <= last < num_layers:
-        raise PatchworkError(
-            f"{option}: need 0 <= FIRST <= LAST < {num_layers} (inclusive layers), got {text!r}"
-        )
-    return first, last
+    spans = []
+    for item in str(text).split(","):
+        span = parse_range(item.strip())
+        if span is None:
+            raise PatchworkError(
+                f"{option}: expected FIRST:LAST layer indices (or several, comma-separated), "
+                f"got {text!r}"
+            )
+        first, last = span
+        if not 0 <= first <= last < num_layers:
+            raise PatchworkError(
+                f"{option}: need 0 <= FIRST <= LAST < {num_layers} (inclusive layers), got {text!r}"
+            )
+        spans.append((first, last))
+    spans.sort()
+    if any(later[0] <= earlier[1] + 1 for earlier, later in zip(spans, spans[1:], strict=False)):
+        raise PatchworkError(f"{option}: spans must be apart (a gap between them), got {text!r}")
+    return spans[0] if len(spans) == 1 else tuple(spans)
 
 
 def parse_heads(
@@ -77,21 +106,21 @@ def planted_heads(
 
 def planted_windows(
     num_layers: int,
-    video_access: tuple[int, int] | None = None,
-    audio_access: tuple[int, int] | None = None,
+    video_access: Spans | None = None,
+    audio_access: Spans | None = None,
 ) -> tuple[BlockRule, ...]:
-    """Rules that let text positions read video only in ``video_access`` (inclusive span) and audio
-    only in ``audio_access``.
+    """Rules that let text positions read video only in ``video_access`` (an inclusive span, or
+    several: :func:`spans_of`) and audio only in ``audio_access``.
 
     Every non-modality position is restricted — text, the answer position and generated tokens
     (marker tokens would leak otherwise) — and video tokens never read audio (they would carry it
     past the audio window).
     """
     rules: list[BlockRule] = []
-    for keys, span in (("video", video_access), ("audio", audio_access)):
-        if span is None:
+    for keys, access in (("video", video_access), ("audio", audio_access)):
+        if access is None:
             continue
-        outside = tuple(layer for layer in range(num_layers) if not span[0] <= layer <= span[1])
+        outside = tuple(layer for layer in range(num_layers) if not in_spans(layer, access))
         if outside:
             rules += [BlockRule(queries, keys, outside) for queries in NON_MODALITY]
     if audio_access is not None:
@@ -107,7 +136,7 @@ def rules_from_meta(
     if not meta:
         return ()
     spans = {
-        key: tuple(meta[key]) if meta.get(key) is not None else None
+        key: spans_of(meta[key]) if meta.get(key) is not None else None
         for key in ("video_access_layers", "audio_access_layers")
     }
     rules = planted_windows(num_layers, spans["video_access_layers"], spans["audio_access_layers"])

@@ -6,7 +6,7 @@ import xarray as xr
 
 from patchwork.bench import SUITE, run_bench
 
-#: The shipped organisms: windows 4-5, heads 4:1 4:3, and the control.
+#: The shipped organisms: windows 4-5, heads 4:1 4:3, the control, and audio 0-2.
 SHIPPED = [organism for organism in SUITE if organism.checkpoint is not None]
 #: Clips per organism: 10 of the heads organism's first 12 are usable, above MIN_USABLE (8).
 CLIPS = 12

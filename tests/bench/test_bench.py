@@ -36,6 +36,19 @@ def test_exact_patching_and_locate_recover_the_planted_window(bench_run):
     assert int(exact["samples_used"]) == int(exact["samples_total"]) == CLIPS
 
 
+def test_exact_patching_and_locate_recover_the_planted_audio_window(bench_run):
+    """``audio 0-2``: ``testbed-windowed`` with the sound swapped, the picture blank in both runs;
+    patching the text and answer positions together steps inside layers 0-2."""
+    results, _ = bench_run
+    audio = results.sel(organism="audio 0-2")
+    for method in ("exact", "attribution+verify"):
+        row = audio.sel(technique=method)
+        assert (str(row["status"].values), float(row["error_layers"])) == ("located", 0)
+    assert int(audio["samples_used"].sel(technique="exact")) == CLIPS
+    knockout = audio.sel(technique="knockout")
+    assert float(knockout["inside"]) >= 0.3 and abs(float(knockout["outside"])) <= 0.01
+
+
 def test_head_methods_put_a_planted_head_first(bench_run):
     results, _ = bench_run
     heads = results.sel(organism="heads 4:1 4:3")

@@ -147,7 +147,8 @@ def test_the_curves_figure_has_a_panel_per_organism_with_a_truth(bench_run):
     renderer = FigureCanvasAgg(figure).get_renderer()
     figure.draw(renderer)
     panels = [axes for axes in figure.axes if axes.axison]
-    assert [axes.get_title().splitlines()[0] for axes in panels] == ["window 4-5", "heads 4:1 4:3"]
+    titles = [axes.get_title().splitlines()[0] for axes in panels]
+    assert titles == ["window 4-5", "heads 4:1 4:3", "audio 0-2"]
     (legend,) = figure.legends
     assert [text.get_text() for text in legend.get_texts()][0] == "planted truth"
     box = legend.get_window_extent(renderer)

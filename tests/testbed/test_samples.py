@@ -66,3 +66,24 @@ def test_wrong_run_specs_and_questions_are_refused(tmp_path):
         )
     with pytest.raises(ModelError, match="does not know"):
         make_samples(checkpoint_path("testbed"), 1, 0, RUNS, "what do you smell", tmp_path)
+
+
+def test_a_sound_swap_run_plays_the_picture_categorys_sound(tmp_path):
+    """``audio: other_category`` (the bench's audio-side counterfactual): B's sound, the same
+    blank picture, and a model that hears answers B's sound there."""
+    from patchwork.testbed import load
+
+    runs = {
+        "clean": {"audio": "own", "picture": "blank"},
+        "swap": {"audio": "other_category", "picture": "blank"},
+    }
+    directory = checkpoint_path("testbed-windowed")
+    swapped = make_samples(directory, 4, 7, runs, "what do you hear", tmp_path)
+    model, _ = load(directory)
+    for sample in swapped:
+        clean, swap = sample.runs["clean"], sample.runs["swap"]
+        assert torch.equal(clean["pixel_values_videos"], swap["pixel_values_videos"])
+        assert not torch.equal(clean["input_features"], swap["input_features"])
+        with torch.no_grad():
+            heard = [int(model(**run).logits[0, -1].argmax()) for run in (clean, swap)]
+        assert heard == [sample.audio_answer_id, sample.visual_answer_id]

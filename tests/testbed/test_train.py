@@ -152,6 +152,36 @@ def test_stopping_at_targets_fails_with_how_close_it_came_and_writes_nothing(tmp
     assert not (tmp_path / "s").exists()
 
 
+def test_the_bench_recipe_is_bound_by_steps_not_by_the_wall_clock(tmp_path, monkeypatch):
+    """A busy machine must not change what the recipe trains: with the clock running 1000 s per
+    reading, the bench's recipe still trains to its step cap (it stopped at the first check when
+    the recipe carried a 600 s budget)."""
+    from dataclasses import replace
+
+    from patchwork.bench.suite import RECIPE
+    from patchwork.errors import TrainingError
+    from patchwork.testbed import train as recipe
+
+    clock = iter(range(0, 10**9, 1000))
+    monkeypatch.setattr(recipe.time, "time", lambda: float(next(clock)))
+    monkeypatch.setattr(
+        recipe.Validation, "measure", lambda self, model: dict.fromkeys(recipe.TARGETS, 0.0)
+    )
+    config = replace(
+        TrainConfig(**RECIPE),
+        seed=5,
+        stage1_steps=2,
+        stage2_steps=6,
+        batch_size=4,
+        variants=2,
+        check_every=2,
+        validation_clips=4,
+        audio_first_steps=2,
+    )
+    with pytest.raises(TrainingError, match="within 6 stage-2 steps"):
+        train(tmp_path / "s", config, log=lambda line: None)
+
+
 def test_validation_clips_come_from_their_own_media_and_are_labelled_by_kind():
     from patchwork.testbed import train as recipe
 

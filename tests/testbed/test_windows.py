@@ -92,6 +92,52 @@ def test_planted_windows_as_rules():
         blocks.BlockRule("speech", "video", (0,))
 
 
+def test_separated_windows_block_outside_every_span_and_old_single_spans_still_read():
+    rules = windows.planted_windows(8, ((1, 1), (5, 6)), (0, 0))
+    video = {rule.layers for rule in rules if rule.keys == "video"}
+    assert video == {(0, 2, 3, 4, 7)}
+    separated = {"video_access_layers": [[1, 1], [5, 6]], "audio_access_layers": [0, 0]}
+    assert windows.rules_from_meta(separated, 8, 4) == rules
+    single = {"video_access_layers": [4, 5], "audio_access_layers": [0, 2]}
+    assert windows.rules_from_meta(single, 8, 4) == windows.planted_windows(8, (4, 5), (0, 2))
+    assert windows.parse_layer_span("5-6, 1:1", 8, "--x") == ((1, 1), (5, 6))
+    assert windows.parse_layer_span("4:5", 8, "--x") == (4, 5)
+    assert [windows.in_spans(layer, ((1, 1), (5, 6))) for layer in range(8)] == [
+        False,
+        True,
+        False,
+        False,
+        False,
+        True,
+        True,
+        False,
+    ]
+
+
+@pytest.mark.parametrize("text", ["1:2,3:4", "1:4,3:5", "1:1,"])
+def test_separated_spans_must_be_apart(text):
+    with pytest.raises(PatchworkError, match="--video-access-layers"):
+        windows.parse_layer_span(text, 8, "--video-access-layers")
+
+
+def test_a_checkpoint_with_separated_windows_loads_them(tmp_path):
+    from patchwork.errors import ModelError
+
+    tokenizer = testbed_model.build_tokenizer()
+    model = testbed_model.build_model(tokenizer, seed=3).eval()
+    declared = {"video_access_layers": [[1, 1], [5, 6]], "audio_access_layers": [0, 0]}
+    folder = testbed_model.save(
+        model, tokenizer, tmp_path / "two", {"stage": 2, "windows": declared}
+    )
+    loaded, _ = testbed_model.load(folder)
+    installed = loaded._patchwork_attention_blocks.rules
+    assert installed == windows.rules_from_meta(declared, 8, 4)
+    bad = {"video_access_layers": [[5, 6], [3, 2]]}
+    folder = testbed_model.save(model, tokenizer, tmp_path / "bad", {"stage": 2, "windows": bad})
+    with pytest.raises(ModelError, match="windows.video_access_layers"):
+        testbed_model.load(folder)
+
+
 @pytest.mark.parametrize("text", ["4", "a:b", "5:4", "0:8", "-1:2"])
 def test_layer_spans_are_checked(text):
     with pytest.raises(PatchworkError, match="--video-access-layers"):
