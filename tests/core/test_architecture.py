@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "patchwork"
 ROOMS = (
     "_version",
     "errors",
+    "files",
     "plugins",
     "study",
     "store",
