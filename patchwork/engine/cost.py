@@ -4,7 +4,9 @@ The model is built from its config on the meta device (no weights, no memory) an
 read as ``run`` reads them. Estimates, each stated with its rule:
 
 - **weights**: every parameter in the study's dtype and every buffer in its own dtype (the rotary
-  frequencies transformers keeps in float32);
+  frequencies transformers keeps in float32); ``run`` refuses a model whose weights alone exceed
+  the device's memory with this same estimate, before building it
+  (:func:`~patchwork.models.memory.refuse_beyond_device`);
 - **decoder FLOPs of one forward** of S tokens: 2·S·(active decoder parameters) for the matrix
   products (a mixture-of-experts layer counts its routed share of experts) plus 2·L·S²·d for the
   causal attention scores and mixing (d = heads × head dim); encoders and the unembedding are left
@@ -24,7 +26,6 @@ read as ``run`` reads them. Estimates, each stated with its rule:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ import torch
 
 from patchwork.engine.runner import Prepared, check_study
 from patchwork.errors import ModelError
+from patchwork.models.memory import device_memory, size_text, weight_bytes
 from patchwork.study.schema import Study
 
 
@@ -66,7 +68,9 @@ class Plan:
     def rows(self) -> list[tuple[str, str]]:
         """(quantity, value) lines of the table ``patchwork plan`` prints."""
         fits = {True: "yes", False: "NO", None: "cannot tell here"}[self.fits]
-        device = f"{self.device} ({_size(self.device_bytes)})" if self.device_bytes else self.device
+        device = (
+            f"{self.device} ({size_text(self.device_bytes)})" if self.device_bytes else self.device
+        )
         groups = ", ".join(
             f"{name} {low}" if low == high else f"{name} {low}-{high}"
             for name, (low, high) in self.tokens.items()
@@ -92,17 +96,11 @@ class Plan:
                 "decoder FLOPs",
                 f"exact {self.flops_exact:.3g} vs naive {self.flops_naive:.3g}",
             ),
-            ("weights", _size(self.weight_bytes)),
-            ("peak accelerator memory", f"{_size(self.peak_bytes)} (estimated)"),
+            ("weights", size_text(self.weight_bytes)),
+            ("peak accelerator memory", f"{size_text(self.peak_bytes)} (estimated)"),
             ("device", device),
             ("fits", fits),
         ]
-
-
-def _size(count: int | None) -> str:
-    if count is None:
-        return "unknown"
-    return f"{count / 2**30:.2f} GiB" if count >= 2**28 else f"{count / 2**20:.1f} MiB"
 
 
 def _ratio(part: float, whole: float) -> str:
@@ -116,10 +114,7 @@ def plan_study(study: Study) -> Plan:
     loaded = prepared.loaded
     adapter = loaded.adapter
     dtype = getattr(torch, study.model.dtype)
-    weights = sum(
-        p.numel() * (dtype.itemsize if p.is_floating_point() else p.element_size())
-        for p in loaded.model.parameters()
-    ) + sum(b.numel() * b.element_size() for b in loaded.model.buffers())
+    weights = weight_bytes(loaded.model, dtype)
     parameters = sum(p.numel() for p in loaded.model.parameters())
     shape = _decoder_shape(prepared)
     samples = prepared.samples.load(0, len(prepared.samples))
@@ -155,7 +150,7 @@ def plan_study(study: Study) -> Plan:
             sample_cells += len(shares)
             methods[method.kind] = len(shares)
         cells = max(cells, sample_cells)
-    device, device_bytes = _device_memory(study.model.device)
+    device, device_bytes = device_memory(study.model.device)
     return Plan(
         study=study.name,
         model=loaded.name,
@@ -227,21 +222,3 @@ def _activation_bytes(
     reused = shape["layers"] * length * (shape["hidden"] + 2 * shape["kv"])
     working = batch * length * (2 * shape["hidden"] + shape["intermediate"] + 2 * shape["kv"])
     return int((recorded + reused + working) * dtype.itemsize)
-
-
-def _device_memory(device: str) -> tuple[str, int | None]:
-    """The device's name and memory in bytes (None where it cannot be read here)."""
-    kind = device.split(":")[0]
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            return f"{device} (not visible here)", None
-        index = torch.device(device).index or 0
-        properties = torch.cuda.get_device_properties(index)
-        return f"{device} {properties.name}", int(properties.total_memory)
-    if kind == "cpu":
-        try:
-            pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return device, None
-        return "cpu (RAM)", int(pages)
-    return device, None

@@ -6,6 +6,7 @@ run remote code only when the study sets ``trust_remote_code``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,16 @@ from torch import nn
 from patchwork import plugins
 from patchwork.errors import ModelError
 from patchwork.models.adapter import ModelAdapter
-from patchwork.models.checkpoint import ConfigError, build_empty, check_folder, read_config
+from patchwork.models.checkpoint import (
+    ConfigError,
+    build_empty,
+    check_folder,
+    read_config,
+    report_withheld,
+)
+from patchwork.models.checkpoint_files import read_tokenizer, weight_files
 from patchwork.models.generic import GenericAdapter
+from patchwork.models.memory import refuse_beyond_device
 from patchwork.models.qwen2_5_omni import seeded_thinker
 from patchwork.study.specs import ModelSpec, RandomInit
 
@@ -141,6 +150,9 @@ def load_model(
     tokenizer = None
     source = None
     if spec.random_init is not None:
+        with torch.device("meta"):  # its size first: one line, not a machine out of memory
+            empty = random_thinker(spec.random_init, spec.attention)
+        refuse_beyond_device(empty, dtype, spec.device, f"{study_where}.random_init")
         model: nn.Module = random_thinker(spec.random_init, spec.attention)
         if dtype != torch.float32:
             model = _as_loaded(model, dtype, spec.attention)
@@ -149,7 +161,7 @@ def load_model(
         from patchwork import testbed
 
         model, tokenizer = testbed.load(
-            testbed.checkpoint_path(spec.checkpoint), spec.attention, dtype
+            testbed.checkpoint_path(spec.checkpoint), spec.attention, dtype, spec.device
         )
         name = spec.checkpoint
     else:
@@ -200,15 +212,17 @@ def _without_weights(spec: ModelSpec, where: str, config_only: bool = False) -> 
     is_shipped = named.startswith("testbed")
     path = checkpoint_path(named) if is_shipped else Path(named)
     config = _checkpoint_config(path, spec, where, needs_weights=not config_only)
+    # `plan` (config_only) checks the weights that are there, and accepts a folder without any
+    weights = not config_only or any(path.glob("*.safetensors"))
     if _is_testbed(path):
         try:
-            checked = open_checkpoint(path, weights=not config_only)
+            checked = open_checkpoint(path, weights=weights)
         except ModelError as error:
             raise ModelError(f"{where}.checkpoint: {error}") from None
         model, tokenizer = checked.empty, checked.tokenizer
     else:
         model = _empty(path, spec, config, where)
-        if not config_only:
+        if weights:
             _check_weights(path, model, where)
         tokenizer = _tokenizer(path, spec, where)
     adapter = _adapter(spec, model, None if is_shipped else path, where)
@@ -298,12 +312,9 @@ def _checkpoint_config(path: Path, spec: ModelSpec, where: str, needs_weights: b
     ``needs_weights`` is False), with a readable config.json."""
     if not path.is_dir():
         raise ModelError(f"{where}.checkpoint: no checkpoint directory at {path}")
-    if needs_weights and not _is_testbed(path) and not any(path.glob("*.safetensors")):
-        raise ModelError(
-            f"{where}.checkpoint: {path} holds no *.safetensors weights (pickled weights are "
-            "refused)"
-        )
     try:
+        if needs_weights and not _is_testbed(path) and not weight_files(path):
+            raise ModelError(f"{path} holds no *.safetensors weights (pickled weights are refused)")
         return read_config(path, spec.trust_remote_code)
     except ModelError as error:
         raise ModelError(f"{where}.checkpoint: {error}") from None
@@ -317,24 +328,28 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
         from patchwork import testbed
 
         try:
-            return testbed.load(path, spec.attention, getattr(torch, spec.dtype))[0]
+            return testbed.load(path, spec.attention, getattr(torch, spec.dtype), spec.device)[0]
         except ModelError as error:
             raise ModelError(f"{where}.checkpoint: {error}") from None
-    if adapter_class(spec).empty.__func__ is not ModelAdapter.empty.__func__:  # type: ignore[attr-defined]
-        _check_weights(path, _empty(path, spec, config, where), where)
+    checked = adapter_class(spec).empty.__func__ is not ModelAdapter.empty.__func__  # type: ignore[attr-defined]
+    if checked:
+        empty = _empty(path, spec, config, where)
+        _check_weights(path, empty, where)
+        refuse_beyond_device(empty, getattr(torch, spec.dtype), spec.device, f"{where}.checkpoint")
     else:  # a plug-in family that cannot build its model empty: transformers' report below
         _check_weights(path, None, where)
     try:
-        loaded: Any = adapter_class(spec).from_pretrained(
-            path,
-            config,
-            local_files_only=True,
-            use_safetensors=True,
-            trust_remote_code=spec.trust_remote_code,
-            attn_implementation=spec.attention,
-            dtype=getattr(torch, spec.dtype),
-            output_loading_info=True,
-        )
+        with report_withheld() if checked else contextlib.nullcontext():
+            loaded: Any = adapter_class(spec).from_pretrained(
+                path,
+                config,
+                local_files_only=True,
+                use_safetensors=True,
+                trust_remote_code=spec.trust_remote_code,
+                attn_implementation=spec.attention,
+                dtype=getattr(torch, spec.dtype),
+                output_loading_info=True,
+            )
     except ModelError as error:
         raise ModelError(f"{where}.family: {error}") from None
     except SafetensorError as error:  # a truncated or foreign weights file
@@ -393,12 +408,17 @@ def _tokenizer(path: Path, spec: ModelSpec, where: str) -> Any:
     from transformers import AutoTokenizer
 
     try:
+        if (path / "tokenizer.json").exists():
+            read_tokenizer(path / "tokenizer.json")  # what transformers raises on it is bare
+    except ModelError as error:
+        raise ModelError(f"{where}.checkpoint: {error}") from None
+    try:
         return AutoTokenizer.from_pretrained(
             path, local_files_only=True, trust_remote_code=spec.trust_remote_code
         )
-    except (OSError, ValueError, TypeError) as error:
+    except (OSError, ValueError, TypeError, KeyError, IndexError, RecursionError) as error:
         raise ModelError(
-            f"{where}.checkpoint: cannot load the tokenizer in {path} ({error})"
+            f"{where}.checkpoint: cannot load the tokenizer in {path} ({_first_line(error)})"
         ) from None
 
 

@@ -8,17 +8,22 @@ that does not cover the file), so ``patchwork validate`` can make them without l
 
 The names a checkpoint uses are those transformers writes (``save_pretrained`` reverts its
 renamings, e.g. Qwen2.5-Omni's ``model.language_model.*`` is stored as ``model.*``); a folder
-written under the model's own names, or under one common prefix (a full omni checkpoint's
-``thinker.``), matches too.
+written under the model's own names, or under a prefix transformers strips when it loads (a full
+omni checkpoint's ``thinker.``), matches too. Where the check passed, transformers' own load
+report (a table of missing and unexpected names) is withheld: :func:`report_withheld`.
 
 :func:`read_config` and :func:`build_empty` turn what a damaged ``config.json`` makes transformers
-raise into one :class:`ConfigError` (a :class:`~patchwork.errors.ModelError`) naming the file.
+raise into one :class:`ConfigError` (a :class:`~patchwork.errors.ModelError`) naming the file;
+the folder's files and sizes are checked first (:mod:`patchwork.models.checkpoint_files`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,43 +32,68 @@ import torch
 from torch import nn
 
 from patchwork.errors import ModelError
+from patchwork.models.checkpoint_files import check_files, check_sizes, read_json, weight_files
 
-#: Prefixes tried beyond "" are the stored names' first components; a folder with more than this
-#: many distinct first components is matched without a prefix.
-MAX_PREFIXES = 64
+#: How many names a refusal shows.
+SHOWN = 3
 
 
 def read_config(folder: Path, trust_remote_code: bool = False) -> Any:
-    """The transformers config of a checkpoint folder's ``config.json``.
+    """The transformers config of a checkpoint folder's ``config.json``, once every file of the
+    folder is known to be a regular file and every size ``config.json`` declares to lie within
+    bounds (see :mod:`patchwork.models.checkpoint_files`).
 
     Raises:
-        ConfigError: naming the file, when transformers cannot read it (not
-            JSON, an unknown ``model_type``, fields that contradict each other such as
-            ``num_hidden_layers`` and ``layer_types``).
+        ConfigError: naming the file (and the field), when it is not JSON, a size is out of
+            bounds, or transformers cannot read it (an unknown ``model_type``, fields that
+            contradict each other such as ``num_hidden_layers`` and ``layer_types``).
+        patchwork.errors.ModelError: naming a file of the folder that is not a regular file.
     """
     import transformers
 
+    check_files(folder)
+    path = Path(folder) / "config.json"
+    if path.exists():  # else transformers says that it is missing
+        try:
+            check_sizes(read_json(path), path)
+        except RecursionError:
+            raise ConfigError(f"{path} is nested too deeply for a config") from None
+        except ModelError as error:
+            raise ConfigError(str(error)) from None
     try:
         return transformers.AutoConfig.from_pretrained(
             folder, local_files_only=True, trust_remote_code=trust_remote_code
         )
     except _config_errors() as error:
-        raise ConfigError(
-            f"cannot read {Path(folder) / 'config.json'} ({_reason(error)})"
-        ) from None
+        raise ConfigError(f"cannot read {path} ({_reason(error)})") from None
 
 
 def build_empty(build: Callable[[], nn.Module], folder: Path) -> nn.Module:
     """``build()`` — a model made from a folder's config on the meta device — with what
     transformers raises for a config it read but cannot realise (heads that do not divide the
-    hidden size, negative sizes …) as one :class:`ConfigError`."""
+    hidden size, sizes whose product overflows …) as one :class:`ConfigError`. A
+    ``RuntimeError`` counts only where torch or transformers raised it, not patchwork's own code
+    (a bug keeps its traceback)."""
+    errors: tuple[type[BaseException], ...] = (*_config_errors(), RuntimeError)
     try:
-        return build()
-    except _config_errors() as error:
+        with warnings.catch_warnings():  # a size of 0: the error below, or a model without it
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            return build()
+    except errors as error:
+        if isinstance(error, RuntimeError) and _raised_in(error, Path(__file__).parents[1]):
+            raise
         raise ConfigError(
             f"{Path(folder) / 'config.json'} describes a model transformers cannot build "
             f"({_reason(error)})"
         ) from None
+
+
+def _raised_in(error: BaseException, package: Path) -> bool:
+    """Whether the innermost frame of ``error``'s traceback lies in ``package``."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and Path(frame.tb_frame.f_code.co_filename).is_relative_to(package)
 
 
 def _config_errors() -> tuple[type[BaseException], ...]:
@@ -106,11 +136,6 @@ class StoredTensor:
     @property
     def floating(self) -> bool:
         return self.dtype.startswith(("F", "BF"))
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The folder's ``*.safetensors`` files, sorted."""
-    return sorted(path for path in Path(folder).glob("*.safetensors"))
 
 
 def stored_tensors(folder: Path) -> dict[str, StoredTensor]:
@@ -211,16 +236,28 @@ def check_weights(folder: Path, model: nn.Module, stored: Mapping[str, StoredTen
     (or the reverse). Other floating-point dtypes are fine: loading casts them.
 
     Raises:
-        patchwork.errors.ModelError: naming the folder, how many tensors are wrong and a few of
-            them.
+        patchwork.errors.ModelError: naming the folder and its weight files, how many tensors
+            are missing and a few of them, and a few of the stored names the model does not
+            expect (a renamed checkpoint shows its renaming there).
     """
-    expected, prefix = _best_match(expected_tensors(model), stored)
+    expected, prefix = _best_match(expected_tensors(model), stored, _load_prefixes(model))
     missing = sorted(prefix + name for name in expected if prefix + name not in stored)
     if missing:
+        names = sorted({tensor.file.name for tensor in stored.values()})
+        files = f" ({', '.join(names[:SHOWN])}{', …' if len(names) > SHOWN else ''})"
+        known = {prefix + name for name in expected}
+        others = sorted(name for name in stored if name not in known)
+        unexpected = (
+            f"; it holds {len(others)} tensors the model does not expect, e.g. "
+            f"{', '.join(others[:SHOWN])}"
+            if others
+            else ""
+        )
         raise ModelError(
             f"{len(missing)} of the model's {len(expected)} weights are not in the safetensors "
-            f"files of {folder} (e.g. {', '.join(missing[:3])}); the model would run on random "
-            "values in their place — does config.json belong to these weights?"
+            f"files of {folder}{files if names else ''}: missing e.g. "
+            f"{', '.join(missing[:SHOWN])}{unexpected}; the model would run on random values in "
+            "their place — does config.json belong to these weights?"
         )
     for name, (shape, dtype) in sorted(expected.items()):
         found = stored[prefix + name]
@@ -240,26 +277,66 @@ def check_weights(folder: Path, model: nn.Module, stored: Mapping[str, StoredTen
 def missing_tensors(model: nn.Module, stored: Mapping[str, StoredTensor]) -> list[str]:
     """The names (as a checkpoint stores them, sorted) of the tensors ``model`` expects that are
     not among ``stored``: what transformers would fill with random values."""
-    expected, prefix = _best_match(expected_tensors(model), stored)
+    expected, prefix = _best_match(expected_tensors(model), stored, _load_prefixes(model))
     return sorted(prefix + name for name in expected if prefix + name not in stored)
 
 
+def _load_prefixes(model: nn.Module) -> list[str]:
+    """The prefixes transformers strips from every stored name when it loads ``model`` (a full
+    omni checkpoint's ``thinker.``), from its conversion mapping; none where this transformers
+    has no such mapping. Any other prefix (a renamed checkpoint's ``x.``) leaves every tensor
+    missing, as transformers would."""
+    try:
+        from transformers import PreTrainedModel
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import PrefixChange
+    except ImportError:
+        return []
+    if not isinstance(model, PreTrainedModel):
+        return []
+    return sorted(
+        {
+            f"{conversion.prefix_to_remove}."
+            for conversion in get_model_conversion_mapping(model)  # type: ignore[arg-type]
+            if isinstance(conversion, PrefixChange)
+            and conversion.prefix_to_remove
+            and not conversion.model_prefix
+            and not conversion.scope_prefix
+        }
+    )
+
+
 def _best_match(
-    namings: list[dict[str, Any]], stored: Mapping[str, StoredTensor]
+    namings: list[dict[str, Any]], stored: Mapping[str, StoredTensor], prefixes: list[str]
 ) -> tuple[dict[str, Any], str]:
-    """The naming under which most expected tensors are stored, and the common prefix they are
-    stored under: none, unless no tensor is stored without one (a full omni checkpoint's
-    ``thinker.``)."""
+    """The naming under which most expected tensors are stored, and the prefix (none, or one of
+    ``prefixes``) they are stored under; ties go to no prefix and to the first naming."""
+    scored = [
+        (sum(prefix + name in stored for name in naming), -p, -n, prefix)
+        for p, prefix in enumerate(["", *prefixes])
+        for n, naming in enumerate(namings)
+    ]
+    _, _, index, prefix = max(scored)
+    return namings[-index], prefix
 
-    def found(naming: dict[str, Any], prefix: str) -> int:
-        return sum(prefix + name in stored for name in naming)
 
-    best = max(namings, key=lambda naming: found(naming, ""))
-    if found(best, "") or not stored:
-        return best, ""
-    firsts = {name.split(".", 1)[0] + "." for name in stored if "." in name}
-    if not firsts or len(firsts) > MAX_PREFIXES:
-        return best, ""
-    scored = [(found(n, p), -i, p) for i, n in enumerate(namings) for p in sorted(firsts)]
-    count, index, prefix = max(scored)
-    return namings[-index], prefix if count else ""
+@contextmanager
+def report_withheld() -> Iterator[None]:
+    """transformers' load report (its table of missing and unexpected names, over a hundred
+    lines for a renamed checkpoint) withheld: for loads patchwork has checked beforehand
+    (:func:`check_weights`), whose own refusal is one line. Its other messages still show (a
+    filter, not a level: transformers logs more, not less, above the warning level)."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    report = _LoadReport()
+    logger.addFilter(report)
+    try:
+        yield
+    finally:
+        logger.removeFilter(report)
+
+
+class _LoadReport(logging.Filter):
+    """Drops transformers' load report, and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)

@@ -176,9 +176,14 @@ def read_meta(directory: Path) -> dict[str, Any]:
         patchwork.errors.ModelError: naming the file, when it is missing, not JSON, or declares
             windows patchwork cannot read.
     """
+    from patchwork import files
+
     path = Path(directory) / META_FILE
-    if not path.is_file():
+    problem = files.not_regular(path)
+    if problem == "not found":
         raise ModelError(f"{directory} is not a testbed checkpoint (no {META_FILE})")
+    if problem is not None:  # a FIFO would make the read below wait for ever
+        raise ModelError(f"{path} {problem}")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
@@ -191,8 +196,8 @@ def read_meta(directory: Path) -> dict[str, Any]:
 
 #: The planted windows a checkpoint's json may declare, and their form.
 WINDOW_KEYS = {
-    "video_access_layers": "[FIRST, LAST]",
-    "audio_access_layers": "[FIRST, LAST]",
+    "video_access_layers": "[FIRST, LAST] or [[FIRST, LAST], ...]",
+    "audio_access_layers": "[FIRST, LAST] or [[FIRST, LAST], ...]",
     "video_access_heads": "[[LAYER, HEAD], ...]",
 }
 
@@ -213,12 +218,14 @@ def _check_windows(declared: object, path: Path, layers: int = 2**31, heads: int
         if value is None:
             continue
         of_heads = key == "video_access_heads"
-        pairs = value if of_heads else [value]
+        several = isinstance(value, list) and bool(value) and isinstance(value[0], list)
+        pairs = value if of_heads or several else [value]
         limits = (layers, heads) if of_heads else (layers, layers)
         if (
             not isinstance(pairs, list)
+            or not pairs
             or not all(_pair_within(pair, *limits) for pair in pairs)
-            or (not of_heads and value[0] > value[1])
+            or (not of_heads and any(pair[0] > pair[1] for pair in pairs))
         ):
             raise ModelError(
                 f"{path}: windows.{key}: expected {form}, indices within the model; "
@@ -294,13 +301,17 @@ def open_checkpoint(directory: str | Path, weights: bool = True) -> Checkpoint:
 
 
 def load(
-    checkpoint_dir: str | Path, attention: str = "sdpa", dtype: torch.dtype = torch.float32
+    checkpoint_dir: str | Path,
+    attention: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    device: str | None = None,
 ) -> tuple[torch.nn.Module, Tokenizer]:
     """Load a testbed checkpoint in eval mode, planted windows (if declared) installed.
 
     Every file is checked first (:func:`open_checkpoint`), and transformers' own report of the
     weights it did not find refuses the rest: a folder without the model's tensors never runs
-    on random values.
+    on random values. Given the ``device`` it goes to, a model whose weights cannot fit there is
+    refused before it is built (:func:`~patchwork.models.memory.refuse_beyond_device`).
 
     ``dtype`` is applied as transformers' ``from_pretrained`` applies it (rotary frequencies and
     other buffers it keeps in float32 stay float32).
@@ -312,20 +323,25 @@ def load(
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
     from patchwork.models import blocks
+    from patchwork.models.checkpoint import report_withheld
+    from patchwork.models.memory import refuse_beyond_device
     from patchwork.testbed import windows
 
     checked = open_checkpoint(checkpoint_dir)
     directory = checked.directory
+    if device is not None:
+        refuse_beyond_device(checked.empty, dtype, device)
     try:
-        loaded: Any = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-            directory,
-            config=checked.config,
-            use_safetensors=True,
-            local_files_only=True,
-            attn_implementation=attention,
-            dtype=dtype,
-            output_loading_info=True,
-        )
+        with report_withheld():  # checked above: its table of names would say nothing more
+            loaded: Any = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+                directory,
+                config=checked.config,
+                use_safetensors=True,
+                local_files_only=True,
+                attn_implementation=attention,
+                dtype=dtype,
+                output_loading_info=True,
+            )
     except (OSError, RuntimeError, ValueError, SafetensorError) as error:
         raise ModelError(f"cannot load testbed checkpoint {directory}: {error}") from None
     model, info = loaded
@@ -354,17 +370,12 @@ def load_tokenizer(directory: Path) -> Tokenizer:
         patchwork.errors.ModelError: naming ``tokenizer.json`` when it is missing, damaged or
             lacks a special token.
     """
+    from patchwork.models.checkpoint_files import read_tokenizer
+
     path = Path(directory) / "tokenizer.json"
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise ModelError(f"testbed checkpoint {directory} has no tokenizer.json")
-    try:
-        tokenizer = Tokenizer.from_str(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise ModelError(f"cannot read {path} ({error})") from None
-    except Exception as error:  # noqa: BLE001 - tokenizers raises plain Exception, nothing finer
-        if type(error) is not Exception:
-            raise  # a subclass is not the parser's report: keep its traceback
-        raise ModelError(f"{path}: not a readable tokenizer ({str(error)[:200]})") from None
+    tokenizer = read_tokenizer(path)
     missing = [token for token in SPECIALS.values() if tokenizer.token_to_id(token) is None]
     if missing:
         raise ModelError(f"{path}: the testbed's special tokens {missing} are missing")

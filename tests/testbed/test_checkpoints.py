@@ -158,8 +158,18 @@ def test_windowed_checkpoint_installs_its_windows_and_hears(tmp_path):
     assert numbers["audio_only_hear"] >= 0.85
 
 
-def test_cli_train_stops_at_targets_by_default_and_fixed_steps_is_the_shipped_recipe(tmp_path):
+def test_cli_train_stops_at_targets_by_default_and_fixed_steps_is_the_shipped_recipe(
+    tmp_path, monkeypatch
+):
     import json
+    import time
+
+    from patchwork.testbed import train as recipe
+
+    # a busy machine's clock: 1000 s per reading. The default stops by steps, never by time.
+    clock = iter(range(0, 10**9, 1000))
+    monkeypatch.setattr(recipe, "time", type(time)("time"))
+    recipe.time.time = lambda: float(next(clock))
 
     app = typer.Typer()
     register(app)
