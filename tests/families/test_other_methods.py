@@ -20,7 +20,6 @@ from patchwork import open_results, parse_study, run_study
 from patchwork.engine.runner import load_samples
 from patchwork.loading.model import load_model
 
-from ..methods.path_reference import Anatomy, check_against_reference
 from . import builders, reference
 
 VISUAL = {"qwen2_5_omni": "video", "qwen3_omni": "video", "gemma3n": "image", "generic": "audio"}
@@ -413,47 +412,6 @@ def test_head_knockout_equals_plain_torch(
         )
         moved.append(abs(float(stored) - float(base)))
     assert max(moved) > 1e-6  # the one head's knockout changes the answer
-
-
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-@pytest.mark.parametrize("family", ["qwen2_5_omni", "qwen3_omni"])
-def test_path_patching_families(
-    tmp_path: Path, family_root: Path, checkpoint, family: str, attention: str
-) -> None:
-    """IOI's path patching (``freeze: attention``, the default: every other head frozen, MLPs
-    recomputed) on the Qwen families' tiny checkpoints: residual, MLP and head senders into
-    queries, keys and values each equal the plain-torch reference of that definition
-    (``tests/methods/path_reference.py``; Qwen3-Omni's residual after a layer is the next
-    layer's input, DeepStack features added)."""
-    visual = VISUAL[family]
-    methods = f"""\
-  - kind: path_patching
-    sender_group: {visual}
-    senders: [residual, mlp, heads]
-    sender_heads: [0]
-    sender_layers: [0]
-    receivers: [queries, keys, values]
-    receiver_layers: [{LAYER}]
-"""
-    study, results, _, forward_extra = _run_family_study(
-        tmp_path, family_root, checkpoint, family, methods, attention
-    )
-    assert study.interventions[0].freeze == "attention"
-
-    def anatomy(model: torch.nn.Module) -> Anatomy:
-        text = _text_model(model)
-        return Anatomy(model, text.layers, text.norm, forward_extra, family == "qwen3_omni")
-
-    checked = check_against_reference(
-        study,
-        results,
-        [(0, LAYER)],
-        TOLERANCE,
-        anatomy,
-        lambda model, ids: _groups(model, ids)[visual],
-    )
-    samples = len(results["sample"])
-    assert checked == samples * 3 * 3 * _query_heads(load_model(study.model).model)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])

@@ -1,5 +1,13 @@
-"""Path patching by definition (Wang et al. 2022) against the plain-torch reference of
-``path_reference`` (written here, sharing nothing with patchwork but the model's weights)."""
+"""Path patching by definition (Wang et al. 2022) against a plain-torch reference written here.
+
+The reference shares nothing with patchwork but the model's weights: the sender's clean value is
+taken from a hooked clean run; the frozen run is the conflict run with that value written at the
+sender group's positions, every attention module after the sender's layer returning its cached
+conflict-run output (and under ``attention+mlp`` every MLP after it, the sending head's own
+layer's included), the rest recomputed by the model; the receiving layer's attention input is
+hooked there. The answer is read from the conflict run whose receiving attention is recomputed by
+hand, with one query head's queries, keys or values computed from that frozen input.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +18,14 @@ import pytest
 import torch
 
 from patchwork import open_results, parse_study, run_study
+from patchwork.engine.runner import load_samples
 from patchwork.errors import ModelError, StudyError
 from patchwork.loading.model import load_model
+from patchwork.patching.metrics import answer_metrics
 from patchwork.patching.paths import check_structure
 
+from . import reference
 from .helpers import study_text
-from .path_reference import check_against_reference
 
 PATHS = """\
   - kind: path_patching
@@ -55,6 +65,194 @@ interventions:
     freeze: {freeze}
 execution: {{batch_size: 16, unit_size: 2, seed: 0}}
 """
+
+
+def _tensor(value):
+    return value[0] if isinstance(value, tuple) else value
+
+
+def cached(model, layers, inputs):
+    """One run's row 0 per layer: 'residual' (layer output), 'mlp', 'attention' (outputs) and
+    'heads' (the output projection's input), each (seq, width)."""
+    saved, handles = {}, []
+    for index, layer in enumerate(layers):
+        for name, module in (
+            ("residual", layer),
+            ("mlp", layer.mlp),
+            ("attention", layer.self_attn),
+        ):
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, a, o, key=(name, index): saved.__setitem__(key, _tensor(o)[0].clone())
+                )
+            )
+        handles.append(
+            layer.self_attn.o_proj.register_forward_pre_hook(
+                lambda m, a, key=("heads", index): saved.__setitem__(key, a[0][0].clone())
+            )
+        )
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return saved
+
+
+def frozen_inputs(model, layers, conflict, clean, frozen, sender, freeze, positions):
+    """Each decoder layer's attention input (seq, hidden) in the frozen run of ``sender``
+    (component, layer, head)."""
+    component, sent_layer, head = sender
+    dim = layers[0].self_attn.head_dim
+    inputs, handles = {}, []
+
+    def write(value):
+        def hook(module, args, output):
+            tensor = _tensor(output).clone()
+            tensor[0, positions] = value[positions]
+            return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+        return hook
+
+    def pin(value):
+        def hook(module, args, output):
+            tensor = value[None].clone()
+            return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+        return hook
+
+    def send_head(module, args):
+        hidden = args[0].clone()
+        columns = slice(head * dim, (head + 1) * dim)
+        hidden[0, positions, columns] = clean[("heads", sent_layer)][positions, columns]
+        return (hidden, *args[1:])
+
+    layer = layers[sent_layer]
+    if component == "residual":
+        handles.append(layer.register_forward_hook(write(clean[("residual", sent_layer)])))
+    elif component == "mlp":
+        handles.append(layer.mlp.register_forward_hook(write(clean[("mlp", sent_layer)])))
+    else:
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(send_head))
+    for index, later in enumerate(layers):
+        if index > sent_layer:
+            handles.append(later.self_attn.register_forward_hook(pin(frozen[("attention", index)])))
+        mlp_pinned = index > sent_layer or (index == sent_layer and component == "head")
+        if freeze == "attention+mlp" and mlp_pinned:
+            handles.append(later.mlp.register_forward_hook(pin(frozen[("mlp", index)])))
+        handles.append(
+            later.self_attn.register_forward_pre_hook(
+                lambda m, a, k, index=index: inputs.__setitem__(
+                    index, k.get("hidden_states", a[0] if a else None)[0].clone()
+                ),
+                with_kwargs=True,
+            )
+        )
+    try:
+        with torch.no_grad():
+            model(**conflict)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs
+
+
+def path_logit_diff(model, layers, conflict, receiver, head, receiver_input, frozen_input, ids):
+    """The conflict run with layer ``receiver``'s attention recomputed by hand, query head
+    ``head`` reading its ``receiver_input`` computed from ``frozen_input`` (seq, hidden)."""
+    captured = {}
+
+    def grab(module, args, kwargs):
+        captured["hidden"] = kwargs.get("hidden_states", args[0] if args else None)
+        captured["rotary"] = kwargs["position_embeddings"]
+
+    def projected(module, hidden, cos, sin):
+        seq, dim = hidden.shape[1], module.head_dim
+        q = module.q_proj(hidden).view(1, seq, -1, dim).transpose(1, 2)
+        k = module.k_proj(hidden).view(1, seq, -1, dim).transpose(1, 2)
+        v = module.v_proj(hidden).view(1, seq, -1, dim).transpose(1, 2)
+        q = q * cos[:, None] + reference._rotate(q) * sin[:, None]
+        k = k * cos[:, None] + reference._rotate(k) * sin[:, None]
+        repeat = q.shape[1] // k.shape[1]
+        return q, k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+
+    def replace(module, args, output):
+        hidden = captured["hidden"]
+        cos, sin = captured["rotary"]
+        q, k, v = projected(module, hidden, cos, sin)
+        moved = projected(module, frozen_input[None], cos, sin)
+        which = ("queries", "keys", "values").index(receiver_input)
+        (q, k, v)[which][0, head] = moved[which][0, head]
+        seq, dim = hidden.shape[1], module.head_dim
+        scores = q @ k.transpose(-1, -2) / dim**0.5
+        allowed = torch.ones(seq, seq, dtype=torch.bool).tril()
+        weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        out = (weights @ v).transpose(1, 2).reshape(1, seq, -1)
+        return (module.o_proj(out), weights)
+
+    attention = layers[receiver].self_attn
+    handles = [
+        attention.register_forward_pre_hook(grab, with_kwargs=True),
+        attention.register_forward_hook(replace),
+    ]
+    try:
+        with torch.no_grad():
+            logits = model(**conflict).logits[:, -1]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return float(answer_metrics(logits, *ids)["logit_diff"][0])
+
+
+def check_against_reference(study, results, pairs, tolerance):
+    """Every stored path of the sender/receiver layer ``pairs`` equals the reference; returns how
+    many were checked."""
+    effect = results["path_effect"].sel(metric="logit_diff")
+    freeze = study.interventions[0].freeze
+    loaded = load_model(study.model)
+    model = loaded.model
+    layers = reference.layers_of(model)
+    heads = model.config.text_config.num_attention_heads
+    checked = 0
+    for sample in load_samples(study, loaded).load(0, len(results["sample"])):
+        clean = cached(model, layers, sample.runs["clean"])
+        conflict = sample.runs["conflict"]
+        frozen = cached(model, layers, conflict)
+        positions = reference.groups_of(conflict["input_ids"], model.config)["video"]
+        ids = (sample.audio_answer_id, sample.visual_answer_id)
+        for label in effect["sender"].values:
+            component, _, sent_head = str(label).partition(" ")
+            for sent_layer in {sender for sender, _ in pairs}:
+                sender = (component, sent_layer, int(sent_head) if sent_head else None)
+                inputs = frozen_inputs(
+                    model, layers, conflict, clean, frozen, sender, freeze, positions
+                )
+                for receiver in [r for s, r in pairs if s == sent_layer]:
+                    for receiver_input in effect["receiver_input"].values:
+                        for head in range(heads):
+                            expected = path_logit_diff(
+                                model,
+                                layers,
+                                conflict,
+                                receiver,
+                                head,
+                                str(receiver_input),
+                                inputs[receiver],
+                                ids,
+                            )
+                            stored = effect.sel(
+                                sample=sample.sample_id,
+                                sender=label,
+                                sender_layer=sent_layer,
+                                receiver_layer=receiver,
+                                receiver_head=head,
+                                receiver_input=receiver_input,
+                            )
+                            where = (label, sent_layer, receiver, head, str(receiver_input))
+                            assert float(stored) == pytest.approx(expected, abs=tolerance), where
+                            checked += 1
+    return checked
 
 
 @pytest.mark.parametrize(
