@@ -55,3 +55,28 @@ def read_at_most(path: Path, limit: int) -> bytes:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
         return handle.read(limit + 1)
+
+
+class Unreadable(Exception):
+    """What :func:`read_bounded` found: ``str()`` says it in words that follow the path
+    (``"is a FIFO (named pipe), not a regular file"``, ``"is over 1,000,000 bytes"``); the caller
+    raises its own error, naming the file and what it should have been."""
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes.
+
+    Raises:
+        Unreadable: ``path`` is not a regular file, cannot be read, or is over ``limit`` (found
+            while reading: a file that never ends is read no further).
+    """
+    problem = not_regular(path)
+    if problem is not None:
+        raise Unreadable(problem)
+    try:
+        data = read_at_most(path, limit)
+    except OSError as error:
+        raise Unreadable(f"cannot be read ({error.strerror or error})") from None
+    if len(data) > limit:
+        raise Unreadable(f"is over {limit:,} bytes")
+    return data

@@ -74,15 +74,10 @@ def read_json(path: Path, limit: int = MAX_JSON_BYTES) -> Any:
         patchwork.errors.ModelError: naming the file, when it is not a regular file, is over
             the limit, or is not JSON.
     """
-    problem = files.not_regular(path)
-    if problem is not None:
-        raise ModelError(f"{path} {problem}")
     try:
-        data = files.read_at_most(path, limit)
-    except OSError as error:
-        raise ModelError(f"cannot read {path} ({error.strerror or error})") from None
-    if len(data) > limit:
-        raise ModelError(f"{path} is over {limit // 2**20} MiB; not a checkpoint's JSON file")
+        data = files.read_bounded(path, limit)
+    except files.Unreadable as problem:
+        raise ModelError(f"{path} {problem}; not a checkpoint's JSON file") from None
     try:
         return json.loads(data)
     except RecursionError:
@@ -174,16 +169,12 @@ def read_tokenizer(path: Path) -> Any:
     """
     from tokenizers import Tokenizer
 
-    problem = files.not_regular(path)
-    if problem is not None:
-        raise ModelError(f"{path} {problem}")
     try:
-        data = files.read_at_most(path, MAX_TOKENIZER_BYTES)
-        text = data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ModelError(f"cannot read {path} ({error})") from None
-    if len(data) > MAX_TOKENIZER_BYTES:
-        raise ModelError(f"{path} is over {MAX_TOKENIZER_BYTES // 2**20} MiB; not a tokenizer")
+        text = files.read_bounded(path, MAX_TOKENIZER_BYTES).decode("utf-8")
+    except files.Unreadable as problem:
+        raise ModelError(f"{path} {problem}; not a tokenizer") from None
+    except UnicodeDecodeError as error:
+        raise ModelError(f"{path} is not UTF-8 text ({error}); not a tokenizer") from None
     try:
         return Tokenizer.from_str(text)
     except Exception as error:  # noqa: BLE001 - tokenizers raises plain Exception, nothing finer

@@ -37,15 +37,10 @@ def load_study(path: str | Path, overrides: Iterable[str] = ()) -> Study:
     validation; an invalid one is reported as ``--set key.path=value: …``.
     """
     path = Path(path)
-    problem = files.not_regular(path)
-    if problem is not None:
-        raise StudyError(f"{path}: study file {problem}")
     try:
-        data = files.read_at_most(path, MAX_STUDY_BYTES)
-    except OSError as error:
-        raise StudyError(f"{path}: cannot read study file ({error.strerror or error})") from None
-    if len(data) > MAX_STUDY_BYTES:  # refused while reading: /dev/zero-like files never end
-        raise StudyError(f"{path}: over {MAX_STUDY_BYTES:,} bytes; a study file is at most that")
+        data = files.read_bounded(path, MAX_STUDY_BYTES)
+    except files.Unreadable as problem:
+        raise StudyError(f"{path}: study file {problem}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
