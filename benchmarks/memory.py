@@ -140,8 +140,9 @@ def main() -> None:
     ratio = hostile["peak_mb"] / normal["peak_mb"]
     print(
         f"{'sparse wav':>10} {args.rows[0]:>8} {hostile['peak_mb']:>14.1f} {ratio:>11.3f}x "
-        f"(vs the same manifest intact; refused: {hostile['refused'][-90:]!r})"
+        "(vs the same manifest intact)"
     )
+    print(f"the sparse wav was refused: {hostile['refused']}")
 
 
 if __name__ == "__main__":
