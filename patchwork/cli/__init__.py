@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from patchwork.cli.options import given_path
 from patchwork.cli.output import (
     EXIT_INTERRUPTED,
     EXIT_USER_ERROR,
@@ -109,7 +110,7 @@ def _load_with_short_forms(
 @app.command()
 @user_errors
 def validate(
-    study: Annotated[Path, typer.Argument(help="A study YAML file.")],
+    study: Annotated[Path, typer.Argument(parser=given_path, help="A study YAML file.")],
     assignments: SetOption = None,
     schema_only: Annotated[
         bool,
@@ -140,7 +141,7 @@ def validate(
 @app.command()
 @user_errors
 def plan(
-    study: Annotated[Path, typer.Argument(help="A study YAML file.")],
+    study: Annotated[Path, typer.Argument(parser=given_path, help="A study YAML file.")],
     assignments: SetOption = None,
 ) -> None:
     """What a study will cost, before it runs: cells, positions per group, forwards and FLOPs of
@@ -161,9 +162,14 @@ def plan(
 @app.command()
 @user_errors
 def run(
-    study: Annotated[Path, typer.Argument(help="A study YAML file.")],
+    study: Annotated[Path, typer.Argument(parser=given_path, help="A study YAML file.")],
     store: Annotated[
-        Path, typer.Option("--store", help="Store root: results go under it (default: store/).")
+        Path,
+        typer.Option(
+            "--store",
+            parser=given_path,
+            help="Store root: results go under it (default: store/).",
+        ),
     ] = Path("store"),
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Remove the study's existing store first (says so).")
@@ -257,7 +263,9 @@ def run(
 
 @app.command()
 @user_errors
-def verify(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).")]) -> None:
+def verify(
+    store: Annotated[Path, typer.Argument(parser=given_path, help="A results store (*.zarr).")],
+) -> None:
     """Remove crash leftovers and unmark any finished unit whose data are incomplete."""
     from patchwork.engine.lock import store_lock
     from patchwork.store.metadata import metadata_line
@@ -296,7 +304,9 @@ def verify(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).
 
 @app.command()
 @user_errors
-def status(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).")]) -> None:
+def status(
+    store: Annotated[Path, typer.Argument(parser=given_path, help="A results store (*.zarr).")],
+) -> None:
     """Show what a store holds and how far its run got."""
     from patchwork.errors import StoreError
     from patchwork.store.metadata import metadata_line, unreadable_metadata
@@ -308,12 +318,12 @@ def status(store: Annotated[Path, typer.Argument(help="A results store (*.zarr).
         lost = unreadable_metadata(store, model)
         if lost:
             raise StoreError(metadata_line(store, model, lost))
+    opened = {model: open_results(store, model) for model in models}  # damage: one line first
     console.print(
         f"[bold]{store}[/]: study {attrs.get('study_name')!r}, "
         f"config {str(attrs.get('config_sha256'))[:12]}, created {attrs.get('created')}"
     )
-    for model in models:
-        results = open_results(store, model)
+    for model, results in opened.items():
         done = int(results["done"].sum())
         total = results.sizes["sample"]
         state = "complete" if done == total else "partial"

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from patchwork.analysis.results import UNFINISHED, AnalysisError, SampleCoverage
-from patchwork.cli.options import MAX_SEED
+from patchwork.cli.options import MAX_SEED, given_path
 from patchwork.errors import PatchworkError
 
 
@@ -22,7 +22,7 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
-StoreArgument = Annotated[Path, typer.Argument(help="A results store (*.zarr).")]
+StoreArgument = Annotated[Path, typer.Argument(parser=given_path, help="A results store (*.zarr).")]
 ModelOption = Annotated[
     str | None, typer.Option("--model", help="Model group, when the store holds several.")
 ]
@@ -63,11 +63,17 @@ NoVerifyOption = Annotated[
 
 
 def open_store(path: Path, model: str | None = None, verify: bool = True) -> Any:
-    """Open a results store as an :class:`xarray.Dataset` (raises ``StoreError`` if missing, or
-    damaged unless ``verify`` is off)."""
-    from patchwork.store.zarr_store import open_results
+    """Open a results store as an :class:`xarray.Dataset`, read into memory (raises
+    ``StoreError`` if missing, or damaged unless ``verify`` is off; a chunk that cannot be
+    decoded raises it even then, here rather than while the figures or windows are computed)."""
+    from patchwork.store.metadata import DAMAGE
+    from patchwork.store.zarr_store import damaged_store, open_results
 
-    return open_results(path, model, verify=verify)
+    results = open_results(path, model, verify=verify)
+    try:
+        return results.load()
+    except DAMAGE as error:
+        raise damaged_store(path, error) from None
 
 
 def parse_floor(text: str) -> float | str:
@@ -203,7 +209,10 @@ def register(app: typer.Typer) -> None:
         first: StoreArgument,
         second: Annotated[
             Path,
-            typer.Argument(help="A second results store (the same path for two of its models)."),
+            typer.Argument(
+                parser=given_path,
+                help="A second results store (the same path for two of its models).",
+            ),
         ],
         model: ModelOption = None,
         second_model: Annotated[
@@ -235,7 +244,9 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def plot(
         store: StoreArgument,
-        out: Annotated[Path, typer.Option("--out", help="Directory for the figures.")],
+        out: Annotated[
+            Path, typer.Option("--out", parser=given_path, help="Directory for the figures.")
+        ],
         model: ModelOption = None,
         metric: MetricOption = None,
         image_format: Annotated[
@@ -253,7 +264,7 @@ def register(app: typer.Typer) -> None:
         from patchwork.analysis.plots import FIGURE_FORMATS, save_figure
         from patchwork.analysis.reports import reports_for
         from patchwork.analysis.results import check_choice, check_results
-        from patchwork.cli.options import output_folder
+        from patchwork.cli.options import no_links, output_folder
 
         formats = image_format or ["png", "svg"]
         for extension in formats:
@@ -278,6 +289,7 @@ def register(app: typer.Typer) -> None:
                 failed.append(f"{report.kind}: {error}")
                 continue
             for stem, figure in figures.items():
+                no_links(out, "--out", [f"{stem}.{extension}" for extension in formats])
                 for path in save_figure(figure, out, stem, formats):
                     typer.echo(str(path))
         if failed:

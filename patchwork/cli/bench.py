@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from patchwork.cli.options import given_path
 from patchwork.errors import PatchworkError
 
 if TYPE_CHECKING:
@@ -25,7 +26,10 @@ def register(app: typer.Typer) -> None:
 def bench_command(
     out: Annotated[
         Path,
-        typer.Option(help="Folder for the organisms (trained once, cached), stores and results."),
+        typer.Option(
+            parser=given_path,
+            help="Folder for the organisms (trained once, cached), stores and results.",
+        ),
     ] = Path("bench"),
     samples: Annotated[
         int, typer.Option(min=1, max=100_000, help="Held-out clips per organism and method.")
@@ -42,7 +46,7 @@ def bench_command(
     from rich.console import Console
 
     from patchwork.bench import SUITE, reference_lines, run_bench
-    from patchwork.cli.options import output_folder
+    from patchwork.cli.options import no_links, output_folder
 
     names = [o.name for o in SUITE]
     unknown = [name for name in organism or [] if name not in names]
@@ -52,6 +56,7 @@ def bench_command(
         )
     chosen = [o for o in SUITE if not organism or o.name in organism]
     output_folder(out, "--out")  # before any organism trains
+    no_links(out, "--out")  # its checkpoints, studies and stores, at any depth
     torch.set_num_threads(threads)
     graded = run_bench(out, chosen, samples, log=typer.echo)
     print_uncut(

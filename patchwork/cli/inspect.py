@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from patchwork.cli.options import given_path
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``inspect`` command to the ``patchwork`` app."""
@@ -16,9 +18,11 @@ def register(app: typer.Typer) -> None:
 
 
 def inspect_command(
-    study: Annotated[Path, typer.Argument(help="A study YAML file.")],
+    study: Annotated[Path, typer.Argument(parser=given_path, help="A study YAML file.")],
     sample: Annotated[str, typer.Option("--sample", help="The sample's id.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the files written.")],
+    out: Annotated[
+        Path, typer.Option("--out", parser=given_path, help="Folder for the files written.")
+    ],
     run: Annotated[
         str | None, typer.Option("--run", help="The run [default: the sample's first].")
     ] = None,
@@ -35,12 +39,13 @@ def inspect_command(
     from rich.table import Table
 
     from patchwork.analysis.input_figures import write_inspection
-    from patchwork.cli.options import output_folder
+    from patchwork.cli.options import no_links, output_folder
     from patchwork.cli.output import console
     from patchwork.engine.inspect import inspect_inputs
     from patchwork.study import load_study
 
     output_folder(out, "--out")  # before the inputs are built
+    no_links(out, "--out", ["inputs.safetensors", "frames.png", "audio.png"])
     inputs = inspect_inputs(load_study(study, assignments or []), sample, run)
     for line in inputs.describe():
         console.print(line, highlight=False, markup=False)

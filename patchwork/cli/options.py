@@ -1,17 +1,30 @@
 """Checks of command-line options made before any work starts: a folder a command will write
 into must be one it can create or write, so that a mistake costs one line, not a finished
-training or sweep thrown away at the end."""
+training or sweep thrown away at the end; and no file written there may be a symbolic link, which
+would carry the write to wherever it points."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
+
+import typer
 
 from patchwork.errors import PatchworkError
 
 #: Largest seed an option takes; equal to :data:`patchwork.study.schema.MAX_SEED` (kept here so
 #: that ``--help`` does not import the schema).
 MAX_SEED = 2**63 - 1
+
+
+def given_path(value: str | Path) -> Path:
+    """A path option or argument as typed, as a :class:`~pathlib.Path` (the ``parser`` of every
+    one): an empty one is refused, since ``Path("")`` is the current folder, which ``--out ''``
+    (an unset shell variable, say) never meant."""
+    if str(value) == "":
+        raise typer.BadParameter("an empty path; give a file or folder name")
+    return Path(value)
 
 
 def output_folder(path: Path, option: str) -> Path:
@@ -33,3 +46,27 @@ def output_folder(path: Path, option: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PatchworkError(f"{option} {path}: cannot write in {existing}")
     return path
+
+
+def no_links(folder: Path, option: str, names: Iterable[str] | None = None) -> Path:
+    """``folder`` when none of ``names`` in it (every entry below it when None) is a symbolic
+    link: a file patchwork writes into an output folder is never written through a link.
+
+    Raises:
+        patchwork.errors.PatchworkError: ``option: PATH is a symbolic link (to TARGET) …``.
+    """
+    if names is None:
+        found: Iterable[Path] = (
+            Path(root) / entry
+            for root, folders, files in os.walk(folder)  # links are listed, never followed
+            for entry in (*folders, *files)
+        )
+    else:
+        found = (folder / name for name in names)
+    for path in found:
+        if path.is_symlink():
+            raise PatchworkError(
+                f"{option}: {path} is a symbolic link (to {os.readlink(path)}); "
+                "patchwork writes nothing through a link: remove it or choose another folder"
+            )
+    return folder

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from patchwork.cli.options import MAX_SEED
+from patchwork.cli.options import MAX_SEED, given_path
 from patchwork.errors import PatchworkError
 
 if TYPE_CHECKING:
@@ -24,12 +24,20 @@ def register(app: typer.Typer) -> None:
 
 def pairs_command(
     source: Annotated[
-        Path, typer.Argument(help="A folder with one sub-folder of clips per label, or a CSV.")
+        Path,
+        typer.Argument(
+            parser=given_path, help="A folder with one sub-folder of clips per label, or a CSV."
+        ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="The manifest to write (*.jsonl).")],
+    out: Annotated[
+        Path, typer.Option("--out", parser=given_path, help="The manifest to write (*.jsonl).")
+    ],
     words: Annotated[
         Path | None,
-        typer.Option(help="Label → answer word, YAML (label: word) or CSV (label,word)."),
+        typer.Option(
+            parser=given_path,
+            help="Label → answer word, YAML (label: word) or CSV (label,word).",
+        ),
     ] = None,
     seed: Annotated[
         int,
@@ -41,7 +49,10 @@ def pairs_command(
     ] = None,
     study: Annotated[
         Path | None,
-        typer.Option(help="Check answer words and token layouts against this study's model."),
+        typer.Option(
+            parser=given_path,
+            help="Check answer words and token layouts against this study's model.",
+        ),
     ] = None,
     checkpoint: Annotated[
         str | None,
@@ -75,6 +86,7 @@ def pairs_command(
     """Write a counterfactual manifest: each clip's sound with its own picture (clean) and
     under a clip of another label (conflict); one frame size and length for every row; balanced
     and seeded; every clip left out is listed with its reason."""
+    from patchwork.cli.options import no_links
     from patchwork.cli.output import console
     from patchwork.loading.pairs import checkpoint_model, pair_clips
 
@@ -82,6 +94,7 @@ def pairs_command(
         raise PatchworkError("give --study or --checkpoint, not both")
     if family is not None and checkpoint is None:
         raise PatchworkError("--family goes with --checkpoint")
+    no_links(out.parent, "--out", [out.name, out.name + ".partial"])  # the manifest, its draft
     limits: dict[str, float] = {}
     convention: Convention = "model_card"
     loaded = None

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from patchwork.cli.options import MAX_SEED
+from patchwork.cli.options import MAX_SEED, given_path
 from patchwork.errors import PatchworkError
 
 NUM_LAYERS, NUM_HEADS = 8, 4
@@ -32,7 +32,9 @@ def register(app: typer.Typer) -> None:
 
 
 def train_command(
-    out: Annotated[Path, typer.Option(help="Directory for the stage-2 checkpoint.")],
+    out: Annotated[
+        Path, typer.Option(parser=given_path, help="Directory for the stage-2 checkpoint.")
+    ],
     seed: Annotated[
         int, typer.Option(min=0, max=MAX_SEED, help="Seed of weights, media banks and batches.")
     ] = 0,
@@ -105,10 +107,13 @@ def train_command(
     check_every: Annotated[int, typer.Option(help="Stage-2 steps between validation checks.")] = 50,
     batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 32,
     base_out: Annotated[
-        Path | None, typer.Option(help="Also write the stage-1 checkpoint here.")
+        Path | None, typer.Option(parser=given_path, help="Also write the stage-1 checkpoint here.")
     ] = None,
     from_base: Annotated[
-        Path | None, typer.Option(help="Skip stage 1: start stage 2 from this stage-1 checkpoint.")
+        Path | None,
+        typer.Option(
+            parser=given_path, help="Skip stage 1: start stage 2 from this stage-1 checkpoint."
+        ),
     ] = None,
     threads: Annotated[
         int, typer.Option(help="torch threads (results depend on it; 1 is fastest on 2 cores).")
@@ -198,12 +203,12 @@ def train_command(
 def _check_outputs(out: Path, base_out: Path | None, from_base: Path | None) -> None:
     """Before training starts: the folders it writes can be written, the base it starts from is
     a whole testbed checkpoint (every file read and checked, no weights loaded)."""
-    from patchwork.cli.options import output_folder
+    from patchwork.cli.options import no_links, output_folder
     from patchwork.testbed.model import open_checkpoint
 
-    output_folder(out, "--out")
+    no_links(output_folder(out, "--out"), "--out")  # a checkpoint folder: every file in it
     if base_out is not None:
-        output_folder(base_out, "--base-out")
+        no_links(output_folder(base_out, "--base-out"), "--base-out")
     if from_base is not None:
         try:
             open_checkpoint(from_base)

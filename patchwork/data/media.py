@@ -17,6 +17,7 @@ Missing or unreadable files raise :class:`patchwork.errors.DataError` naming the
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -262,7 +263,10 @@ def load_frames(paths: Sequence[str | Path], max_side: int = 4096) -> np.ndarray
     for path in map(Path, paths):
         media_file(path, "image")
         try:
-            with Image.open(path) as image:
+            with warnings.catch_warnings():  # max_side decides, not Pillow's pixel-count warning
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(path)
+            with image:
                 if max(image.size) > max_side:
                     raise DataError(
                         f"image file {path} is {image.size[0]}x{image.size[1]} pixels, over "

@@ -249,8 +249,8 @@ def csv_value(field: str, cell: str) -> Any:
     if field == "frame_size":
         match = _SIZE.fullmatch(stripped)
         return [int(match[1]), int(match[2])] if match else cell
-    if field in ("fps", "seconds") and len(stripped) <= 64:
-        try:
+    if field in ("fps", "seconds") and len(stripped) <= 64 and "_" not in stripped:
+        try:  # float() reads "0_1" as 1 (digit groups): such a cell is left for the schema
             return float(stripped)
         except ValueError:
             return cell

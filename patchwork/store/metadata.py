@@ -26,6 +26,7 @@ import xarray as xr
 import zarr
 
 from patchwork.errors import StoreError
+from patchwork.files import not_regular
 
 #: Set on a model group once its template is written to the end.
 TEMPLATE_MARK = "template_complete"
@@ -49,7 +50,10 @@ DAMAGE = (
 
 
 def readable_json(path: Path) -> bool:
-    """Whether ``path`` is a file holding a JSON object (what every ``zarr.json`` is)."""
+    """Whether ``path`` is a file holding a JSON object (what every ``zarr.json`` is); a FIFO or
+    a device there is never opened."""
+    if not_regular(path) is not None:
+        return False
     try:
         return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
     except (OSError, ValueError, RecursionError):
@@ -203,17 +207,43 @@ def metadata_line(path: Path, model: str, lost: list[str]) -> str:
 
 
 def refuse_links(path: Path) -> None:
-    """Raise :class:`StoreError` when anything inside the store is a symbolic link: a write
-    through it would land outside the store."""
-    for folder, directories, files in os.walk(path, followlinks=False):
-        for name in (*directories, *files):
-            entry = Path(folder) / name
-            if entry.is_symlink():
-                raise StoreError(
-                    f"{entry} is a symbolic link; patchwork never writes through links, which "
-                    "could lead outside the store — replace it with the folder or file itself, "
-                    "or start over with --fresh"
-                )
+    """Raise :class:`StoreError` when anything inside the store is a symbolic link (a write
+    through it would land outside the store) or a FIFO, a device or a socket
+    (:func:`refuse_special_files`)."""
+    _refuse_entries(path, links=True)
+
+
+def refuse_special_files(path: Path) -> None:
+    """Raise :class:`StoreError`, naming it, when a file inside the store (a chunk, a
+    ``zarr.json``) is a FIFO, a device or a socket, or a link to one: reading it would wait
+    forever (a FIFO) or never end (``/dev/zero``). Nothing is opened; one walk of the store's
+    folders, by the types their listings carry."""
+    _refuse_entries(path, links=False)
+
+
+def _refuse_entries(path: Path, links: bool) -> None:
+    if not path.is_dir():
+        return
+    folders = [path]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if links and entry.is_symlink():
+                    raise StoreError(
+                        f"{entry.path} is a symbolic link; patchwork never writes through links, "
+                        "which could lead outside the store — replace it with the folder or file "
+                        "itself, or start over with --fresh"
+                    )
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(Path(entry.path))
+                elif not entry.is_file():  # a FIFO, a device, a socket, or a link to none of them
+                    problem = not_regular(Path(entry.path))
+                    if problem is not None and problem.endswith("not a regular file"):
+                        raise StoreError(
+                            f"{entry.path} {problem}, where the store keeps a file; patchwork "
+                            "does not open it — remove it, then run the study again "
+                            "(patchwork run STUDY) to rebuild what it held"
+                        )
 
 
 def restore_metadata(
@@ -244,9 +274,7 @@ def restore_metadata(
     restored = sorted(absent | ({model} if group_lost else set()))
     arrays = [name for name in restored if name != model]
     for name in restored:  # unreadable metadata is no metadata
-        (directory if name == model else directory / name).joinpath("zarr.json").unlink(
-            missing_ok=True
-        )
+        _remove_metadata((directory if name == model else directory / name) / "zarr.json")
     if model in restored:
         # a group written before its arrays: its arrays' data say whether any unit finished
         done = directory / "done" / "c"
@@ -269,6 +297,21 @@ def restore_metadata(
         group = zarr.open_group(directory, mode="r+", zarr_format=3)
         group.attrs.update({**empty.attrs, "model_name": model, **records(), TEMPLATE_MARK: True})
     return restored
+
+
+def _remove_metadata(metadata: Path) -> None:
+    """Remove an unreadable ``zarr.json``; an empty folder in its place too (one holding files
+    is refused: they are not the store's to remove)."""
+    if metadata.is_dir() and not metadata.is_symlink():
+        try:
+            metadata.rmdir()
+        except OSError:
+            raise StoreError(
+                f"{metadata} is a folder where the store's metadata file belongs, and it holds "
+                "files; move it out of the store"
+            ) from None
+    else:
+        metadata.unlink(missing_ok=True)
 
 
 def _disagrees(metadata: Path, expected: xr.DataArray) -> bool:

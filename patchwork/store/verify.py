@@ -6,12 +6,16 @@ loses its mark, so the next ``patchwork run`` computes it again.
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zarr
 
+from patchwork.errors import StoreError
 from patchwork.store.metadata import refuse_links, unreadable_metadata
 from patchwork.store.zarr_store import ResultStore, store_models, template_complete
 
@@ -55,7 +59,8 @@ def verify_store(path: str | Path) -> VerifyReport:
         for name in sorted(files):
             if name.endswith(".partial"):
                 leftover = Path(folder) / name
-                leftover.unlink()
+                with _writing(path, f"removed the leftover {leftover}"):
+                    leftover.unlink()
                 report.partial_files_removed.append(leftover)
     report.partial_files_removed.sort()
     for model in models:
@@ -67,12 +72,33 @@ def verify_store(path: str | Path) -> VerifyReport:
         if not isinstance(group, zarr.Group) or not template_complete(group):
             continue  # a template cut short by a crash: rewritten by the next run
         store = ResultStore(path, model)
-        report.marks_restored[model] = store.restore_marks()
+        with _writing(path, f"written unreadable done marks of {model!r} again"):
+            report.marks_restored[model] = store.restore_marks()
         cleared = report.units_cleared.setdefault(model, [])
         done = store.done()
         report.units_checked += sum(bool(done[start:stop].any()) for start, stop in store.units())
         for start, stop in store.damaged_units():
-            store.clear_done(start, stop)
+            with _writing(path, f"unmarked the damaged samples {start}-{stop - 1} of {model!r}"):
+                store.clear_done(start, stop)
             cleared.append((start, stop))
         report.coordinates_damaged[model] = store.damaged_coordinates()
     return report
+
+
+#: What writing into a store that may not be written raises (a read-only mount, no permission).
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextmanager
+def _writing(path: Path, action: str) -> Iterator[None]:
+    """Turn a refused write into one line: the store cannot be written, and what verify would
+    have done (``action``) had it been writable."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _NOT_WRITABLE:
+            raise
+        raise StoreError(
+            f"{path}: the store cannot be written ({error.strerror}); verify would have "
+            f"{action} — make the store writable (or copy it) and run patchwork verify again"
+        ) from None

@@ -46,6 +46,7 @@ from patchwork.store.metadata import (
     metadata_sums,
     recorded_root,
     refuse_links,
+    refuse_special_files,
     restore_metadata,
     restore_root,
     root_line,
@@ -198,6 +199,8 @@ class ResultStore:
 
         ``describe(stored_root_attributes)`` says what changed when the study hash differs.
         """
+        if (path / "zarr.json").exists() or recorded_root(path) is not None:
+            refuse_special_files(path)  # before anything of the store is opened
         restored_root = restore_root(path, provenance["config_sha256"])
         if (path / "zarr.json").exists():
             existing = root_attributes(path)
@@ -540,10 +543,16 @@ def open_results(
     try:
         return _open(path, model, chunks, verify)
     except DAMAGE as error:
-        raise StoreError(
-            f"{path}: the store is damaged ({type(error).__name__}: {error}); run patchwork "
-            "verify, then run the study again"
-        ) from None
+        raise damaged_store(path, error) from None
+
+
+def damaged_store(path: Path, error: BaseException) -> StoreError:
+    """The one line for a store whose chunks or metadata failed to read (one of
+    :data:`~patchwork.store.metadata.DAMAGE`): what failed, and what repairs it."""
+    return StoreError(
+        f"{path}: the store is damaged ({type(error).__name__}: {error}); run patchwork "
+        "verify, then run the study again"
+    )
 
 
 def store_models(path: str | Path) -> list[str]:
@@ -580,6 +589,7 @@ def _open(path: Path, model: str | None, chunks: dict[str, int] | None, verify: 
             f"{path}/{model}: the store's template is incomplete (a run was cut short while "
             "creating it); run the study again to rewrite it"
         )
+    _check_marks(path, model)
     if verify:
         _check_whole(path, model)
     dataset = xr.open_zarr(path, group=model, consolidated=False, zarr_format=3, chunks=chunks)
@@ -590,6 +600,20 @@ def _open(path: Path, model: str | None, chunks: dict[str, int] | None, verify: 
         if key not in records
     }
     return dataset
+
+
+def _check_marks(path: Path, model: str) -> None:
+    """Every unit's done mark reads (a torn or garbled chunk of ``done`` does not): a reader,
+    checking or not, counts finished samples by them."""
+    store = ResultStore(path, model, mode="r")
+    torn = [unit for unit, mark in zip(store.units(), store.marks(), strict=True) if mark is None]
+    if torn:
+        first, stop = torn[0]
+        raise StoreError(
+            f"{path}/{model}: the done marks of {len(torn)} unit(s) (samples {first}-{stop - 1}…) "
+            "cannot be read (a damaged chunk); run patchwork verify, which writes them again "
+            "from the units' own data (or run the study again)"
+        )
 
 
 def _check_whole(path: Path, model: str) -> None:
@@ -643,6 +667,7 @@ def root_attributes(path: Path) -> dict[str, object]:
     its root metadata cannot be read (saying whether a run can write it again)."""
     if not (path / "zarr.json").exists() and recorded_root(path) is None:
         raise StoreError(f"{path}: no patchwork store here")
+    refuse_special_files(path)  # a FIFO would block the read below
     try:
         return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
     except DAMAGE as error:

@@ -188,3 +188,20 @@ def test_a_store_with_every_sample_done_says_n_of_n(tmp_path: Path) -> None:
     result = runner.invoke(app, ["locate", str(path), "--resamples", "20"])
     assert result.exit_code == 0, result.output
     assert "synthetic-model, 5 of 5 samples where" in _flat(result.output)
+
+
+@pytest.mark.parametrize("target", ["outside.png", "missing.png"])
+def test_plot_writes_nothing_through_a_link_in_its_folder(
+    small_store: Path, tmp_path: Path, target: str
+) -> None:
+    """`figures/heatmap.png -> a file outside` was once overwritten with the heatmap."""
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"not a figure")
+    out = tmp_path / "figures"
+    out.mkdir()
+    (out / "heatmap.png").symlink_to(tmp_path / target)
+    arguments = ["plot", str(small_store), "--out", str(out), "--image-format", "png"]
+    result = runner.invoke(app, [*arguments, "--resamples", "20"])
+    assert result.exit_code == 2, result.output
+    assert f"heatmap.png is a symbolic link (to {tmp_path / target})" in _flat(result.output)
+    assert outside.read_bytes() == b"not a figure" and not (tmp_path / "missing.png").exists()

@@ -268,3 +268,91 @@ def test_the_largest_seed_is_one_torch_and_numpy_take() -> None:
 def test_analysis_seeds_are_bounded(tmp_path: Path, command: str, seed: str) -> None:
     """``--seed -1`` once reached numpy's generator (a traceback) when the store was there."""
     refused(patchwork_main(command, tmp_path, "--seed", seed), "'--seed'")
+
+
+EMPTY_PATHS = {
+    "run STUDY ''": ["run", ""],
+    "validate ''": ["validate", ""],
+    "plan ''": ["plan", ""],
+    "status ''": ["status", ""],
+    "verify ''": ["verify", ""],
+    "run --store ''": ["run", "study.yaml", "--store", ""],
+    "plot --out ''": ["plot", "x.zarr", "--out", ""],
+    "plot ''": ["plot", "", "--out", "figures"],
+    "locate ''": ["locate", ""],
+    "compare STORE ''": ["compare", "x.zarr", ""],
+    "inspect --out ''": ["inspect", "study.yaml", "--sample", "s", "--out", ""],
+    "pairs --out ''": ["pairs", "clips", "--out", ""],
+    "pairs --words ''": ["pairs", "clips", "--out", "m.jsonl", "--words", ""],
+    "bench --out ''": ["bench", "--out", ""],
+    "testbed train --out ''": ["testbed", "train", "--out", ""],
+    "testbed train --base-out ''": ["testbed", "train", "--out", "ok", "--base-out", ""],
+    "testbed train --from-base ''": ["testbed", "train", "--out", "ok", "--from-base", ""],
+}
+
+
+@pytest.mark.parametrize("case", sorted(EMPTY_PATHS))
+def test_an_empty_path_is_refused(
+    tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch, nothing_heavy: None
+) -> None:
+    """``Path("")`` is the current folder: ``--out ''`` once wrote figures, ``--store ''`` a
+    store, into it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.yaml").write_text(study_text(layers=2, samples=2))
+    refused(patchwork_main(*EMPTY_PATHS[case]), "an empty path")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["study.yaml"]
+
+
+def test_pillow_s_pixel_count_warning_gives_way_to_max_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 12k x 12k image once printed Pillow's DecompressionBombWarning (two lines) before the
+    one-line refusal; the bound is ``max_side``, checked from the header (the pixel limit is
+    lowered here so that a tiny image stands for the huge one)."""
+    import warnings
+
+    from PIL import Image
+
+    from patchwork.data.media import load_frames
+    from patchwork.errors import DataError
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (16, 16)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)  # 256 pixels: a warning, not an error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match="16x16 pixels, over max_frame_side"):
+            load_frames([path], max_side=8)
+        assert load_frames([path], max_side=16).shape == (1, 16, 16, 3)
+
+
+LINKED_OUTPUTS = {
+    "inspect": (["inspect", "study.yaml", "--sample", "s", "--out", "out"], "out/frames.png"),
+    "bench": (["bench", "--out", "out"], "out/organisms/model.safetensors"),
+    "testbed train --out": (["testbed", "train", "--out", "out"], "out/config.json"),
+    "testbed train --base-out": (
+        ["testbed", "train", "--out", "ok", "--base-out", "out"],
+        "out/tokenizer.json",
+    ),
+    "pairs --out": (["pairs", "clips", "--out", "out/m.jsonl"], "out/m.jsonl"),
+    "pairs, the manifest's draft": (
+        ["pairs", "clips", "--out", "out/m.jsonl"],
+        "out/m.jsonl.partial",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LINKED_OUTPUTS))
+def test_a_file_written_into_an_output_folder_is_never_a_link(
+    tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch, nothing_heavy: None
+) -> None:
+    """`plot --out DIR` once overwrote the file `DIR/heatmap.png` linked to; every command that
+    writes into an output folder refuses such a link, naming it, before any work."""
+    arguments, link = LINKED_OUTPUTS[case]
+    monkeypatch.chdir(tmp_path)
+    outside = tmp_path / "outside"
+    outside.write_text("kept")
+    (tmp_path / link).parent.mkdir(parents=True)
+    (tmp_path / link).symlink_to(outside)
+    refused(patchwork_main(*arguments), f"{link} is a symbolic link (to {outside})")
+    assert outside.read_text() == "kept" and not (tmp_path / "ok").exists()

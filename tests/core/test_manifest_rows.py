@@ -374,3 +374,25 @@ def test_runs_of_different_lengths_are_told_what_to_set(tmp_path: Path) -> None:
     study = study_with_manifest(tmp_path, rows)
     result = CliRunner().invoke(app, ["validate", str(study)])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("field", "cell"), [("seconds", "0_1"), ("fps", "1_0"), ("max_frames", "1_6")]
+)
+def test_csv_number_cells_with_digit_groups_are_refused(
+    tmp_path: Path, field: str, cell: str
+) -> None:
+    """Python's float() reads ``0_1`` as 1 and ``1_0`` as 10: a cell like it is refused, named."""
+    text = f"id,audio_answer,visual_answer,clean.audio,clean.{field}\ns,a,b,x.wav,{cell}\n"
+    with pytest.raises(DataError, match=rf"m\.csv:2: sample s: .*clean\.{field}"):
+        read_manifest(write(tmp_path / "m.csv", text))
+
+
+@pytest.mark.parametrize(("field", "value"), [("seconds", "0_1"), ("fps", "1_0")])
+def test_jsonl_numbers_written_as_text_with_digit_groups_are_refused(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    row = {"id": "s", "audio_answer": "a", "visual_answer": "b"}
+    row["runs"] = {"clean": {"audio": "x.wav", field: value}}
+    with pytest.raises(DataError, match=rf"m\.jsonl:1: sample s: .*{field}"):
+        read_manifest(write(tmp_path / "m.jsonl", json.dumps(row) + "\n"))

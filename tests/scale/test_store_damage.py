@@ -6,8 +6,12 @@ would, then checks what the next ``verify`` or ``run`` keeps, recomputes, says a
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -338,3 +342,112 @@ def test_a_removed_effect_array_is_named_by_every_command(
         assert code == 0 and "needs the study" in line
     else:
         assert code == 2 and line.startswith(f"error: {store}/random_init: the array")
+
+
+def torn(chunk: Path, how: str) -> None:
+    data = chunk.read_bytes()
+    garbled = np.random.default_rng(0).bytes(len(data))
+    chunk.write_bytes(data[:1] if how == "truncate" else garbled)
+
+
+@pytest.mark.parametrize("how", ["truncate", "garble"])
+@pytest.mark.parametrize("command", ["status", "locate", "plot", "compare"])
+def test_an_unreadable_done_chunk_is_damage_to_every_reader(
+    store: Path, tmp_path: Path, how: str, command: str
+) -> None:
+    """status, locate, plot and compare once ended in a Zstd RuntimeError traceback."""
+    torn(store / "random_init" / "done" / "c" / "1", how)
+    extra = {"compare": [store], "plot": ["--out", tmp_path / "figures"]}
+    code, line = one_line(command, store, *extra.get(command, []))
+    assert code == 2 and line.startswith(f"error: {store}/random_init: the done marks"), line
+    assert "samples 2-3" in line and "run patchwork verify" in line
+    assert one_line("verify", store)[0] == 0
+    assert one_line(command, store, *extra.get(command, []))[0] == 0
+
+
+@pytest.mark.parametrize("command", ["locate", "plot"])
+def test_a_truncated_chunk_read_without_verifying_is_one_line(
+    store: Path, tmp_path: Path, command: str
+) -> None:
+    """locate and plot with --no-verify once failed while computing, with a traceback."""
+    torn(store / "random_init" / "effect" / "c" / "1" / "0" / "0" / "0" / "0", "truncate")
+    extra = ["--out", tmp_path / "figures"] if command == "plot" else []
+    code, line = one_line(command, store, "--no-verify", *extra)
+    assert code == 2 and line.startswith(f"error: {store}: the store is damaged"), line
+    assert "run patchwork verify" in line
+
+
+def special_file(path: Path, kind: str) -> None:
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+        return
+    try:
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero's numbers
+    except PermissionError:
+        pytest.skip("creating a device node needs privileges")
+
+
+@pytest.mark.parametrize(
+    ("file", "kind"),
+    [
+        ("zarr.json", "fifo"),
+        ("random_init/effect/zarr.json", "fifo"),
+        ("random_init/effect/c/1/0/0/0/0", "fifo"),
+        ("random_init/done/c/1", "fifo"),
+        ("random_init/checksum/c/1", "device"),
+    ],
+)
+def test_a_fifo_or_device_in_the_store_is_refused_without_being_opened(
+    store: Path, file: str, kind: str
+) -> None:
+    """status, verify, locate and run once waited forever on the FIFO (or read /dev/zero)."""
+    special_file(store / file, kind)
+    words = "is a FIFO (named pipe)" if kind == "fifo" else "is a character device"
+    for command in ("status", "verify", "locate"):
+        code, line = one_line(command, store)
+        assert code == 2 and line.startswith(f"error: {store / file} {words}"), line
+    with pytest.raises(StoreError, match=re.escape(f"{store / file} {words}")):
+        run_study(parse_study(TEXT), store.parent)
+
+
+def test_an_empty_folder_in_place_of_metadata_is_written_again(store: Path) -> None:
+    """run once failed with IsADirectoryError."""
+    before = every_file(store)
+    metadata = store / "random_init" / "effect" / "zarr.json"
+    metadata.unlink()
+    metadata.mkdir()
+    assert run_study(parse_study(TEXT), store.parent).units_run == 0
+    assert every_file(store) == before
+    metadata.unlink()
+    metadata.mkdir()
+    (metadata / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="is a folder where the store's metadata file belongs"):
+        run_study(parse_study(TEXT), store.parent)
+    assert (metadata / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("damage", ["leftover", "unit"])
+def test_verify_of_a_read_only_store_says_what_it_would_have_done(
+    store: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """verify on a read-only mount once failed with an OSError (errno 30) traceback."""
+    if damage == "leftover":
+        (store / "random_init" / "effect" / "c" / "0" / "0" / "0" / "0" / "0.partial").touch()
+        expected = "verify would have removed the leftover"
+    else:
+        zarr.open_array(store / "random_init" / "checksum", mode="r+")[2] = 1
+        expected = "verify would have unmarked the damaged samples 2-3 of 'random_init'"
+    refused = OSError(errno.EROFS, os.strerror(errno.EROFS))
+    opened = Path.open
+
+    def read_only(path: Path, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if set(mode) & set("wax+"):
+            raise refused
+        return opened(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", read_only)
+    monkeypatch.setattr(Path, "unlink", lambda *_, **__: (_ for _ in ()).throw(refused))
+    code, line = one_line("verify", store)
+    assert code == 2 and "the store cannot be written (Read-only file system)" in line, line
+    assert expected in line
