@@ -156,7 +156,7 @@ def restore_root(path: Path, config_sha256: object) -> bool:
         stored = _attributes(metadata).get("config_sha256")
         if stored == config_sha256 or record.get("config_sha256") != config_sha256:
             return False
-    metadata.unlink(missing_ok=True)
+    _remove_metadata(metadata)
     zarr.open_group(path, mode="a", zarr_format=3, attributes=record)
     return True
 
@@ -299,18 +299,24 @@ def restore_metadata(
     return restored
 
 
+def remove_folder_in_place(path: Path, what: str) -> bool:
+    """Remove an empty folder standing where the store keeps a file (``what``: "a chunk of the
+    store", "the store's metadata file"); one holding files is refused, as they are not the
+    store's to remove. Returns whether there was a folder."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    try:
+        path.rmdir()
+    except OSError:
+        raise StoreError(
+            f"{path} is a folder where {what} belongs, and it holds files; move it out of the store"
+        ) from None
+    return True
+
+
 def _remove_metadata(metadata: Path) -> None:
-    """Remove an unreadable ``zarr.json``; an empty folder in its place too (one holding files
-    is refused: they are not the store's to remove)."""
-    if metadata.is_dir() and not metadata.is_symlink():
-        try:
-            metadata.rmdir()
-        except OSError:
-            raise StoreError(
-                f"{metadata} is a folder where the store's metadata file belongs, and it holds "
-                "files; move it out of the store"
-            ) from None
-    else:
+    """Remove an unreadable ``zarr.json``, or an empty folder in its place."""
+    if not remove_folder_in_place(metadata, "the store's metadata file"):
         metadata.unlink(missing_ok=True)
 
 

@@ -47,6 +47,7 @@ from patchwork.store.metadata import (
     recorded_root,
     refuse_links,
     refuse_special_files,
+    remove_folder_in_place,
     restore_metadata,
     restore_root,
     root_line,
@@ -201,6 +202,11 @@ class ResultStore:
         """
         if (path / "zarr.json").exists() or recorded_root(path) is not None:
             refuse_special_files(path)  # before anything of the store is opened
+        if (path / model).exists() and not (path / model).is_dir():
+            raise StoreError(
+                f"{path / model} is a file where the store keeps the results of model {model!r}; "
+                "move it out of the store (or run with --fresh to start over)"
+            )
         restored_root = restore_root(path, provenance["config_sha256"])
         if (path / "zarr.json").exists():
             existing = root_attributes(path)
@@ -349,16 +355,9 @@ class ResultStore:
         size = array.chunks[0]
         rows = range(start // size, -(-stop // size))
         for index in itertools.product(rows, *(range(count) for count in array.cdata_shape[1:])):
+            # zarr can neither read nor replace a chunk where a folder stands: it read as damage
             chunk = self.path / self.model / name / array.metadata.encode_chunk_key(index)
-            if chunk.is_dir() and not chunk.is_symlink():
-                # zarr can neither read nor replace a chunk there: its unit reads as damaged
-                try:
-                    chunk.rmdir()
-                except OSError:
-                    raise StoreError(
-                        f"{chunk} is a folder where a chunk of the store belongs, and it holds "
-                        "files; move it out of the store"
-                    ) from None
+            remove_folder_in_place(chunk, "a chunk of the store")
         array[start:stop] = values
 
     def read_unit(self, start: int, stop: int) -> dict[str, np.ndarray]:

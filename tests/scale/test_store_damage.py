@@ -411,10 +411,22 @@ def test_a_fifo_or_device_in_the_store_is_refused_without_being_opened(
         run_study(parse_study(TEXT), store.parent)
 
 
-def test_an_empty_folder_in_place_of_metadata_is_written_again(store: Path) -> None:
-    """run once failed with IsADirectoryError."""
+def test_a_file_in_place_of_the_model_group_is_one_line(store: Path) -> None:
+    """run once failed with zarr's ValueError (delete_dir was passed a prefix that is a file)."""
+    shutil.rmtree(store / "random_init")
+    (store / "random_init").write_text("x")
+    with pytest.raises(StoreError, match="random_init is a file where the store keeps the results"):
+        run_study(parse_study(TEXT), store.parent)
+    assert (store / "random_init").read_text() == "x"
+
+
+@pytest.mark.parametrize("where", ["effect", "root"])
+def test_an_empty_folder_in_place_of_metadata_is_written_again(store: Path, where: str) -> None:
+    """run once failed with IsADirectoryError (an array's, and the root's metadata)."""
     before = every_file(store)
-    metadata = store / "random_init" / "effect" / "zarr.json"
+    metadata = (
+        store / "random_init" / "effect" / "zarr.json" if where == "effect" else store / "zarr.json"
+    )
     metadata.unlink()
     metadata.mkdir()
     assert run_study(parse_study(TEXT), store.parent).units_run == 0
