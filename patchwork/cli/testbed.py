@@ -209,6 +209,8 @@ def _check_outputs(out: Path, base_out: Path | None, from_base: Path | None) -> 
     no_links(output_folder(out, "--out"), "--out")  # a checkpoint folder: every file in it
     if base_out is not None:
         no_links(output_folder(base_out, "--base-out"), "--base-out")
+        if base_out.resolve() == out.resolve():  # stage 2 would replace stage 1 unsaid
+            raise PatchworkError(f"--base-out {base_out} is the --out folder; give each its own")
     if from_base is not None:
         try:
             open_checkpoint(from_base)

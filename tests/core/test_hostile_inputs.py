@@ -220,6 +220,15 @@ def test_output_folders_are_checked_before_work_starts(
     assert not (tmp_path / "ok").exists()
 
 
+def test_the_two_training_outputs_are_two_folders(tmp_path: Path, nothing_heavy: None) -> None:
+    """``--out o --base-out o`` once let stage 2 replace stage 1's checkpoint without a word."""
+    same = tmp_path / "o"
+    refused(
+        patchwork_main("testbed", "train", "--out", same, "--base-out", tmp_path / "." / "o"),
+        "is the --out folder",
+    )
+
+
 TRAINING_OPTIONS = {
     "--seed -1": (["--seed", "-1"], "--seed"),
     "--seed 2**64": (["--seed", str(2**64)], "--seed"),
