@@ -32,13 +32,7 @@ import torch
 from torch import nn
 
 from patchwork.errors import ModelError
-from patchwork.models.checkpoint_files import (
-    check_files,
-    check_rope_sections,
-    check_sizes,
-    read_json,
-    weight_files,
-)
+from patchwork.models.checkpoint_files import check_files, check_sizes, read_json, weight_files
 
 #: How many names a refusal shows.
 SHOWN = 3
@@ -61,9 +55,7 @@ def read_config(folder: Path, trust_remote_code: bool = False) -> Any:
     path = Path(folder) / "config.json"
     if path.exists():  # else transformers says that it is missing
         try:
-            declared = read_json(path)
-            check_sizes(declared, path)
-            check_rope_sections(declared, path)
+            check_sizes(read_json(path), path)
         except RecursionError:
             raise ConfigError(f"{path} is nested too deeply for a config") from None
         except ModelError as error:

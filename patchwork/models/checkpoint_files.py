@@ -86,44 +86,6 @@ def read_json(path: Path, limit: int = MAX_JSON_BYTES) -> Any:
         raise ModelError(f"{path} is not readable JSON ({str(error)[:200]})") from None
 
 
-def check_rope_sections(config: object, path: Path, field: str = "") -> None:
-    """Refuse a multimodal rotary split (``rope_parameters.mrope_section``, or the older
-    ``rope_scaling``'s) that does not cover half a head's dimensions exactly, at any depth of
-    ``config`` (``config.json`` parsed): the Qwen families split each head's rotary angles by it,
-    and a split that does not add up fails only inside the first forward.
-
-    Raises:
-        patchwork.errors.ModelError: naming the file and the field.
-    """
-    if isinstance(config, list):
-        for index, item in enumerate(config):
-            check_rope_sections(item, path, f"{field}[{index}].")
-        return
-    if not isinstance(config, dict):
-        return
-    for name in ("rope_parameters", "rope_scaling"):
-        rope = config.get(name)
-        sections = rope.get("mrope_section") if isinstance(rope, dict) else None
-        if sections is None:
-            continue
-        heads, width = config.get("num_attention_heads"), config.get("hidden_size")
-        head_dim = config.get("head_dim") or (
-            width // heads if isinstance(width, int) and isinstance(heads, int) and heads else None
-        )
-        valid = isinstance(sections, list) and all(
-            isinstance(part, int) and not isinstance(part, bool) and part >= 0 for part in sections
-        )
-        if not valid or (isinstance(head_dim, int) and 2 * sum(sections) != head_dim):
-            raise ModelError(
-                f"{path}: {field}{name}.mrope_section: expected counts adding up to half the "
-                f"head dimension ({head_dim // 2 if isinstance(head_dim, int) else '?'}); "
-                f"got {str(sections)[:80]}"
-            )
-    for key, value in config.items():
-        if isinstance(value, dict | list):
-            check_rope_sections(value, path, f"{field}{key}.")
-
-
 def check_sizes(config: object, path: Path, field: str = "", key: str = "") -> None:
     """Refuse a size or count in ``config`` (``config.json`` parsed; any depth, lists included)
     outside the bounds above (:data:`SIZE_KEY`, :data:`BUILT_KEY`, :data:`WIDTH_KEY`,

@@ -133,28 +133,13 @@ def test_negative_and_absurd_sizes_are_one_line_naming_the_field(
         assert str(value) in line, name
 
 
-@pytest.mark.parametrize("sections", [[1, 1, 1], [-4, 10, 10], "wide"])
-def test_a_rotary_split_that_does_not_cover_a_head_is_one_line(
-    copy, tmp_path: Path, sections: object
-) -> None:
-    """``mrope_section`` splits each head's rotary angles: a split adding up to anything but half
-    a head passed validate and failed inside the first forward (a campaign's finding)."""
-    folder = copy("testbed")
-    edit_config(folder, "text_config.rope_parameters.mrope_section", sections)
-    for command in commands(folder, tmp_path).values():
-        refused(
-            patchwork_main(*command),
-            f"{folder / 'config.json'}: text_config.rope_parameters.mrope_section: expected",
-        )
-
-
 def test_no_default_config_of_transformers_is_refused() -> None:
     """The bounds refuse no model transformers knows, as its config class writes it by default
     (over 800: experts counted in the ten thousands, a head_dim of 0 for "derived", -1 for
     "unset", a shared-expert width of 0); about 13 s here."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    from patchwork.models.checkpoint_files import check_rope_sections, check_sizes
+    from patchwork.models.checkpoint_files import check_sizes
 
     checked = 0
     with warnings.catch_warnings():
@@ -165,7 +150,6 @@ def test_no_default_config_of_transformers_is_refused() -> None:
             except Exception:  # noqa: BLE001 - a config class without defaults: nothing to check
                 continue
             check_sizes(config, Path(model_type))
-            check_rope_sections(config, Path(model_type))
             checked += 1
     assert checked > 500
 
