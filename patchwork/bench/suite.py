@@ -67,6 +67,24 @@ class Organism:
         return PATCHING_METHODS
 
 
+def _audio_side(
+    window: tuple[int, int], checkpoint: str | None = None, model_of: str | None = None
+) -> Organism:
+    """The audio-side truth of a window organism's model (``checkpoint=`` or ``model_of=``): its
+    planted audio window, graded by a sound swap that patches text and answer positions together
+    (the answer also hears the sound through the text)."""
+    first, last = window
+    name = f"audio {first}" if first == last else f"audio {first}-{last}"
+    return Organism(
+        name,
+        checkpoint=checkpoint,
+        model_of=model_of,
+        window=window,
+        swap="sound",
+        position_group="text_and_answer",
+    )
+
+
 SUITE: tuple[Organism, ...] = (
     Organism("window 4-5", checkpoint="testbed-windowed", window=(4, 5)),
     Organism("heads 4:1 4:3", checkpoint="testbed-heads", heads=((4, 1), (4, 3))),
@@ -106,41 +124,11 @@ SUITE: tuple[Organism, ...] = (
     ),
     # Audio-side truth: the same models, studied with a sound swap (the picture blank in both
     # runs): the text and the answer read the sound only in the planted audio window.
-    Organism(
-        "audio 0-2",
-        checkpoint="testbed-windowed",
-        window=(0, 2),
-        swap="sound",
-        position_group="text_and_answer",
-    ),
-    Organism(
-        "audio 0",
-        model_of="window 1",
-        window=(0, 0),
-        swap="sound",
-        position_group="text_and_answer",
-    ),
-    Organism(
-        "audio 0-1",
-        model_of="window 2-3",
-        window=(0, 1),
-        swap="sound",
-        position_group="text_and_answer",
-    ),
-    Organism(
-        "audio 1-2",
-        model_of="window 3-6",
-        window=(1, 2),
-        swap="sound",
-        position_group="text_and_answer",
-    ),
-    Organism(
-        "audio 0-3",
-        model_of="window 5-6",
-        window=(0, 3),
-        swap="sound",
-        position_group="text_and_answer",
-    ),
+    _audio_side((0, 2), checkpoint="testbed-windowed"),
+    _audio_side((0, 0), model_of="window 1"),
+    _audio_side((0, 1), model_of="window 2-3"),
+    _audio_side((1, 2), model_of="window 3-6"),
+    _audio_side((0, 3), model_of="window 5-6"),
     # Trained with a third of its conflicts labelled with their sound: its conflict runs prefer
     # the sound, so no clip has a suppression to undo and every grade is untestable.
     Organism(
