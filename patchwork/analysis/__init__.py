@@ -35,7 +35,7 @@ from patchwork.analysis.results import (
     select_metric,
 )
 from patchwork.analysis.synthetic import synthetic_results
-from patchwork.analysis.windows import TABLE_COLUMNS, locate, locate_table
+from patchwork.analysis.windows import TABLE_COLUMNS, locate, locate_table, located_spans
 
 __all__ = [
     "DEFAULT_FIXED_FLOOR",
@@ -52,6 +52,7 @@ __all__ = [
     "layer_profile",
     "locate",
     "locate_table",
+    "located_spans",
     "mean_profile",
     "noise_floor",
     "plot_components",

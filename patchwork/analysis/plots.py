@@ -26,6 +26,7 @@ from patchwork.analysis.results import (
     check_choice,
     describe,
 )
+from patchwork.analysis.windows import located_spans
 
 #: Formats :func:`save_figure` writes.
 FIGURE_FORMATS = ("png", "svg", "pdf")
@@ -129,14 +130,11 @@ def _outline_windows(
     """A box around the cells of the layers ``window_layers`` names (heatmap cells are unit
     squares, layer k at x = k … k + 1 in stored order)."""
     for row, group in enumerate(groups):
-        window = window_layers(located, component, group)
-        if window is None:
-            continue
-        first = int(np.searchsorted(layers, window[0]))
-        last = int(np.searchsorted(layers, window[1]))
-        ax.add_patch(
-            Rectangle((first, row), last - first + 1, 1, fill=False, edgecolor="black", lw=2)
-        )
+        for window in window_layers(located, component, group):
+            first, last = (int(np.searchsorted(layers, layer)) for layer in window)
+            ax.add_patch(
+                Rectangle((first, row), last - first + 1, 1, fill=False, edgecolor="black", lw=2)
+            )
 
 
 def _draw_profile(ax, profile: xr.Dataset, component: str, group: str, label: bool) -> None:
@@ -158,20 +156,16 @@ def _draw_profile(ax, profile: xr.Dataset, component: str, group: str, label: bo
     )
 
 
-def window_layers(
-    located: xr.Dataset | None, component: str, group: str
-) -> tuple[float, float] | None:
-    """The located window of a cell as :func:`~patchwork.analysis.locate` states it: its first
-    and last layer, inclusive (None when the cell has no located window). Every figure marks
-    exactly these layers."""
+def window_layers(located: xr.Dataset | None, component: str, group: str) -> list[tuple[int, int]]:
+    """The located windows of a cell as :func:`~patchwork.analysis.locate` states them: each
+    window's first and last layer, inclusive, in layer order (one pair for a single window, one
+    per window where the change comes in separate stretches; empty when none is located). Every
+    figure marks exactly these layers."""
     if located is None or group not in located["position_group"].values:
-        return None
+        return []
     if component not in located["component"].values:
-        return None
-    cell = located.sel(component=component, position_group=group)
-    if str(cell["status"].values) != "located":
-        return None
-    return float(cell["start_layer"]), float(cell["end_layer"])
+        return []
+    return located_spans(located.sel(component=component, position_group=group))
 
 
 def layer_extent(layers: Iterable[float], start: float, end: float) -> tuple[float, float]:
@@ -188,8 +182,7 @@ def layer_extent(layers: Iterable[float], start: float, end: float) -> tuple[flo
 def _shade_window(
     ax, located: xr.Dataset | None, component: str, group: str, layers: Iterable[float]
 ) -> None:
-    window = window_layers(located, component, group)
-    if window is not None:
+    for window in window_layers(located, component, group):
         ax.axvspan(*layer_extent(layers, *window), color=_PALETTE.get(group, "grey"), alpha=0.15)
 
 

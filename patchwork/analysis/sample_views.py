@@ -146,8 +146,8 @@ def _panels(
                 cbar=ax is axes[-1],
                 cbar_kws={"label": str(values.attrs.get("metric", "")).replace("_", " ")},
             )
-        window = window_layers(located, str(values.attrs.get("component")), group)
-        if window is not None:  # the columns of the located window, every row
+        # the columns of each located window, every row
+        for window in window_layers(located, str(values.attrs.get("component")), group):
             first, last = (int(np.searchsorted(layers, layer)) for layer in window)
             ax.add_patch(
                 Rectangle((first, 0), last - first + 1, len(rows), fill=False, lw=2, clip_on=False)

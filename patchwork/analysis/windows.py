@@ -8,7 +8,11 @@ profile over layers:
    change does not fool the test — and a practical floor (default: a tenth of the clean–conflict
    gap). Otherwise the answer is *none*.
 2. *Where?* The window is the shortest run of layers that carries ``coverage`` (default 90%) of
-   that change: sharp steps give short windows, gradual ones long windows.
+   that change: sharp steps give short windows, gradual ones long windows. Where the change comes
+   in separate stretches — a run of layers inside it is flat (it moves by less than the noise and
+   the floor) while the stretches on either side each change by more than both — each stretch
+   gets a window of its own, the shortest run carrying ``coverage`` of *its* change: a model that
+   reads the picture in layer 1 and again in layers 5–6 gives the windows ``1`` and ``5–6``.
 3. *How sure?* The change across the window has a bootstrap interval, and the single largest step
    a *peak layer* with the range of layers where it falls across resamples.
 
@@ -57,6 +61,8 @@ _FLOAT_FIELDS = (
     "noise",
     "null_change",
 )
+#: Variables of :func:`locate` over the extra ``window`` dimension: one entry per separate window.
+_WINDOW_FIELDS = ("window_start", "window_end", "window_change")
 
 
 #: Column order of :func:`locate_table`.
@@ -123,7 +129,11 @@ def locate(
           ``"not computed"``;
         - ``direction``: ``"rise"`` or ``"fall"`` of the effect across the window (``""`` if none);
         - ``start_layer``, ``end_layer``: the window, inclusive (layer numbers; NaN if none); the
-          effect changes between the layer stored before ``start_layer`` and ``end_layer``;
+          effect changes between the layer stored before ``start_layer`` and ``end_layer``. Where
+          the change comes in separate stretches, these span all of them;
+        - ``window_start``, ``window_end``, ``window_change`` over the extra dimension ``window``:
+          each separate window, in layer order, and its own change (NaN where a cell has fewer
+          windows than another); ``n_windows``: how many (0 if none);
         - ``peak_layer`` and its interval ``peak_layer_low``..``peak_layer_high``: the single
           largest step in that direction, and where it falls in ``confidence`` of the resamples;
         - ``change`` with ``change_low``, ``change_high``: effect at the end minus before the
@@ -177,10 +187,18 @@ def locate(
 
     shape = (len(groups), len(components))
     dims = ("position_group", "component")
+    spans = rows.pop("windows")
     located = xr.Dataset(
         {key: (dims, np.asarray(values).reshape(shape)) for key, values in rows.items()},
         coords={"position_group": groups, "component": components},
     )
+    located["n_windows"] = (dims, np.array([len(cell) for cell in spans]).reshape(shape))
+    width = max(1, int(located["n_windows"].max()))
+    for number, name in enumerate(_WINDOW_FIELDS):
+        padded = [
+            [span[number] for span in cell] + [np.nan] * (width - len(cell)) for cell in spans
+        ]
+        located[name] = ((*dims, "window"), np.array(padded, dtype=float).reshape(*shape, width))
     located.attrs.update(
         {**_provenance(results), **used.attrs(), **settings.attrs()},
         metric=metric,
@@ -205,22 +223,42 @@ def locate_table(located: xr.Dataset) -> pd.DataFrame:
         :data:`~patchwork.analysis.results.MIN_SAMPLES`); its ``attrs`` are those of ``located``
         (metric, floor source, samples used of all).
     """
-    table = located.to_dataframe().reset_index()
+    table = located.drop_dims("window", errors="ignore").to_dataframe().reset_index()
+    table["window"] = [_window_label(located.sel(cell)) for cell in _cells(table)]
     for column in ("start_layer", "end_layer", "peak_layer", "peak_layer_low", "peak_layer_high"):
         table[column] = table[column].round().astype("Int64")
-    table["window"] = [_window_label(row) for row in table.itertuples()]
     table["note"] = [few_samples_note(int(n)) for n in table["n_samples"]]
     table = table[list(TABLE_COLUMNS)]
     table.attrs = dict(located.attrs)
     return table
 
 
-def _window_label(row: Any) -> str:
-    if row.status != "located":
-        return str(row.status)
-    if row.start_layer == row.end_layer:
-        return str(row.start_layer)
-    return f"{row.start_layer}–{row.end_layer}"
+def _cells(table: pd.DataFrame) -> list[dict[str, Any]]:
+    return [
+        {"position_group": group, "component": component}
+        for group, component in zip(table["position_group"], table["component"], strict=True)
+    ]
+
+
+def _window_label(cell: xr.Dataset) -> str:
+    """``"4–5"``, ``"5"``, ``"1, 5–6"`` for separate windows, else the status."""
+    if str(cell["status"].values) != "located":
+        return str(cell["status"].values)
+    return ", ".join(
+        str(first) if first == last else f"{first}–{last}" for first, last in located_spans(cell)
+    )
+
+
+def located_spans(cell: xr.Dataset) -> list[tuple[int, int]]:
+    """The separate windows of one located cell (``locate(...).sel(position_group=…,
+    component=…)``) as inclusive (first, last) layer pairs, in layer order; empty if none."""
+    if str(cell["status"].values) != "located":
+        return []
+    return [
+        (int(first), int(last))
+        for first, last in zip(cell["window_start"].values, cell["window_end"].values, strict=True)
+        if np.isfinite(first)
+    ]
 
 
 def _resolve_floor(
@@ -291,7 +329,7 @@ def _locate_cell(
 ) -> dict[str, Any]:
     """One cell: ``mean_effect`` (layer,) and ``boot_effect`` (resample, layer) mean profiles."""
     answer: dict[str, Any] = dict.fromkeys(_FLOAT_FIELDS, np.nan)
-    answer.update(status="none", direction="")
+    answer.update(status="none", direction="", windows=[])
     if not np.isfinite(mean_effect).all():
         answer["status"] = "not computed" if np.isnan(mean_effect).all() else "none"
         return answer
@@ -312,9 +350,15 @@ def _locate_cell(
     if abs(largest) - noise <= floor:
         return answer
     sign = 1.0 if largest > 0 else -1.0
-    start, end = _shortest_window(
-        mean_effect, int(first), int(last), sign * coverage * abs(largest)
-    )
+    windows = [
+        _shortest_window(mean_effect, a, b, coverage * (mean_effect[b] - mean_effect[a]))
+        for a, b in _stretches(mean_effect, int(first), int(last), sign, noise, floor)
+    ]
+    start, end = windows[0][0], windows[-1][1]
+    answer["windows"] = [
+        (float(layers[a + 1]), float(layers[b]), float(mean_effect[b] - mean_effect[a]))
+        for a, b in windows
+    ]
 
     window_change = boot_effect[:, end] - boot_effect[:, start]
     steps = sign * np.diff(boot_effect, axis=1)
@@ -350,6 +394,33 @@ def _small_sample_factor(n_samples: int, confidence: float) -> float:
     freedom = n_samples - 1
     t = z + (z**3 + z) / (4 * freedom) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * freedom**2)
     return t / z * math.sqrt(n_samples / freedom)
+
+
+def _stretches(
+    mean_effect: np.ndarray, first: int, last: int, sign: float, noise: float, floor: float
+) -> list[tuple[int, int]]:
+    """The span ``first``..``last`` (profile indices) cut at a flat run: the longest run i..j
+    inside it whose every point stays closer to the effect at i than both ``noise`` and ``floor``,
+    while the effect changes in the direction ``sign`` by more than both before i and after j;
+    then each side again. No such run: the whole span."""
+    flat, worth = min(noise, floor), max(noise, floor)
+    best: tuple[int, int] | None = None
+    for i in range(first + 1, last):
+        if sign * (mean_effect[i] - mean_effect[first]) <= worth:
+            continue
+        for j in range(i + 1, last):
+            if np.abs(mean_effect[i : j + 1] - mean_effect[i]).max() >= flat:
+                break
+            if sign * (mean_effect[last] - mean_effect[j]) > worth and (
+                best is None or j - i > best[1] - best[0]
+            ):
+                best = (i, j)
+    if best is None:
+        return [(first, last)]
+    return [
+        *_stretches(mean_effect, first, best[0], sign, noise, floor),
+        *_stretches(mean_effect, best[1], last, sign, noise, floor),
+    ]
 
 
 def _shortest_window(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,7 +250,7 @@ def grade(
     """The grades of one method's results on one organism (see the package docstring); those
     that do not apply are NaN (status: empty). Only usable clips are graded; with fewer than
     ``min_usable`` of them the status is ``untestable`` and every other grade NaN."""
-    from patchwork.analysis import ground_truth, locate
+    from patchwork.analysis import ground_truth, locate, located_spans
 
     grades: dict[str, Any] = dict.fromkeys(GRADES, np.nan)
     grades["status"] = ""
@@ -268,8 +268,7 @@ def grade(
             return grades
         grades["status"] = status
         if status == "located":
-            start, end = int(found["start_layer"]), int(found["end_layer"])
-            grades["error_layers"] = window_error(start, end, organism.spans)
+            grades["error_layers"] = window_error(located_spans(found), organism.spans)
         steps = layer_steps(results, organism.position_group).isel(sample=usable)
         layers = steps["layer"].values
         planted = np.array([in_spans(int(layer), organism.window) for layer in layers])
@@ -313,16 +312,25 @@ def _over_clips(
     )
 
 
-def window_error(start: int, end: int, spans: tuple[tuple[int, int], ...]) -> int:
-    """Layers by which the located window ``start``..``end`` misses the planted ``spans``: how
-    far it reaches before the first span or past the last, plus the layers it covers between
-    separated spans."""
+def window_error(located: Sequence[tuple[int, int]], spans: tuple[tuple[int, int], ...]) -> int:
+    """Layers by which the ``located`` windows (inclusive (first, last) pairs) miss the planted
+    ``spans``: for each window, how far it reaches before the first span or past the last, plus
+    the layers it covers between spans; and the width of every span that no window touches
+    (0 = each span found, nothing outside)."""
     first, last = spans[0][0], spans[-1][1]
-    between = sum(
-        not any(a <= layer <= b for a, b in spans)
-        for layer in range(max(start, first), min(end, last) + 1)
+
+    def planted(layer: int) -> bool:
+        return any(a <= layer <= b for a, b in spans)
+
+    error = sum(
+        max(0, first - start)
+        + max(0, end - last)
+        + sum(not planted(layer) for layer in range(max(start, first), min(end, last) + 1))
+        for start, end in located
     )
-    return max(0, first - start) + max(0, end - last) + between
+    return error + sum(
+        b - a + 1 for a, b in spans if not any(start <= b and a <= end for start, end in located)
+    )
 
 
 def from_embeddings(results: xr.Dataset) -> xr.Dataset:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from patchwork.analysis import (
     AnalysisError,
     locate,
     locate_table,
+    located_spans,
     synthetic_results,
 )
 
@@ -54,6 +56,7 @@ def test_a_step_well_above_noise_is_located_in_its_window(sweep: tuple[xr.Datase
     found = locate(results, n_resamples=200).sel(CELL)
     assert str(found["status"].values) == "located"
     assert found["start_layer"] <= step_layer <= found["end_layer"]
+    assert int(found["n_windows"]) == 1  # one step is one window
     assert found["peak_layer_low"] <= step_layer <= found["peak_layer_high"]
     assert found["change_low"] <= found["change"] <= found["change_high"]
 
@@ -222,3 +225,58 @@ def test_a_gradual_rise_gives_a_long_window() -> None:
     assert str(found["direction"].values) == "rise"
     assert int(found["start_layer"]) in (1, 2) and int(found["end_layer"]) == 5
     assert 1 <= int(found["peak_layer_low"]) <= int(found["peak_layer_high"]) <= 5
+
+
+def _two_steps(second: Sequence[float]) -> xr.Dataset:
+    """The answer/residual profile 0 at layer 0, 0.8 from layer 1, then ``second`` over layers
+    2-7 (40 samples, noise 0.05)."""
+    results = synthetic_results(n_samples=40, steps={}, noise=0.05, seed=11)
+    raise_normalized(results, CELL, xr.DataArray([0.0, 0.8, *second], dims="layer"))
+    return results
+
+
+@pytest.mark.parametrize(
+    ("second", "windows"),
+    [
+        # flat over layers 2-4, then a second rise of 0.2 in layer 5: two windows
+        ((0.8, 0.8, 0.8, 1.0, 1.0, 1.0), [(1, 1), (5, 5)]),
+        # the same with the second rise over layers 5-6
+        ((0.8, 0.8, 0.8, 0.9, 1.0, 1.0), [(1, 1), (5, 6)]),
+        # a second rise smaller than the floor (0.1) is no window of its own
+        ((0.8, 0.8, 0.8, 0.85, 0.85, 0.85), [(1, 1)]),
+        # no flat run between the two rises: one window, the shortest carrying 90% of 1.0
+        ((0.85, 0.9, 0.95, 1.0, 1.0, 1.0), [(1, 3)]),
+    ],
+)
+def test_separate_stretches_of_change_are_separate_windows(second, windows) -> None:
+    found = locate(_two_steps(second), n_resamples=300).sel(CELL)
+    assert str(found["status"].values) == "located"
+    assert located_spans(found) == windows
+    assert int(found["n_windows"]) == len(windows)
+    assert (int(found["start_layer"]), int(found["end_layer"])) == (windows[0][0], windows[-1][1])
+    profile = (0.0, 0.8, *second)  # each window's own change, from the layer before it
+    expected = [profile[last] - profile[first - 1] for first, last in windows]
+    assert found["window_change"].values[: len(windows)] == pytest.approx(expected, abs=0.05)
+    label = ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in windows)
+    table = locate_table(locate(_two_steps(second), n_resamples=300))
+    assert (
+        table.set_index(["position_group", "component"]).loc[("answer", "residual"), "window"]
+        == label
+    )
+
+
+def test_every_figure_marks_each_separate_window() -> None:
+    from matplotlib.patches import Rectangle
+
+    from patchwork.analysis import layer_profile, plot_heatmap, plot_layer_profile
+
+    results = _two_steps((0.8, 0.8, 0.8, 1.0, 1.0, 1.0))
+    located = locate(results, n_resamples=300)
+    profile = layer_profile(results, n_resamples=100)
+    line = plot_layer_profile(profile, located=located, position_groups=["answer"]).axes[0]
+    shaded = sorted((p.get_x(), p.get_x() + p.get_width()) for p in line.patches)
+    assert shaded == [(0.5, 1.5), (4.5, 5.5)]  # layers 1 and 5, not 1-5
+    heatmap = plot_heatmap(profile, located=located, components=["residual"], annotate=False)
+    outlined = [p for p in heatmap.axes[0].patches if isinstance(p, Rectangle)]
+    assert sorted(int(p.get_x()) for p in outlined) == [1, 5]
+    assert all(p.get_width() == 1 for p in outlined)

@@ -10,7 +10,7 @@ import xarray as xr
 
 from patchwork.analysis import synthetic_results
 from patchwork.bench import SUITE, Organism, grade
-from patchwork.bench.suite import study_text
+from patchwork.bench.suite import study_text, window_error
 
 AUDIO = Organism("audio 0-1", window=(0, 1), swap="sound", position_group="text_and_answer")
 SEPARATED = Organism("windows 1+5-6", window=((1, 1), (5, 6)))
@@ -29,12 +29,14 @@ def test_a_window_that_starts_at_layer_0_is_located():
     graded = grade(AUDIO, "exact", results)
     assert (graded["status"], graded["error_layers"]) == ("located", 0)
     late = Organism("audio 3", window=(3, 3), position_group="text_and_answer")
-    assert grade(late, "exact", results)["error_layers"] == 3
+    # located 3 layers before the planted layer 3, which it misses: 3 + 1
+    assert grade(late, "exact", results)["error_layers"] == 4
 
 
-@pytest.mark.parametrize(("step_layer", "error"), [(5, 0), (1, 0), (3, 1)])
+@pytest.mark.parametrize(("step_layer", "error"), [(5, 1), (1, 2), (3, 4)])
 def test_separated_windows_count_located_layers_outside_every_span(step_layer, error):
-    """A located window in either span is exact; the layers between the spans count as error."""
+    """One step finds one window: the layers of the span it misses count as error (1 for the
+    span 1, 2 for the span 5-6), and so do located layers outside every span (layer 3)."""
     results = synthetic_results(
         step_layer=step_layer, steps={("answer", "residual"): (0.0, 1.0)}, null=False
     )
@@ -108,3 +110,29 @@ def test_the_table_shows_each_interval_beside_its_grade():
         bench_table(_dataset({("w", "exact"): grades}, ["w"]), "t", out=Path("out")),
     )
     assert "0.875 [0.812, 0.938]" in buffer.getvalue()
+
+
+def test_two_located_windows_recover_two_spans():
+    """The located windows 1 and 5-6 are the planted spans exactly; bridging them costs the
+    layers between; a window that reaches past a span costs its extra layers."""
+    spans = ((1, 1), (5, 6))
+    assert window_error([(1, 1), (5, 6)], spans) == 0
+    assert window_error([(1, 5)], spans) == 3
+    assert window_error([(1, 1), (5, 7)], spans) == 1
+    assert window_error([(0, 1)], spans) == 3
+
+
+def test_a_profile_with_both_steps_grades_exact():
+    """0.8 of the gap comes back at layer 1 and the rest in layer 5 (as on the trained windows
+    1+5-6, where layer 1 decides most clips): both spans are located, error 0."""
+    results = synthetic_results(
+        n_samples=32, step_layer=1, steps={("answer", "residual"): (0.0, 0.8)}, null=False
+    )
+    runs = results["baseline"].sel(metric="logit_diff")
+    gap = runs.sel(run="clean", drop=True) - runs.sel(run="conflict", drop=True)
+    later = {"position_group": "answer", "component": "residual", "layer": slice(5, None)}
+    for metric, step in (("normalized_effect", 0.2), ("logit_diff", 0.2 * gap)):
+        where = {**later, "metric": metric}
+        results["effect"].loc[where] = results["effect"].loc[where] + step
+    graded = grade(SEPARATED, "exact", results)
+    assert (graded["status"], graded["error_layers"]) == ("located", 0)
