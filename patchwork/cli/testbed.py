@@ -118,6 +118,14 @@ def train_command(
     threads: Annotated[
         int, typer.Option(help="torch threads (results depend on it; 1 is fastest on 2 cores).")
     ] = 1,
+    audio_in_video: Annotated[
+        bool,
+        typer.Option(
+            "--audio-in-video",
+            help="Lay every clip out as a video whose sound is interleaved with its frames "
+            "(Qwen2.5-Omni's use_audio_in_video); studies on the checkpoint follow it.",
+        ),
+    ] = False,
 ) -> None:
     """Train the testbed model (stage 1 + stage 2) and write safetensors checkpoints.
 
@@ -191,6 +199,7 @@ def train_command(
         stop_at_targets=not fixed_steps,
         check_every=check_every,
         time_budget=None if fixed_steps else time_budget,
+        audio_in_video=audio_in_video,
     )
     torch.set_num_threads(threads)
     command = "patchwork testbed " + " ".join(shlex.quote(arg) for arg in sys.argv[2:])

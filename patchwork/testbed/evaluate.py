@@ -38,6 +38,14 @@ KINDS = {
 EVAL_SEED = 20_000  # held-out: training draws from other streams
 
 
+def forward_inputs(model: Any, runs: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, Any]:
+    """The forward's kwargs for ``runs`` stacked into one batch: with ``use_audio_in_video``
+    where the ids show the interleaved layout, as the family's adapter decides it for a study."""
+    from patchwork.models.qwen2_5_omni import Qwen25OmniAdapter
+
+    return Qwen25OmniAdapter(model).forward_kwargs(collate(runs))
+
+
 def predictions(
     model: Any, runs: Sequence[Mapping[str, torch.Tensor]], batch_size: int = 64
 ) -> torch.Tensor:
@@ -45,7 +53,7 @@ def predictions(
     answers = []
     with torch.no_grad():
         for start in range(0, len(runs), batch_size):
-            logits = model(**collate(runs[start : start + batch_size])).logits[:, -1]
+            logits = model(**forward_inputs(model, runs[start : start + batch_size])).logits[:, -1]
             answers.append(logits.argmax(-1))
     return torch.cat(answers)
 
@@ -109,7 +117,9 @@ def residual_features(
     audio_mean, answer = [], []
     with torch.no_grad():
         for start in range(0, len(samples), batch_size):
-            inputs = collate([s.runs[run] for s in samples[start : start + batch_size]])
+            inputs = forward_inputs(
+                model, [s.runs[run] for s in samples[start : start + batch_size]]
+            )
             hidden = torch.stack(model(**inputs, output_hidden_states=True).hidden_states, 1)
             is_audio = inputs["input_ids"].eq(audio_token).float()[:, None, :, None]
             audio_mean.append((hidden * is_audio).sum(2) / is_audio.sum(2))
@@ -188,7 +198,8 @@ def answer_patching_sweep(
             block = samples[start : start + batch_size]
             with torch.no_grad():
                 clean = model(
-                    **collate([s.runs[source] for s in block]), output_hidden_states=True
+                    **forward_inputs(model, [s.runs[source] for s in block]),
+                    output_hidden_states=True,
                 ).hidden_states[index + 1][:, -1]
 
                 def replace(module, args, output, clean=clean):
@@ -198,7 +209,8 @@ def answer_patching_sweep(
 
                 handle = layer.register_forward_hook(replace)
                 try:
-                    logits = model(**collate([s.runs[target] for s in block])).logits[:, -1]
+                    target_inputs = forward_inputs(model, [s.runs[target] for s in block])
+                    logits = model(**target_inputs).logits[:, -1]
                 finally:
                     handle.remove()
             predicted.append(logits.argmax(-1))

@@ -49,6 +49,13 @@ AUDIO_TOKENS = ((MEL_FRAMES - 1) // 2 + 1 - 2) // 2 + 1  # 10
 PATCH, TEMPORAL_PATCH, MERGE = 4, 2, 2
 VIDEO_TOKENS = (world.FRAME_SIZE // PATCH) ** 2 // MERGE**2  # 16
 HOP_SECONDS = 0.01  # Whisper features: one mel frame per 160 samples at 16 kHz
+#: An interleaved clip (``audio_in_video``, as Qwen2.5-Omni reads a video's soundtrack): the
+#: picture held for 4 frames at 1 fps -> 2 grid steps of 2 s, one per time chunk of the model's
+#: (``seconds_per_chunk``, 2 s; 25 time positions a second): video 16, audio 10 (the 0.4 s sound
+#: lies in the first chunk), video 16 tokens. Two audio chunks would take a sound over 1 s (the
+#: config's chunk length is a whole number of seconds): a sequence twice as long to train on.
+INTERLEAVED_FRAMES, INTERLEAVED_FPS = 4, 1
+SECONDS_PER_GRID = TEMPORAL_PATCH / INTERLEAVED_FPS
 
 
 def vocabulary() -> list[str]:
@@ -83,10 +90,16 @@ def word_id(tokenizer: Tokenizer, word: str) -> int:
     return index
 
 
-def prompt_ids(tokenizer: Tokenizer, question: str) -> list[int]:
-    """The token layout every testbed clip uses (the answer is predicted after the last token):
+def prompt_ids(tokenizer: Tokenizer, question: str, audio_in_video: bool = False) -> list[int]:
+    """The token layout of a testbed clip (the answer is predicted after the last token):
 
     ``<|audio_bos|> <|AUDIO|>×10 <|audio_eos|> <|vision_bos|> <|VIDEO|>×16 <|vision_eos|> question``
+
+    or, ``audio_in_video``, the soundtrack interleaved with the frames in time chunks as
+    Qwen2.5-Omni lays out a video with sound (:data:`INTERLEAVED_FRAMES`):
+
+    ``<|vision_bos|> <|audio_bos|> <|VIDEO|>×16 <|AUDIO|>×10 <|VIDEO|>×16 <|audio_eos|>
+    <|vision_eos|> question``
     """
     specials = special_ids(tokenizer)
     words = question.strip().rstrip("?").split()
@@ -96,6 +109,9 @@ def prompt_ids(tokenizer: Tokenizer, question: str) -> list[int]:
             f"question {question!r} has words the testbed does not know ({unknown}); "
             f"it was trained on {list(world.QUESTIONS)}"
         )
+    question_ids = [word_id(tokenizer, w) for w in words]
+    if audio_in_video:
+        return _interleaved_ids(specials) + question_ids
     return (
         [specials["audio_start"]]
         + [specials["audio"]] * AUDIO_TOKENS
@@ -103,8 +119,31 @@ def prompt_ids(tokenizer: Tokenizer, question: str) -> list[int]:
         + [specials["vision_start"]]
         + [specials["video"]] * VIDEO_TOKENS
         + [specials["vision_end"]]
-        + [word_id(tokenizer, w) for w in words]
+        + question_ids
     )
+
+
+def _interleaved_ids(specials: Mapping[str, int]) -> list[int]:
+    """The clip's placeholders interleaved by time chunk, by the rule of the real family's
+    adapter (:func:`~patchwork.models.qwen2_5_omni.chunk_bounds`; 25 time positions a second)."""
+    from patchwork.models.qwen2_5_omni import chunk_bounds
+
+    per_second, seconds_per_chunk = 25, 2  # the thinker config's defaults, as the testbed keeps
+    window = per_second * seconds_per_chunk
+    grid_steps = INTERLEAVED_FRAMES // TEMPORAL_PATCH
+    video_times = [
+        int(step * SECONDS_PER_GRID * per_second)
+        for step in range(grid_steps)
+        for _ in range(VIDEO_TOKENS)
+    ]
+    video_chunks = chunk_bounds(video_times, window)
+    audio_chunks = chunk_bounds(list(range(AUDIO_TOKENS)), window)
+    ids = [specials["vision_start"], specials["audio_start"]]
+    for chunk in range(max(len(video_chunks), len(audio_chunks))):
+        for placeholder, chunks in (("video", video_chunks), ("audio", audio_chunks)):
+            if chunk < len(chunks):
+                ids += [specials[placeholder]] * (chunks[chunk][1] - chunks[chunk][0])
+    return ids + [specials["audio_end"], specials["vision_end"]]
 
 
 def build_model(tokenizer: Tokenizer, seed: int, attention: str = "sdpa") -> torch.nn.Module:
@@ -191,7 +230,18 @@ def read_meta(directory: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ModelError(f"{path}: not a readable testbed description (expected a JSON object)")
     _check_windows(meta.get("windows"), path)
+    if not isinstance(meta.get("audio_in_video", False), bool):  # a wrong layout runs silently
+        raise ModelError(
+            f"{path}: audio_in_video: expected true or false; "
+            f"got {reprlib.repr(meta['audio_in_video'])}"
+        )
     return meta
+
+
+def audio_in_video(meta: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint (its :func:`read_meta`) was trained on clips whose soundtrack is
+    interleaved with the frames; checkpoints from before the option were not."""
+    return bool(meta.get("audio_in_video", False))
 
 
 #: The planted windows a checkpoint's json may declare, and their form.

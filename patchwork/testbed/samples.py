@@ -4,7 +4,9 @@
 B from a generator seeded by ``(seed, i)`` alone, synthesizes A's sound, draws A's and B's
 pictures, writes them as wav/png under ``media_dir``, reads them back with
 :mod:`patchwork.data.media`, and builds each requested run from the same files: runs differ only
-in which media they use, never in their token layout or in the random draws behind a medium.
+in which media they use, never in their token layout or in the random draws behind a medium. The
+layout is the checkpoint's: interleaved (the picture held for 4 frames, the sound read in the
+video) when its ``patchwork_testbed.json`` declares ``audio_in_video``.
 """
 
 from __future__ import annotations
@@ -49,12 +51,13 @@ def make_samples(
     if n < 1:
         raise DataError(f"make_samples: n must be at least 1, got {n}")
     _check_runs(runs)
+    interleaved = testbed_model.audio_in_video(testbed_model.read_meta(Path(checkpoint_dir)))
     tokenizer = Tokenizer.from_file(str(Path(checkpoint_dir) / "tokenizer.json"))
-    input_ids = torch.tensor([testbed_model.prompt_ids(tokenizer, question)])
+    input_ids = torch.tensor([testbed_model.prompt_ids(tokenizer, question, interleaved)])
     hearing = "hear" in question.split()
     media_dir = Path(media_dir)
     return [
-        _one_sample(index, seed, runs, input_ids, hearing, tokenizer, media_dir)
+        _one_sample(index, seed, runs, input_ids, hearing, tokenizer, media_dir, interleaved)
         for index in range(n)
     ]
 
@@ -91,6 +94,7 @@ def _one_sample(
     hearing: bool,
     tokenizer: Tokenizer,
     media_dir: Path,
+    interleaved: bool = False,
 ) -> Sample:
     sound_kind, other_kind = draw_pair(seed, index)
 
@@ -121,8 +125,12 @@ def _one_sample(
         audio_file = files[{"own": "own_audio", "other_category": "other_audio"}.get(audio, audio)]
         picture = run.get("picture", "own")
         picture_file = files["own_picture" if picture == "own" else picture]
+        frames = testbed_model.INTERLEAVED_FRAMES if interleaved else 1
         built[name] = build_inputs(
-            input_ids, [media.load_audio(audio_file)], media.load_frames([picture_file])
+            input_ids,
+            [media.load_audio(audio_file)],
+            media.load_frames([picture_file] * frames),
+            testbed_model.SECONDS_PER_GRID if interleaved else 1.0,
         )
     audio_word = sound_kind.sound if hearing else sound_kind.name
     visual_word = other_kind.sound if hearing else other_kind.name
@@ -143,10 +151,15 @@ def _one_sample(
 
 
 def build_inputs(
-    input_ids: torch.Tensor, waveforms: Sequence[np.ndarray], frames: np.ndarray
+    input_ids: torch.Tensor,
+    waveforms: Sequence[np.ndarray],
+    frames: np.ndarray,
+    seconds_per_grid: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """The thinker's forward kwargs for one clip (batch of one): ids (1, S), log-mel features
-    (1, 32, 40), one picture as a 2-frame video (16 video tokens)."""
+    (1, 32, 40), the frames (n, 32, 32, 3) as a video of 16 tokens per 2 frames (one frame is
+    padded to 2), ``seconds_per_grid`` apart. The forward's ``use_audio_in_video`` flag is not
+    among them (tensors only): the family adapter's ``forward_kwargs`` adds it from the ids."""
     audio = media.audio_features(
         waveforms, n_mels=testbed_model.N_MELS, mel_frames=testbed_model.MEL_FRAMES
     )
@@ -163,7 +176,7 @@ def build_inputs(
         "feature_attention_mask": audio["feature_attention_mask"],
         "pixel_values_videos": video["pixel_values_videos"],
         "video_grid_thw": video["video_grid_thw"],
-        "video_second_per_grid": torch.ones(1),
+        "video_second_per_grid": torch.tensor([seconds_per_grid]),
     }
 
 

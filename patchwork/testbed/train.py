@@ -83,12 +83,16 @@ class TrainConfig:
     validation_clips: int = 200  # per kind
     #: Opt-in wall-clock limit (seconds, the whole run); None: only the step cap (deterministic).
     time_budget: float | None = None
+    #: Clips laid out as a video whose soundtrack is interleaved with its frames (Qwen2.5-Omni's
+    #: ``use_audio_in_video``; :func:`~patchwork.testbed.model.prompt_ids`), in both stages.
+    audio_in_video: bool = False
 
 
 @dataclass
 class Banks:
-    """Training media as model inputs: sounds (C, V, 32, 40) log-mel, pictures (C, V, 64, 96)
-    patches, plus the silence features (32, 40) and blank-picture patches (64, 96)."""
+    """Training media as model inputs: sounds (C, V, 32, 40) log-mel, pictures (C, V, P, 96)
+    patches (P = 64 per 2 frames), plus the silence features (32, 40) and blank-picture patches
+    (P, 96)."""
 
     sounds: torch.Tensor
     pictures: torch.Tensor
@@ -96,10 +100,14 @@ class Banks:
     blank: torch.Tensor
 
 
-def build_banks(seed: int, variants: int, stream: int = _TRAIN_STREAM) -> Banks:
+def build_banks(
+    seed: int, variants: int, stream: int = _TRAIN_STREAM, audio_in_video: bool = False
+) -> Banks:
     """Media of ``variants`` clips and pictures per category from the generator ``stream``
-    (training; validation draws from another)."""
+    (training; validation draws from another); ``audio_in_video``: each picture held for
+    :data:`~patchwork.testbed.model.INTERLEAVED_FRAMES` frames."""
     n_kinds = len(world.CATEGORIES)
+    frames_per_clip = testbed_model.INTERLEAVED_FRAMES if audio_in_video else 1
 
     def drawn(kind: int, variant: int, medium: int) -> np.random.Generator:
         return np.random.default_rng([seed, kind, variant, stream, medium])
@@ -115,12 +123,12 @@ def build_banks(seed: int, variants: int, stream: int = _TRAIN_STREAM) -> Banks:
         for k, c in enumerate(world.CATEGORIES)
         for v in range(variants)
     ]
-    pictures = torch.stack([_patches(f) for f in frames])
+    pictures = torch.stack([_patches(f, frames_per_clip) for f in frames])
     return Banks(
         sounds=sounds,
         pictures=pictures.reshape(n_kinds, variants, *pictures.shape[1:]),
         silence=_features([world.silence()])[0],
-        blank=_patches(world.blank_picture()),
+        blank=_patches(world.blank_picture(), frames_per_clip),
     )
 
 
@@ -130,9 +138,12 @@ def _features(clips: list[np.ndarray]) -> torch.Tensor:
     ]
 
 
-def _patches(frame: np.ndarray) -> torch.Tensor:
+def _patches(frame: np.ndarray, copies: int = 1) -> torch.Tensor:
     return media.video_patches(
-        frame[None], testbed_model.PATCH, testbed_model.TEMPORAL_PATCH, testbed_model.MERGE
+        np.repeat(frame[None], copies, axis=0),
+        testbed_model.PATCH,
+        testbed_model.TEMPORAL_PATCH,
+        testbed_model.MERGE,
     )["pixel_values_videos"]
 
 
@@ -144,7 +155,10 @@ class BatchMaker:
     ):
         self.banks, self.config, self.stage = banks, config, stage
         self.rng = np.random.default_rng([config.seed, stage, stream, 99])
-        self.prompts = {q: testbed_model.prompt_ids(tokenizer, q) for q in world.QUESTIONS}
+        self.prompts = {
+            q: testbed_model.prompt_ids(tokenizer, q, config.audio_in_video)
+            for q in world.QUESTIONS
+        }
         self.words = {w: testbed_model.word_id(tokenizer, w) for w in testbed_model.vocabulary()}
         if stage == 1:
             self.kinds = {"vision_only": 1 - config.empty, "empty": config.empty}
@@ -166,7 +180,7 @@ class BatchMaker:
         self.first_kinds = {"congruent": 0.25, "audio_only": 0.6, "vision_only": 0.1, "empty": 0.05}
         self.calls = 0
 
-    def __call__(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def __call__(self) -> tuple[dict[str, Any], torch.Tensor]:
         """One batch: the thinker's kwargs and the answer token ids (batch,)."""
         kinds_now = self.first_kinds if self.calls < self.first_steps else self.kinds
         self.calls += 1
@@ -178,9 +192,7 @@ class BatchMaker:
             kinds.append((kind, *self._draw()))
         return self._batch(kinds)
 
-    def clips(
-        self, kind: str, n: int
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    def clips(self, kind: str, n: int) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
         """``n`` clips of one kind, all asked "what do you hear": kwargs, the answer ids, and the
         ids of the picture's sound (for conflicts; else the answer's)."""
         drawn = [(kind, *self._draw()[:3], True) for _ in range(n)]
@@ -198,7 +210,7 @@ class BatchMaker:
         hear = bool(rng.random() < self.config.hear_fraction)
         return a, b, (int(sound_variant), int(picture_variant)), hear
 
-    def _batch(self, drawn: list) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _batch(self, drawn: list) -> tuple[dict[str, Any], torch.Tensor]:
         banks = self.banks
         rows, sounds, pictures, answers = [], [], [], []
         for kind, a, b, (sound_variant, picture_variant), hear in drawn:
@@ -221,24 +233,22 @@ class BatchMaker:
             answers.append(self.words[word])
         input_ids = torch.tensor(rows)
         n = len(rows)
-        inputs = {
+        interleaved = self.config.audio_in_video
+        side = world.FRAME_SIZE // testbed_model.PATCH
+        grid_steps = testbed_model.INTERLEAVED_FRAMES // testbed_model.TEMPORAL_PATCH
+        inputs: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
             "input_features": torch.stack(sounds),
             "feature_attention_mask": torch.ones(n, testbed_model.MEL_FRAMES, dtype=torch.long),
             "pixel_values_videos": torch.cat(pictures),
-            "video_grid_thw": torch.tensor(
-                [
-                    [
-                        1,
-                        world.FRAME_SIZE // testbed_model.PATCH,
-                        world.FRAME_SIZE // testbed_model.PATCH,
-                    ]
-                ]
-                * n
+            "video_grid_thw": torch.tensor([[grid_steps if interleaved else 1, side, side]] * n),
+            "video_second_per_grid": torch.full(
+                (n,), testbed_model.SECONDS_PER_GRID if interleaved else 1.0
             ),
-            "video_second_per_grid": torch.ones(n),
         }
+        if interleaved:  # the thinker's own rope index for this layout
+            inputs["use_audio_in_video"] = True
         return inputs, torch.tensor(answers)
 
 
@@ -303,7 +313,7 @@ class Validation:
     def __init__(
         self, model: torch.nn.Module, tokenizer, config: TrainConfig, started: float, log=print
     ):
-        banks = build_banks(config.seed, 24, stream=_VALID_STREAM)
+        banks = build_banks(config.seed, 24, _VALID_STREAM, config.audio_in_video)
         maker = BatchMaker(banks, tokenizer, config, stage=2, stream=_VALID_STREAM)
         n = config.validation_clips
         self.sets = {kind: maker.clips(kind, n) for kind in ("congruent", "audio_only", "conflict")}
@@ -374,7 +384,7 @@ def train(
     tokenizer = testbed_model.build_tokenizer()
     torch.manual_seed(config.seed)
     started = time.time()
-    banks = build_banks(config.seed, config.variants)
+    banks = build_banks(config.seed, config.variants, audio_in_video=config.audio_in_video)
     log(f"media banks ready ({time.time() - started:.0f}s)")
     window_meta = {
         "video_access_layers": config.video_access_layers,
@@ -452,6 +462,7 @@ def _meta(
         "format": 1,
         "stage": stage,
         "windows": window_meta if any(window_meta.values()) else None,
+        "audio_in_video": config.audio_in_video,
         "categories": [asdict(c) for c in world.CATEGORIES],
         "train_config": asdict(config),
         "command": command,

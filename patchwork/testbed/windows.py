@@ -113,8 +113,9 @@ def planted_windows(
     several: :func:`spans_of`) and audio only in ``audio_access``.
 
     Every non-modality position is restricted — text, the answer position and generated tokens
-    (marker tokens would leak otherwise) — and video tokens never read audio (they would carry it
-    past the audio window).
+    (marker tokens would leak otherwise) — and video tokens never read audio, nor audio tokens
+    video (either would carry its medium past the other's window: where the soundtrack is
+    interleaved with the frames, audio follows video; elsewhere the causal mask already has it).
     """
     rules: list[BlockRule] = []
     for keys, access in (("video", video_access), ("audio", audio_access)):
@@ -125,6 +126,8 @@ def planted_windows(
             rules += [BlockRule(queries, keys, outside) for queries in NON_MODALITY]
     if audio_access is not None:
         rules.append(BlockRule("video", "audio", tuple(range(num_layers))))
+    if video_access is not None:
+        rules.append(BlockRule("audio", "video", tuple(range(num_layers))))
     return tuple(rules)
 
 

@@ -83,8 +83,9 @@ def test_rows_of_a_batch_match_single_rows_and_nnsight_keeps_windows():
 def test_planted_windows_as_rules():
     rules = windows.planted_windows(8, (4, 5), None)
     outside = (0, 1, 2, 3, 6, 7)
-    assert rules == tuple(
-        blocks.BlockRule(group, "video", outside) for group in ("text", "answer", "generated")
+    assert rules == (
+        *(blocks.BlockRule(group, "video", outside) for group in ("text", "answer", "generated")),
+        blocks.BlockRule("audio", "video", tuple(range(8))),  # no relay through audio
     )
     assert windows.planted_windows(8) == ()
     assert windows.rules_from_meta(None, 8, 4) == ()
@@ -94,7 +95,7 @@ def test_planted_windows_as_rules():
 
 def test_separated_windows_block_outside_every_span_and_old_single_spans_still_read():
     rules = windows.planted_windows(8, ((1, 1), (5, 6)), (0, 0))
-    video = {rule.layers for rule in rules if rule.keys == "video"}
+    video = {rule.layers for rule in rules if rule.keys == "video" and rule.queries != "audio"}
     assert video == {(0, 2, 3, 4, 7)}
     separated = {"video_access_layers": [[1, 1], [5, 6]], "audio_access_layers": [0, 0]}
     assert windows.rules_from_meta(separated, 8, 4) == rules
