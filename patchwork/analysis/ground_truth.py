@@ -87,6 +87,39 @@ def path_restoration(
     )
 
 
+def path_cells(
+    results: xr.Dataset, sender: str = "residual", receiver_input: str = "values"
+) -> xr.DataArray:
+    """Path patching from ``sender`` ('residual', 'mlp', 'head h') of every sender layer into
+    every receiving head's ``receiver_input``: (sample, sender_layer, layer, head), NaN where the
+    receiving layer does not follow the sender's."""
+    from patchwork.analysis.method_figures import path_effects
+
+    base = results["path_baseline"].sel(metric="logit_diff")
+    patched = path_effects(results).sel(
+        sender=sender, receiver_input=receiver_input, metric="logit_diff"
+    )
+    later = patched["receiver_layer"] > patched["sender_layer"]
+    restored = _toward(patched, base.isel(path_run=1), base.isel(path_run=0)).where(later)
+    return (
+        restored.rename(receiver_layer="layer", receiver_head="head")
+        .drop_vars(["sender", "receiver_input", "metric", "path_run"], errors="ignore")
+        .transpose("sample", "sender_layer", "layer", "head")
+    )
+
+
+def paths_restoration(
+    results: xr.Dataset, sender: str = "residual", receiver_input: str = "values"
+) -> xr.DataArray:
+    """Every path of :func:`path_cells` (a sender layer → a later head) as one ``path``
+    dimension (a (sender_layer, layer, head) index): (sample, path)."""
+    cells = path_cells(results, sender, receiver_input).stack(
+        path=("sender_layer", "layer", "head")
+    )
+    following = cells["layer"].values > cells["sender_layer"].values
+    return cells.isel(path=following).transpose("sample", "path")
+
+
 def planted_recovery(restoration: xr.DataArray, planted: Iterable[tuple[int, int]]) -> pd.DataFrame:
     """Per clip of ``restoration`` (sample, layer, head): ``first_planted`` (the head restoring
     most is planted), ``planted_top`` (the planted heads are the top k, k = their number, ties
@@ -98,7 +131,27 @@ def planted_recovery(restoration: xr.DataArray, planted: Iterable[tuple[int, int
     missing = planted - set(names)
     if missing:
         raise ValueError(f"planted heads {sorted(missing)} are not in the results")
-    mask = np.array([name in planted for name in names])
+    return _recovery(cells, np.array([name in planted for name in names]))
+
+
+def planted_path_recovery(
+    restoration: xr.DataArray, planted: Iterable[tuple[int, int]]
+) -> pd.DataFrame:
+    """:func:`planted_recovery` over paths (``restoration``: (sample, path), as
+    :func:`paths_restoration` gives): a path is planted when its receiving (layer, head) is one
+    of the ``planted`` heads, through which alone the answer reads the sender's positions — from
+    every sender layer before it."""
+    planted = {(int(layer), int(head)) for layer, head in planted}
+    receivers = zip(restoration["layer"].values, restoration["head"].values, strict=True)
+    mask = np.array([(int(layer), int(head)) in planted for layer, head in receivers])
+    if not mask.any():
+        raise ValueError(f"no path in the results reaches a planted head {sorted(planted)}")
+    return _recovery(restoration.transpose("sample", "path"), mask)
+
+
+def _recovery(cells: xr.DataArray, mask: np.ndarray) -> pd.DataFrame:
+    """The grades of :func:`planted_recovery` from (sample, cell) restorations and the planted
+    cells' ``mask``."""
     values = cells.values
     order = np.argsort(-values, axis=1, kind="stable")
     positive = np.clip(values, 0, None)
@@ -107,9 +160,9 @@ def planted_recovery(restoration: xr.DataArray, planted: Iterable[tuple[int, int
         share = np.where(total > 0, positive[:, mask].sum(axis=1) / total, np.nan)
     return pd.DataFrame(
         {
-            "sample": restoration["sample"].values,
+            "sample": cells["sample"].values,
             "first_planted": mask[order[:, 0]],
-            "planted_top": mask[order[:, : len(planted)]].all(axis=1),
+            "planted_top": mask[order[:, : int(mask.sum())]].all(axis=1),
             "planted_share": share,
         }
     )

@@ -25,13 +25,24 @@ Grades, per organism and method (:func:`grade`):
   within :data:`~patchwork.analysis.ground_truth.TIE_TOLERANCE` count half);
 - window organisms, attention knockout: the recovery (normalized effect) when the text's access
   to the picture is blocked inside the planted window, and outside it (by construction ≈ 0);
+- window organisms, the logit lens at the answer position, one study per run: the first layer at
+  which the conflict run's lens preference (log p(visual) − log p(audio)) departs from the clean
+  run's by more than a floor or a hundredth of the clip's gap
+  (:func:`~patchwork.bench.lens.lens_departure`) — before the window the two runs' residual
+  streams there are the same — and ``lens_error``, its distance in layers from the planted
+  window's first layer (mean over clips);
 - head organisms: head patching and single-head knockout graded by
   :func:`~patchwork.analysis.ground_truth.planted_recovery` (clips whose first-ranked head is
-  planted, the planted heads' share of the restoration);
+  planted, the planted heads' share of the restoration); path patching (the video positions'
+  residual after each layer → each later head's values) over paths, a path planted when its
+  receiver is a planted head (:func:`~patchwork.analysis.ground_truth.planted_path_recovery`);
 - controls: ``nothing`` when ``locate`` finds no window, ``spurious`` when it finds one;
 - every ranking of cells (layers, heads) on the organisms with a truth: faithfulness curves and
   their areas ``cpr``, ``cmd``, ``bottom_area`` (:mod:`patchwork.bench.faithfulness`), beside the
   planted truth's own.
+
+Every grade read from clips has a 95% interval over them (``NAME_low``, ``NAME_high``: the
+percentile bootstrap of whole clips), the faithfulness areas included.
 
 :func:`run_bench` writes ``bench.zarr`` (an :class:`xarray.Dataset`: dimensions ``organism`` and
 ``technique``, the method graded; the curves also over ``ranked`` and ``k``), ``bench.png`` and

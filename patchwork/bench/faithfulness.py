@@ -24,6 +24,11 @@ f(0) = 0:
 - ``cmd``: area between the top-k curve and the full patch, ∫|1 − f| (0 best; MIB's CMD);
 - ``bottom_area``: area under the bottom-k curve (low: the cells ranked last carry little).
 
+Each area has a 95% interval over clips (``NAME_low``, ``NAME_high``): the percentile bootstrap
+of whole usable clips (:func:`~patchwork.analysis.bootstrap_weights`, 1000 resamples, seed 0),
+each resample's sums giving its curves and areas; the rankings, and so the circuits patched, are
+held fixed.
+
 Ties in a ranking (scores within :data:`~patchwork.analysis.ground_truth.TIE_TOLERANCE`) are
 broken against the planted truth — unplanted cells first among equals on the top curve, planted
 ones first on the bottom curve — so no method earns area from a tie.
@@ -50,6 +55,10 @@ Cell = frozenset[tuple[int, int]]
 #: Patched runs per forward.
 ROWS_PER_FORWARD = 64
 RANKED = ("top", "bottom")
+#: The areas of a ranking, each stored with its interval (``NAME_low``, ``NAME_high``).
+AREAS = ("cpr", "cmd", "bottom_area")
+#: Bootstrap resamples of the areas' intervals.
+RESAMPLES = 1000
 
 
 def cell_orders(
@@ -71,11 +80,17 @@ def cell_orders(
 def areas(curve: np.ndarray) -> dict[str, float]:
     """``area`` (under ``curve``, f(1…K)) and ``distance`` (between it and 1): trapezoids over
     k/K from f(0) = 0."""
-    values = np.concatenate([[0.0], np.asarray(curve, dtype=np.float64)])
-    width = 1.0 / (len(values) - 1)
+    found = _areas(np.asarray(curve, dtype=np.float64)[None])
+    return {name: float(values[0]) for name, values in found.items()}
 
-    def trapezoid(heights: np.ndarray) -> float:
-        return float(((heights[1:] + heights[:-1]) / 2).sum() * width)
+
+def _areas(curves: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`areas` of every row of ``curves`` (rows, K)."""
+    values = np.concatenate([np.zeros((len(curves), 1)), curves], axis=1)
+    width = 1.0 / (values.shape[1] - 1)
+
+    def trapezoid(heights: np.ndarray) -> np.ndarray:
+        return ((heights[:, 1:] + heights[:, :-1]) / 2).sum(axis=1) * width
 
     return {"area": trapezoid(values), "distance": trapezoid(np.abs(1.0 - values))}
 
@@ -83,7 +98,8 @@ def areas(curve: np.ndarray) -> dict[str, float]:
 @dataclass
 class Curves:
     """Faithfulness of one organism: per ranking (a method, or ``"planted"``) its ``top`` and
-    ``bottom`` curves (K,) and areas; the full patch's share of the clean − conflict gap; the
+    ``bottom`` curves (K,) and areas (:data:`AREAS`, each with ``_low`` and ``_high``, its 95%
+    interval over clips); the full patch's share of the clean − conflict gap; the
     clips used of all."""
 
     curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -116,34 +132,48 @@ def measure(
     if result.used < min_usable:
         return result
 
-    def restored(found: Mapping[frozenset[int], float], order: np.ndarray) -> np.ndarray:
-        return np.array([found[frozenset(order[:k].tolist())] for k in range(1, len(order) + 1)])
+    from patchwork.analysis.bootstrap import bootstrap_weights
+
+    # row 0: every usable clip once; rows 1…: the bootstrap resamples of whole clips
+    weights = np.vstack(
+        [np.ones(result.used), bootstrap_weights(result.used, RESAMPLES, seed=0).values]
+    )
+
+    def restored(found: Mapping[frozenset[int], np.ndarray], order: np.ndarray) -> np.ndarray:
+        prefixes = [found[frozenset(order[:k].tolist())] for k in range(1, len(order) + 1)]
+        return np.stack(prefixes, axis=-1)  # (1 + resamples, K)
 
     found = {
-        circuit: float((values[usable] - conflict[usable]).sum())
+        circuit: weights @ (values[usable] - conflict[usable])
         for circuit, values in changed.items()
     }
-    alone = np.array([found[frozenset({cell})] for cell in range(len(cells))])
+    alone = np.array([found[frozenset({cell})][0] for cell in range(len(cells))])
     marked = np.asarray(planted, dtype=int)
     orders["planted"] = (np.lexsort((-alone, -marked)), np.lexsort((alone, marked)))
     missing, _, _ = _measure_orders(
         prepared, cells, {"planted": orders["planted"]}, [], samples, skip=set(found)
     )
-    found.update({c: float((v[usable] - conflict[usable]).sum()) for c, v in missing.items()})
+    found.update({c: weights @ (v[usable] - conflict[usable]) for c, v in missing.items()})
     whole = found[frozenset(range(len(cells)))]
-    result.full_patch = whole / float((clean[usable] - conflict[usable]).sum())
+    result.full_patch = float(whole[0]) / float((clean[usable] - conflict[usable]).sum())
     for name, (top, bottom) in orders.items():
         curves = {
-            side: restored(found, order) / whole
+            side: restored(found, order) / whole[:, None]
             for side, order in zip(RANKED, (top, bottom), strict=True)
         }
-        result.curves[name] = curves
-        top_areas = areas(curves["top"])
-        result.scores[name] = {
+        result.curves[name] = {side: curve[0] for side, curve in curves.items()}
+        top_areas = _areas(curves["top"])
+        measured = {
             "cpr": top_areas["area"],
             "cmd": top_areas["distance"],
-            "bottom_area": areas(curves["bottom"])["area"],
+            "bottom_area": _areas(curves["bottom"])["area"],
         }
+        result.scores[name] = {}
+        for key, values in measured.items():
+            low, high = np.quantile(values[1:], [0.025, 0.975])
+            result.scores[name].update(
+                {key: float(values[0]), f"{key}_low": float(low), f"{key}_high": float(high)}
+            )
     return result
 
 

@@ -24,14 +24,24 @@ def grade_frame(graded: xr.Dataset) -> pd.DataFrame:
 PANELS = (
     ("auroc", "AUROC of the layer steps\n(window organisms; 1: planted ones first)", "AUROC"),
     ("error_layers", "located layers outside the window\n(window organisms; 0: exact)", "layers"),
-    ("first_planted", "clips whose first-ranked head is planted\n(head organisms)", "share"),
+    (
+        "lens_error",
+        "logit lens: first decodable layer's distance\nfrom the window's first (0: exact)",
+        "layers",
+    ),
+    (
+        "first_planted",
+        "clips whose first-ranked head\n(or path) is planted (head organisms)",
+        "share",
+    ),
 )
 
 
 def plot_bench(graded: xr.Dataset):
-    """Per organism and method: AUROC of the layer steps and error of the located window (window
-    organisms), the clips whose first-ranked head is planted (head organisms). One colour per
-    method in every panel, named by one legend below the panels (never over a bar)."""
+    """Per organism and method: AUROC of the layer steps, error of the located window and of the
+    logit lens's first decodable layer (window organisms), the clips whose first-ranked head or
+    path is planted (head organisms). One colour per method in every panel, named by one legend
+    below the panels (never over a bar)."""
     import seaborn as sns
     from matplotlib.figure import Figure
 
@@ -39,10 +49,10 @@ def plot_bench(graded: xr.Dataset):
     methods = [str(method) for method in graded["technique"].values]
     colours = dict(zip(methods, sns.color_palette(n_colors=len(methods)), strict=True))
     # wide enough for every organism's bars (15 in the suite), never narrower than before
-    figure = Figure(figsize=(max(13.0, 1.6 * graded.sizes["organism"]), 4.8), layout="constrained")
+    figure = Figure(figsize=(max(17.0, 1.8 * graded.sizes["organism"]), 4.8), layout="constrained")
     figure.suptitle("patchwork bench: how well each method recovers the planted truth")
     legend: dict[str, Any] = {}
-    for axes, (column, title, label) in zip(figure.subplots(1, 3), PANELS, strict=True):
+    for axes, (column, title, label) in zip(figure.subplots(1, len(PANELS)), PANELS, strict=True):
         shown = frame[np.isfinite(frame[column].astype(float))]
         if shown.empty:
             axes.set_axis_off()
@@ -141,7 +151,7 @@ def plot_faithfulness(graded: xr.Dataset):
 def reference_lines(graded: xr.Dataset) -> list[str]:
     """One line per organism with faithfulness curves: the planted truth's areas (the reference
     each method's CPR, CMD and bottom area are read against), the full patch's share of the
-    clean − conflict gap, and the clips used of all."""
+    clean − conflict gap, and the clips used of all; each area with its 95% interval over clips."""
     if "planted_cpr" not in graded:
         return []
     lines = []
@@ -154,9 +164,19 @@ def reference_lines(graded: xr.Dataset) -> list[str]:
             lines.append(f"{organism}: faithfulness untestable ({used:.0f} of {total:.0f} clips)")
             continue
         lines.append(
-            f"{organism}: planted truth CPR {float(row['planted_cpr']):.3f}, "
-            f"CMD {float(row['planted_cmd']):.3f}, bottom {float(row['planted_bottom_area']):.3f}; "
+            f"{organism}: planted truth CPR {_with_interval(row, 'planted_cpr')}, "
+            f"CMD {_with_interval(row, 'planted_cmd')}, "
+            f"bottom {_with_interval(row, 'planted_bottom_area')}; "
             f"the full patch restores {float(row['full_patch']):.3f} of the clean − conflict gap "
             f"({used:.0f} of {total:.0f} clips)"
         )
     return lines
+
+
+def _with_interval(row: xr.Dataset, name: str) -> str:
+    """``row[name]`` to three places, with its interval (``name_low``, ``name_high``) where the
+    store has one."""
+    text = f"{float(row[name]):.3f}"
+    if f"{name}_low" in row and np.isfinite(float(row[f"{name}_low"])):
+        text += f" [{float(row[f'{name}_low']):.3f}, {float(row[f'{name}_high']):.3f}]"
+    return text

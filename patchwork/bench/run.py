@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from patchwork.bench.faithfulness import RANKED, Cell, Curves, measure
+from patchwork.bench.faithfulness import AREAS, RANKED, Cell, Curves, measure
+from patchwork.bench.lens import LENS_RUNS, lens_pair
 from patchwork.bench.suite import (
     GRADES,
     METHODS,
@@ -27,9 +28,7 @@ from patchwork.testbed.windows import in_spans
 
 #: Per organism with curves: the planted truth's areas, the full patch, the clips used of all.
 ORGANISM_GRADES = (
-    "planted_cpr",
-    "planted_cmd",
-    "planted_bottom_area",
+    *(f"planted_{area}{side}" for area in AREAS for side in ("", "_low", "_high")),
     "full_patch",
     "faithfulness_used",
     "faithfulness_total",
@@ -49,9 +48,6 @@ def run_bench(
     ``bench.png`` and ``faithfulness.png`` into ``out``; returns the graded dataset."""
     from patchwork.analysis import save_figure
     from patchwork.bench.figures import plot_bench, plot_faithfulness
-    from patchwork.engine.runner import run_study
-    from patchwork.store.zarr_store import open_results
-    from patchwork.study import load_study
 
     out = Path(out)
     if samples < 2:
@@ -64,10 +60,7 @@ def run_bench(
         folder = out / "studies" / organism.slug
         folder.mkdir(parents=True, exist_ok=True)
         for method in organism.methods:
-            study_file = folder / f"{method.replace('+', '-')}.yaml"
-            study_file.write_text(study_text(organism, checkpoint, method, samples))
-            summary = run_study(load_study(study_file), store_root=out / "stores" / organism.slug)
-            results = open_results(summary.store).load()
+            results = _run_method(organism, checkpoint, method, samples, folder, out / "stores")
             rows[(organism.name, method)] = grade(organism, method, results, min_usable)
             if rows[(organism.name, method)]["status"] != "untestable":
                 stored[method] = results
@@ -88,6 +81,25 @@ def run_bench(
     if "faithfulness" in graded:
         save_figure(plot_faithfulness(graded), out, "faithfulness")
     return graded
+
+
+def _run_method(
+    organism: Organism, checkpoint: Path, method: str, samples: int, folder: Path, stores: Path
+) -> xr.Dataset:
+    """Write and run ``method``'s study on ``organism`` (the logit lens: one per run it reads,
+    joined by :func:`~patchwork.bench.lens.lens_pair`); its results."""
+    from patchwork.engine.runner import run_study
+    from patchwork.store.zarr_store import open_results
+    from patchwork.study import load_study
+
+    found = []
+    for lens_run in LENS_RUNS if method == "logit_lens" else ("conflict",):
+        suffix = f"-{lens_run}" if method == "logit_lens" else ""
+        study_file = folder / f"{method.replace('+', '-')}{suffix}.yaml"
+        study_file.write_text(study_text(organism, checkpoint, method, samples, lens_run))
+        summary = run_study(load_study(study_file), store_root=stores / organism.slug)
+        found.append(open_results(summary.store).load())
+    return lens_pair(*found) if method == "logit_lens" else found[0]
 
 
 def organism_faithfulness(
@@ -118,9 +130,8 @@ def organism_faithfulness(
         assert organism.window is not None
         cells = [frozenset((layer, head) for head in heads) for layer in layers]
         planted = np.array([in_spans(layer, organism.window) for layer in layers])
-    rankings = {
-        method: cell_scores(organism, method, results) for method, results in stored.items()
-    }
+    scored = {method: cell_scores(organism, method, results) for method, results in stored.items()}
+    rankings = {method: scores for method, scores in scored.items() if scores is not None}
     return measure(prepared, cells, rankings, planted, samples, min_usable)
 
 

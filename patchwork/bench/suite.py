@@ -11,10 +11,18 @@ import numpy as np
 import xarray as xr
 
 from patchwork.analysis.results import MIN_SAMPLES
+from patchwork.bench.lens import lens_departure, lens_preference
 from patchwork.testbed.windows import Spans, in_spans, spans_of
 
 PATCHING_METHODS = ("exact", "attribution", "attribution+verify")
-METHODS = (*PATCHING_METHODS, "knockout", "head_patching", "head_knockout")
+METHODS = (
+    *PATCHING_METHODS,
+    "knockout",
+    "logit_lens",
+    "head_patching",
+    "head_knockout",
+    "path_patching",
+)
 RECIPE: dict[str, Any] = {
     "stage2_steps": 3000,
     "picture_supervision": 0.1,
@@ -61,9 +69,9 @@ class Organism:
     @property
     def methods(self) -> tuple[str, ...]:
         if self.heads is not None:
-            return ("head_patching", "head_knockout")
+            return ("head_patching", "head_knockout", "path_patching")
         if self.window is not None:
-            return (*PATCHING_METHODS, "knockout")
+            return (*PATCHING_METHODS, "knockout", "logit_lens")
         return PATCHING_METHODS
 
 
@@ -156,13 +164,19 @@ def organism_path(organism: Organism, cache: Path, log: Callable[[str], None]) -
     return train(directory, TrainConfig(**organism.train), from_base=base, log=lambda line: None)
 
 
-def study_text(organism: Organism, checkpoint: Path, method: str, samples: int) -> str:
-    """The study that ``method`` runs on ``organism``."""
+def study_text(
+    organism: Organism, checkpoint: Path, method: str, samples: int, lens_run: str = "conflict"
+) -> str:
+    """The study that ``method`` runs on ``organism`` (``logit_lens``: the one reading
+    ``lens_run``, one of :data:`~patchwork.bench.lens.LENS_RUNS`)."""
     conflict = "{audio: own, picture: other_category}"
     if organism.swap == "sound":
         conflict = "{audio: other_category, picture: blank}"
+    name = f"bench-{organism.slug}-{method.replace('+', '-')}"
+    if method == "logit_lens":
+        name += f"-{lens_run}"
     head = f"""\
-name: bench-{organism.slug}-{method.replace("+", "-")}
+name: {name}
 model: {{family: qwen2_5_omni, checkpoint: {checkpoint}, attention: sdpa}}
 dataset: {{generator: testbed, samples: {samples}, seed: 0}}
 runs:
@@ -203,6 +217,30 @@ interventions:
       layer: {{queries: [answer, text], keys: [{keys}], window: 1}}
 """
         )
+    if method == "logit_lens":
+        return (
+            head
+            + f"""\
+  - kind: logit_lens
+    run: {lens_run}
+    position_groups: [answer]
+    top_k: 1
+"""
+        )
+    if method == "path_patching":
+        assert organism.heads is not None
+        senders = list(range(max(layer for layer, _ in organism.heads)))
+        return (
+            head
+            + f"""\
+  - kind: path_patching
+    from: clean
+    into: conflict
+    sender_group: video
+    sender_layers: {senders}
+    receiver_layers: all
+"""
+        )
     if method == "head_patching":
         return (
             head
@@ -225,12 +263,24 @@ interventions:
 
 
 #: The grades read from every clip, each with a 95% interval over the clips (``NAME_low``,
-#: ``NAME_high``: the percentile bootstrap of whole clips, 1000 resamples, seed 0).
-INTERVAL_GRADES = ("auroc", "inside", "outside", "first_planted", "planted_share")
+#: ``NAME_high``: the percentile bootstrap of whole clips, 1000 resamples, seed 0; the
+#: faithfulness areas' from :mod:`patchwork.bench.faithfulness`).
+INTERVAL_GRADES = (
+    "auroc",
+    "inside",
+    "outside",
+    "lens_error",
+    "first_planted",
+    "planted_share",
+    "cpr",
+    "cmd",
+    "bottom_area",
+)
 GRADES = (
     "status",
     "error_layers",
     "auroc",
+    "lens_error",
     "inside",
     "outside",
     "first_planted",
@@ -279,11 +329,18 @@ def grade(
         for rule in ("inside", "outside"):
             chosen = [label for label in labels if label.startswith(f"{rule}@")]
             _over_clips(grades, rule, effect.sel(knockout=chosen).mean("knockout").values)
+    elif method == "logit_lens":
+        first = organism.spans[0][0]
+        departed = lens_departure(results).isel(sample=usable).values
+        _over_clips(grades, "lens_error", np.abs(departed - first))
     else:
         assert organism.heads is not None
-        graded = ground_truth.planted_recovery(
-            head_scores(method, results).isel(sample=usable), organism.heads
-        )
+        if method == "path_patching":
+            paths = ground_truth.paths_restoration(results).isel(sample=usable)
+            graded = ground_truth.planted_path_recovery(paths, organism.heads)
+        else:
+            scores = head_scores(method, results).isel(sample=usable)
+            graded = ground_truth.planted_recovery(scores, organism.heads)
         _over_clips(grades, "first_planted", graded["first_planted"].to_numpy(float))
         _over_clips(grades, "planted_share", graded["planted_share"].to_numpy(float), np.median)
     return grades
@@ -362,9 +419,15 @@ def usable_mask(method: str, results: xr.Dataset) -> np.ndarray:
     if method in PATCHING_METHODS:  # exactly the clips locate reads
         excluded = {sample for ids in sample_coverage(results).excluded.values() for sample in ids}
         return np.array([str(sample) not in excluded for sample in results["sample"].values])
-    if method == "head_patching":
+    if method == "logit_lens":
+        answer = -lens_preference(results).isel(lens_layer=-1)  # the model's own logit difference
+        clean, conflict = answer.sel(lens_run="clean"), answer.sel(lens_run="conflict")
+    elif method == "head_patching":
         runs = results["head_baseline"].sel(metric="logit_diff")
         clean, conflict = runs.isel(head_run=0), runs.isel(head_run=1)
+    elif method == "path_patching":
+        runs = results["path_baseline"].sel(metric="logit_diff")
+        clean, conflict = runs.isel(path_run=0), runs.isel(path_run=1)
     else:
         runs = results["knockout_baseline"].sel(metric="logit_diff")
         clean, conflict = runs.isel(knockout_run=1), runs.isel(knockout_run=0)
@@ -393,13 +456,20 @@ def head_scores(method: str, results: xr.Dataset) -> xr.DataArray:
     return ground_truth.knockout_restoration(results, "picture")
 
 
-def cell_scores(organism: Organism, method: str, results: xr.Dataset) -> np.ndarray:
+def cell_scores(organism: Organism, method: str, results: xr.Dataset) -> np.ndarray | None:
     """``method``'s mean score over its usable clips for each of ``organism``'s faithfulness cells
     — layers in order (window organisms: patching's layer steps, single-layer knockout's
-    restoration), or (layer, head) pairs in order (head organisms)."""
+    restoration), or (layer, head) pairs in order (head organisms; path patching: a receiving
+    head's best sender layer). None for the logit lens, which ranks no cells."""
     from patchwork.analysis import ground_truth
 
+    if method == "logit_lens":
+        return None
     usable = usable_mask(method, results)
+    if method == "path_patching":
+        by_sender = ground_truth.path_cells(results).isel(sample=usable).mean("sample")
+        scores = by_sender.max("sender_layer", skipna=True).stack(cell=("layer", "head"))
+        return np.asarray(scores.values, dtype=np.float64)
     if method in PATCHING_METHODS:
         scores = layer_steps(results, organism.position_group)
     elif method == "knockout":

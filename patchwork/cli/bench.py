@@ -117,6 +117,7 @@ HEADINGS = {
     "status": "status",
     "error_layers": "error",
     "auroc": "AUROC",
+    "lens_error": "lens error",
     "inside": "inside",
     "outside": "outside",
     "first_planted": "head 1st",

@@ -128,7 +128,8 @@ def synthetic_graded() -> xr.Dataset:
         rows[(organism, "knockout")] = grades(
             inside=0.99, outside=2e-8, samples_used=16, samples_total=16
         )
-    for method in ("head_patching", "head_knockout"):
+        rows[(organism, "logit_lens")] = grades(lens_error=0.0, samples_used=16, samples_total=16)
+    for method in ("head_patching", "head_knockout", "path_patching"):
         rows[("heads 4:1 4:3", method)] = grades(
             first_planted=1.0, planted_share=0.9, samples_used=13, samples_total=16
         )
@@ -147,6 +148,8 @@ def test_the_table_says_how_many_clips_each_grade_read() -> None:
     lines = out.getvalue().splitlines()
     assert any("head_patching" in line and "13 of 16" in line for line in lines)
     assert any("knockout" in line and "16 of 16" in line for line in lines)
+    assert any("logit_lens" in line and "16 of 16" in line for line in lines)
+    assert any("path_patching" in line and "13 of 16" in line for line in lines)
 
 
 @pytest.mark.parametrize("terminal", [False, True])
@@ -177,7 +180,7 @@ def test_the_figure_has_a_title_per_panel_and_its_legend_beside_the_bars() -> No
     renderer = FigureCanvasAgg(figure).get_renderer()
     figure.draw(renderer)
     panels = [axes for axes in figure.axes if axes.axison]
-    assert len(panels) == 3
+    assert len(panels) == 4
     assert all(axes.get_title() for axes in panels)
     assert all(axes.get_legend() is None for axes in panels)
     (legend,) = figure.legends
@@ -185,8 +188,10 @@ def test_the_figure_has_a_title_per_panel_and_its_legend_beside_the_bars() -> No
         "exact",
         "attribution",
         "attribution+verify",
+        "logit_lens",
         "head_patching",
         "head_knockout",
+        "path_patching",
     ]
     box = legend.get_window_extent(renderer)
     assert not any(box.overlaps(axes.get_window_extent(renderer)) for axes in panels)

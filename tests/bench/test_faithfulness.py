@@ -135,6 +135,28 @@ def test_an_inverted_ranking_grades_poorly(prepared):
     assert inverted["cpr"] < 0.4 < 0.8 < truth["cpr"]
     assert inverted["bottom_area"] > 0.7 > 0.2 > truth["bottom_area"]
     assert inverted["cmd"] > 0.5
+    # the intervals over clips keep the two apart, and hold their own grade
+    assert inverted["cpr_high"] < truth["cpr_low"]
+    for scores in (inverted, truth):
+        for area in ("cpr", "cmd", "bottom_area"):
+            assert scores[f"{area}_low"] <= scores[area] <= scores[f"{area}_high"], area
+
+
+def test_the_faithfulness_areas_have_intervals_over_clips_in_the_store(bench_run):
+    import xarray as xr
+
+    results, out = bench_run
+    graded = xr.open_zarr(out / "bench.zarr").load()
+    for organism, method in (("window 4-5", "attribution"), ("heads 4:1 4:3", "head_patching")):
+        row = graded.sel(organism=organism, technique=method)
+        for area in ("cpr", "cmd", "bottom_area"):
+            low, value, high = (float(row[f"{area}{side}"]) for side in ("_low", "", "_high"))
+            assert low <= value <= high and high - low < 0.5, (organism, method, area)
+        whole = graded.sel(organism=organism)
+        low, high = float(whole["planted_cpr_low"]), float(whole["planted_cpr_high"])
+        assert low <= float(whole["planted_cpr"]) <= high
+    attribution = graded.sel(organism="window 4-5", technique="attribution")
+    assert float(attribution["cpr_high"]) > float(attribution["cpr_low"])  # clips differ
 
 
 def test_the_curves_figure_has_a_panel_per_organism_with_a_truth(bench_run):
