@@ -76,15 +76,18 @@ class Organism:
 
 
 def _audio_side(
-    window: tuple[int, int], checkpoint: str | None = None, model_of: str | None = None
+    window: tuple[int, int],
+    checkpoint: str | None = None,
+    model_of: str | None = None,
+    suffix: str = "",
 ) -> Organism:
     """The audio-side truth of a window organism's model (``checkpoint=`` or ``model_of=``): its
     planted audio window, graded by a sound swap that patches text and answer positions together
-    (the answer also hears the sound through the text)."""
+    (the answer also hears the sound through the text). Named by the window (and ``suffix``)."""
     first, last = window
     name = f"audio {first}" if first == last else f"audio {first}-{last}"
     return Organism(
-        name,
+        name + suffix,
         checkpoint=checkpoint,
         model_of=model_of,
         window=window,
@@ -130,6 +133,18 @@ SUITE: tuple[Organism, ...] = (
         train={**RECIPE, "video_access_layers": ((1, 1), (5, 6)), "audio_access_layers": (0, 0)},
         window=((1, 1), (5, 6)),
     ),
+    # Clips whose soundtrack is interleaved with the frames, as Qwen2.5-Omni reads a video's
+    # sound (the picture held for 4 frames: video, audio, video chunks; testbed --audio-in-video).
+    Organism(
+        "window 2-3 audio-in-video",
+        train={
+            **RECIPE,
+            "video_access_layers": (2, 3),
+            "audio_access_layers": (0, 1),
+            "audio_in_video": True,
+        },
+        window=(2, 3),
+    ),
     # Audio-side truth: the same models, studied with a sound swap (the picture blank in both
     # runs): the text and the answer read the sound only in the planted audio window.
     _audio_side((0, 2), checkpoint="testbed-windowed"),
@@ -137,6 +152,7 @@ SUITE: tuple[Organism, ...] = (
     _audio_side((0, 1), model_of="window 2-3"),
     _audio_side((1, 2), model_of="window 3-6"),
     _audio_side((0, 3), model_of="window 5-6"),
+    _audio_side((0, 1), model_of="window 2-3 audio-in-video", suffix=" audio-in-video"),
     # Trained with a third of its conflicts labelled with their sound: its conflict runs prefer
     # the sound, so no clip has a suppression to undo and every grade is untestable.
     Organism(
@@ -266,6 +282,7 @@ interventions:
 #: ``NAME_high``: the percentile bootstrap of whole clips, 1000 resamples, seed 0; the
 #: faithfulness areas' from :mod:`patchwork.bench.faithfulness`).
 INTERVAL_GRADES = (
+    "error_layers",
     "auroc",
     "inside",
     "outside",
@@ -319,6 +336,7 @@ def grade(
         grades["status"] = status
         if status == "located":
             grades["error_layers"] = window_error(located_spans(found), organism.spans)
+            _error_over_clips(grades, organism, results.isel(sample=np.flatnonzero(usable)))
         steps = layer_steps(results, organism.position_group).isel(sample=usable)
         layers = steps["layer"].values
         planted = np.array([in_spans(int(layer), organism.window) for layer in layers])
@@ -366,6 +384,31 @@ def _over_clips(
     resampled = [statistic(np.repeat(values, drawn)) for drawn in counts]
     grades[f"{name}_low"], grades[f"{name}_high"] = (
         float(bound) for bound in np.quantile(resampled, [0.025, 0.975])
+    )
+
+
+def _error_over_clips(
+    grades: dict[str, Any], organism: Organism, results: xr.Dataset, n_resamples: int = 200
+) -> None:
+    """``error_layers_low``, ``error_layers_high``: the 95% percentile interval of the located
+    windows' error over resamples of the usable clips ``results`` (whole clips, seed 0; each
+    resample located with 200 resamples of its own). A resample where nothing is located misses
+    every span."""
+    from patchwork.analysis import locate, located_spans
+    from patchwork.analysis.bootstrap import bootstrap_weights
+
+    errors = []
+    for drawn in bootstrap_weights(results.sizes["sample"], n_resamples, seed=0).values:
+        picked = np.repeat(np.arange(drawn.size), drawn)
+        clips = results.isel(sample=picked).assign_coords(
+            sample=[f"clip {i}" for i in range(picked.size)]
+        )
+        found = locate(from_embeddings(clips), n_resamples=200).sel(
+            position_group=organism.position_group, component="residual"
+        )
+        errors.append(window_error(located_spans(found), organism.spans))
+    grades["error_layers_low"], grades["error_layers_high"] = (
+        float(bound) for bound in np.quantile(errors, [0.025, 0.975])
     )
 
 

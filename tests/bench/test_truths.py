@@ -75,6 +75,18 @@ def test_the_suite_has_ten_organisms_of_four_kinds_of_truth():
     assert all("time_budget" not in organism.train for organism in SUITE)
 
 
+def test_interleaved_organisms_train_on_interleaved_clips():
+    """The audio-in-video organisms' training options are a valid configuration that lays the
+    clips out interleaved; their audio side studies the same model."""
+    from patchwork.testbed.train import TrainConfig
+
+    interleaved = [o for o in SUITE if o.train.get("audio_in_video")]
+    assert [o.name for o in interleaved] == ["window 2-3 audio-in-video"]
+    assert TrainConfig(**interleaved[0].train).audio_in_video is True
+    audio = [o for o in SUITE if o.model_of == interleaved[0].name]
+    assert [(o.swap, o.spans) for o in audio] == [("sound", ((0, 1),))]
+
+
 def test_every_grade_read_from_clips_has_an_interval_over_them(bench_run):
     results, out = bench_run
     stored_grades = xr.open_zarr(out / "bench.zarr").load()
