@@ -51,7 +51,11 @@ def make_samples(
     if n < 1:
         raise DataError(f"make_samples: n must be at least 1, got {n}")
     _check_runs(runs)
-    interleaved = testbed_model.audio_in_video(testbed_model.read_meta(Path(checkpoint_dir)))
+    # a plain checkpoint folder (no testbed json) keeps the separate layout
+    declared = (Path(checkpoint_dir) / testbed_model.META_FILE).exists()
+    interleaved = declared and testbed_model.audio_in_video(
+        testbed_model.read_meta(Path(checkpoint_dir))
+    )
     tokenizer = Tokenizer.from_file(str(Path(checkpoint_dir) / "tokenizer.json"))
     input_ids = torch.tensor([testbed_model.prompt_ids(tokenizer, question, interleaved)])
     hearing = "hear" in question.split()
