@@ -353,16 +353,15 @@ def run_media(
     sound = spec.get("audio") or (spec.get("video") if "audio" not in spec else None)
     if sound is not None:
         waveform = load_sound(base / sound, sampling_rate, max_seconds, seconds)
-    if "image_features" in spec:
-        image_features = load_features(base / spec["image_features"])
-    if waveform is not None:
         if not np.isfinite(waveform).all():
-            raise DataError("the audio holds NaN or infinite samples")
+            raise DataError(f"{base / sound}: the audio holds NaN or infinite samples")
         if seconds is None and len(waveform) > max_seconds * sampling_rate:
             raise DataError(
-                f"the audio lasts {len(waveform) / sampling_rate:.1f} s, over the dataset's "
-                f"max_seconds ({max_seconds:g}); cut it with the run's 'seconds'"
+                f"{base / sound}: the audio lasts {len(waveform) / sampling_rate:.1f} s, over "
+                f"the dataset's max_seconds ({max_seconds:g}); cut it with the run's 'seconds'"
             )
+    if "image_features" in spec:
+        image_features = load_features(base / spec["image_features"])
     if seconds is not None and waveform is not None:
         length = int(round(seconds * sampling_rate))
         waveform = np.pad(waveform[:length], (0, max(0, length - len(waveform))))

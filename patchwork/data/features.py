@@ -22,6 +22,8 @@ from patchwork.errors import DataError
 
 #: Largest safetensors header (bytes) read; the format's own readers refuse larger ones too.
 MAX_HEADER_BYTES = 100_000_000
+#: What features may hold: the floating-point types a vision encoder writes.
+_FLOATING = "expected float16, bfloat16, float32 or float64"
 #: safetensors dtype → bytes per element.
 _SAFETENSORS_DTYPES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -67,8 +69,8 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any], int]:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"cannot read features {path}: damaged .npy header ({message})") from None
     del fortran
-    if dtype.hasobject or dtype.kind not in "biuf":
-        raise DataError(f"features {path}: dtype {dtype} is not numeric")
+    if dtype.kind != "f":  # booleans or integers would be cast to numbers nobody computed
+        raise DataError(f"features {path}: dtype {dtype} is not floating point ({_FLOATING})")
     elements = math.prod(shape)
     claimed = elements * dtype.itemsize
     if offset + claimed > size:
@@ -145,6 +147,9 @@ def _load_safetensors(path: Path) -> torch.Tensor:
     header = safetensors_header(path)
     if len(header) != 1:
         raise DataError(f"{path} must hold exactly one tensor, holds {sorted(header)}")
+    dtype = next(iter(header.values()))["dtype"]
+    if dtype not in ("F64", "F32", "F16", "BF16"):
+        raise DataError(f"features {path}: dtype {dtype} is not floating point ({_FLOATING})")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -25,7 +25,7 @@ from patchwork.models.checkpoint import (
     read_config,
     report_withheld,
 )
-from patchwork.models.checkpoint_files import read_tokenizer, weight_files
+from patchwork.models.checkpoint_files import read_json, read_tokenizer, weight_files
 from patchwork.models.generic import GenericAdapter
 from patchwork.models.memory import refuse_beyond_device
 from patchwork.models.qwen2_5_omni import seeded_thinker
@@ -192,12 +192,28 @@ def _input_notes(testbed: bool) -> Callable[[Mapping[str, Any], str], list[str]]
 def _adapter(spec: ModelSpec, model: nn.Module, source: Path | None, where: str) -> ModelAdapter:
     """The family's adapter over ``model``; a generic one checks its declared module paths."""
     adapter = adapter_class(spec)(model, source)
+    if source is not None:
+        _check_config(adapter, source, where)
     if isinstance(adapter, GenericAdapter):
         try:
             adapter.check_paths()
         except ModelError as error:
             raise ModelError(f"{where}.{error}") from None
     return adapter
+
+
+def _check_config(adapter: ModelAdapter, folder: Path, where: str) -> None:
+    """Refuse, naming ``config.json`` and the field, what the parsed config of the model the
+    adapter runs says that its first forward would fail on
+    (:meth:`~patchwork.models.adapter.ModelAdapter.config_problems`)."""
+    problems = adapter.config_problems()
+    if problems:
+        path = folder / "config.json"
+        # a full omni checkpoint's config.json holds the thinker's under thinker_config
+        full = "thinker_config" in read_json(path) if path.is_file() else False
+        raise ModelError(
+            f"{where}.checkpoint: {path}: {'thinker_config.' if full else ''}{problems[0]}"
+        )
 
 
 def _without_weights(spec: ModelSpec, where: str, config_only: bool = False) -> LoadedModel:
@@ -336,6 +352,7 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
         empty = _empty(path, spec, config, where)
         _check_weights(path, empty, where)
         refuse_beyond_device(empty, getattr(torch, spec.dtype), spec.device, f"{where}.checkpoint")
+        _check_config(adapter_class(spec)(empty, path), path, where)  # before any weight is read
     else:  # a plug-in family that cannot build its model empty: transformers' report below
         _check_weights(path, None, where)
     try:

@@ -114,6 +114,45 @@ class ModelAdapter(ABC):
         """Every token id of the media placeholders and their delimiters."""
         return []
 
+    #: The config fields of the media placeholder ids (``{"audio": "audio_token_index"}``),
+    #: each of which must lie in the text model's vocabulary (:meth:`config_problems`).
+    token_fields: ClassVar[Mapping[str, str]] = {}
+
+    def config_problems(self) -> list[str]:
+        """``field: problem`` for each value of the parsed config of the model patchwork runs
+        that its first forward would fail on (fields relative to that config, defaults filled in
+        as transformers fills them): a multimodal rotary split (``mrope_section``) that does not
+        cover half a head, a placeholder id (:attr:`token_fields`) beyond the vocabulary."""
+        config = self.config
+        text = getattr(config, "text_config", None) or config
+        prefix = "text_config." if text is not config else ""
+        problems = []
+        rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None)
+        sections = rope.get("mrope_section") if isinstance(rope, Mapping) else None
+        if sections is not None:
+            head_dim = (
+                getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+            )
+            counts = isinstance(sections, list | tuple) and all(
+                type(part) is int and part >= 0 for part in sections
+            )
+            if not counts or 2 * sum(sections) != head_dim:
+                problems.append(
+                    f"{prefix}rope_parameters.mrope_section: expected counts adding up to half "
+                    f"the head dimension ({head_dim // 2}); got {str(sections)[:80]}"
+                )
+        vocabulary = getattr(text, "vocab_size", None)
+        for field in self.token_fields.values():
+            token = getattr(config, field, None)
+            if isinstance(vocabulary, int) and (
+                not isinstance(token, int) or not 0 <= token < vocabulary
+            ):
+                problems.append(
+                    f"{field}: expected a token id of the vocabulary (0 to {vocabulary - 1}, "
+                    f"{prefix}vocab_size {vocabulary}); got {str(token)[:40]}"
+                )
+        return problems
+
     @classmethod
     def resolve_root(cls, model: nn.Module) -> nn.Module:
         """The module to trace (e.g. the thinker inside a full omni model)."""

@@ -183,13 +183,14 @@ class Qwen25OmniAdapter(ModelAdapter):
         thinker = getattr(model, "thinker", None)
         return thinker if thinker is not None else model
 
+    token_fields = {
+        "audio": "audio_token_index",
+        "video": "video_token_index",
+        "image": "image_token_index",
+    }
+
     def _token_ids(self) -> dict[str, int]:
-        config = self.config
-        return {
-            "audio": config.audio_token_index,
-            "video": config.video_token_index,
-            "image": config.image_token_index,
-        }
+        return {name: getattr(self.config, field) for name, field in self.token_fields.items()}
 
     def position_groups(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         ids = input_ids.reshape(-1)

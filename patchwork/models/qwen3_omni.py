@@ -76,13 +76,7 @@ class Qwen3OmniAdapter(Qwen25OmniAdapter):
 
         return load_thinker(Thinker, "qwen3_omni_moe", "Qwen3-Omni", path, config, weights=False)
 
-    def _token_ids(self) -> dict[str, int]:
-        config = self.config
-        return {
-            "audio": config.audio_token_id,
-            "video": config.video_token_id,
-            "image": config.image_token_id,
-        }
+    token_fields = {"audio": "audio_token_id", "video": "video_token_id", "image": "image_token_id"}
 
     def _specials(self) -> dict[str, int]:
         config = self.config

@@ -26,7 +26,7 @@ import xarray as xr
 import zarr
 
 from patchwork.errors import StoreError
-from patchwork.files import not_regular
+from patchwork.files import Unreadable, not_regular, read_bounded
 
 #: Set on a model group once its template is written to the end.
 TEMPLATE_MARK = "template_complete"
@@ -36,9 +36,21 @@ MARKS = ("checksum", "done")
 METADATA_SUMS = "metadata_checksums"
 #: Attribute of a model group: the store root's attributes, from which a lost root is rebuilt.
 ROOT_RECORD = "store_attributes"
+#: The largest ``zarr.json`` read (a group's records the study's text, which is far smaller);
+#: a larger one is unreadable metadata, never read whole.
+METADATA_LIMIT = 64 * 2**20
+
+
+class OversizedFile(StoreError):
+    """A store file over the most its metadata allow (:mod:`patchwork.store.bounded`): damage,
+    found without reading the file whole."""
+
+
 #: What reading a damaged chunk or metadata file raises (codec, JSON, shape errors; a garbled
-#: variable-length string chunk can claim billions of items, and numpy refuses to allocate them).
+#: variable-length string chunk can claim billions of items, and numpy refuses to allocate them;
+#: a file over its bound).
 DAMAGE = (
+    OversizedFile,
     RuntimeError,
     ValueError,
     TypeError,
@@ -52,11 +64,9 @@ DAMAGE = (
 def readable_json(path: Path) -> bool:
     """Whether ``path`` is a file holding a JSON object (what every ``zarr.json`` is); a FIFO or
     a device there is never opened."""
-    if not_regular(path) is not None:
-        return False
     try:
-        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
-    except (OSError, ValueError, RecursionError):
+        return isinstance(json.loads(read_bounded(path, METADATA_LIMIT)), dict)
+    except (Unreadable, ValueError, RecursionError):
         return False
 
 
@@ -98,8 +108,8 @@ def unreadable_metadata(path: Path, model: str) -> list[str]:
 def _metadata_sum(array: Path) -> int | None:
     """CRC-32 of an array's ``zarr.json`` bytes (None when it cannot be read)."""
     try:
-        return zlib.crc32((array / "zarr.json").read_bytes())
-    except OSError:
+        return zlib.crc32(read_bounded(array / "zarr.json", METADATA_LIMIT))
+    except Unreadable:
         return None
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import zarr
 
 from patchwork.errors import StoreError
+from patchwork.store.bounded import open_store_group
 from patchwork.store.metadata import refuse_links, unreadable_metadata
 from patchwork.store.zarr_store import ResultStore, store_models, template_complete
 
@@ -53,7 +54,7 @@ def verify_store(path: str | Path) -> VerifyReport:
     path = Path(path)
     models = store_models(path)  # a store whose root metadata read, or one line
     refuse_links(path)
-    root = zarr.open_group(path, mode="r", zarr_format=3)
+    root = open_store_group(path)
     report = VerifyReport()
     for folder, _, files in os.walk(path, followlinks=False):
         for name in sorted(files):

@@ -36,6 +36,7 @@ import xarray as xr
 import zarr
 
 from patchwork.errors import StoreError
+from patchwork.store.bounded import bounded_store, open_store_group
 from patchwork.store.metadata import (
     DAMAGE,
     MARKS,
@@ -174,7 +175,7 @@ class ResultStore:
     def __init__(self, path: Path, model: str, mode: str = "r+") -> None:
         self.path = Path(path)
         self.model = model
-        group = zarr.open_group(self.path, mode=mode, zarr_format=3)[model]  # type: ignore[arg-type]
+        group = open_store_group(self.path, mode)[model]
         assert isinstance(group, zarr.Group)
         self._group = group
         #: What :meth:`repair` did when the store was reopened (one line each).
@@ -219,7 +220,7 @@ class ResultStore:
                 )
             refuse_links(path)
             restored = restore_metadata(path, model, empty, lambda: _template_records(path, model))
-            root = zarr.open_group(path, mode="r", zarr_format=3)
+            root = open_store_group(path)
             group = root.get(model)
             if isinstance(group, zarr.Group) and template_complete(group):
                 store = cls(path, model)
@@ -568,7 +569,7 @@ def store_models(path: str | Path) -> list[str]:
 
 
 def _open(path: Path, model: str | None, chunks: dict[str, int] | None, verify: bool) -> xr.Dataset:
-    root = zarr.open_group(path, mode="r", zarr_format=3)
+    root = open_store_group(path)
     for name in store_models(path) if model is None else [model]:
         lost = unreadable_metadata(path, name)
         if lost:
@@ -591,7 +592,9 @@ def _open(path: Path, model: str | None, chunks: dict[str, int] | None, verify: 
     _check_marks(path, model)
     if verify:
         _check_whole(path, model)
-    dataset = xr.open_zarr(path, group=model, consolidated=False, zarr_format=3, chunks=chunks)
+    dataset = xr.open_zarr(
+        bounded_store(path), group=model, consolidated=False, zarr_format=3, chunks=chunks
+    )
     records = (COORDINATE_SUMS, METADATA_SUMS, ROOT_RECORD, TEMPLATE_MARK)  # the store's own
     dataset.attrs = {
         key: value
@@ -668,7 +671,7 @@ def root_attributes(path: Path) -> dict[str, object]:
         raise StoreError(f"{path}: no patchwork store here")
     refuse_special_files(path)  # a FIFO would block the read below
     try:
-        return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
+        return dict(open_store_group(path).attrs)
     except DAMAGE as error:
         if recorded_root(path) is not None:
             raise StoreError(root_line(path)) from None

@@ -94,7 +94,43 @@ def test_non_finite_audio_is_refused(tmp_path: Path) -> None:
     sound = np.zeros(6400, dtype=np.float32)
     sound[100] = np.nan
     soundfile.write(tmp_path / "media/nan.wav", sound, 16000, subtype="FLOAT")
-    _fails_in_one_line(["validate", str(path)], "samples.jsonl:1:", "NaN or infinite samples")
+    _fails_in_one_line(
+        ["validate", str(path)],
+        "samples.jsonl:1:",
+        f"{tmp_path / 'media/nan.wav'}: the audio holds NaN or infinite samples",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "values", "expected"),
+    [
+        ("flags.npy", np.ones((4, 8), dtype=bool), "dtype bool is not floating point"),
+        ("bytes.npy", np.ones((4, 8), dtype=np.int8), "dtype int8 is not floating point"),
+        ("bytes.safetensors", np.ones((4, 8), dtype=np.int8), "dtype I8 is not floating point"),
+        ("nan.npy", np.full((4, 8), np.nan, dtype=np.float32), "NaN or infinite value(s)"),
+        ("inf.safetensors", np.full((4, 8), np.inf, dtype=np.float32), "NaN or infinite value"),
+    ],
+)
+def test_image_features_must_be_finite_floating_point(
+    tmp_path: Path, name: str, values: np.ndarray, expected: str
+) -> None:
+    """A bool or int8 ``.npy`` was cast to float32 and used as image features without a word."""
+
+    def edit(rows):
+        rows[0]["runs"]["clean"]["image_features"] = f"media/{name}"
+
+    path = _manifest_study(tmp_path, edit)
+    features = tmp_path / "media" / name
+    if name.endswith(".npy"):
+        np.save(features, values)
+    else:
+        import torch
+        from safetensors.torch import save_file
+
+        save_file({"features": torch.from_numpy(values)}, str(features))
+    _fails_in_one_line(
+        ["validate", str(path)], "samples.jsonl:1: sample dog-vs-cat", str(features), expected
+    )
 
 
 def test_a_picture_over_the_side_limit_is_refused_before_decoding(tmp_path: Path) -> None:

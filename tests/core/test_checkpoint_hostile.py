@@ -133,6 +133,28 @@ def test_negative_and_absurd_sizes_are_one_line_naming_the_field(
         assert str(value) in line, name
 
 
+@pytest.mark.parametrize("form", FORMATS)
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("text_config.rope_parameters.mrope_section", [1, 1, 1], "mrope_section: expected"),
+        ("text_config.rope_parameters.mrope_section", [-4, 10, 10], "mrope_section: expected"),
+        ("text_config.rope_parameters.mrope_section", "wide", "mrope_section: expected"),
+        ("audio_token_index", 10**6, "audio_token_index: expected a token id of the vocabulary"),
+        ("video_token_index", -1, "video_token_index: expected a token id of the vocabulary"),
+    ],
+)
+def test_what_the_first_forward_would_fail_on_is_config_json_s_problem(
+    copy, tmp_path: Path, form: str, field: str, value: object, named: str
+) -> None:
+    """A rotary split that does not cover half a head, or a placeholder id beyond the
+    vocabulary, passed validate and failed in the first forward (or at the first sample)."""
+    folder = copy(form)
+    edit_config(folder, field, value)
+    for command in commands(folder, tmp_path).values():
+        refused(patchwork_main(*command), f"{folder / 'config.json'}: ", named)
+
+
 def test_no_default_config_of_transformers_is_refused() -> None:
     """The bounds refuse no model transformers knows, as its config class writes it by default
     (over 800: experts counted in the ten thousands, a head_dim of 0 for "derived", -1 for

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from patchwork import StoreError, open_results, parse_study, run_study
 from patchwork.cli import _register_subcommands, app
+from patchwork.store.bounded import chunk_limit
 from patchwork.store.verify import verify_store
 
 from ..core.helpers import study_text
@@ -463,3 +464,57 @@ def test_verify_of_a_read_only_store_says_what_it_would_have_done(
     code, line = one_line("verify", store)
     assert code == 2 and "the store cannot be written (Read-only file system)" in line, line
     assert expected in line
+
+
+@pytest.mark.parametrize(
+    ("chunk", "units"), [("effect/c/1/0/0/0/0", 1), ("done/c/1", 0), ("effect/zarr.json", 0)]
+)
+def test_a_huge_file_in_place_of_a_chunk_is_damage_never_read_whole(
+    store: Path, monkeypatch: pytest.MonkeyPatch, chunk: str, units: int
+) -> None:
+    """A sparse 3 GB file in place of a chunk was read whole by status, verify and run (3.3 GB
+    peak): it is over what its array's metadata allow, so it reads as damage without being read
+    (and one in place of an array's zarr.json as lost metadata, written again by the run)."""
+    before = every_file(store)
+    path = store / "random_init" / chunk
+    path.unlink()
+    with path.open("wb") as handle:
+        handle.truncate(2**27)  # sparse: takes no room on disk
+    read_whole = Path.read_bytes
+
+    def never_whole(self: Path) -> bytes:
+        assert self != path or self.stat().st_size < 2**27, f"{path} was read whole"
+        return read_whole(self)
+
+    monkeypatch.setattr(Path, "read_bytes", never_whole)
+    if chunk.startswith("effect/c"):  # read without verifying: the file is named
+        with pytest.raises(StoreError, match=rf"{re.escape(str(path))} is over [\d,]+ bytes"):
+            open_results(store, verify=False)["effect"].load()
+    code, line = one_line("status", store)
+    assert code == 2 and line.startswith(f"error: {store}/random_init"), line
+    code, line = one_line("verify", store)
+    assert code == 0 and f"{units} unmarked" in line, line
+    assert run_study(parse_study(TEXT), store.parent).units_run == units
+    monkeypatch.undo()
+    assert every_file(store) == before
+
+
+def test_every_chunk_a_store_writes_is_within_its_bound(tmp_path: Path) -> None:
+    """The bound never calls a sound chunk damaged: incompressible data (zstd's worst case) in
+    every kind of array the store keeps, labels of the longest allowed length among them."""
+    rng = np.random.default_rng(0)
+    group = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
+    for name, data in {
+        "effect": rng.standard_normal((4, 3, 5)).astype(np.float32),
+        "checksum": rng.integers(0, 2**32, 4096),
+        "done": rng.integers(0, 2, 4096).astype(bool),
+    }.items():
+        group.create_array(name, data=data, chunks=(data.shape[0] // 2, *data.shape[1:]))
+    labels = np.array(["é" * 256, "x", "€" * 4096], dtype=object)
+    strings = zarr.dtype.VariableLengthUTF8()  # type: ignore[attr-defined]
+    group.create_array("sample", shape=(3,), chunks=(3,), dtype=strings)[:] = labels
+    for folder in (tmp_path / "s.zarr").iterdir():
+        if folder.is_dir():
+            limit = chunk_limit(json.loads((folder / "zarr.json").read_text()))
+            chunks = [path for path in (folder / "c").rglob("*") if path.is_file()]
+            assert chunks and limit is not None and max(c.stat().st_size for c in chunks) <= limit
