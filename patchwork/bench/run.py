@@ -22,6 +22,8 @@ from patchwork.bench.suite import (
     grade,
     organism_path,
     study_text,
+    to_train,
+    train_in_process,
 )
 from patchwork.errors import PatchworkError
 from patchwork.testbed.windows import in_spans
@@ -41,17 +43,21 @@ def run_bench(
     samples: int = 16,
     log: Callable[[str], None] = print,
     min_usable: int = MIN_USABLE,
+    train_jobs: int = 1,
 ) -> xr.Dataset:
     """Run every organism's methods, grade them (a grade from fewer than ``min_usable`` usable
     clips is ``untestable``), measure the faithfulness curves of every testable ranking, and
     write ``bench.zarr`` (organism × technique, and the curves over ``ranked`` × ``k``),
-    ``bench.png`` and ``faithfulness.png`` into ``out``; returns the graded dataset."""
+    ``bench.png`` and ``faithfulness.png`` into ``out``; returns the graded dataset. Organisms
+    not cached yet are trained first, ``train_jobs`` at a time in worker processes (each with
+    the current torch thread count: the same weights as one at a time)."""
     from patchwork.analysis import save_figure
     from patchwork.bench.figures import plot_bench, plot_faithfulness
 
     out = Path(out)
     if samples < 2:
         raise PatchworkError(f"bench needs at least 2 samples per organism, got {samples}")
+    train_organisms(organisms, out / "organisms", train_jobs, log)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     measured: dict[str, Curves] = {}
     for organism in organisms:
@@ -81,6 +87,32 @@ def run_bench(
     if "faithfulness" in graded:
         save_figure(plot_faithfulness(graded), out, "faithfulness")
     return graded
+
+
+def train_organisms(
+    organisms: Sequence[Organism], cache: Path, jobs: int, log: Callable[[str], None]
+) -> None:
+    """Train the models ``organisms`` need that ``cache`` lacks, ``jobs`` at a time in spawned
+    worker processes (one at a time, in this process, for ``jobs`` 1)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    missing = to_train(organisms, cache)
+    if jobs < 2 or len(missing) < 2:
+        for organism in missing:
+            organism_path(organism, cache, log)
+        return
+    log(f"training {len(missing)} organisms, {jobs} at a time, into {cache} (once; cached)")
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
+    with ProcessPoolExecutor(min(jobs, len(missing)), mp_context=context) as pool:
+        count = len(missing)
+        trained = pool.map(
+            train_in_process, missing, [cache] * count, [torch.get_num_threads()] * count
+        )
+        for organism, path in zip(missing, trained, strict=True):
+            log(f"trained organism {organism.name!r} into {path}")
 
 
 def _run_method(

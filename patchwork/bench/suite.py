@@ -180,6 +180,27 @@ def organism_path(organism: Organism, cache: Path, log: Callable[[str], None]) -
     return train(directory, TrainConfig(**organism.train), from_base=base, log=lambda line: None)
 
 
+def to_train(organisms: Sequence[Organism], cache: Path) -> list[Organism]:
+    """The organisms whose models ``organisms`` need (a ``model_of`` organism its model's) and
+    ``cache`` does not hold yet, each once, in order."""
+    by_name = {o.name: o for o in (*SUITE, *organisms)}
+    missing: dict[str, Organism] = {}
+    for organism in organisms:
+        model = by_name[organism.model_of] if organism.model_of is not None else organism
+        if model.train and not (cache / model.slug / "patchwork_testbed.json").is_file():
+            missing.setdefault(model.name, model)
+    return list(missing.values())
+
+
+def train_in_process(organism: Organism, cache: Path, threads: int) -> Path:
+    """Train ``organism`` into ``cache`` with ``threads`` torch threads: the entry of a worker
+    process (the weights depend on the thread count, never on the process)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return organism_path(organism, cache, log=lambda line: None)
+
+
 def study_text(
     organism: Organism, checkpoint: Path, method: str, samples: int, lens_run: str = "conflict"
 ) -> str:

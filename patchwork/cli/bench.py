@@ -39,6 +39,15 @@ def bench_command(
         typer.Option(help="Only these organisms (repeat the option) [default: the whole suite]."),
     ] = None,
     threads: Annotated[int, typer.Option(min=1, max=1024, help="torch threads.")] = 1,
+    train_jobs: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Organisms trained at once, each in its own process with --threads threads "
+            "(the same weights as one at a time).",
+        ),
+    ] = 1,
 ) -> None:
     """Train (once) or load the planted organisms, run every method on each, grade how well it
     recovers the planted truth; writes bench.zarr, bench.png and faithfulness.png into --out."""
@@ -58,7 +67,7 @@ def bench_command(
     output_folder(out, "--out")  # before any organism trains
     no_links(out, "--out")  # its checkpoints, studies and stores, at any depth
     torch.set_num_threads(threads)
-    graded = run_bench(out, chosen, samples, log=typer.echo)
+    graded = run_bench(out, chosen, samples, log=typer.echo, train_jobs=train_jobs)
     print_uncut(
         Console(), bench_table(graded, f"patchwork bench ({samples} clips per organism)", out)
     )
