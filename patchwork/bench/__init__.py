@@ -3,8 +3,9 @@ the picture's route planted where it is known, and every method graded on how we
 
 Organisms (:data:`SUITE`): the shipped ``testbed-windowed`` (the text reads video only in layers
 4–5) and ``testbed-heads`` (the answer reads it only through heads 4:1 and 4:3); windows at other
-depths and widths, two separated windows and heads in two layers, trained by the stopping recipe
-(cached under the output folder); the audio side — the same models studied with a sound swap,
+depths and widths, two separated windows, heads in two layers and a window on clips whose sound is
+interleaved with the frames (audio in video), trained by the stopping recipe (cached under the
+output folder); the audio side — the same models studied with a sound swap,
 graded against their planted audio windows (``swap="sound"``); and two controls: ``control``
 (``testbed-windowed``, whose picture wins every conflict, patched at its audio positions — they
 come before the video, so patching them can restore nothing) and ``sound wins`` (trained with a
@@ -18,9 +19,10 @@ Grades, per organism and method (:func:`grade`):
 
 - window organisms, activation patching of the answer position's residual stream (the text and
   answer positions together on the audio side; ``exact``, ``attribution``, ``attribution+verify``),
-  graded on the span it can see (the last of separated windows):
-  :func:`~patchwork.analysis.windows.locate`'s status and window, the *error* in layers (how many
-  located layers lie outside the planted window; 0 = recovered exactly), and the *AUROC* of each
+  :func:`~patchwork.analysis.windows.locate`'s status and windows, the *error* in layers
+  (:func:`~patchwork.bench.suite.window_error`: located layers outside the planted spans, and
+  spans no located window touches; 0 = recovered exactly) with its interval over resampled clips,
+  and the *AUROC* of each
   clip's per-layer steps of the restored answer against the planted layers (mean over clips; ties
   within :data:`~patchwork.analysis.ground_truth.TIE_TOLERANCE` count half);
 - window organisms, attention knockout: the recovery (normalized effect) when the text's access

@@ -109,6 +109,8 @@ class BoundedStore(LocalStore):
         prototype: BufferPrototype | None = None,
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
+        """The file at ``key`` (a ``byte_range`` of it, as zarr reads it), read at most to its
+        bound; over it: :class:`~patchwork.store.metadata.OversizedFile`."""
         path = self.root / key
         limit = self._limit(key) if byte_range is None and path.is_file() else None
         if limit is None:  # a range, a missing file, a folder: as zarr reads them
