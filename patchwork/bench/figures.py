@@ -23,7 +23,7 @@ def grade_frame(graded: xr.Dataset) -> pd.DataFrame:
 #: The panels of :func:`plot_bench`: grade, title, y-axis label.
 PANELS = (
     ("auroc", "AUROC of the layer steps\n(window organisms; 1: planted ones first)", "AUROC"),
-    ("error_layers", "located layers outside the window\n(window organisms; 0: exact)", "layers"),
+    ("error_layers", "located window's error in layers\n(window organisms; 0: exact)", "layers"),
     (
         "lens_error",
         "logit lens: first decodable layer's distance\nfrom the window's first (0: exact)",
@@ -69,7 +69,14 @@ def plot_bench(graded: xr.Dataset):
         )
         axes.set_title(title)
         axes.set(xlabel="", ylabel=label)
-        axes.tick_params(axis="x", rotation=35)
+        names = [tick.get_text() for tick in axes.get_xticklabels()]
+        axes.set_xticks(  # a long name on two lines, every name ending under its bars
+            axes.get_xticks(),
+            [name.replace(" audio-in-video", "\naudio-in-video") for name in names],
+            rotation=35,
+            ha="right",
+            rotation_mode="anchor",
+        )
         for handle, method in zip(*axes.get_legend_handles_labels(), strict=True):
             legend.setdefault(method, handle)
         if axes.get_legend() is not None:
