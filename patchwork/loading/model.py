@@ -21,6 +21,7 @@ from patchwork.models.adapter import ModelAdapter
 from patchwork.models.checkpoint import (
     ConfigError,
     build_empty,
+    check_finite,
     check_folder,
     read_config,
     report_withheld,
@@ -386,6 +387,10 @@ def _from_directory(path: Path, spec: ModelSpec, where: str) -> nn.Module:
             f"{path} (e.g. {', '.join(missing[:3])}); they would run on random values — is it "
             f"a {spec.family} checkpoint?"
         )
+    try:
+        check_finite(model, path)
+    except ModelError as error:
+        raise ModelError(f"{where}.checkpoint: {error}") from None
     return model  # type: ignore[no-any-return]
 
 

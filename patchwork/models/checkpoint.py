@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from patchwork.errors import ModelError
-from patchwork.models.checkpoint_files import check_files, check_sizes, read_json, weight_files
+from patchwork.models.checkpoint_files import check_files, check_values, read_json, weight_files
 
 #: How many names a refusal shows.
 SHOWN = 3
@@ -45,8 +45,9 @@ def read_config(folder: Path, trust_remote_code: bool = False) -> Any:
 
     Raises:
         ConfigError: naming the file (and the field), when it is not JSON, a size is out of
-            bounds, or transformers cannot read it (an unknown ``model_type``, fields that
-            contradict each other such as ``num_hidden_layers`` and ``layer_types``).
+            bounds, a number is NaN, a dtype unknown, or transformers cannot read it (an
+            unknown ``model_type``, fields that contradict each other such as
+            ``num_hidden_layers`` and ``layer_types``).
         patchwork.errors.ModelError: naming a file of the folder that is not a regular file.
     """
     import transformers
@@ -55,7 +56,7 @@ def read_config(folder: Path, trust_remote_code: bool = False) -> Any:
     path = Path(folder) / "config.json"
     if path.exists():  # else transformers says that it is missing
         try:
-            check_sizes(read_json(path), path)
+            check_values(read_json(path), path)
         except RecursionError:
             raise ConfigError(f"{path} is nested too deeply for a config") from None
         except ModelError as error:
@@ -272,6 +273,47 @@ def check_weights(folder: Path, model: nn.Module, stored: Mapping[str, StoredTen
                 f"{found.file}: tensor {prefix + name} is stored as {found.dtype}; the model "
                 f"needs {kind} values there ({str(dtype).removeprefix('torch.')})"
             )
+
+
+#: Elements of a weight checked at a time by :func:`check_finite` (its transient mask: 16 MiB).
+FINITE_STEP = 2**24
+
+
+def check_finite(model: nn.Module, folder: Path) -> None:
+    """Refuse a model loaded from ``folder`` whose weights hold a NaN or an infinity: every
+    effect of a run on it would be NaN, or every answer the same. The headers cannot tell, so
+    this is checked once, where the weights are loaded: each floating-point parameter in steps
+    of :data:`FINITE_STEP` elements (``torch.isfinite``), on the device it was loaded to.
+
+    Raises:
+        patchwork.errors.ModelError: naming the weight file and the tensor as it is stored there
+            (the folder and the model's name for it where no stored name matches one alone).
+    """
+    for name, parameter in model.named_parameters():
+        if not parameter.is_floating_point() or parameter.is_meta:
+            continue
+        flat = parameter.detach().reshape(-1)
+        if all(bool(torch.isfinite(part).all()) for part in flat.split(FINITE_STEP)):
+            continue
+        stored = _stored_as(name, stored_tensors(folder))
+        where = f"{stored[1].file}: tensor {stored[0]}" if stored else f"{folder}: weight {name}"
+        raise ModelError(
+            f"{where} holds NaN or infinite values; every result of the model would be "
+            "meaningless — the weights are damaged"
+        )
+
+
+def _stored_as(name: str, stored: Mapping[str, StoredTensor]) -> tuple[str, StoredTensor] | None:
+    """The stored tensor of the model's weight ``name``: the one stored name that ends with the
+    longest dotted suffix of ``name`` (a checkpoint may store it renamed, e.g. Qwen2.5-Omni's
+    ``model.language_model.layers.0…`` as ``model.layers.0…``); None where none or several do."""
+    parts = name.split(".")
+    for start in range(len(parts)):
+        suffix = ".".join(parts[start:])
+        found = [key for key in stored if key == suffix or key.endswith(f".{suffix}")]
+        if found:
+            return (found[0], stored[found[0]]) if len(found) == 1 else None
+    return None
 
 
 def missing_tensors(model: nn.Module, stored: Mapping[str, StoredTensor]) -> list[str]:

@@ -8,7 +8,8 @@ Each check here reads headers and small JSON files alone, with bounds, and refus
 :class:`~patchwork.errors.ModelError` naming the file (and the field):
 
 - :func:`check_files`: every entry of the folder a regular file or a folder, from ``stat``;
-- :func:`check_sizes`: every size and count of ``config.json`` within bounds;
+- :func:`check_values`: every size and count of ``config.json`` within bounds, every number a
+  number, every dtype one torch knows;
 - :func:`weight_files`: the safetensors files transformers loads, as it chooses them;
 - :func:`read_tokenizer`: a ``tokenizer.json`` that the tokenizers library reads.
 """
@@ -16,7 +17,9 @@ Each check here reads headers and small JSON files alone, with bounds, and refus
 from __future__ import annotations
 
 import json
+import math
 import re
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,12 @@ BUILT_KEY = re.compile(
 WIDTH_KEY = re.compile(r"^(vocab_size|hidden_size|intermediate_size|d_model|num_mel_bins)$")
 #: … and counts of modules are at most :data:`MAX_MODULES`.
 MODULES_KEY = re.compile(r"(^|_)(layers|depth|blocks)$")
+#: The keys whose values may be infinite (transformers' own default of ``time_step_limit`` is
+#: ``(0.0, inf)``); no number anywhere may be NaN.
+UNBOUNDED_KEY = re.compile(r"(^|_)limit$")
+#: The keys that name a torch dtype (``float32``, ``bfloat16`` …); transformers looks the name up
+#: on ``torch`` and fails on an unknown one with an ``AttributeError``.
+DTYPE_KEY = re.compile(r"^(torch_)?dtype$")
 
 
 def check_files(folder: Path) -> None:
@@ -86,20 +95,33 @@ def read_json(path: Path, limit: int = MAX_JSON_BYTES) -> Any:
         raise ModelError(f"{path} is not readable JSON ({str(error)[:200]})") from None
 
 
-def check_sizes(config: object, path: Path, field: str = "", key: str = "") -> None:
-    """Refuse a size or count in ``config`` (``config.json`` parsed; any depth, lists included)
-    outside the bounds above (:data:`SIZE_KEY`, :data:`BUILT_KEY`, :data:`WIDTH_KEY`,
-    :data:`MODULES_KEY`).
+def check_values(config: object, path: Path, field: str = "", key: str = "") -> None:
+    """Refuse a value of ``config`` (``config.json`` parsed; any depth, lists included) that no
+    model means: a size or count outside the bounds above (:data:`SIZE_KEY`, :data:`BUILT_KEY`,
+    :data:`WIDTH_KEY`, :data:`MODULES_KEY`), a NaN, an infinity (but in :data:`UNBOUNDED_KEY`),
+    a dtype torch does not know (:data:`DTYPE_KEY`). A NaN ``rms_norm_eps`` would run and make
+    every activation NaN.
 
     Raises:
         patchwork.errors.ModelError: naming the file and the field (``text_config.vocab_size``).
     """
     if isinstance(config, dict):
         for name, value in config.items():
-            check_sizes(value, path, f"{field}.{name}" if field else str(name), str(name))
+            check_values(value, path, f"{field}.{name}" if field else str(name), str(name))
     elif isinstance(config, list):
         for index, value in enumerate(config):
-            check_sizes(value, path, f"{field}[{index}]", key)
+            check_values(value, path, f"{field}[{index}]", key)
+    elif isinstance(config, float) and not math.isfinite(config):
+        if math.isnan(config) or not UNBOUNDED_KEY.search(key):
+            raise ModelError(f"{path}: {field}: expected a finite number; got {config}")
+    elif DTYPE_KEY.search(key) and config is not None:
+        import torch
+
+        if not isinstance(config, str) or not isinstance(getattr(torch, config, None), torch.dtype):
+            raise ModelError(
+                f"{path}: {field}: expected the name of a torch dtype (float32, bfloat16 …); "
+                f"got {reprlib.repr(config)}"
+            )
     elif SIZE_KEY.search(key) and isinstance(config, int) and not isinstance(config, bool):
         low = 1 if WIDTH_KEY.search(key) else 0 if BUILT_KEY.search(key) else -1
         high = MAX_MODULES if MODULES_KEY.search(key) else MAX_SIZE

@@ -360,8 +360,10 @@ def load(
 
     Every file is checked first (:func:`open_checkpoint`), and transformers' own report of the
     weights it did not find refuses the rest: a folder without the model's tensors never runs
-    on random values. Given the ``device`` it goes to, a model whose weights cannot fit there is
-    refused before it is built (:func:`~patchwork.models.memory.refuse_beyond_device`).
+    on random values; weights holding a NaN or an infinity are refused once loaded
+    (:func:`~patchwork.models.checkpoint.check_finite`). Given the ``device`` it goes to, a
+    model whose weights cannot fit there is refused before it is built
+    (:func:`~patchwork.models.memory.refuse_beyond_device`).
 
     ``dtype`` is applied as transformers' ``from_pretrained`` applies it (rotary frequencies and
     other buffers it keeps in float32 stay float32).
@@ -373,7 +375,7 @@ def load(
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
     from patchwork.models import blocks
-    from patchwork.models.checkpoint import report_withheld
+    from patchwork.models.checkpoint import check_finite, report_withheld
     from patchwork.models.memory import refuse_beyond_device
     from patchwork.testbed import windows
 
@@ -401,6 +403,7 @@ def load(
             f"testbed checkpoint {directory}: transformers found {len(missing)} of the model's "
             f"weights missing (e.g. {', '.join(missing[:3])})"
         )
+    check_finite(model, directory)
     model.eval()
     text_config = checked.config.text_config
     rules = windows.rules_from_meta(
@@ -417,8 +420,8 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     """The word-level tokenizer saved beside a testbed checkpoint, with the testbed's specials.
 
     Raises:
-        patchwork.errors.ModelError: naming ``tokenizer.json`` when it is missing, damaged or
-            lacks a special token.
+        patchwork.errors.ModelError: naming ``tokenizer.json`` when it is missing, damaged,
+            lacks a special token or does not read one as a single token.
     """
     from patchwork.models.checkpoint_files import read_tokenizer
 
@@ -429,6 +432,13 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     missing = [token for token in SPECIALS.values() if tokenizer.token_to_id(token) is None]
     if missing:
         raise ModelError(f"{path}: the testbed's special tokens {missing} are missing")
+    # in the vocabulary but not added as special: a text holding one reads it as other words
+    split = [t for t in SPECIALS.values() if tokenizer.encode(t).ids != [tokenizer.token_to_id(t)]]
+    if split:
+        raise ModelError(
+            f"{path}: the testbed's special tokens {split[:3]}{' …' if len(split) > 3 else ''} "
+            "are not read as one token each (missing from its added_tokens)"
+        )
     return tokenizer
 
 

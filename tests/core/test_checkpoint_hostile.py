@@ -161,7 +161,7 @@ def test_no_default_config_of_transformers_is_refused() -> None:
     "unset", a shared-expert width of 0); about 13 s here."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    from patchwork.models.checkpoint_files import check_sizes
+    from patchwork.models.checkpoint_files import check_values
 
     checked = 0
     with warnings.catch_warnings():
@@ -171,7 +171,7 @@ def test_no_default_config_of_transformers_is_refused() -> None:
                 config = CONFIG_MAPPING[model_type]().to_dict()
             except Exception:  # noqa: BLE001 - a config class without defaults: nothing to check
                 continue
-            check_sizes(config, Path(model_type))
+            check_values(config, Path(model_type))
             checked += 1
     assert checked > 500
 
@@ -240,6 +240,39 @@ def test_any_size_in_config_ends_well_or_in_one_line(
             refused(outcome)
 
 
+@pytest.mark.parametrize("form", FORMATS)
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("text_config.rms_norm_eps", float("nan"), "expected a finite number; got nan"),
+        ("text_config.rope_parameters.rope_theta", float("inf"), "expected a finite number"),
+        ("dtype", "float128", "expected the name of a torch dtype"),  # once an AttributeError
+        ("text_config.dtype", "zeros", "expected the name of a torch dtype"),
+    ],
+)
+def test_a_config_value_no_model_means_is_one_line_naming_the_field(
+    copy, tmp_path: Path, form: str, field: str, value: object, named: str
+) -> None:
+    """A NaN ``rms_norm_eps`` passed validate and ran to NaN effects (``testbed eval``: a table
+    of NaN); a dtype torch does not know was transformers' ``AttributeError``."""
+    folder = copy(form)
+    edit_config(folder, field, value)
+    outcomes = {
+        name: patchwork_main(*command) for name, command in commands(folder, tmp_path).items()
+    }
+    if form == "testbed":
+        outcomes["eval"] = patchwork_main("testbed", "eval", folder, "--samples", 2, "--no-probes")
+    for outcome in outcomes.values():
+        refused(outcome, f"{folder / 'config.json'}: {field}: {named}")
+
+
+def test_an_infinite_limit_as_transformers_writes_it_passes() -> None:
+    """transformers' own default ``time_step_limit`` (Mamba-2 and kin) is ``(0.0, inf)``."""
+    from patchwork.models.checkpoint_files import check_values
+
+    check_values({"time_step_limit": [0.0, float("inf")], "dtype": "bfloat16"}, Path("c.json"))
+
+
 # 2. tokenizer.json
 
 
@@ -250,6 +283,20 @@ def test_a_tokenizer_json_of_the_wrong_shape_is_one_line(copy, tmp_path: Path, f
     (folder / "tokenizer.json").write_text('{"version": "1.0", "model": 5}')
     for command in commands(folder, tmp_path).values():
         refused(patchwork_main(*command), f"{folder / 'tokenizer.json'}: not a readable tokenizer")
+
+
+def test_a_tokenizer_json_without_its_added_tokens_is_refused(copy, tmp_path: Path) -> None:
+    """The specials left in the vocabulary but not added as special tokens: passed `validate`,
+    `run` and `testbed eval`, though a text holding ``<|AUDIO|>`` would read it as three
+    unknown words."""
+    folder = copy("testbed")
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    tokenizer["added_tokens"] = []
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    outcomes = [patchwork_main(*command) for command in commands(folder, tmp_path).values()]
+    outcomes.append(patchwork_main("testbed", "eval", folder, "--samples", 2, "--no-probes"))
+    for outcome in outcomes:
+        refused(outcome, f"{folder / 'tokenizer.json'}: the testbed's special tokens ['<pad>'")
 
 
 # 3. renamed weights
@@ -315,6 +362,31 @@ def test_transformers_load_report_is_withheld_where_patchwork_checked(
         logger.removeHandler(handler)
     assert outcome.code == 0, outcome.stderr
     assert not [r for r in records if "LOAD REPORT" in r.getMessage()]
+
+
+@pytest.mark.parametrize("form", FORMATS)
+def test_non_finite_weights_are_refused_where_they_are_loaded(
+    copy, tmp_path: Path, form: str
+) -> None:
+    """NaN weights in layer 0's MLP: `run` computed every unit before refusing its NaN effects
+    with a message that named no file, `testbed eval` printed a table of accuracies on them.
+    The headers cannot tell (`validate` reads no weight), the load refuses, naming the tensor."""
+
+    def poisoned(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        for name in weights:
+            if "layers.0.mlp" in name:
+                weights[name] = torch.full_like(weights[name], float("nan"))
+        return weights
+
+    folder = copy(form)
+    rewrite_weights(folder, poisoned)
+    outcomes = [patchwork_main("run", study_on(tmp_path, folder), "--store", tmp_path / "store")]
+    if form == "testbed":
+        outcomes.append(patchwork_main("testbed", "eval", folder, "--samples", 2, "--no-probes"))
+    for outcome in outcomes:
+        line = refused(outcome, f"{folder / 'model.safetensors'}: tensor ", "NaN or infinite")
+        assert re.search(r"tensor model\.layers\.0\.mlp\.\w+\.weight ", line), line
+    assert not list((tmp_path / "store").glob("**/done/c/*"))  # no unit written
 
 
 # 4. sharded checkpoints
