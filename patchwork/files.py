@@ -13,6 +13,7 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 #: What a path that is not a regular file is, by the type bits of its ``stat``.
 _KINDS = (
@@ -50,11 +51,23 @@ def read_at_most(path: Path, limit: int) -> bytes:
         OSError: ``path`` cannot be opened or read, or is not a regular file (checked on the
             open descriptor, which is opened without waiting for a FIFO's writer).
     """
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(descriptor, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
+    with open_regular(path) as handle:
         return handle.read(limit + 1)
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading in binary, without waiting for a FIFO's writer.
+
+    Raises:
+        OSError: ``path`` cannot be opened, or is not a regular file (checked on the open
+            descriptor, so a path swapped after a :func:`not_regular` check is caught too).
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    handle = os.fdopen(descriptor, "rb")
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        handle.close()
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return handle
 
 
 class Unreadable(Exception):

@@ -4,6 +4,7 @@ A feature file's header says how large its payload is. It is read and checked ag
 file's own size before anything is allocated, so a small file that claims a huge array (an
 ``.npy`` header saying 373 GiB) or a damaged safetensors header ends in one
 :class:`~patchwork.errors.DataError` naming the file, never in an allocation or a traceback.
+Features are floating point, shaped (images, tokens, hidden) or (tokens, hidden).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any], int]:
     del fortran
     if dtype.kind != "f":  # booleans or integers would be cast to numbers nobody computed
         raise DataError(f"features {path}: dtype {dtype} is not floating point ({_FLOATING})")
+    _check_shape(path, tuple(shape))
     elements = math.prod(shape)
     claimed = elements * dtype.itemsize
     if offset + claimed > size:
@@ -79,6 +81,16 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any], int]:
             f"the file holds {size - offset:,}; the file is truncated or damaged"
         )
     return tuple(shape), dtype, offset
+
+
+def _check_shape(path: Path, shape: tuple[int, ...]) -> None:
+    """Refuse a shape that is not (images, tokens, hidden) or (tokens, hidden) with every side at
+    least 1: a scalar, a flat vector or an empty array is not a vision tower's output."""
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise DataError(
+            f"features {path}: shape {shape}; expected (images, tokens, hidden) or (tokens, "
+            "hidden), every side at least 1"
+        )
 
 
 def _load_npy(path: Path) -> torch.Tensor:
@@ -147,9 +159,12 @@ def _load_safetensors(path: Path) -> torch.Tensor:
     header = safetensors_header(path)
     if len(header) != 1:
         raise DataError(f"{path} must hold exactly one tensor, holds {sorted(header)}")
-    dtype = next(iter(header.values()))["dtype"]
-    if dtype not in ("F64", "F32", "F16", "BF16"):
-        raise DataError(f"features {path}: dtype {dtype} is not floating point ({_FLOATING})")
+    (entry,) = header.values()
+    if entry["dtype"] not in ("F64", "F32", "F16", "BF16"):
+        raise DataError(
+            f"features {path}: dtype {entry['dtype']} is not floating point ({_FLOATING})"
+        )
+    _check_shape(path, tuple(entry["shape"]))
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

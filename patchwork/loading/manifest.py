@@ -154,6 +154,13 @@ def _sample(
     prefix_ids = loaded.token_ids(before) if marker and before else []
     question = after if marker else question
     text_ids = loaded.token_ids(question)
+    audio_answer_id = loaded.answer_id(row.audio_answer)
+    visual_answer_id = loaded.answer_id(row.visual_answer)
+    if audio_answer_id == visual_answer_id:  # every effect would be 0 (or NaN) without a word
+        raise DataError(
+            f"audio_answer {row.audio_answer!r} and visual_answer {row.visual_answer!r} are one "
+            f"token (id {audio_answer_id}) for this model; a sample's two answers must differ"
+        )
     runs = {}
     for name, run in row.runs.items():
         media_run = containers.run_media(
@@ -173,6 +180,11 @@ def _sample(
                 )
             else:
                 inputs = adapter.build_inputs(text_ids, media_run)
+            if run.image_features and "image_features" not in inputs:  # else silently unused
+                raise DataError(
+                    f"image_features: {study.model.family} takes no precomputed image "
+                    "features; its pictures come from 'frames' or 'video'"
+                )
         except PatchworkError as error:
             raise type(error)(f"{label}: {error}") from None
         if prefix_ids:
@@ -184,8 +196,8 @@ def _sample(
         runs=runs,
         audio_answer=row.audio_answer,
         visual_answer=row.visual_answer,
-        audio_answer_id=loaded.answer_id(row.audio_answer),
-        visual_answer_id=loaded.answer_id(row.visual_answer),
+        audio_answer_id=audio_answer_id,
+        visual_answer_id=visual_answer_id,
     )
 
 

@@ -16,24 +16,29 @@ list, a number or a flag:
 Both formats are then validated by the one schema, so a JSONL manifest and its CSV twin give the
 same rows. Every mistake is a :class:`~patchwork.errors.DataError` naming ``file:line`` (the line a
 JSONL row is on; the first physical line of a CSV row), the sample when its id is readable, and
-the field. Bounds, so that no row can exhaust memory or the stack: a JSONL line of at most
-:data:`MAX_LINE_CHARS` characters, JSON nested no deeper than Python's recursion limit, integers
-of at most 18 digits, CSV cells of at most 131,072 characters (the csv module's limit), and the
-schema's bounds on each field.
+the field. Bounds, so that no row can exhaust memory or the stack: a file of at most
+:data:`MAX_MANIFEST_BYTES` (from its size, before reading), read a line at a time, each line of
+at most :data:`MAX_LINE_CHARS` characters (a file that never ends a line is read no further),
+JSON nested no deeper than Python's recursion limit, integers of at most 18 digits, CSV cells of
+at most 131,072 characters (the csv module's limit), and the schema's bounds on each field.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import itertools
 import json
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
+from patchwork import files
 from patchwork.errors import DataError
 from patchwork.loading.manifest_schema import (
     MAX_INT_DIGITS,
@@ -48,10 +53,15 @@ from patchwork.loading.manifest_schema import (
 )
 from patchwork.study.messages import first_error, suggestion
 
-#: Longest JSONL line (characters): room for a question and a thousand frame paths.
+#: Longest line (characters): room for a question and a thousand frame paths.
 MAX_LINE_CHARS = 1 << 20
-_SIZE = re.compile(r"\[?\s*(\d{1,18})\s*(?:[xX×,;]|\s)\s*(\d{1,18})\s*\]?")
-_INTEGER = re.compile(r"[+-]?\d{1,18}")
+#: Largest manifest file (bytes): some millions of rows, each decoded at validation.
+MAX_MANIFEST_BYTES = 1 << 30
+#: A line of more bytes than this holds over MAX_LINE_CHARS characters (UTF-8: 4 bytes at most).
+_MAX_LINE_BYTES = 4 * MAX_LINE_CHARS
+# ASCII digits only: int() and float() also read "１" or "٣", which JSON would not take
+_SIZE = re.compile(r"\[?\s*(\d{1,18})\s*(?:[xX×,;]|\s)\s*(\d{1,18})\s*\]?", re.ASCII)
+_INTEGER = re.compile(r"[+-]?\d{1,18}", re.ASCII)
 _RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 
 
@@ -65,9 +75,8 @@ class NumberedRow(NamedTuple):
 def read_manifest(path: Path, limits: RowLimits | None = None) -> list[NumberedRow]:
     """Every row of the manifest at ``path`` (JSONL, or CSV by its suffix), validated against the
     row schema with the study's ``limits``; ids must be unique and there must be a row."""
-    text = _read_text(path)
     is_csv = path.suffix.lower() == ".csv"
-    raw_rows = _csv_rows(path, text) if is_csv else _jsonl_rows(path, text)
+    raw_rows = _csv_rows(path, _lines(path)) if is_csv else _jsonl_rows(path, _lines(path))
     rows: list[NumberedRow] = []
     seen: dict[str, int] = {}
     for line, raw in raw_rows:
@@ -109,16 +118,50 @@ def _empty(value: Any) -> bool:
     return value is None or (isinstance(value, str | list | dict) and not value)
 
 
-def _read_text(path: Path) -> str:
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The lines of the manifest at ``path``, numbered from 1, each with its ``"\\n"``: read one
+    at a time, so that a huge file or one without line ends (a sparse file of zeros) is refused
+    after at most one line's bytes. A byte-order mark at the start is not part of a field."""
     try:
-        return path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of a field
-    except UnicodeDecodeError as error:
-        line = path.read_bytes()[: error.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}:{line}: not UTF-8 text (byte {error.start}); save the manifest as UTF-8"
-        ) from None
+        handle = files.open_regular(path)
     except OSError as error:
-        raise DataError(f"{path}: cannot read the manifest ({error.strerror})") from None
+        raise DataError(f"{path}: cannot read the manifest ({error.strerror or error})") from None
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise DataError(
+                f"{path}: a manifest of {size:,} bytes; a manifest holds at most "
+                f"{MAX_MANIFEST_BYTES:,}"
+            )
+        offset = 0
+        for number in itertools.count(1):
+            try:
+                raw = handle.readline(_MAX_LINE_BYTES + 2)
+            except OSError as error:
+                raise DataError(f"{path}: cannot read the manifest ({error.strerror})") from None
+            if not raw:
+                return
+            start = 3 if number == 1 and raw.startswith(codecs.BOM_UTF8) else 0
+            if len(raw.rstrip(b"\n")) - start > _MAX_LINE_BYTES:
+                raise DataError(
+                    f"{path}:{number}: a line of over {_MAX_LINE_BYTES:,} bytes; a row has at "
+                    f"most {MAX_LINE_CHARS:,} characters"
+                )
+            try:
+                line = raw[start:].decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path}:{number}: not UTF-8 text (byte {offset + start + error.start}); save "
+                    "the manifest as UTF-8"
+                ) from None
+            length = len(line.rstrip("\n"))
+            if length > MAX_LINE_CHARS:
+                raise DataError(
+                    f"{path}:{number}: a line of {length:,} characters; a row has at most "
+                    f"{MAX_LINE_CHARS:,}"
+                )
+            offset += len(raw)
+            yield number, line
 
 
 class _DuplicateKey(Exception):
@@ -140,15 +183,13 @@ def _json_integer(digits: str) -> int | HugeNumber:
     return int(digits) if count <= MAX_INT_DIGITS else HugeNumber(count)
 
 
-def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(text.split("\n"), start=1):
+def _jsonl_rows(
+    path: Path, lines: Iterable[tuple[int, str]]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in lines:
         if not line.strip():
             continue
         label = f"{path}:{number}"
-        if len(line) > MAX_LINE_CHARS:
-            raise DataError(
-                f"{label}: a line of {len(line):,} characters; a row has at most {MAX_LINE_CHARS:,}"
-            )
         try:
             row = json.loads(line, parse_int=_json_integer, object_pairs_hook=_json_object)
         except json.JSONDecodeError as error:
@@ -166,8 +207,10 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
         yield number, row
 
 
-def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+def _csv_rows(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    # the csv module counts a lone "\r" as a line end too, as when it reads a file itself
+    pieces = (piece for _, line in lines for piece in io.StringIO(line, newline=""))
+    reader = csv.reader(pieces)
     header: list[str] | None = None
     while True:
         start = reader.line_num + 1  # a quoted cell may span lines: the row starts here
@@ -250,6 +293,8 @@ def csv_value(field: str, cell: str) -> Any:
         match = _SIZE.fullmatch(stripped)
         return [int(match[1]), int(match[2])] if match else cell
     if field in ("fps", "seconds") and len(stripped) <= 64 and "_" not in stripped:
+        if not stripped.isascii():
+            return cell
         try:  # float() reads "0_1" as 1 (digit groups): such a cell is left for the schema
             return float(stripped)
         except ValueError:

@@ -67,9 +67,10 @@ class HugeNumber:
 
 
 def _printable(text: str, allow: str = "") -> str:
-    """``text`` unless it is blank or holds a control character or a lone surrogate (not text;
-    a CSV cell cannot keep a carriage return, so no field may hold one)."""
-    if not text.strip():
+    """``text`` unless it is blank (nothing but spaces and invisible format characters such as
+    U+200B) or holds a control character or a lone surrogate (not text; a CSV cell cannot keep a
+    carriage return, so no field may hold one)."""
+    if all(character.isspace() or unicodedata.category(character) == "Cf" for character in text):
         raise ValueError("must not be blank")
     for character in text:
         if unicodedata.category(character) in ("Cc", "Cs") and character not in allow:

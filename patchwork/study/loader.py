@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -393,5 +394,6 @@ def _resolve_relative(data: dict, base: Path) -> dict:
     if isinstance(dataset, Mapping) and isinstance(dataset.get("manifest"), str):
         manifest = Path(dataset["manifest"])
         if not manifest.is_absolute():
-            data["dataset"] = {**dataset, "manifest": str((base / manifest).resolve())}
+            # realpath, not resolve(): a loop of links is left for the manifest check to name
+            data["dataset"] = {**dataset, "manifest": os.path.realpath(base / manifest)}
     return data

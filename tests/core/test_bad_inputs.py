@@ -86,6 +86,24 @@ def test_run_fields_out_of_bounds(tmp_path: Path, field: str, value, expected: s
     _fails_in_one_line(["validate", str(path)], "samples.jsonl:2: sample bird-vs-fish", expected)
 
 
+@pytest.mark.parametrize("visual_answer", ["meow", "mewo"])  # "mewo": the same random-init token
+def test_a_sample_whose_two_answers_are_one_token_is_refused(
+    tmp_path: Path, visual_answer: str
+) -> None:
+    """Row answers 'meow' / 'meow' were accepted: every effect of the sample is then 0."""
+
+    def edit(rows):
+        rows[1]["audio_answer"], rows[1]["visual_answer"] = "meow", visual_answer
+
+    path = _manifest_study(tmp_path, edit)
+    _fails_in_one_line(
+        ["validate", str(path)],
+        "samples.jsonl:2: sample bird-vs-fish: audio_answer 'meow' and visual_answer",
+        "are one token (id",
+        "a sample's two answers must differ",
+    )
+
+
 def test_non_finite_audio_is_refused(tmp_path: Path) -> None:
     def edit(rows):
         rows[0]["runs"]["clean"]["audio"] = "media/nan.wav"
@@ -109,12 +127,19 @@ def test_non_finite_audio_is_refused(tmp_path: Path) -> None:
         ("bytes.safetensors", np.ones((4, 8), dtype=np.int8), "dtype I8 is not floating point"),
         ("nan.npy", np.full((4, 8), np.nan, dtype=np.float32), "NaN or infinite value(s)"),
         ("inf.safetensors", np.full((4, 8), np.inf, dtype=np.float32), "NaN or infinite value"),
+        # a scalar, a vector, an empty array, five axes: no vision tower's output (issue 28)
+        ("scalar.npy", np.float32(1.0), "shape (); expected (images, tokens, hidden)"),
+        ("flat.npy", np.zeros(8, np.float32), "shape (8,); expected (images, tokens, hidden)"),
+        ("empty.npy", np.zeros((1, 4, 0), np.float32), "shape (1, 4, 0); expected (images,"),
+        ("5d.npy", np.zeros((1, 1, 1, 4, 8), np.float32), "shape (1, 1, 1, 4, 8); expected"),
+        ("flat.safetensors", np.zeros(8, np.float32), "shape (8,); expected (images, tokens,"),
     ],
 )
 def test_image_features_must_be_finite_floating_point(
     tmp_path: Path, name: str, values: np.ndarray, expected: str
 ) -> None:
-    """A bool or int8 ``.npy`` was cast to float32 and used as image features without a word."""
+    """A bool or int8 ``.npy`` was cast to float32 and used as image features without a word;
+    features of any shape passed validate."""
 
     def edit(rows):
         rows[0]["runs"]["clean"]["image_features"] = f"media/{name}"
@@ -130,6 +155,22 @@ def test_image_features_must_be_finite_floating_point(
         save_file({"features": torch.from_numpy(values)}, str(features))
     _fails_in_one_line(
         ["validate", str(path)], "samples.jsonl:1: sample dog-vs-cat", str(features), expected
+    )
+
+
+def test_image_features_a_family_does_not_take_are_refused(tmp_path: Path) -> None:
+    """Qwen2.5-Omni takes its pictures from frames: image_features beside them were read, then
+    silently left unused."""
+
+    def edit(rows):
+        rows[1]["runs"]["conflict"]["image_features"] = "media/features.npy"
+
+    path = _manifest_study(tmp_path, edit)
+    np.save(tmp_path / "media" / "features.npy", np.zeros((1, 4, 8), np.float32))
+    _fails_in_one_line(
+        ["validate", str(path)],
+        "samples.jsonl:2: sample bird-vs-fish: run 'conflict'",
+        "image_features: qwen2_5_omni takes no precomputed image features",
     )
 
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from patchwork.cli import app
 from patchwork.data import containers
 from patchwork.errors import DataError
-from patchwork.loading.manifest_files import read_manifest
+from patchwork.loading.manifest_files import MAX_MANIFEST_BYTES, read_manifest
 from patchwork.loading.manifest_schema import (
     ROW_FIELDS,
     RUN_FIELDS,
@@ -176,6 +176,10 @@ J, C = "m.jsonl", "m.csv"
 
 # (name, file name, content, expected text: file:line, then what the message says)
 HOSTILE: list[tuple[str, str, str | bytes, str]] = [
+    ("a zero-width answer", J, line(audio_answer="\u200b"),
+     "m.jsonl:1: sample s1: audio_answer: must not be blank"),
+    ("an answer of format characters", J, line(visual_answer="\u2060\ufeff "),
+     "m.jsonl:1: sample s1: visual_answer: must not be blank"),
     ("audio a number", J, line(clean_audio=3),
      "m.jsonl:1: sample s1: runs.clean.audio: expected text, got 3"),
     ("audio a list", J, line(clean_audio=["a"]),
@@ -329,6 +333,33 @@ def test_rows_at_the_edges_load(tmp_path: Path, name: str, content: str) -> None
     assert entry.row.id == "s1" and entry.line == (2 if name.endswith(".csv") else 1)
 
 
+@pytest.mark.parametrize("name", [J, C])
+def test_a_manifest_without_line_ends_is_refused_after_one_line(tmp_path: Path, name: str) -> None:
+    """A file of zeros (a sparse file) holds one endless line: refused after reading a bound's
+    worth of it, never read whole (issue 28: a 20 GB sparse manifest hung validate)."""
+    path = tmp_path / name
+    with path.open("wb") as handle:
+        handle.truncate(8 * 1024 * 1024)
+    with pytest.raises(DataError, match=r":1: a line of over 4,194,304 bytes; a row has at most"):
+        read_manifest(path)
+
+
+def test_a_manifest_over_the_size_bound_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    with path.open("wb") as handle:
+        handle.truncate(MAX_MANIFEST_BYTES + 1)  # sparse: nothing written
+    with pytest.raises(DataError, match=r"m.jsonl: a manifest of 1,073,741,825 bytes; a manifest"):
+        read_manifest(path)
+
+
+def test_a_crlf_or_cr_csv_reads_as_a_lf_one(tmp_path: Path) -> None:
+    rows = [
+        read_manifest(write(tmp_path / f"{index}.csv", f"{HEADER}{end}{CSV_ROW}{end}"))
+        for index, end in enumerate(["\n", "\r\n", "\r"])
+    ]
+    assert rows[0] == rows[1] == rows[2]
+
+
 def test_the_study_sets_the_bounds_of_seconds_and_frame_size(tmp_path: Path) -> None:
     path = write(tmp_path / "m.jsonl", line(clean_seconds=30, clean_frame_size=[64, 64]))
     assert read_manifest(path)[0].row.runs["clean"].seconds == 30
@@ -377,12 +408,22 @@ def test_runs_of_different_lengths_are_told_what_to_set(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "cell"), [("seconds", "0_1"), ("fps", "1_0"), ("max_frames", "1_6")]
+    ("field", "cell"),
+    [
+        ("seconds", "0_1"),
+        ("fps", "1_0"),
+        ("max_frames", "1_6"),
+        ("fps", "\uff11"),  # a fullwidth 1
+        ("seconds", "\u0663"),  # an Arabic-Indic 3
+        ("max_frames", "\uff11\uff16"),
+        ("frame_size", "\uff11\uff16x16"),
+    ],
 )
 def test_csv_number_cells_with_digit_groups_are_refused(
     tmp_path: Path, field: str, cell: str
 ) -> None:
-    """Python's float() reads ``0_1`` as 1 and ``1_0`` as 10: a cell like it is refused, named."""
+    """Python's float() reads ``0_1`` as 1 and ``1_0`` as 10, ``１`` (fullwidth) as 1: a cell like
+    it is refused, named (JSON reads none of them as a number)."""
     text = f"id,audio_answer,visual_answer,clean.audio,clean.{field}\ns,a,b,x.wav,{cell}\n"
     with pytest.raises(DataError, match=rf"m\.csv:2: sample s: .*clean\.{field}"):
         read_manifest(write(tmp_path / "m.csv", text))

@@ -58,6 +58,62 @@ def test_a_sparse_wav_is_refused_from_its_header(tmp_path: Path) -> None:
     assert 1_600 <= len(containers.load_sound(wav, 16_000, max_seconds=600, seconds=0.1)) <= 1_601
 
 
+def pcm_wav(
+    path: Path, samples: int = 3200, bits: int = 16, claimed_bytes: int | None = None
+) -> Path:
+    """A mono 16 kHz PCM WAV of ``samples`` noise samples written by hand: ``bits`` and the
+    data size its header claims may lie (the frame size stays 2 bytes)."""
+    data = np.random.default_rng(0).integers(-3000, 3000, samples, dtype="<i2").tobytes()
+    claimed = len(data) if claimed_bytes is None else claimed_bytes
+    header = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE"
+    header += b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16_000, 32_000, 2, bits)
+    path.write_bytes(header + b"data" + struct.pack("<I", claimed) + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("cut in half", "claims 6,400 bytes of samples, the file holds 3,200"),
+        ("sparse header", "claims 400,000,000 bytes of samples, the file holds 6,400"),
+        ("7 bits a sample", "its header gives 7 bits a sample but 2 bytes a frame of 1 channel"),
+    ],
+)
+def test_a_wav_whose_header_does_not_describe_its_bytes_is_refused(
+    tmp_path: Path, case: str, expected: str
+) -> None:
+    """libsndfile read such files without a word: the first half, 2,000 of 200 M claimed
+    samples, or 16-bit samples as 8-bit ones (issue 28)."""
+    path = tmp_path / "bad.wav"
+    if case == "cut in half":
+        path.write_bytes(pcm_wav(path).read_bytes()[: 44 + 3200])
+    elif case == "sparse header":
+        pcm_wav(path, claimed_bytes=400_000_000)
+    else:
+        pcm_wav(path, bits=7)
+    with pytest.raises(DataError, match=f"audio file {path} is") as caught:
+        containers.load_sound(path, 16_000, max_seconds=600)
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize("claimed", [None, 0xFFFFFFFF])
+def test_a_whole_wav_or_one_of_unknown_length_loads(tmp_path: Path, claimed: int | None) -> None:
+    """Streaming writers leave the data size 0xFFFFFFFF: not a damaged file."""
+    path = pcm_wav(tmp_path / "ok.wav", claimed_bytes=claimed)
+    assert len(containers.load_sound(path, 16_000, max_seconds=600)) == 3200
+
+
+def test_random_bytes_as_audio_end_in_one_line_and_nothing_else(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """libsndfile's probe let libmpg123 print a warning of its own on stderr above the error."""
+    path = tmp_path / "noise.wav"
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(DataError, match=f"cannot decode audio of {path}"):
+        containers.load_sound(path, 16_000, max_seconds=600)
+    assert capfd.readouterr().err == ""
+
+
 def test_an_npy_claiming_373_gib_is_refused_without_allocating(tmp_path: Path) -> None:
     features = huge_npy(tmp_path / "huge.npy")
     with pytest.raises(DataError, match="claims shape") as caught:
