@@ -13,13 +13,17 @@ import xarray as xr
 
 from patchwork.analysis.results import AnalysisError
 
+#: Most bootstrap resamples: the weights alone take ``resamples × samples × 8`` bytes, and every
+#: resampled statistic as many again per cell; 100,000 gives intervals far finer than any effect.
+MAX_RESAMPLES = 100_000
+
 
 def bootstrap_weights(sample_count: int, n_resamples: int = 1000, seed: int = 0) -> xr.DataArray:
     """How many times each sample is drawn in each bootstrap resample.
 
     Args:
         sample_count: number of samples ``n`` (≥ 1).
-        n_resamples: number of resamples ``B`` (≥ 1).
+        n_resamples: number of resamples ``B`` (1 to :data:`MAX_RESAMPLES`).
         seed: seed of the random generator; equal seeds give equal weights.
 
     Returns:
@@ -27,8 +31,8 @@ def bootstrap_weights(sample_count: int, n_resamples: int = 1000, seed: int = 0)
     """
     if sample_count < 1:
         raise AnalysisError(f"bootstrap needs at least one sample; got {sample_count}")
-    if n_resamples < 1:
-        raise AnalysisError(f"n_resamples must be at least 1; got {n_resamples}")
+    if not 1 <= n_resamples <= MAX_RESAMPLES:
+        raise AnalysisError(f"n_resamples must lie in [1, {MAX_RESAMPLES:,}]; got {n_resamples}")
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(
         sample_count, np.full(sample_count, 1.0 / sample_count), size=n_resamples

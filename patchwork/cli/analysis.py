@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from patchwork.analysis.bootstrap import MAX_RESAMPLES
 from patchwork.analysis.results import UNFINISHED, AnalysisError, SampleCoverage
 from patchwork.cli.options import MAX_SEED, given_path
 from patchwork.errors import PatchworkError
@@ -53,7 +54,9 @@ MinGapOption = Annotated[
         "(default: the study's analysis.min_relative_gap, else 0.05).",
     ),
 ]
-ResamplesOption = Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")]
+ResamplesOption = Annotated[
+    int, typer.Option("--resamples", min=1, max=MAX_RESAMPLES, help="Bootstrap resamples.")
+]
 NoVerifyOption = Annotated[
     bool,
     typer.Option(
@@ -265,6 +268,7 @@ def register(app: typer.Typer) -> None:
         from patchwork.analysis.reports import reports_for
         from patchwork.analysis.results import check_choice, check_results
         from patchwork.cli.options import no_links, output_folder
+        from patchwork.cli.output import written
 
         formats = image_format or ["png", "svg"]
         for extension in formats:
@@ -290,7 +294,9 @@ def register(app: typer.Typer) -> None:
                 continue
             for stem, figure in figures.items():
                 no_links(out, "--out", [f"{stem}.{extension}" for extension in formats])
-                for path in save_figure(figure, out, stem, formats):
+                with written(out, "--out"):  # a full disk: one line
+                    paths = save_figure(figure, out, stem, formats)
+                for path in paths:
                     typer.echo(str(path))
         if failed:
             raise AnalysisError(f"no figures for {'; '.join(failed)}")

@@ -7,8 +7,12 @@ was kept; 1 a bug in patchwork (with its traceback).
 
 from __future__ import annotations
 
+import errno
 import functools
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -18,6 +22,15 @@ from patchwork.errors import PatchworkError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+#: What a write fails with when the disk, not patchwork, is at fault: full, over quota or the
+#: file size limit, read-only, or not ours to write.
+_DISK_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+)
+#: How Rust libraries (safetensors, tokenizers) end the text of an OS error they raise as their
+#: own exception type: ``… No space left on device (os error 28)``.
+_RUST_OS_ERROR = re.compile(r"(?:I/O error: )?([^:]*) \(os error (\d+)\)$")
 
 console = Console()
 errors = Console(stderr=True)
@@ -32,6 +45,32 @@ def one_line(message: str, code: int) -> int:
 def fail(message: str, code: int) -> typer.Exit:
     """Print ``message`` as one line on stderr; the exit to raise."""
     return typer.Exit(code=one_line(message, code))
+
+
+@contextmanager
+def written(path: Path, option: str) -> Iterator[None]:
+    """Writing the output ``path`` of ``option``: a full or read-only disk becomes one line
+    naming it (:class:`PatchworkError`); any other failure stays what it is (a bug)."""
+    try:
+        yield
+    except Exception as error:
+        reason = _disk_failure(error)
+        if reason is None:
+            raise
+        target = getattr(error, "filename", None) or "there"
+        raise PatchworkError(
+            f"{option} {path}: cannot write {target} ({reason}); what was written is incomplete"
+        ) from None
+
+
+def _disk_failure(error: Exception) -> str | None:
+    """Why the disk refused a write, in words; None when ``error`` is not such a refusal."""
+    if isinstance(error, OSError):
+        return error.strerror if error.errno in _DISK_ERRNOS else None
+    found = _RUST_OS_ERROR.search(str(error))
+    if found is None or int(found[2]) not in _DISK_ERRNOS:
+        return None
+    return found[1]
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -86,7 +86,7 @@ def pairs_command(
     """Write a counterfactual manifest: each clip's sound with its own picture (clean) and
     under a clip of another label (conflict); one frame size and length for every row; balanced
     and seeded; every clip left out is listed with its reason."""
-    from patchwork.cli.options import no_links
+    from patchwork.cli.options import no_links, output_folder
     from patchwork.cli.output import console
     from patchwork.loading.pairs import checkpoint_model, pair_clips
 
@@ -94,6 +94,7 @@ def pairs_command(
         raise PatchworkError("give --study or --checkpoint, not both")
     if family is not None and checkpoint is None:
         raise PatchworkError("--family goes with --checkpoint")
+    output_folder(out.parent, "--out")  # before the clips are read: a folder it can write in
     no_links(out.parent, "--out", [out.name, out.name + ".partial"])  # the manifest, its draft
     limits: dict[str, float] = {}
     convention: Convention = "model_card"

@@ -137,6 +137,7 @@ def train_command(
     shipped checkpoints' recipe (dominance left to emerge, exactly --stage2-steps)."""
     import torch
 
+    from patchwork.cli.output import written
     from patchwork.testbed import windows
     from patchwork.testbed.train import TrainConfig, train
 
@@ -203,9 +204,10 @@ def train_command(
     )
     torch.set_num_threads(threads)
     command = "patchwork testbed " + " ".join(shlex.quote(arg) for arg in sys.argv[2:])
-    path = train(
-        out, config, base_out=base_out, from_base=from_base, command=command, log=typer.echo
-    )
+    with written(out, "--out"):  # a full disk when the checkpoint is saved: one line
+        path = train(
+            out, config, base_out=base_out, from_base=from_base, command=command, log=typer.echo
+        )
     typer.echo(f"wrote {path}")
 
 

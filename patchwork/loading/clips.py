@@ -13,7 +13,9 @@ of its tokenizer, and a different one for every label.
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
+import io
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
 
 #: Suffixes of the video containers a folder's clips may have.
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi"})
+#: Most files a source folder is searched through (a label folder linked to ``/`` would
+#: otherwise walk the whole disk), and most bytes a source CSV or word map is read to.
+MAX_SOURCE_FILES = 100_000
+MAX_TABLE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -77,15 +83,17 @@ def find_clips(source: str | Path) -> tuple[list[Clip], list[Dropped]]:
 
 def _folder_clips(folder: Path) -> tuple[list[Clip], list[Dropped]]:
     clips, dropped = [], []
-    for entry in sorted(folder.iterdir()):
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as error:
+        raise DataError(f"{folder}: cannot list it ({error.strerror or error})") from None
+    for entry in entries:
         if entry.name.startswith("."):
             continue
         if entry.is_file():
             dropped.append(Dropped(entry, "", "not in a label folder"))
             continue
-        for path in sorted(p for p in entry.rglob("*") if not p.is_dir()):
-            if any(part.startswith(".") for part in path.relative_to(entry).parts):
-                continue
+        for path in _label_files(folder, entry, dropped):
             problem = files.not_regular(path)  # a FIFO would make the decoder wait for ever
             if problem is not None:
                 dropped.append(Dropped(path, entry.name, f"the path {problem}"))
@@ -98,20 +106,79 @@ def _folder_clips(folder: Path) -> tuple[list[Clip], list[Dropped]]:
     return clips, dropped
 
 
-def _csv_clips(table: Path) -> tuple[list[Clip], list[Dropped]]:
+def _label_files(folder: Path, label_folder: Path, dropped: list[Dropped]) -> list[Path]:
+    """The files below ``label_folder`` (hidden ones left out; links to folders listed, never
+    followed below it), sorted; a folder that cannot be listed is :class:`Dropped`.
+
+    Raises:
+        patchwork.errors.DataError: more than :data:`MAX_SOURCE_FILES` entries below it.
+    """
+    found, seen = [], 0
+    folders = [label_folder]
+    while folders:
+        current = folders.pop()
+        try:
+            with os.scandir(current) as listing:
+                entries = list(listing)
+        except OSError as error:
+            reason = f"the folder cannot be listed ({error.strerror or error})"
+            dropped.append(Dropped(current, label_folder.name, reason))
+            continue
+        seen += len(entries)
+        if seen > MAX_SOURCE_FILES:
+            raise DataError(
+                f"{folder}: label folder {label_folder.name!r} holds over {MAX_SOURCE_FILES:,} "
+                "files and folders; give a folder of label folders of clips"
+            )
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(Path(entry.path))
+            elif not os.path.isdir(entry.path):  # a link to a folder is not followed
+                found.append(Path(entry.path))
+    return sorted(found)
+
+
+def _csv_cells(table: Path, text: str) -> Iterator[tuple[int, list[str]]]:
+    """Each row of a CSV's ``text`` with its line number, a malformed one one line naming it."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        start = reader.line_num + 1  # a quoted cell may span lines: the row starts here
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise DataError(f"{table}:{start}: malformed CSV ({error})") from None
+        yield start, cells
+
+
+def _table_text(path: Path, what: str) -> str:
+    """The text of a CSV or YAML file given to ``pairs``, read to at most
+    :data:`MAX_TABLE_BYTES`."""
     try:
-        text = table.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{table}: cannot read it as UTF-8 text ({error})") from None
-    reader = csv.DictReader(text.splitlines())
-    columns = {name.strip().lower(): name for name in reader.fieldnames or []}
+        return files.read_bounded(path, MAX_TABLE_BYTES).decode("utf-8-sig")
+    except files.Unreadable as error:
+        raise DataError(f"{path}: {what} {error}") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start})") from None
+
+
+def _csv_clips(table: Path) -> tuple[list[Clip], list[Dropped]]:
+    rows = _csv_cells(table, _table_text(table, "the CSV of clips"))
+    line, header = next(((line, cells) for line, cells in rows if any(cells)), (1, []))
+    columns = {name.strip().lower(): index for index, name in enumerate(header)}
     if "path" not in columns or "label" not in columns:
-        raise DataError(f"{table}:1: needs columns path and label, has {reader.fieldnames}")
+        raise DataError(f"{table}:{line}: needs columns path and label, has {header}")
     clips, dropped = [], []
-    for row in reader:
-        where = f"{table.name}:{reader.line_num}"
-        value = (row.get(columns["path"]) or "").strip()
-        label = (row.get(columns["label"]) or "").strip()
+    for line, cells in rows:
+        if not any(cells):
+            continue
+        where = f"{table.name}:{line}"
+        row = dict(enumerate(cells))
+        value = row.get(columns["path"], "").strip()
+        label = row.get(columns["label"], "").strip()
         path = table.parent / value
         if not value:
             dropped.append(Dropped(Path(where), label, "row names no path"))
@@ -170,15 +237,10 @@ def read_words(path: str | Path) -> dict[str, str]:
     """Label → answer word from a YAML mapping or a two-column CSV (``label,word``; a header row
     of exactly those names is skipped)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: word map not found")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read it as UTF-8 text ({error})") from None
+    text = _table_text(path, "the word map")
     if path.suffix.lower() == ".csv":
         words = {}
-        for line, row in enumerate(csv.reader(text.splitlines()), start=1):
+        for line, row in _csv_cells(path, text):
             cells = [cell.strip() for cell in row]
             if not any(cells) or (line == 1 and [c.lower() for c in cells] == ["label", "word"]):
                 continue
@@ -189,16 +251,15 @@ def read_words(path: str | Path) -> dict[str, str]:
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
 
-    try:
-        loaded = YAML(typ="safe", pure=True).load(text)
+    try:  # every scalar as written: "dog: 0x10" is the word 0x10, "010: …" the label 010
+        loaded = YAML(typ="base", pure=True).load(text)
     except YAMLError as error:
         raise DataError(f"{path}: not YAML ({' '.join(str(error).split())})") from None
     if not isinstance(loaded, dict) or not all(
-        isinstance(value, str | int | float) and not isinstance(value, bool)
-        for value in loaded.values()
+        isinstance(item, str) for pair in loaded.items() for item in pair
     ):
         raise DataError(f"{path}: expected a mapping of label: word")
-    return {str(label): str(word).strip() for label, word in loaded.items()}
+    return {label: word.strip() for label, word in loaded.items()}
 
 
 def answer_words(
@@ -220,6 +281,10 @@ def answer_words(
         if not word:
             refused[label] = f"label {label!r} has no word in the word map"
             continue
+        problem = _answer_problem(word)
+        if problem is not None:  # what a manifest would refuse is never written into one
+            refused[label] = f"answer word of label {label!r}: {problem}"
+            continue
         token: object = word
         if loaded is not None:
             try:
@@ -238,3 +303,16 @@ def answer_words(
     kept = [clip for clip in clips if clip.label in label_words]
     dropped += [Dropped(c.path, c.label, refused[c.label]) for c in clips if c.label in refused]
     return label_words, kept, dropped
+
+
+def _answer_problem(word: str) -> str | None:
+    """Why a manifest would refuse ``word`` as an answer (too long, not plain text); else None."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from patchwork.loading.manifest_schema import Answer, describe
+
+    try:
+        TypeAdapter(Answer).validate_python(word)
+    except ValidationError as error:
+        return describe(error.errors()[0])
+    return None

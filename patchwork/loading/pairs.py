@@ -112,8 +112,9 @@ def pair_clips(
     ``convention``: the input route layouts are checked by (a study's ``inputs.convention``).
 
     Raises:
-        patchwork.errors.DataError: the source or map cannot be read, ``out`` is not ``.jsonl``,
-            or fewer than two labels keep a usable clip (the message counts the reasons).
+        patchwork.errors.DataError: the source or map cannot be read, ``out`` is not ``.jsonl``
+            or cannot be written, an option is out of bounds, or fewer than two labels keep a
+            usable clip (the message counts the reasons).
     """
     out = Path(out)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -123,6 +124,8 @@ def pair_clips(
     for name, value, high in (("seconds", seconds, max_seconds), ("fps", fps, 120.0)):
         if value is not None and not 0 < value <= high:
             raise DataError(f"--{name} must lie in (0, {high:g}], got {value:g}")
+    if not 0 <= min_seconds <= max_seconds:  # NaN fails too
+        raise DataError(f"--min-seconds must lie in [0, {max_seconds:g}], got {min_seconds:g}")
     if frame_size is not None and not all(1 <= side <= max_side for side in frame_size):
         raise DataError(f"--frame-size sides must lie in [1, {max_side}], got {frame_size}")
     found, dropped = find_clips(source)
@@ -169,10 +172,7 @@ def pair_clips(
     chosen = {label: rng.sample(group, count) for label, group in sorted(by_label.items())}
     used = {clip.path for group in chosen.values() for clip in group}
     rows = _rows(chosen, label_words, extra, out.parent, rng)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    partial.replace(out)
+    _write(out, rows)
     return PairsReport(
         manifest=out,
         rows=len(rows),
@@ -188,6 +188,19 @@ def pair_clips(
         unused=tuple(clip for clip in clips if clip.path not in used),
         notes=tuple(notes),
     )
+
+
+def _write(out: Path, rows: list[dict[str, Any]]) -> None:
+    """Write the manifest through a draft beside it, so that ``out`` is whole or as it was."""
+    partial = out.with_name(out.name + ".partial")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        partial.replace(out)
+    except OSError as error:  # a full disk, a read-only folder, a folder named like the manifest
+        if partial.is_file():
+            partial.unlink()
+        raise DataError(f"{out}: cannot write the manifest ({error.strerror or error})") from None
 
 
 def _length(

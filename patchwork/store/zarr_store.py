@@ -667,6 +667,9 @@ def provenance(
 def root_attributes(path: Path) -> dict[str, object]:
     """The store root's attributes; :class:`StoreError` in one line when there is no store, or
     its root metadata cannot be read (saying whether a run can write it again)."""
+    for store in (path.parent, path.parent.parent):  # a model group, or an array of one
+        if store != path and recorded_root(store) is not None:
+            raise StoreError(f"{path}: a part of the store {store}, not a store; give {store}")
     if not (path / "zarr.json").exists() and recorded_root(path) is None:
         raise StoreError(f"{path}: no patchwork store here")
     refuse_special_files(path)  # a FIFO would block the read below

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,9 @@ def test_plot_writes_figures(small_store: Path, tmp_path: Path) -> None:
         (["locate", "{store}", "--floor", "loud"], "--floor must be"),
         (["locate", "{store}", "--floor", "-1"], "--floor must be a finite number"),
         (["locate", "{store}", "--metric", "accuracy"], "metric must be one of"),
+        # 10^11 resamples once tried to allocate 5.8 TiB of bootstrap weights
+        (["locate", "{store}", "--resamples", "100000000000"], "'--resamples'"),
+        (["locate", "{store}", "--resamples", "0"], "'--resamples'"),
         (["plot", "{missing}", "--out", "{missing}"], "no patchwork store"),
         # an output path that cannot be a folder is refused before the store or study is read
         (["plot", "{missing}", "--out", "{file}"], "--out {file}: {file} is a file, not a folder"),
@@ -205,3 +210,46 @@ def test_plot_writes_nothing_through_a_link_in_its_folder(
     assert result.exit_code == 2, result.output
     assert f"heatmap.png is a symbolic link (to {tmp_path / target})" in _flat(result.output)
     assert outside.read_bytes() == b"not a figure" and not (tmp_path / "missing.png").exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_plot_refuses_a_figure_name_taken_by_a_folder_or_fifo(
+    small_store: Path, tmp_path: Path, kind: str
+) -> None:
+    """`figures/heatmap.png` as a folder or a FIFO once ended in a traceback from savefig."""
+    out = tmp_path / "figures"
+    out.mkdir()
+    heatmap = out / "heatmap.png"
+    if kind == "folder":
+        heatmap.mkdir()
+    else:
+        os.mkfifo(heatmap)
+    arguments = ["plot", str(small_store), "--out", str(out), "--image-format", "png"]
+    result = runner.invoke(app, [*arguments, "--resamples", "20"])
+    assert result.exit_code == 2, result.output
+    what = "is a directory" if kind == "folder" else "is a FIFO"
+    assert f"--out: {heatmap} {what}" in _flat(result.output)
+
+
+def test_plot_on_a_full_disk_says_so_in_one_line(
+    small_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while a figure was saved once ended in a traceback (OSError ENOSPC)."""
+    from patchwork.analysis import plots
+
+    def full_disk(*arguments: object, **options: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(plots, "save_figure", full_disk)
+    out = tmp_path / "figures"
+    arguments = ["plot", str(small_store), "--out", str(out), "--image-format", "png"]
+    result = runner.invoke(app, [*arguments, "--resamples", "20"])
+    assert result.exit_code == 2, result.output
+    assert f"--out {out}: cannot write there (No space left on device)" in _flat(result.output)
+
+
+def test_bootstrap_resamples_are_bounded() -> None:
+    from patchwork.analysis.bootstrap import MAX_RESAMPLES, bootstrap_weights
+
+    with pytest.raises(AnalysisError, match="n_resamples must lie in"):
+        bootstrap_weights(8, MAX_RESAMPLES + 1)

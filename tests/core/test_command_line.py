@@ -328,3 +328,43 @@ def test_a_run_uses_the_studys_threads_and_gives_the_callers_back(tmp_path: Path
     run_study(study, store_root=tmp_path, on_unit=lambda _: during.append(torch.get_num_threads()))
     assert during == [before + 1, before + 1]
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("command", ["verify", "status", "locate"])
+def test_a_model_group_or_array_of_a_store_is_not_taken_for_a_store(
+    command: str, finished_store: Path
+) -> None:
+    """``verify STORE/MODEL`` once said "ok: 0 finished units checked" and exit 0."""
+    from .hostile import patchwork_main, refused
+
+    model = next(entry for entry in finished_store.iterdir() if entry.is_dir())
+    for part in (model, model / "done"):
+        outcome = patchwork_main(command, part)
+        refused(outcome, f"{part}: a part of the store {finished_store}, not a store")
+
+
+def test_testbed_train_on_a_full_disk_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while the checkpoint was saved once ended in safetensors' own traceback."""
+    from safetensors import SafetensorError
+
+    from patchwork.testbed import train
+
+    from .hostile import patchwork_main, refused
+
+    def full_disk(*arguments: object, **options: object) -> None:
+        raise SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    monkeypatch.setattr(train, "train", full_disk)
+    out = tmp_path / "o"
+    arguments = ("--stage1-steps", "1", "--stage2-steps", "1", "--fixed-steps", "--out", out)
+    refused(
+        patchwork_main("testbed", "train", *arguments),
+        f"--out {out}: cannot write there (No space left on device)",
+    )
+    monkeypatch.setattr(train, "train", lambda *a, **k: 1 / 0)  # a bug stays a bug
+    with pytest.raises(ZeroDivisionError):
+        patchwork_main("testbed", "train", *arguments)

@@ -250,3 +250,106 @@ def test_a_truncated_clip_is_left_out_without_a_model(tmp_path: Path) -> None:
     assert reasons["dog/cut.mp4"].startswith("damaged or truncated")
     assert reasons["cat/pipe.mp4"] == "the path is a FIFO (named pipe), not a regular file"
     assert "cut.mp4" not in (tmp_path / "pairs.jsonl").read_text()
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "below a file"])
+def test_an_out_that_cannot_be_the_manifest_is_refused_before_the_clips_are_read(
+    clips: Path, tmp_path: Path, kind: str
+) -> None:
+    """`--out` naming a folder or a file's child once ended in a traceback after the clips were
+    measured; naming a FIFO, the FIFO was silently replaced by the manifest."""
+    out = tmp_path / "pairs.jsonl"
+    if kind == "folder":
+        out.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(out)
+    else:
+        (tmp_path / "f").write_text("x")
+        out = tmp_path / "f" / "pairs.jsonl"
+    expected = {
+        "folder": f"--out: {out} is a directory",
+        "fifo": f"--out: {out} is a FIFO",
+        "below a file": f"{tmp_path / 'f'} is a file, not a folder",
+    }[kind]
+    refused(patchwork_main("pairs", clips, "--out", out), expected)
+
+
+def test_a_full_disk_while_the_manifest_is_written_is_one_line(
+    clips: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed write of the manifest once ended in a traceback and left its draft behind."""
+    import errno
+
+    def full_disk(self: Path, *arguments: object, **options: object) -> None:
+        self.write_bytes(b"{")  # part of a row, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    out = tmp_path / "pairs.jsonl"
+    with pytest.raises(DataError, match="pairs.jsonl: cannot write the manifest .No space left"):
+        pair_clips(clips, out, seed=0)
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_csv_sources_and_word_maps_with_a_huge_cell_are_one_line(
+    clips: Path, tmp_path: Path
+) -> None:
+    """A CSV cell over Python's field limit (131,072 characters) once ended in `_csv.Error`."""
+    source = tmp_path / "clips.csv"
+    source.write_text(f"path,label\n{clips}/dog/a.mp4,{'d' * 200_000}\n")
+    with pytest.raises(DataError, match=r"clips.csv:2: malformed CSV \(field larger"):
+        find_clips(source)
+    words = tmp_path / "words.csv"
+    words.write_text(f"label,word\ndog,woof\ncat,{'m' * 200_000}\n")
+    with pytest.raises(DataError, match=r"words.csv:3: malformed CSV"):
+        read_words(words)
+
+
+def test_a_label_folder_linked_to_a_large_tree_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A label folder linked to `/` was once walked until a folder could not be listed (a
+    traceback), or across the whole disk; a loop of links inside one is left out."""
+    from patchwork.loading import clips as clip_files
+
+    folder = labelled_folder(tmp_path / "clips", labels=("dog", "cat"))
+    (folder / "cat" / "loop.mp4").symlink_to("loop.mp4")
+    _, dropped = find_clips(folder)
+    assert {d.name: d.reason for d in dropped}["cat/loop.mp4"].startswith("the path cannot be")
+    tree = tmp_path / "tree"
+    for index in range(6):
+        (tree / str(index)).mkdir(parents=True)
+    (folder / "root").symlink_to(tree)
+    monkeypatch.setattr(clip_files, "MAX_SOURCE_FILES", 5)
+    with pytest.raises(DataError, match="label folder 'root' holds over 5 files and folders"):
+        find_clips(folder)
+
+
+def test_word_maps_keep_every_word_as_written(tmp_path: Path) -> None:
+    """YAML numbers were once rewritten: `dog: 0x10` gave the word 16, `010:` the label 10."""
+    words = tmp_path / "words.yaml"
+    words.write_text("dog: 0x10\n010: 1e3\ncat: 7\nbird: [a]\n")
+    with pytest.raises(DataError, match="expected a mapping of label: word"):
+        read_words(words)
+    words.write_text("dog: 0x10\n010: 1e3\ncat: 7\n")
+    assert read_words(words) == {"dog": "0x10", "010": "1e3", "cat": "7"}
+
+
+def test_an_answer_word_a_manifest_refuses_leaves_its_label_out(
+    clips: Path, tmp_path: Path
+) -> None:
+    """A 5,000-character word was once written into a manifest that validate then refused."""
+    words = tmp_path / "words.csv"
+    words.write_text(f"label,word\ndog,{'w' * 5000}\ncat,meow\nbird,tweet\n")
+    report = pair_clips(clips, tmp_path / "pairs.jsonl", words=words, seed=0)
+    reasons = {d.label: d.reason for d in report.dropped}
+    assert reasons["dog"] == "answer word of label 'dog': at most 256 characters, got 5,000"
+    assert "dog" not in report.words
+
+
+@pytest.mark.parametrize("seconds", ["-1", "nan", "601"])
+def test_min_seconds_out_of_range_is_refused(clips: Path, tmp_path: Path, seconds: str) -> None:
+    """`--min-seconds -1` was once accepted (and read as 0)."""
+    out = tmp_path / "pairs.jsonl"
+    refused(patchwork_main("pairs", clips, "--out", out, "--min-seconds", seconds), "--min-seconds")
+    assert not out.exists()
