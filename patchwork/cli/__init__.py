@@ -96,6 +96,15 @@ def _load_with_short_forms(
     from patchwork.errors import StudyError
     from patchwork.study import load_study
 
+    for name, value in short_forms.items():
+        field = SHORT_FORMS[name]
+        for text in assignments or []:
+            key = ".".join(part.strip() for part in text.partition("=")[0].split("."))
+            if value is not None and key == field:  # one of them would be dropped unread
+                raise StudyError(
+                    f"--{name.replace('_', '-')} {value} and --set {text} both set {field}; "
+                    "give one of them"
+                )
     try:
         return load_study(study, overrides(assignments, **short_forms))
     except StudyError as error:
@@ -177,7 +186,11 @@ def run(
     workers: Annotated[
         int,
         typer.Option(
-            "--workers", min=0, max=256, help="Run units on a local Dask cluster of N processes."
+            "--workers",
+            min=0,
+            max=256,
+            help="Run units on a local Dask cluster of N processes (0, the default: in this "
+            "process).",
         ),
     ] = 0,
     scheduler: Annotated[
@@ -204,6 +217,16 @@ def run(
 
     from patchwork.cli.options import output_folder
     from patchwork.cli.progress import RunProgress
+    from patchwork.engine.distributed import check_address
+    from patchwork.errors import PatchworkError
+
+    if scheduler is not None:
+        if workers:
+            raise PatchworkError(
+                f"--workers {workers} and --scheduler {scheduler}: give one (local workers, or "
+                "the cluster at the scheduler's address)"
+            )
+        check_address(scheduler)  # '' (an unset shell variable) is no address: never ignored
 
     loaded = _load_with_short_forms(
         study,
@@ -223,7 +246,7 @@ def run(
 
     with contextlib.ExitStack() as stack:
         executor = None
-        if workers or scheduler:
+        if workers or scheduler is not None:
             from patchwork.engine.distributed import dask_executor
 
             executor = stack.enter_context(

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from patchwork.errors import PatchworkError
+from patchwork.files import not_regular
 
 #: Largest seed an option takes; equal to :data:`patchwork.study.schema.MAX_SEED` (kept here so
 #: that ``--help`` does not import the schema).
@@ -45,15 +46,37 @@ def output_folder(path: Path, option: str) -> Path:
         raise PatchworkError(f"{option} {path}: {existing} is a broken link")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PatchworkError(f"{option} {path}: cannot write in {existing}")
+    _name_lengths(path, existing, option)
     return path
+
+
+def _name_lengths(path: Path, existing: Path, option: str) -> None:
+    """Refuse a path the file system would refuse only once the first file is written there: a
+    name longer than its folder allows (255 bytes on most), or a whole path over the limit."""
+    shown = f"{str(path)[:60]}…" if len(str(path)) > 60 else str(path)
+    longest_name = os.pathconf(existing, "PC_NAME_MAX")
+    longest_path = os.pathconf(existing, "PC_PATH_MAX")
+    for name in path.parts:
+        if len(os.fsencode(name)) > longest_name:
+            raise PatchworkError(
+                f"{option} {shown}: a name of {len(os.fsencode(name))} bytes, over the "
+                f"{longest_name} this file system allows"
+            )
+    whole = len(os.fsencode(os.path.abspath(path)))
+    if whole > longest_path:
+        raise PatchworkError(
+            f"{option} {shown}: a path of {whole} bytes, over the {longest_path} allowed"
+        )
 
 
 def no_links(folder: Path, option: str, names: Iterable[str] | None = None) -> Path:
     """``folder`` when none of ``names`` in it (every entry below it when None) is a symbolic
-    link: a file patchwork writes into an output folder is never written through a link.
+    link: a file patchwork writes into an output folder is never written through a link; nor is
+    any of ``names`` already there other than as a regular file (a folder, a FIFO, a device).
 
     Raises:
-        patchwork.errors.PatchworkError: ``option: PATH is a symbolic link (to TARGET) …``.
+        patchwork.errors.PatchworkError: ``option: PATH is a symbolic link (to TARGET) …``, or
+            ``option: PATH is a directory, not a file …``.
     """
     if names is None:
         found: Iterable[Path] = (
@@ -69,4 +92,7 @@ def no_links(folder: Path, option: str, names: Iterable[str] | None = None) -> P
                 f"{option}: {path} is a symbolic link (to {os.readlink(path)}); "
                 "patchwork writes nothing through a link: remove it or choose another folder"
             )
+        problem = None if names is None or not path.exists() else not_regular(path)
+        if problem is not None:  # a folder or a FIFO where a named file is to be written
+            raise PatchworkError(f"{option}: {path} {problem}; remove it or choose another folder")
     return folder

@@ -17,8 +17,12 @@ Missing or unreadable files raise :class:`patchwork.errors.DataError` naming the
 from __future__ import annotations
 
 import math
+import os
+import struct
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,10 +44,31 @@ def soundfile_reads(path: str | Path) -> bool:
     import soundfile
 
     try:
-        soundfile.info(str(path))
+        with native_stderr_silenced():
+            soundfile.info(str(path))
     except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError):
         return False
     return True
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 pointed at ``/dev/null`` while libsndfile probes a file: the libmpg123
+    inside it prints its own warnings there (``a one-frame stream? Duh...``), past Python, on top
+    of the one line that names the file."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2 to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def media_file(path: Path, what: str) -> Path:
@@ -76,8 +101,10 @@ def load_audio(
     from patchwork.data import conventions
 
     path = media_file(Path(path), "audio")
+    check_wav_header(path)
     try:
-        info = soundfile.info(str(path))
+        with native_stderr_silenced():
+            info = soundfile.info(str(path))
         file_rate, claimed = int(info.samplerate), int(info.frames)
         check_stream(path, file_rate, int(info.channels))
         limit = seconds if seconds is not None else max_seconds
@@ -101,6 +128,53 @@ def load_audio(
     return conventions.resample(mono, file_rate, sampling_rate)
 
 
+#: The WAV data size that streaming writers leave when the length is not known yet.
+_UNKNOWN_WAV_SIZE = 0xFFFFFFFF
+
+
+def check_wav_header(path: Path) -> None:
+    """Refuse a RIFF WAVE file whose header does not describe its bytes, which libsndfile would
+    otherwise repair without a word: a ``data`` chunk claiming more bytes than the file holds (a
+    file cut short, or a sparse file whose header claims millions of samples: the audio would be
+    silently shorter), or a PCM or float ``fmt`` whose bits per sample disagree with its bytes
+    per frame (the samples would be read in another width). Other files are left to the
+    decoder."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+            return
+        position = 12
+        for _ in range(64):  # a few chunks come before the samples
+            handle.seek(position)
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return  # no data chunk: the decoder says so
+            name, length = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if name == b"fmt ":
+                _check_wav_format(path, handle.read(min(length, 16)))
+            elif name == b"data":
+                held = size - position - 8
+                if length > held and length != _UNKNOWN_WAV_SIZE:
+                    raise DataError(
+                        f"audio file {path} is truncated or damaged: its header claims "
+                        f"{length:,} bytes of samples, the file holds {held:,}"
+                    )
+                return
+            position += 8 + length + (length & 1)  # chunks are padded to an even size
+
+
+def _check_wav_format(path: Path, fmt: bytes) -> None:
+    if len(fmt) < 16:
+        raise DataError(f"audio file {path} is damaged: its fmt chunk is cut short")
+    tag, channels, _, _, block_align, bits = struct.unpack("<HHIIHH", fmt)
+    if tag in (1, 3) and (bits == 0 or block_align != channels * -(-bits // 8)):  # PCM, float
+        raise DataError(
+            f"audio file {path} is damaged: its header gives {bits} bits a sample but "
+            f"{block_align} bytes a frame of {channels} channel(s)"
+        )
+
+
 #: Highest sampling rate and most channels a sound file may declare.
 MAX_FILE_RATE = 768_000
 MAX_CHANNELS = 32
@@ -118,11 +192,18 @@ def check_stream(path: Path, rate: int, channels: int) -> None:
 
 def save_audio(path: str | Path, waveform: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> Path:
     """Write a mono waveform (n_samples,), values in [-1, 1], as 16-bit PCM wav."""
+    import io
+
     import soundfile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(str(path), np.clip(waveform, -1.0, 1.0), sampling_rate, subtype="PCM_16")
+    # encoded in memory, written by Python: a full disk is an OSError with its errno (libsndfile
+    # says only "System error")
+    encoded = io.BytesIO()
+    clipped = np.clip(waveform, -1.0, 1.0)
+    soundfile.write(encoded, clipped, sampling_rate, subtype="PCM_16", format="WAV")
+    path.write_bytes(encoded.getvalue())
     return path
 
 

@@ -34,6 +34,8 @@ def check_address(address: str) -> str:
     :class:`PatchworkError` saying what is wrong with it."""
     from urllib.parse import urlsplit
 
+    if not address.strip():
+        raise PatchworkError(f"--scheduler {address!r}: an empty address; expected tcp://HOST:PORT")
     text = address if "://" in address else f"tcp://{address}"
     try:
         parts = urlsplit(text)
@@ -92,6 +94,11 @@ def dask_executor(
             client = Client(cluster)
     except OSError as error:
         raise PatchworkError(f"cannot reach the Dask scheduler {scheduler}: {error}") from None
+    except (MemoryError, ValueError):  # a reply read as Dask's frames: a length of exabytes…
+        raise PatchworkError(
+            f"--scheduler {scheduler}: what answers there is not a Dask scheduler (its reply "
+            "is not Dask's protocol); give the address the scheduler prints at its start"
+        ) from None
     try:
         yield client.get_executor(resources=dict(resources)) if resources else client.get_executor()
     finally:

@@ -1,8 +1,9 @@
 """One run per store at a time: an advisory lock beside the store, released when the run ends
 (or its process dies — a killed run never leaves a stale lock).
 
-:func:`check_unlocked` looks before the model loads and writes nothing, so a second run is refused
-in a second, not after loading; :func:`store_lock` takes the lock for the writing itself.
+:func:`check_unlocked` looks and writes nothing (a finished store is reported without the lock);
+:func:`store_lock` takes the lock before the model loads and holds it to the end, so a second run
+is refused in a second, and never the run that started first.
 """
 
 from __future__ import annotations
@@ -37,21 +38,40 @@ def check_unlocked(store: Path) -> None:
 
 @contextmanager
 def store_lock(store: Path) -> Iterator[None]:
-    """Hold ``<store root>/.<store name>.lock`` for the duration of a run, or refuse at once."""
+    """Hold ``<store root>/.<store name>.lock`` for the duration of a run, or refuse at once. A
+    run that wrote no store (refused by its checks) removes the lock file again, while it still
+    holds the lock; a run that opened the file just before finds it gone, and opens the new one."""
     path = lock_path(store)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _open(path, create=True) as handle:
-        _lock_or_refuse(handle, store)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
-        try:
-            yield
-        finally:
+    for _ in range(100):  # the file removed under us each time: another run's, removed again
+        with _open(path, create=True) as handle:
+            _lock_or_refuse(handle, store)
+            if not _still_at(path, handle):
+                continue
             handle.seek(0)
             handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()
+                if not store.exists():
+                    path.unlink(missing_ok=True)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+    raise StoreError(f"{path}: the store's lock file keeps being removed by other runs")
+
+
+def _still_at(path: Path, handle: TextIO) -> bool:
+    """Whether ``path`` still names the file ``handle`` locked (not removed meanwhile)."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _open(path: Path, create: bool) -> TextIO:

@@ -226,10 +226,12 @@ def run_study(
     threads = torch.get_num_threads()
     prepared: Prepared | None = None
     try:
-        prepared = prepare(study, store_root)
-        for line in prepared.notes:
-            note(line)
-        with store_lock(prepared.store):
+        # held from before the model loads: a run started meanwhile is refused, not the one
+        # already loading (which would otherwise find its store taken over, or removed by --fresh)
+        with store_lock(path):
+            prepared = prepare(study, store_root)
+            for line in prepared.notes:
+                note(line)
             store_seconds, pending, present = _run_units(
                 prepared, store_root, executor, fresh, on_start, on_unit, note
             )

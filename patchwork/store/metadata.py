@@ -61,13 +61,14 @@ DAMAGE = (
 )
 
 
-def readable_json(path: Path) -> bool:
-    """Whether ``path`` is a file holding a JSON object (what every ``zarr.json`` is); a FIFO or
-    a device there is never opened."""
+def readable_json(path: Path, node_type: str | None = None) -> bool:
+    """Whether ``path`` is a file holding a JSON object (what every ``zarr.json`` is), of
+    ``node_type`` ("group", "array") where given; a FIFO or a device there is never opened."""
     try:
-        return isinstance(json.loads(read_bounded(path, METADATA_LIMIT)), dict)
+        metadata = json.loads(read_bounded(path, METADATA_LIMIT))
     except (Unreadable, ValueError, RecursionError):
         return False
+    return isinstance(metadata, dict) and node_type in (None, metadata.get("node_type"))
 
 
 def _attributes(path: Path) -> dict[str, object]:
@@ -82,7 +83,7 @@ def unreadable_metadata(path: Path, model: str) -> list[str]:
     directory = path / model
     if not directory.is_dir():
         return []
-    lost = [model] if not readable_json(directory / "zarr.json") else []
+    lost = [model] if not readable_json(directory / "zarr.json", "group") else []
     folders = {entry.name for entry in directory.iterdir() if entry.is_dir()}
     attributes = {} if lost else _attributes(directory / "zarr.json")
     # a template patchwork wrote has both marks; a store other tools wrote may lack them
@@ -280,7 +281,7 @@ def restore_metadata(
         or _disagrees(directory / name / "zarr.json", empty[name])
     }
     absent |= names & set(unreadable_metadata(path, model))
-    group_lost = not readable_json(directory / "zarr.json")
+    group_lost = not readable_json(directory / "zarr.json", "group")
     restored = sorted(absent | ({model} if group_lost else set()))
     arrays = [name for name in restored if name != model]
     for name in restored:  # unreadable metadata is no metadata

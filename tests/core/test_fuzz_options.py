@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .helpers import study_text
-from .hostile import patchwork_main
+from .hostile import patchwork_main, refused
 
 FIELDS = [
     "name",
@@ -196,3 +196,24 @@ def test_random_run_options(study: Path, no_sweep: None, options: list[str]) -> 
             _settled("run", study, *options)
         except SweepWouldStart:
             pass
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--scheduler", ""], "--scheduler '': an empty address"),
+        (["--workers", "2", "--scheduler", "h:1"], "give one"),
+        (["--samples", "2", "--set", "dataset.samples=1e3"], "both set dataset.samples"),
+        (["--seed", "1", "--set", "dataset . seed=-1"], "both set dataset.seed"),
+        (["--store", "a" * 300], "a name of 300 bytes, over the"),
+        (["--store", "abcdefghij/" * 400], "a path of"),
+    ],
+)
+def test_run_options_never_ignored_or_found_unusable_late(
+    study: Path, no_sweep: None, options: list[str], expected: str, tmp_path: Path
+) -> None:
+    """An option that would be ignored (an empty --scheduler, --workers beside --scheduler, a
+    --set of the field a short option sets) or a --store the file system refuses is one line
+    before the sweep (before: run locally, the --set value dropped unread, a traceback)."""
+    with contextlib.chdir(tmp_path):
+        refused(patchwork_main("run", study, *options), expected)

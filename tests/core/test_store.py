@@ -230,6 +230,28 @@ def test_lost_metadata_is_written_again_and_no_finished_unit_is_lost(
         np.testing.assert_array_equal(again[name].values, whole[name].values, err_msg=name)
 
 
+@pytest.mark.parametrize("verify_first", [False, True])
+def test_group_metadata_of_another_node_type_is_written_again_not_the_store(
+    tmp_path: Path, verify_first: bool
+) -> None:
+    """A group ``zarr.json`` that parses but describes an array is lost metadata: verify keeps
+    every unit and the run rewrites it bit for bit (before: the template was rewritten and every
+    finished unit computed again)."""
+    from patchwork.store.verify import verify_store
+
+    study = parse_study(study_text(layers=2, samples=4))
+    store = run_study(study, tmp_path).store
+    model = open_results(store).attrs["model_name"]
+    metadata = store / model / "zarr.json"
+    written = metadata.read_bytes()
+    metadata.write_text('{"zarr_format": 3, "node_type": "array", "shape": "x"}')
+    if verify_first:
+        assert verify_store(store).metadata_lost == {model: [model]}
+    summary = run_study(study, tmp_path)
+    assert summary.units_run == 0 and summary.units_skipped > 0
+    assert metadata.read_bytes() == written
+
+
 def test_a_full_disk_is_one_line_and_the_run_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -257,6 +279,19 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(
     again = open_results(summary.store).load()
     for name in whole.variables:
         np.testing.assert_array_equal(again[name].values, whole[name].values, err_msg=name)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_while_generated_media_are_written_keeps_its_errno() -> None:
+    """A generator's wav written on a full disk raises ENOSPC, which a run reports as a full disk
+    in one line (before: libsndfile's "System error", a traceback)."""
+    import errno
+
+    from patchwork.data import media
+
+    with pytest.raises(OSError) as raised:
+        media.save_audio(Path("/dev/full"), np.zeros(160, dtype=np.float32))
+    assert raised.value.errno == errno.ENOSPC
 
 
 def test_fresh_removes_a_damaged_store(tmp_path: Path) -> None:

@@ -71,3 +71,29 @@ def test_a_run_with_no_worker_left_ends_in_one_line_and_resumes(
     again = open_results(resumed.store).load()
     for name in VARIABLES:
         np.testing.assert_array_equal(again[name].values, serial[name].values, err_msg=name)
+
+
+def test_a_scheduler_address_where_another_service_answers_is_one_line() -> None:
+    """A web server at the address answers HTTP, which Dask reads as a frame length of exabytes
+    (before: a numpy MemoryError traceback)."""
+    import socket
+    import threading
+
+    import pytest
+
+    from patchwork.errors import PatchworkError
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer_http() -> None:
+        with server:
+            for _ in range(3):  # Dask may try again
+                connection, _ = server.accept()
+                with connection:
+                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+    threading.Thread(target=answer_http, daemon=True).start()
+    with pytest.raises(PatchworkError, match="is not a Dask scheduler"):
+        with dask_executor(scheduler=f"tcp://127.0.0.1:{port}"):
+            pass

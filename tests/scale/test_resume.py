@@ -133,6 +133,29 @@ def test_a_second_run_on_a_busy_store_is_refused_before_its_model_loads(
     assert run_study(study, tmp_path).units_run == 6  # released: the next run goes ahead
 
 
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_run_started_while_another_loads_its_model_is_refused_not_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh: bool
+) -> None:
+    """The first run holds the lock from before its model loads: a second run (``--fresh`` too)
+    started meanwhile is refused, and the first one finishes (before: the second took the lock,
+    wrote or removed the store, and the first was refused after loading)."""
+    study = parse_study(TEXT)
+    load = runner.load_model
+    refusals = []
+
+    def second_run_while_loading(*args: object) -> object:
+        if not refusals:
+            with pytest.raises(StoreError, match="being written by another run") as refused:
+                run_study(study, tmp_path, fresh=fresh)
+            refusals.append(refused)
+        return load(*args)
+
+    monkeypatch.setattr(runner, "load_model", second_run_while_loading)
+    assert run_study(study, tmp_path).units_run == 6
+    assert len(refusals) == 1
+
+
 def test_the_lock_file_is_never_followed_through_a_link(tmp_path: Path) -> None:
     victim = tmp_path / "victim.txt"
     victim.write_text("data")
@@ -156,3 +179,20 @@ def test_a_changed_study_is_refused_with_what_changed_and_fresh_starts_over(tmp_
     ]
     assert summary.units_run == 6
     assert open_results(summary.store).attrs["study"] == changed.text
+
+
+def test_a_run_that_wrote_no_store_removes_its_lock_file_and_a_late_opener_sees_it(tmp_path):
+    """The lock file of a refused run (no store written) goes, while the lock is held; a run that
+    had opened it just before must not take a lock on the removed file."""
+    from patchwork.engine.lock import _open, _still_at, lock_path, store_lock
+
+    store = tmp_path / "s.zarr"
+    with store_lock(store):
+        assert lock_path(store).is_file()
+        early = _open(lock_path(store), create=False)  # another run, between open and lock
+    assert not lock_path(store).exists()
+    with early:
+        assert not _still_at(lock_path(store), early)
+    with store_lock(store):
+        store.mkdir()  # this run writes its store: the lock file stays beside it
+    assert lock_path(store).is_file()
