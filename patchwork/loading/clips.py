@@ -12,16 +12,16 @@ of its tokenizer, and a different one for every label.
 
 from __future__ import annotations
 
-import csv
 import io
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from patchwork import files
 from patchwork.errors import DataError, PatchworkError
+from patchwork.loading.manifest_files import csv_cells
 
 if TYPE_CHECKING:
     from patchwork.loading.model import LoadedModel
@@ -140,20 +140,6 @@ def _label_files(folder: Path, label_folder: Path, dropped: list[Dropped]) -> li
     return sorted(found)
 
 
-def _csv_cells(table: Path, text: str) -> Iterator[tuple[int, list[str]]]:
-    """Each row of a CSV's ``text`` with its line number, a malformed one one line naming it."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    while True:
-        start = reader.line_num + 1  # a quoted cell may span lines: the row starts here
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            raise DataError(f"{table}:{start}: malformed CSV ({error})") from None
-        yield start, cells
-
-
 def _table_text(path: Path, what: str) -> str:
     """The text of a CSV or YAML file given to ``pairs``, read to at most
     :data:`MAX_TABLE_BYTES`."""
@@ -166,7 +152,7 @@ def _table_text(path: Path, what: str) -> str:
 
 
 def _csv_clips(table: Path) -> tuple[list[Clip], list[Dropped]]:
-    rows = _csv_cells(table, _table_text(table, "the CSV of clips"))
+    rows = csv_cells(table, io.StringIO(_table_text(table, "the CSV of clips"), newline=""))
     line, header = next(((line, cells) for line, cells in rows if any(cells)), (1, []))
     columns = {name.strip().lower(): index for index, name in enumerate(header)}
     if "path" not in columns or "label" not in columns:
@@ -240,7 +226,7 @@ def read_words(path: str | Path) -> dict[str, str]:
     text = _table_text(path, "the word map")
     if path.suffix.lower() == ".csv":
         words = {}
-        for line, row in _csv_cells(path, text):
+        for line, row in csv_cells(path, io.StringIO(text, newline="")):
             cells = [cell.strip() for cell in row]
             if not any(cells) or (line == 1 and [c.lower() for c in cells] == ["label", "word"]):
                 continue

@@ -207,11 +207,11 @@ def _jsonl_rows(
         yield number, row
 
 
-def _csv_rows(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any]]]:
-    # the csv module counts a lone "\r" as a line end too, as when it reads a file itself
-    pieces = (piece for _, line in lines for piece in io.StringIO(line, newline=""))
+def csv_cells(path: Path, pieces: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
+    """Each row of the CSV text ``pieces`` (its lines, or one ``io.StringIO`` of it) with the
+    line it starts on; a malformed row, or a cell over the csv module's limit, one line naming
+    ``path`` and that line."""
     reader = csv.reader(pieces)
-    header: list[str] | None = None
     while True:
         start = reader.line_num + 1  # a quoted cell may span lines: the row starts here
         try:
@@ -223,6 +223,14 @@ def _csv_rows(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[tuple[in
                 limit = csv.field_size_limit()
                 raise DataError(f"{path}:{start}: a cell over {limit:,} characters") from None
             raise DataError(f"{path}:{start}: malformed CSV ({error})") from None
+        yield start, cells
+
+
+def _csv_rows(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    # the csv module counts a lone "\r" as a line end too, as when it reads a file itself
+    pieces = (piece for _, line in lines for piece in io.StringIO(line, newline=""))
+    header: list[str] | None = None
+    for start, cells in csv_cells(path, pieces):
         if not any(cell.strip() for cell in cells):
             continue
         if header is None:
