@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor
 from contextlib import contextmanager
+from typing import Any
 
 from patchwork.errors import PatchworkError
 
@@ -27,6 +28,37 @@ def workers_alive(executor: Executor) -> int | None:
         return len(client.scheduler_info().get("workers", {}))
     except Exception:  # noqa: BLE001 - a scheduler that does not answer says nothing
         return None
+
+
+#: Seconds a scheduler has to answer a new client. Dask's own connect timeout does not cover a
+#: service that accepts the connection and then never answers: it would wait for ever.
+ANSWER_SECONDS = 30.0
+
+
+def _connect(client_class: type, address: str) -> Any:
+    """``client_class(address)``, given up after :data:`ANSWER_SECONDS` without an answer (the
+    attempt is left in a daemon thread, which ends with the process)."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            outcome["client"] = client_class(address, timeout="10s")
+        except BaseException as error:  # handed to the caller's thread below
+            outcome["error"] = error
+
+    attempt = threading.Thread(target=connect, name="patchwork-dask-connect", daemon=True)
+    attempt.start()
+    attempt.join(ANSWER_SECONDS)
+    if isinstance(outcome.get("error"), BaseException):
+        raise outcome["error"]
+    if "client" not in outcome:
+        raise PatchworkError(
+            f"--scheduler {address}: nothing answered within {ANSWER_SECONDS:g} s (the address "
+            "accepts connections but is not a Dask scheduler, or the scheduler is stuck)"
+        )
+    return outcome["client"]
 
 
 def check_address(address: str) -> str:
@@ -82,7 +114,7 @@ def dask_executor(
     cluster = None
     try:
         if scheduler is not None:
-            client = Client(check_address(scheduler), timeout="10s")
+            client = _connect(Client, check_address(scheduler))
         else:
             cluster = LocalCluster(
                 n_workers=workers or 1,

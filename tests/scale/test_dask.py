@@ -97,3 +97,22 @@ def test_a_scheduler_address_where_another_service_answers_is_one_line() -> None
     with pytest.raises(PatchworkError, match="is not a Dask scheduler"):
         with dask_executor(scheduler=f"tcp://127.0.0.1:{port}"):
             pass
+
+
+def test_a_scheduler_address_that_accepts_and_never_answers_is_one_line(monkeypatch) -> None:
+    """A service that accepts the connection and then says nothing: Dask's connect timeout does
+    not cover it, so without a bound of its own the run would wait for ever. (The wait is the
+    bound itself, whatever the machine's speed: nothing ever answers.)"""
+    import socket
+
+    import pytest
+
+    from patchwork.engine import distributed
+    from patchwork.errors import PatchworkError
+
+    monkeypatch.setattr(distributed, "ANSWER_SECONDS", 1.0)
+    with socket.create_server(("127.0.0.1", 0)) as server:  # the kernel accepts; no one answers
+        port = server.getsockname()[1]
+        with pytest.raises(PatchworkError, match="nothing answered within 1 s"):
+            with dask_executor(scheduler=f"tcp://127.0.0.1:{port}"):
+                pass
