@@ -29,10 +29,12 @@ from patchwork.engine.lock import check_unlocked, store_lock
 from patchwork.errors import DataError, PatchworkError, RunInterrupted, StoreError
 from patchwork.loading.model import LoadedModel, load_model
 from patchwork.methods.method import Method, method_class
+from patchwork.models.checkpoint import weights_fingerprint
 from patchwork.patching.patcher import Patcher
 from patchwork.store.metadata import recorded_root, refuse_links, unreadable_metadata
 from patchwork.store.zarr_store import (
     DAMAGE,
+    WEIGHTS_FINGERPRINT,
     ResultStore,
     SampleCoords,
     open_results,
@@ -304,7 +306,10 @@ def _run_units(
         prepared.loaded.name,
         prepared.template(),
         study.execution.unit_size,
-        provenance(study.text, study.name, study_hash(study), study.overrides),
+        {
+            **provenance(study.text, study.name, study_hash(study), study.overrides),
+            WEIGHTS_FINGERPRINT: weights_fingerprint(prepared.loaded.model),
+        },
         describe=lambda stored: describe_changes(
             str(stored.get("study", "")), study, stored.get("overrides") or ()
         ),

@@ -382,3 +382,24 @@ class _LoadReport(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "LOAD REPORT" not in str(record.msg)
+
+
+#: Values of each tensor that :func:`weights_fingerprint` reads, evenly spread.
+FINGERPRINT_VALUES = 4096
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A SHA-256 of the model's weights as loaded: every parameter's and buffer's name, shape,
+    dtype and :data:`FINGERPRINT_VALUES` evenly spread values. Another checkpoint put in the same
+    folder changes it (a store recording it then refuses to mix two models); moving the same
+    weights to another device does not."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // FINGERPRINT_VALUES)
+        picked = flat[::step][:FINGERPRINT_VALUES].contiguous().cpu()
+        digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}\n".encode())
+        digest.update(picked.view(torch.uint8).numpy().tobytes() if picked.numel() else b"")
+    return digest.hexdigest()

@@ -218,6 +218,7 @@ class ResultStore:
                     f"{' (' + changes + ')' if changes else ''}; run with --fresh to start over "
                     "(it removes the old results) or choose another store"
                 )
+            _refuse_other_weights(path, existing, provenance)
             refuse_links(path)
             restored = restore_metadata(path, model, empty, lambda: _template_records(path, model))
             root = open_store_group(path)
@@ -492,6 +493,26 @@ class ResultStore:
             self.clear_done(start, stop)
             lines.append(f"samples {start}-{stop - 1} were damaged: computed again")
         return lines
+
+
+#: Root attribute: the fingerprint of the weights a store's results come from
+#: (:func:`~patchwork.models.checkpoint.weights_fingerprint`), recorded at its creation.
+WEIGHTS_FINGERPRINT = "weights_sha256"
+
+
+def _refuse_other_weights(
+    path: Path, existing: Mapping[str, Any], provenance: Mapping[str, object]
+) -> None:
+    """Refuse to resume a store with weights other than those its results come from (another
+    checkpoint put in the same folder): one store would mix two models. Stores written before
+    the fingerprint was recorded are not checked."""
+    stored, running = existing.get(WEIGHTS_FINGERPRINT), provenance.get(WEIGHTS_FINGERPRINT)
+    if stored is not None and running is not None and stored != running:
+        raise StoreError(
+            f"{path} holds results of other weights than the model's now (its checkpoint "
+            "changed since the store was started); resuming would mix two models in one store: "
+            "run with --fresh to start over (it removes the old results) or choose another store"
+        )
 
 
 def _template_records(path: Path, model: str) -> dict[str, Any]:

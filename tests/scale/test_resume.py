@@ -196,3 +196,34 @@ def test_a_run_that_wrote_no_store_removes_its_lock_file_and_a_late_opener_sees_
     with store_lock(store):
         store.mkdir()  # this run writes its store: the lock file stays beside it
     assert lock_path(store).is_file()
+
+
+def test_resuming_with_another_checkpoint_in_the_same_folder_is_refused(tmp_path: Path) -> None:
+    """Another model's weights copied into the checkpoint folder between two runs: the store's
+    unfinished units would come from another model than its finished ones (before: resumed,
+    "2 units run, 2 already done")."""
+    import shutil
+
+    from patchwork.testbed import checkpoint_path
+
+    folder = tmp_path / "ck"
+    shutil.copytree(checkpoint_path("testbed"), folder)
+    text = (
+        "name: swap\n"
+        f"model: {{family: qwen2_5_omni, checkpoint: {folder}}}\n"
+        "dataset: {generator: testbed, samples: 4, seed: 0}\n"
+        "runs: {clean: {audio: own, picture: blank}, "
+        "conflict: {audio: own, picture: other_category}}\n"
+        "interventions: [{kind: activation_patching, layers: [0, 7], "
+        "position_groups: [answer], components: [residual]}]\n"
+        "execution: {unit_size: 2}\n"
+    )
+    store = run_study(parse_study(text), tmp_path / "s").store
+    for mark, unset in (("done", False), ("checksum", 0)):  # the second unit: never finished
+        zarr.open_array(store / "ck" / mark, mode="r+")[2:] = unset
+    shutil.copy(checkpoint_path("testbed-base") / "model.safetensors", folder)
+    with pytest.raises(StoreError, match="other weights than the model's now"):
+        run_study(parse_study(text), tmp_path / "s")
+    shutil.copy(checkpoint_path("testbed") / "model.safetensors", folder)  # put back: resumes
+    again = run_study(parse_study(text), tmp_path / "s")
+    assert (again.units_run, again.units_skipped) == (1, 1)
