@@ -42,6 +42,24 @@ def audio_token_count(mel_frames: int) -> int:
     return ((mel_frames - 1) // 2 + 1 - 2) // 2 + 1
 
 
+def interleaved_placeholders(
+    video_times: Sequence[int], audio_tokens: int, window: int, ids: Mapping[str, int]
+) -> list[int]:
+    """The placeholders of one clip whose soundtrack is interleaved with its frames, as
+    Qwen2.5-Omni lays it out: vision start, audio start, then per time chunk of ``window``
+    positions its video tokens (at ``video_times``) and its audio tokens (one position each), then
+    audio end, vision end. ``ids`` maps ``vision_start``, ``audio_start``, ``video``, ``audio``,
+    ``audio_end`` and ``vision_end`` to token ids."""
+    video_chunks = chunk_bounds(video_times, window)
+    audio_chunks = chunk_bounds(list(range(audio_tokens)), window)
+    placeholders = [ids["vision_start"], ids["audio_start"]]
+    for chunk in range(max(len(video_chunks), len(audio_chunks))):
+        for medium, chunks in (("video", video_chunks), ("audio", audio_chunks)):
+            if chunk < len(chunks):
+                placeholders += [ids[medium]] * (chunks[chunk][1] - chunks[chunk][0])
+    return [*placeholders, ids["audio_end"], ids["vision_end"]]
+
+
 def chunk_bounds(values: Sequence[int], tokens_per_chunk: int) -> list[tuple[int, int]]:
     """(start, stop) slices of increasing time indices, one per ``tokens_per_chunk`` window.
 
@@ -245,15 +263,7 @@ class Qwen25OmniAdapter(ModelAdapter):
         times = (torch.arange(grid_t) * seconds_per_grid * per_second).long()
         video_times = times.repeat_interleave(per_frame).tolist()
         window = int(per_second * config.seconds_per_chunk)
-        video_chunks = chunk_bounds(video_times, window)
-        audio_chunks = chunk_bounds(list(range(audio_tokens)), window)
-        ids = [special["vision_start"], special["audio_start"]]
-        for chunk in range(max(len(video_chunks), len(audio_chunks))):
-            if chunk < len(video_chunks):
-                ids += [tokens["video"]] * (video_chunks[chunk][1] - video_chunks[chunk][0])
-            if chunk < len(audio_chunks):
-                ids += [tokens["audio"]] * (audio_chunks[chunk][1] - audio_chunks[chunk][0])
-        ids += [special["audio_end"], special["vision_end"]]
+        ids = interleaved_placeholders(video_times, audio_tokens, window, {**special, **tokens})
         return torch.tensor([[*ids, *text_ids]])
 
     def forward_kwargs(self, inputs: ModelInputs) -> dict[str, Any]:

@@ -124,26 +124,21 @@ def prompt_ids(tokenizer: Tokenizer, question: str, audio_in_video: bool = False
 
 
 def _interleaved_ids(specials: Mapping[str, int]) -> list[int]:
-    """The clip's placeholders interleaved by time chunk, by the rule of the real family's
-    adapter (:func:`~patchwork.models.qwen2_5_omni.chunk_bounds`; 25 time positions a second)."""
-    from patchwork.models.qwen2_5_omni import chunk_bounds
+    """The clip's placeholders interleaved by time chunk, by the real family's rule
+    (:func:`~patchwork.models.qwen2_5_omni.interleaved_placeholders`; 25 time positions a
+    second, 2 s chunks: the thinker config's defaults, which the testbed keeps)."""
+    from patchwork.models.qwen2_5_omni import interleaved_placeholders
 
-    per_second, seconds_per_chunk = 25, 2  # the thinker config's defaults, as the testbed keeps
-    window = per_second * seconds_per_chunk
+    per_second, seconds_per_chunk = 25, 2
     grid_steps = INTERLEAVED_FRAMES // TEMPORAL_PATCH
     video_times = [
         int(step * SECONDS_PER_GRID * per_second)
         for step in range(grid_steps)
         for _ in range(VIDEO_TOKENS)
     ]
-    video_chunks = chunk_bounds(video_times, window)
-    audio_chunks = chunk_bounds(list(range(AUDIO_TOKENS)), window)
-    ids = [specials["vision_start"], specials["audio_start"]]
-    for chunk in range(max(len(video_chunks), len(audio_chunks))):
-        for placeholder, chunks in (("video", video_chunks), ("audio", audio_chunks)):
-            if chunk < len(chunks):
-                ids += [specials[placeholder]] * (chunks[chunk][1] - chunks[chunk][0])
-    return ids + [specials["audio_end"], specials["vision_end"]]
+    return interleaved_placeholders(
+        video_times, AUDIO_TOKENS, per_second * seconds_per_chunk, specials
+    )
 
 
 def build_model(tokenizer: Tokenizer, seed: int, attention: str = "sdpa") -> torch.nn.Module:
