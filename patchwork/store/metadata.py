@@ -2,11 +2,14 @@
 written: lost, garbled or altered metadata is named (and written again from the study's template,
 byte for byte as it was), and a store that holds a symbolic link is never written through.
 
-A model group records what its template wrote: the CRC-32 of every array's ``zarr.json``
-(:data:`METADATA_SUMS`: an array whose metadata no longer match, or whose folder is gone, is
-damaged, whatever the file still parses as) and the root's attributes (:data:`ROOT_RECORD`: a lost
-root ``zarr.json`` is written again from them). Stores written before these records are read as
-before.
+A model group records what its template wrote (:data:`RECORDS`): the CRC-32 of every array's
+``zarr.json`` (:data:`METADATA_SUMS`: an array whose metadata no longer match, or whose folder is
+gone, is damaged, whatever the file still parses as), of every coordinate's values
+(:data:`COORDINATE_SUMS`), and the root's attributes (:data:`ROOT_RECORD`: a lost root
+``zarr.json``, or one that no longer agrees with the record, is written again from it). A group
+that may hold finished units without these records (edited away, or written before they existed)
+is damaged metadata like an unreadable one: readers refuse it, a run writes the group and its
+arrays' metadata again from the study's template.
 
 Chunks are never touched here: a restored array's chunks are kept, and their checksums then say
 whether each finished unit is whole.
@@ -18,7 +21,7 @@ import json
 import os
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,12 @@ MARKS = ("checksum", "done")
 METADATA_SUMS = "metadata_checksums"
 #: Attribute of a model group: the store root's attributes, from which a lost root is rebuilt.
 ROOT_RECORD = "store_attributes"
+#: Attribute of a model group: CRC-32 of each coordinate array as written (coordinates have no
+#: unit checksum of their own; a lost chunk would read as blank labels).
+COORDINATE_SUMS = "coordinate_checksums"
+#: What a model group records of its template, besides :data:`TEMPLATE_MARK` and its
+#: ``model_name``; each is a mapping.
+RECORDS = (COORDINATE_SUMS, METADATA_SUMS, ROOT_RECORD)
 #: The largest ``zarr.json`` read (a group's records the study's text, which is far smaller);
 #: a larger one is unreadable metadata, never read whole.
 METADATA_LIMIT = 64 * 2**20
@@ -71,25 +80,29 @@ def readable_json(path: Path, node_type: str | None = None) -> bool:
     return isinstance(metadata, dict) and node_type in (None, metadata.get("node_type"))
 
 
-def _attributes(path: Path) -> dict[str, object]:
+def _attributes(path: Path) -> dict[str, Any]:
     attributes = json.loads(path.read_text(encoding="utf-8")).get("attributes")
     return attributes if isinstance(attributes, dict) else {}
 
 
 def unreadable_metadata(path: Path, model: str) -> list[str]:
     """The nodes of ``model``'s group whose ``zarr.json`` is missing, unreadable or not what the
-    template wrote (:data:`METADATA_SUMS`): ``model`` for the group itself, else the array's name
-    (a folder without metadata, or an array the group records without its folder, is lost)."""
+    template wrote (:data:`METADATA_SUMS`): ``model`` for the group itself (also when it may hold
+    finished units without its :data:`RECORDS`), else the array's name (a folder without
+    metadata, an array the group records without its folder, or one it does not record, is
+    lost)."""
     directory = path / model
     if not directory.is_dir():
         return []
-    lost = [model] if not readable_json(directory / "zarr.json", "group") else []
+    attributes = (
+        _attributes(directory / "zarr.json")
+        if readable_json(directory / "zarr.json", "group")
+        else None
+    )
+    lost = [model] if attributes is None or _records_lost(directory, attributes) else []
     folders = {entry.name for entry in directory.iterdir() if entry.is_dir()}
-    attributes = {} if lost else _attributes(directory / "zarr.json")
-    # a template patchwork wrote has both marks; a store other tools wrote may lack them
-    written = attributes.get(TEMPLATE_MARK) is True
-    recorded = attributes.get(METADATA_SUMS) if written else None
-    expected = set(recorded) if isinstance(recorded, dict) else set(MARKS) if written else set()
+    recorded = None if lost or attributes is None else attributes.get(METADATA_SUMS)
+    expected = set(recorded) if isinstance(recorded, dict) else set()
     named = _named_by_arrays(directory, folders)
     damaged = {
         name
@@ -100,10 +113,37 @@ def unreadable_metadata(path: Path, model: str) -> list[str]:
     if isinstance(recorded, dict):
         damaged |= {
             name
-            for name, checksum in recorded.items()
-            if name in folders and _metadata_sum(directory / name) != checksum
+            for name in folders
+            if _array_folder(directory / name)
+            and _metadata_sum(directory / name) != recorded.get(name)
         }
     return lost + sorted(damaged | (expected - folders))
+
+
+def _records_lost(directory: Path, attributes: dict[str, object]) -> bool:
+    """Whether a model group of a store a study run wrote (its root names the study's
+    configuration hash; a store other tools wrote keeps no records) that may hold finished units
+    (:func:`may_hold_units`) lacks its template's mark, its model's name or any of its
+    :data:`RECORDS`, or holds attributes its template did not write."""
+    whole = (
+        set(attributes) == {"model_name", *RECORDS, TEMPLATE_MARK}
+        and attributes[TEMPLATE_MARK] is True
+        and attributes["model_name"] == directory.name
+        and all(isinstance(attributes[record], dict) for record in RECORDS)
+    )
+    root = directory.parent / "zarr.json"
+    return (
+        not whole
+        and may_hold_units(directory)
+        and readable_json(root)
+        and "config_sha256" in _attributes(root)
+    )
+
+
+def may_hold_units(directory: Path) -> bool:
+    """Whether any unit of a model group may have finished: a unit writes its checksums, then its
+    done mark, so without a chunk of either (a template cut short while written) none did."""
+    return any(entry.is_file() for mark in MARKS for entry in (directory / mark / "c").rglob("*"))
 
 
 def _metadata_sum(array: Path) -> int | None:
@@ -125,15 +165,19 @@ def metadata_sums(directory: Path) -> dict[str, int]:
 
 def recorded_root(path: Path) -> dict[str, Any] | None:
     """The root attributes a model group of the store recorded (:data:`ROOT_RECORD`), if any."""
+    return next((record for _, record in _root_records(path)), None)
+
+
+def _root_records(path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Each model group of the store that records the root's attributes, with its record."""
     if not path.is_dir():
-        return None
+        return
     for entry in sorted(path.iterdir()):
         metadata = entry / "zarr.json"
         if entry.is_dir() and not entry.is_symlink() and readable_json(metadata):
             record = _attributes(metadata).get(ROOT_RECORD)
             if isinstance(record, dict):
-                return record
-    return None
+                yield entry, record
 
 
 def root_readable(path: Path) -> bool:
@@ -148,28 +192,55 @@ def root_readable(path: Path) -> bool:
 def root_line(path: Path) -> str:
     """One line for a lost root ``zarr.json`` that a model group recorded: what to do."""
     return (
-        f"{path}: the store's root metadata (zarr.json) is lost or unreadable; finished units "
-        "are kept — run the study again (patchwork run STUDY) to write it again from the record "
-        "its model group keeps, then read or verify the store"
+        f"{path}: the store's root metadata (zarr.json) is lost, unreadable or not what its "
+        "model group recorded; finished units are kept — run the study again (patchwork run "
+        "STUDY) to write it again from that record, then read or verify the store"
     )
 
 
-def restore_root(path: Path, config_sha256: object) -> bool:
-    """Write the root's ``zarr.json`` again, byte for byte, from the attributes a model group
-    recorded (:data:`ROOT_RECORD`) when it is lost or unreadable, or when it names another
-    study configuration than the one both the record and the running study name (a damaged
-    hash: a changed study changes neither record nor root). Returns whether it was written."""
+def restore_root(path: Path, running: Mapping[str, object]) -> str | None:
+    """Make the store root's attributes and the record its model groups keep (:data:`ROOT_RECORD`)
+    agree again, byte for byte, when one of them is lost or altered: the side that agrees better
+    with the root the running study would write (``running``; :func:`_agreement`) is written
+    over the other, the record on a tie. A record of another study's
+    configuration is left as it is (the caller refuses the store). Returns a line for what was
+    written, or None."""
     record = recorded_root(path)
     if record is None:
-        return False
+        return None
     metadata = path / "zarr.json"
-    if root_readable(path):
-        stored = _attributes(metadata).get("config_sha256")
-        if stored == config_sha256 or record.get("config_sha256") != config_sha256:
-            return False
+    stored = _attributes(metadata) if root_readable(path) else None
+    if stored == record:
+        return None
+    if stored is not None and _agreement(stored, running) > _agreement(record, running):
+        for group, kept in _root_records(path):
+            if kept != stored:
+                zarr.open_group(group, mode="r+", zarr_format=3).attrs[ROOT_RECORD] = stored
+        return "the root's attributes that the model group records were altered: written again"
+    if record.get("config_sha256") != running.get("config_sha256"):
+        return None
     _remove_metadata(metadata)
     zarr.open_group(path, mode="a", zarr_format=3, attributes=record)
-    return True
+    return "root metadata was lost or damaged: written again"
+
+
+#: Root attributes a resumed run may differ on without the store being another's: when it was
+#: created, and with which code and libraries.
+_PER_RUN = ("created", "git_commit", "versions")
+
+
+def _agreement(
+    attributes: Mapping[str, object], running: Mapping[str, object]
+) -> tuple[bool, bool, bool]:
+    """How far a store's root attributes agree with those the running study would write
+    (``running``): its configuration hash, then its text and overrides, then every other
+    attribute but :data:`_PER_RUN`, with no attribute more or less."""
+    return (
+        attributes.get("config_sha256") == running.get("config_sha256"),
+        all(attributes.get(key) == running.get(key) for key in ("study", "overrides")),
+        set(attributes) == set(running)
+        and all(attributes[key] == running[key] for key in running if key not in _PER_RUN),
+    )
 
 
 def _array_folder(folder: Path) -> bool:
@@ -265,47 +336,52 @@ def restore_metadata(
     chunk shape other than the template's), and arrays removed whole (empty: a lost data array's
     units, and every unit of a lost checksum array, fail their checksums and are computed again;
     a lost done array is recovered from the checksums); chunks are kept. A group's own metadata,
-    where readable, is kept byte for byte (writing arrays into a group rewrites its attributes
-    otherwise); a lost one is written again with ``records()`` (the attributes the template
-    records, :data:`METADATA_SUMS` among them). Returns the names restored (``model`` for the
-    group)."""
+    where whole, is kept byte for byte (writing arrays into a group rewrites its attributes
+    otherwise), its :data:`METADATA_SUMS` brought up to date; a lost one is written again, with
+    every array's metadata (nothing recorded vouches for them), and ``records()`` (the
+    attributes the template records, :data:`RECORDS`). Returns the names restored (``model`` for
+    the group)."""
     directory = path / model
     if not directory.is_dir():
         return []
     names = {str(name) for name in empty.variables}
+    lost = unreadable_metadata(path, model)
+    group_lost = model in lost
     # removed whole, or a folder left without metadata (an array of fill values has no chunks)
     absent = {
         name
         for name in names
-        if not readable_json(directory / name / "zarr.json")
+        if group_lost
+        or name in lost
+        or not readable_json(directory / name / "zarr.json")
         or _disagrees(directory / name / "zarr.json", empty[name])
     }
-    absent |= names & set(unreadable_metadata(path, model))
-    group_lost = not readable_json(directory / "zarr.json", "group")
     restored = sorted(absent | ({model} if group_lost else set()))
     arrays = [name for name in restored if name != model]
     for name in restored:  # unreadable metadata is no metadata
         _remove_metadata((directory if name == model else directory / name) / "zarr.json")
-    if model in restored:
-        # a group written before its arrays: its arrays' data say whether any unit finished
-        done = directory / "done" / "c"
-        if not done.is_dir() or not any(done.rglob("*")):
+    if group_lost:
+        if not may_hold_units(directory):
             return []  # nothing can have finished: the template is rewritten whole
-        zarr.open_group(directory, mode="a", zarr_format=3)
+        zarr.open_group(directory, mode="a", zarr_format=3)  # a group before its arrays
     group_metadata = directory / "zarr.json"
-    kept = group_metadata.read_bytes() if model not in restored else None
+    kept = None if group_lost else group_metadata.read_bytes()
     if arrays:
         with warnings.catch_warnings():  # zarr notes the folders it is about to describe
             warnings.filterwarnings("ignore", message=".*not recognized as a component")
             empty[arrays].to_zarr(
                 path, group=model, mode="a", compute=False, zarr_format=3, consolidated=False
             )
+    group = zarr.open_group(directory, mode="r+", zarr_format=3)
     if kept is not None:
         partial = group_metadata.with_name("zarr.json.partial")  # verify removes a leftover
         partial.write_bytes(kept)
         os.replace(partial, group_metadata)
-    else:  # the attributes in the order the template wrote them
         group = zarr.open_group(directory, mode="r+", zarr_format=3)
+        if group.attrs.get(METADATA_SUMS) != (sums := metadata_sums(directory)):
+            group.attrs[METADATA_SUMS] = sums  # a record altered, or an array it did not name
+            restored = sorted({*restored, model})
+    else:  # the attributes in the order the template wrote them
         group.attrs.update({**empty.attrs, "model_name": model, **records(), TEMPLATE_MARK: True})
     return restored
 

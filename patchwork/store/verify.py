@@ -73,6 +73,9 @@ def verify_store(path: str | Path) -> VerifyReport:
         if not isinstance(group, zarr.Group) or not template_complete(group):
             continue  # a template cut short by a crash: rewritten by the next run
         store = ResultStore(path, model)
+        report.coordinates_damaged[model] = store.damaged_coordinates()
+        if report.coordinates_damaged[model]:
+            continue  # units are judged by their coordinates too: the run rewrites them first
         with _writing(path, f"written unreadable done marks of {model!r} again"):
             report.marks_restored[model] = store.restore_marks()
         cleared = report.units_cleared.setdefault(model, [])
@@ -82,7 +85,6 @@ def verify_store(path: str | Path) -> VerifyReport:
             with _writing(path, f"unmarked the damaged samples {start}-{stop - 1} of {model!r}"):
                 store.clear_done(start, stop)
             cleared.append((start, stop))
-        report.coordinates_damaged[model] = store.damaged_coordinates()
     return report
 
 

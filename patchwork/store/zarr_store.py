@@ -38,9 +38,11 @@ import zarr
 from patchwork.errors import StoreError
 from patchwork.store.bounded import bounded_store, open_store_group
 from patchwork.store.metadata import (
+    COORDINATE_SUMS,
     DAMAGE,
     MARKS,
     METADATA_SUMS,
+    RECORDS,
     ROOT_RECORD,
     TEMPLATE_MARK,
     metadata_line,
@@ -148,18 +150,15 @@ def template(samples: SampleCoords, arrays: Mapping[str, ArraySpec], unit_size: 
     return xr.Dataset(variables, coords=coords)
 
 
-#: Attribute of a model group set once its whole template (every array and coordinate) is written.
-#: Attribute of a model group: CRC-32 of each coordinate array as written (coordinates have no
-#: unit checksum of their own; a lost chunk would read as blank labels).
-COORDINATE_SUMS = "coordinate_checksums"
 #: An array's declaration of where a finished unit may hold NaN (:attr:`ArraySpec.may_be_nan`).
 NAN_ATTRIBUTE = "may_be_nan"
 
 
 def template_complete(group: zarr.Group) -> bool:
     """Whether a model group's template was written to the end: it carries :data:`TEMPLATE_MARK`
-    (stores written before the mark existed count as complete once a unit is done — a crash
-    while creating leaves none)."""
+    (a store other tools wrote counts as complete once a unit is done; in a store a study run
+    wrote, a group without the mark whose units may have finished is lost metadata,
+    :func:`~patchwork.store.metadata.unreadable_metadata`)."""
     if group.attrs.get(TEMPLATE_MARK):
         return True
     done = group.get("done")
@@ -208,7 +207,7 @@ class ResultStore:
                 f"{path / model} is a file where the store keeps the results of model {model!r}; "
                 "move it out of the store (or run with --fresh to start over)"
             )
-        restored_root = restore_root(path, provenance["config_sha256"])
+        restored_root = restore_root(path, _root_attributes(provenance))
         if (path / "zarr.json").exists():
             existing = root_attributes(path)
             if existing.get("config_sha256") != provenance["config_sha256"]:
@@ -228,11 +227,7 @@ class ResultStore:
                 store.check_layout(empty, unit_size)
                 repairs = store.repair(empty, rewrite_coordinates=bool(restored))
                 store.repairs = [
-                    *(
-                        ["root metadata was lost or damaged: written again"]
-                        if restored_root
-                        else []
-                    ),
+                    *([restored_root] if restored_root else []),
                     *(
                         f"metadata of {name!r} was lost or damaged: written again"
                         for name in restored
@@ -245,12 +240,7 @@ class ResultStore:
             raise StoreError(f"{path} exists but is not a patchwork store; not writing into it")
         else:
             # The root's metadata and attributes land in one atomic write.
-            attributes: dict[str, Any] = {
-                **provenance,
-                "created": _now(),
-                "schema_version": SCHEMA_VERSION,
-            }
-            zarr.open_group(path, mode="w", zarr_format=3, attributes=attributes)
+            zarr.open_group(path, mode="w", zarr_format=3, attributes=_root_attributes(provenance))
         empty.attrs["model_name"] = model
         empty.to_zarr(path, group=model, mode="w", compute=False, zarr_format=3, consolidated=False)
         store = cls(path, model)
@@ -465,22 +455,23 @@ class ResultStore:
 
     def damaged_coordinates(self) -> list[str]:
         """Coordinates whose values no longer match the checksums written with the template
-        (or cannot be read); none for stores written before the checksums existed."""
+        (or cannot be read), or that the checksums do not name; none for stores other tools
+        wrote (no checksums)."""
         recorded = self._group.attrs.get(COORDINATE_SUMS)
         if not isinstance(recorded, dict):
             return []
         try:
             found = self._coordinate_sums()
         except DAMAGE:
-            return sorted(recorded)
-        return sorted(name for name in recorded if found.get(name) != recorded[name])
+            return sorted({*recorded, *self.coordinate_names()})
+        return sorted(name for name in {*recorded, *found} if found.get(name) != recorded.get(name))
 
     def repair(self, empty: xr.Dataset, rewrite_coordinates: bool = False) -> list[str]:
         """Rewrite damaged coordinates (all of them with ``rewrite_coordinates``) from the
         study's template and unmark damaged units (the next computation redoes them); returns
-        one line per repair. Unreadable done marks are first written again from the units' own
-        data (:meth:`restore_marks`)."""
-        lines = self.restore_marks()
+        one line per repair. Unreadable done marks are then written again from the units' own
+        data (:meth:`restore_marks`, which reads coordinates to tell where NaN is allowed)."""
+        lines = []
         damaged = self.coordinate_names() if rewrite_coordinates else self.damaged_coordinates()
         for name in damaged:
             values = np.asarray(empty[name].values).astype(self._array(name).dtype)
@@ -489,6 +480,7 @@ class ResultStore:
                 lines.append(f"coordinate {name!r} was damaged: rewritten from the study")
         if damaged:
             self._group.attrs[COORDINATE_SUMS] = self._coordinate_sums()
+        lines += self.restore_marks()
         for start, stop in self.damaged_units():
             self.clear_done(start, stop)
             lines.append(f"samples {start}-{stop - 1} were damaged: computed again")
@@ -513,6 +505,11 @@ def _refuse_other_weights(
             "changed since the store was started); resuming would mix two models in one store: "
             "run with --fresh to start over (it removes the old results) or choose another store"
         )
+
+
+def _root_attributes(provenance: Mapping[str, object]) -> dict[str, Any]:
+    """The attributes a new store's root is written with."""
+    return {**provenance, "created": _now(), "schema_version": SCHEMA_VERSION}
 
 
 def _template_records(path: Path, model: str) -> dict[str, Any]:
@@ -616,7 +613,9 @@ def _open(path: Path, model: str | None, chunks: dict[str, int] | None, verify: 
     dataset = xr.open_zarr(
         bounded_store(path), group=model, consolidated=False, zarr_format=3, chunks=chunks
     )
-    records = (COORDINATE_SUMS, METADATA_SUMS, ROOT_RECORD, TEMPLATE_MARK)  # the store's own
+    # by name, not in the order zarr happened to gather the group's members (concurrently)
+    dataset = dataset[sorted(map(str, dataset.data_vars))]
+    records = (*RECORDS, TEMPLATE_MARK)  # the store's own
     dataset.attrs = {
         key: value
         for key, value in {**dict(root.attrs), **dataset.attrs}.items()
@@ -694,15 +693,19 @@ def root_attributes(path: Path) -> dict[str, object]:
     if not (path / "zarr.json").exists() and recorded_root(path) is None:
         raise StoreError(f"{path}: no patchwork store here")
     refuse_special_files(path)  # a FIFO would block the read below
+    record = recorded_root(path)
     try:
-        return dict(open_store_group(path).attrs)
+        attributes: dict[str, object] = dict(open_store_group(path).attrs)
     except DAMAGE as error:
-        if recorded_root(path) is not None:
+        if record is not None:
             raise StoreError(root_line(path)) from None
         raise StoreError(
             f"{path}: its root metadata is unreadable ({error}), so patchwork cannot tell which "
             "study wrote it; run with --fresh to start over or choose another store"
         ) from None
+    if record is not None and attributes != record:
+        raise StoreError(root_line(path))
+    return attributes
 
 
 def _git_commit() -> str:

@@ -134,7 +134,7 @@ def test_no_write_follows_a_symbolic_link_out_of_the_store(store: Path, tmp_path
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
-        ("zarr.json", "root metadata (zarr.json) is lost or unreadable; finished units are kept"),
+        ("zarr.json", "root metadata (zarr.json) is lost, unreadable or not what its model group"),
         ("random_init/zarr.json", "the metadata (zarr.json) of 'random_init' is lost"),
         ("random_init/effect/zarr.json", "the metadata (zarr.json) of 'effect' is lost"),
     ],
@@ -241,6 +241,38 @@ def edit_metadata(path: Path, field: str) -> None:
     path.write_text(json.dumps(metadata, indent=2))
 
 
+def edit_attributes(metadata: Path, edit) -> None:
+    """Rewrite a ``zarr.json`` validly with its attributes changed by ``edit(attributes)``."""
+    document = json.loads(metadata.read_text())
+    edit(document["attributes"])
+    metadata.write_text(json.dumps(document, indent=2))
+
+
+GROUP_EDITS = {
+    "attributes removed": lambda attributes: attributes.clear(),
+    "template mark removed": lambda attributes: attributes.pop("template_complete"),
+    "template mark false": lambda attributes: attributes.update(template_complete=False),
+    "metadata checksums removed": lambda attributes: attributes.pop("metadata_checksums"),
+    "coordinate checksums removed": lambda attributes: attributes.pop("coordinate_checksums"),
+    "root record removed": lambda attributes: attributes.pop("store_attributes"),
+    "model name changed": lambda attributes: attributes.update(model_name="other"),
+    "a metadata checksum changed": lambda attributes: attributes["metadata_checksums"].update(
+        effect=1
+    ),
+    "a metadata checksum removed": lambda attributes: attributes["metadata_checksums"].pop(
+        "effect"
+    ),
+    # fourth campaign, attacks 1486-1514
+    "metadata checksums emptied": lambda attributes: attributes["metadata_checksums"].clear(),
+    "metadata checksums a string": lambda attributes: attributes.update(metadata_checksums="x"),
+    "coordinate checksums emptied": lambda attributes: attributes["coordinate_checksums"].clear(),
+    "root record emptied": lambda attributes: attributes["store_attributes"].clear(),
+    "template mark a string": lambda attributes: attributes.update(template_complete="true"),
+    "model name a number": lambda attributes: attributes.update(model_name=1),
+    "an attribute added": lambda attributes: attributes.update(note="mine"),
+}
+
+
 @pytest.mark.parametrize("field", ["shape", "chunk_shape", "attributes"])
 def test_metadata_that_disagrees_with_the_template_is_damaged_metadata(
     store: Path, field: str
@@ -259,18 +291,20 @@ def test_metadata_that_disagrees_with_the_template_is_damaged_metadata(
     assert verify_store(store).ok
 
 
-@pytest.mark.parametrize("field", ["shape", "chunk_shape"])
-def test_a_store_without_metadata_checksums_is_still_repaired_from_the_template(
-    store: Path, field: str
+@pytest.mark.parametrize("checksums", ["metadata checksums removed", "metadata checksums emptied"])
+@pytest.mark.parametrize("field", ["shape", "chunk_shape", "attributes"])
+def test_array_metadata_altered_with_the_groups_checksums_gone_is_written_again(
+    store: Path, field: str, checksums: str
 ) -> None:
-    """Stores written before the group recorded its arrays' metadata: the run compares shapes
-    and chunk shapes with the study's template."""
-    group = store / "random_init" / "zarr.json"
-    metadata = json.loads(group.read_text())
-    del metadata["attributes"]["metadata_checksums"]
-    group.write_text(json.dumps(metadata, indent=2))
+    """With nothing left that records the arrays' metadata, the run writes every array's
+    metadata again from the study's template: the altered one is not kept as found (fourth
+    campaign, attacks 1302-1485: emptied checksums vouched for no array, and the run kept each
+    altered one)."""
     before = every_file(store)
+    edit_attributes(store / "random_init" / "zarr.json", GROUP_EDITS[checksums])
     edit_metadata(store / "random_init" / "effect" / "zarr.json", field)
+    code, line = one_line("status", store)
+    assert code == 2 and line.startswith("error: ")
     assert run_study(parse_study(TEXT), store.parent).units_run == 0
     assert every_file(store) == before
 
@@ -518,3 +552,112 @@ def test_every_chunk_a_store_writes_is_within_its_bound(tmp_path: Path) -> None:
             limit = chunk_limit(json.loads((folder / "zarr.json").read_text()))
             chunks = [path for path in (folder / "c").rglob("*") if path.is_file()]
             assert chunks and limit is not None and max(c.stat().st_size for c in chunks) <= limit
+
+
+@pytest.mark.parametrize("edit", GROUP_EDITS)
+def test_a_group_whose_records_are_edited_is_refused_then_written_again_whole(
+    store: Path, edit: str
+) -> None:
+    """Third campaign, attacks 0301-0313: the run kept every unit but left the group's
+    attributes as edited, and readers accepted a group that no longer recorded its template."""
+    before = every_file(store)
+    edit_attributes(store / "random_init" / "zarr.json", GROUP_EDITS[edit])
+    code, line = one_line("status", store)
+    assert code == 2 and line.startswith("error: ") and line.count("error") == 1
+    assert "random_init" in line or "root metadata" in line
+    code, line = one_line("verify", store)  # touches nothing a run needs
+    assert code == 0 or (code == 2 and "root metadata" in line)
+    assert run_study(parse_study(TEXT), store.parent).units_run == 0
+    assert every_file(store) == before
+    assert verify_store(store).ok
+
+
+@pytest.mark.parametrize(
+    "records",
+    ["coordinate checksums removed", "coordinate checksums emptied", "attributes removed"],
+)
+@pytest.mark.parametrize("command", ["status", "locate"])
+def test_swapped_layer_labels_without_their_checksums_are_never_read(
+    store: Path, records: str, command: str
+) -> None:
+    """Third campaign, attacks 0344-0347: with the coordinates' checksums gone, readers
+    reported effects under swapped layer labels."""
+    before = every_file(store)
+    edit_attributes(store / "random_init" / "zarr.json", GROUP_EDITS[records])
+    layer = zarr.open_array(store / "random_init" / "layer", mode="r+")
+    layer[:] = layer[:][::-1]
+    code, line = one_line(command, store)
+    assert code == 2 and line.startswith("error: ") and "random_init" in line
+    assert "'random_init'" in line or "layer" in line
+    assert run_study(parse_study(TEXT), store.parent).units_run == 0
+    assert every_file(store) == before
+
+
+ROOT_EDITS = {
+    "study text changed": lambda attributes: attributes.update(study="name: other\n"),
+    "overrides dropped": lambda attributes: attributes.update(overrides=["x=1"]),
+    "attributes removed": lambda attributes: attributes.clear(),
+    "schema version changed": lambda attributes: attributes.update(schema_version=999),
+    "an attribute added": lambda attributes: attributes.update(note="mine"),
+}
+
+
+@pytest.mark.parametrize("edit", ROOT_EDITS)
+@pytest.mark.parametrize("where", ["root", "record"])
+def test_root_attributes_that_disagree_with_their_record_are_refused_then_restored(
+    store: Path, edit: str, where: str
+) -> None:
+    """Third campaign, attacks 0317 and 0319: a run kept the root's edited provenance. The side
+    that still names the running study is the one written back."""
+    before = every_file(store)
+    if where == "root":
+        edit_attributes(store / "zarr.json", ROOT_EDITS[edit])
+    else:
+        edit_attributes(
+            store / "random_init" / "zarr.json",
+            lambda attributes: ROOT_EDITS[edit](attributes["store_attributes"]),
+        )
+    code, line = one_line("status", store)
+    assert code == 2 and line.startswith("error: ")
+    assert run_study(parse_study(TEXT), store.parent).units_run == 0
+    assert every_file(store) == before
+
+
+@pytest.mark.parametrize("verify_first", [False, True])
+def test_a_lost_mark_beside_an_unreadable_coordinate_keeps_its_unit(
+    store: Path, verify_first: bool
+) -> None:
+    """Fourth campaign, attacks 1039 and 1110: marks were judged before the coordinates they
+    read were repaired, so a lost mark was written as unfinished while the run skipped its unit,
+    and verify unmarked every unit."""
+    before = every_file(store)
+    (store / "random_init" / "done" / "c" / "2").unlink()
+    (store / "random_init" / "metric" / "c" / "0").write_bytes(b"")
+    if verify_first:
+        code, line = one_line("verify", store)
+        assert code == 0 and "'metric'" in line and "damaged; units not checked" in line
+        assert "0 unmarked" in line
+    assert run_study(parse_study(TEXT), store.parent).units_run == 0
+    assert every_file(store) == before
+
+
+def test_readers_list_arrays_by_name_whatever_order_the_store_gives(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fourth campaign, attack 1212: status listed the arrays in the order zarr gathered the
+    group's members (concurrently), so the same store printed differently from run to run."""
+    import xarray as xr
+
+    from patchwork.store import zarr_store
+
+    open_zarr = xr.open_zarr
+
+    def reversed_open(*arguments, **options):
+        dataset = open_zarr(*arguments, **options)
+        return dataset[list(dataset.data_vars)[::-1]]
+
+    monkeypatch.setattr(zarr_store.xr, "open_zarr", reversed_open)
+    names = list(open_results(store).data_vars)
+    assert names == sorted(names) and len(names) > 2
+    code, line = one_line("status", store)
+    assert code == 0 and line.index("baseline (run") < line.index("effect (layer")
