@@ -10,6 +10,7 @@ device) and the ``testbed`` commands load torch, transformers and nnsight; ``--h
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,8 +20,11 @@ from patchwork.cli.options import given_path
 from patchwork.cli.output import (
     EXIT_INTERRUPTED,
     EXIT_USER_ERROR,
+    OutputFailed,
     console,
+    guard_output,
     one_line,
+    output_failed,
     user_errors,
 )
 
@@ -242,7 +246,7 @@ def run(
 
     output_folder(store, "--store")  # before anything loads: a store is a folder
     label = loaded.where("store") if loaded.store is not None else "--store"
-    output_folder(store_path(loaded, store), label)
+    output_folder(store_path(loaded, store), label, store=True)
 
     with contextlib.ExitStack() as stack:
         executor = None
@@ -311,7 +315,9 @@ def verify(
     for model, names in report.coordinates_damaged.items():
         if names:
             console.print(
-                f"{model}: coordinates {names} damaged; the next run of the study rewrites them"
+                f"{model}: coordinates {names} damaged; units not checked (they are judged "
+                "with their coordinates): the next run of the study rewrites them, then checks "
+                "its units"
             )
     for model, lost in report.metadata_lost.items():
         console.print(f"[yellow]{metadata_line(store, model, lost)}[/]")
@@ -407,9 +413,13 @@ def _register_subcommands() -> None:
 
 def main() -> None:
     """Entry point of the ``patchwork`` command: every outcome but a bug is one line at most."""
+    guard_output()
     try:
         _register_subcommands()
         code = app(prog_name="patchwork", standalone_mode=False)
+        sys.stdout.flush()  # a closed pipe is found here, not at the interpreter's exit
+    except OutputFailed as failed:
+        raise SystemExit(output_failed(failed)) from None
     except (KeyboardInterrupt, typer.Abort):
         raise SystemExit(one_line("interrupted", EXIT_INTERRUPTED)) from None
     except typer.TyperException as error:  # bad arguments, unknown commands and options

@@ -28,13 +28,15 @@ def given_path(value: str | Path) -> Path:
     return Path(value)
 
 
-def output_folder(path: Path, option: str) -> Path:
-    """``path`` if it is a folder, or can be made one, that this process may write into.
+def output_folder(path: Path, option: str, store: bool = False) -> Path:
+    """``path`` if it is a folder, or can be made one, that this process may write into, outside
+    every Zarr store (``store``: ``path`` is a results store itself; only the folders above it
+    must not be one).
 
     Raises:
         patchwork.errors.PatchworkError: ``option: …`` when ``path`` or a folder above it is a
-            file (or a device such as ``/dev/null``), or the nearest existing folder above it
-            cannot be written.
+            file (or a device such as ``/dev/null``) or part of a Zarr store, or the nearest
+            existing folder above it cannot be written.
     """
     existing = path
     while not os.path.lexists(existing) and existing != existing.parent:
@@ -47,6 +49,17 @@ def output_folder(path: Path, option: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PatchworkError(f"{option} {path}: cannot write in {existing}")
     _name_lengths(path, existing, option)
+    absolute = Path(os.path.abspath(path))
+    nodes = [
+        folder
+        for folder in (absolute.parents if store else (absolute, *absolute.parents))
+        if os.path.isfile(folder / "zarr.json")  # False for a path too long to look up
+    ]
+    if nodes:  # named by its outermost folder, the store's root
+        raise PatchworkError(
+            f"{option} {path}: inside the Zarr store {nodes[-1]}, which holds results only; "
+            "choose a folder outside it"
+        )
     return path
 
 

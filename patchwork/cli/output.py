@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import re
+import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import typer
 from rich.console import Console
@@ -34,6 +37,57 @@ _RUST_OS_ERROR = re.compile(r"(?:I/O error: )?([^:]*) \(os error (\d+)\)$")
 
 console = Console()
 errors = Console(stderr=True)
+
+
+class OutputFailed(Exception):
+    """Writing the command's own output (stdout) failed: the reading end of a pipe was closed
+    (``| head``), or the disk behind a redirection is full."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror)
+        self.error = error
+
+
+class _GuardedOutput:
+    """stdout, whose failed writes raise :class:`OutputFailed` (one line at the top, not an
+    OSError traceback from wherever the command printed)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as error:
+            raise OutputFailed(error) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as error:
+            raise OutputFailed(error) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def guard_output() -> None:
+    """Route this process's stdout through :class:`_GuardedOutput`."""
+    if not isinstance(sys.stdout, _GuardedOutput):
+        sys.stdout = _GuardedOutput(sys.stdout)  # type: ignore[assignment]
+
+
+def output_failed(failed: OutputFailed) -> int:
+    """One line for output that could not be written, nothing more written to stdout; the exit
+    code: 141 for a closed pipe (as a shell reports a command ended by SIGPIPE), else 2."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stdout: nothing more, the exit's flush too
+    if failed.error.errno == errno.EPIPE:
+        return one_line(
+            "error: the output was closed (broken pipe) before the command finished; a run "
+            "keeps the units it finished",
+            128 + signal.SIGPIPE,
+        )
+    return one_line(f"error: cannot write the output ({failed.error.strerror})", EXIT_USER_ERROR)
 
 
 def one_line(message: str, code: int) -> int:

@@ -65,11 +65,18 @@ def parse_study(text: str, source: Path | None = None, overrides: Iterable[str] 
         raise StudyError(f"{label}: malformed YAML: {error}") from None
     if not isinstance(data, Mapping):
         raise StudyError(f"{label}:1: a study file is a mapping of keys (name, model, …)")
-    overridden, written = {}, data
+    written = data
+    overridden: dict[FieldPath, str] = {}
+    values: dict[FieldPath, object] = {}
     for override in overrides:
         field_path, value = parse_override(override)
+        if field_path in values and values[field_path] != value:
+            raise StudyError(
+                f"--set {_shown(overridden[field_path])} and --set {_shown(override)} give "
+                "one field two values; give it once"
+            )
         data = _with_value(dict(data), field_path, value, override)
-        overridden[field_path] = override
+        overridden[field_path], values[field_path] = override, value
     if source is not None:
         data = _resolve_relative(dict(data), source.parent)
     try:

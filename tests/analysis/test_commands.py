@@ -212,6 +212,18 @@ def test_plot_writes_nothing_through_a_link_in_its_folder(
     assert outside.read_bytes() == b"not a figure" and not (tmp_path / "missing.png").exists()
 
 
+@pytest.mark.parametrize("inside", ["", "synthetic-model", "synthetic-model/figures"])
+def test_plot_never_writes_figures_into_a_store(small_store: Path, inside: str) -> None:
+    """Fourth campaign, attack 2331: `--out` naming the store's model group put the figures
+    among its arrays."""
+    before = sorted(small_store.rglob("*"))
+    out = small_store / inside
+    result = runner.invoke(app, ["plot", str(small_store), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"inside the Zarr store {small_store}, which holds" in _flat(result.output)
+    assert sorted(small_store.rglob("*")) == before
+
+
 @pytest.mark.parametrize("kind", ["folder", "fifo"])
 def test_plot_refuses_a_figure_name_taken_by_a_folder_or_fifo(
     small_store: Path, tmp_path: Path, kind: str

@@ -368,3 +368,78 @@ def test_testbed_train_on_a_full_disk_says_so_in_one_line(
     monkeypatch.setattr(train, "train", lambda *a, **k: 1 / 0)  # a bug stays a bug
     with pytest.raises(ZeroDivisionError):
         patchwork_main("testbed", "train", *arguments)
+
+
+@pytest.mark.parametrize("command", ["--help", "status"])
+def test_a_terminal_that_cannot_show_unicode_gets_escapes_not_a_traceback(
+    command: str, finished_store: Path
+) -> None:
+    """Fourth campaign, attacks 2422-2423: with PYTHONIOENCODING=ascii every "—" in the output
+    was a UnicodeEncodeError."""
+    arguments = [command, str(finished_store)] if command == "status" else [command]
+    result = subprocess.run(
+        [sys.executable, "-m", "patchwork", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**ENV, "PYTHONIOENCODING": "ascii"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout.isascii()
+
+
+def test_output_to_a_full_disk_is_one_line(finished_store: Path) -> None:
+    """Fourth campaign, attack 2454: `status > /dev/full` ended in an OSError traceback."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "patchwork", "status", str(finished_store)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            env=ENV,
+        )
+    assert result.returncode == 2
+    assert result.stderr == "error: cannot write the output (No space left on device)\n"
+
+
+def test_a_closed_output_pipe_is_one_line_and_the_sigpipe_exit_code(finished_store: Path) -> None:
+    """Fourth campaign, attacks 2455 and 2457 (`status | head -1`): exit 1 and Python's own
+    "Exception ignored" lines. The pipe's reading end is closed before the command starts."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "patchwork", "status", str(finished_store)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            env=ENV,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 141
+    assert result.stderr.startswith("error: the output was closed (broken pipe)")
+    assert result.stderr.count("\n") == 1
+
+
+def test_a_removed_current_folder_is_one_line(tmp_path: Path) -> None:
+    """Fourth campaign, attack 2449: torch failed to load with an oneMKL FATAL ERROR."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    result = subprocess.run(
+        [
+            "sh",
+            "-c",
+            'cd "$1" && rmdir "$1" && exec "$0" -m patchwork --help',
+            sys.executable,
+            gone,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
+    assert result.returncode == 2, result.stderr
+    assert one_line(result) == "error: the current folder no longer exists; cd to one that does"

@@ -217,6 +217,15 @@ def test_a_bad_override_is_named_not_the_file(tmp_path: Path, override: str) -> 
     assert str(caught.value).startswith(BAD_OVERRIDES[override])
 
 
+def test_one_field_set_twice_to_different_values_is_refused() -> None:
+    """Fourth campaign, attacks 2300 and 2303: the last value silently won."""
+    twice = ["dataset.samples=4", "dataset.samples = 8"]
+    with pytest.raises(StudyError, match="give one field two values; give it once"):
+        parse_study(study_text(), overrides=twice)
+    same = parse_study(study_text(), overrides=["dataset.samples=4", "dataset.samples=4"])
+    assert same.dataset.samples == 4
+
+
 def test_a_misspelt_key_in_the_file_is_not_blamed_on_an_override(tmp_path: Path) -> None:
     text = study_text().replace("  seed: 3", "  sede: 3")
     with pytest.raises(StudyError) as caught:
