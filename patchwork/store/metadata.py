@@ -124,12 +124,14 @@ def _records_lost(directory: Path, attributes: dict[str, object]) -> bool:
     """Whether a model group of a store a study run wrote (its root names the study's
     configuration hash; a store other tools wrote keeps no records) that may hold finished units
     (:func:`may_hold_units`) lacks its template's mark, its model's name or any of its
-    :data:`RECORDS`, or holds attributes its template did not write."""
+    :data:`RECORDS` (or records no metadata of its marks), or holds attributes its template did
+    not write."""
     whole = (
         set(attributes) == {"model_name", *RECORDS, TEMPLATE_MARK}
         and attributes[TEMPLATE_MARK] is True
         and attributes["model_name"] == directory.name
         and all(isinstance(attributes[record], dict) for record in RECORDS)
+        and set(MARKS) <= set(attributes[METADATA_SUMS])  # every template has its marks
     )
     root = directory.parent / "zarr.json"
     return (
@@ -202,9 +204,10 @@ def restore_root(path: Path, running: Mapping[str, object]) -> str | None:
     """Make the store root's attributes and the record its model groups keep (:data:`ROOT_RECORD`)
     agree again, byte for byte, when one of them is lost or altered: the side that agrees better
     with the root the running study would write (``running``; :func:`_agreement`) is written
-    over the other, the record on a tie. A record of another study's
-    configuration is left as it is (the caller refuses the store). Returns a line for what was
-    written, or None."""
+    over the other, the record on a tie. The root is written over the record only when it agrees
+    wholly (else both are damaged and neither can be trusted: :class:`StoreError`). A record of
+    another study's configuration is left as it is (the caller refuses the store). Returns a line
+    for what was written, or None."""
     record = recorded_root(path)
     if record is None:
         return None
@@ -213,6 +216,12 @@ def restore_root(path: Path, running: Mapping[str, object]) -> str | None:
     if stored == record:
         return None
     if stored is not None and _agreement(stored, running) > _agreement(record, running):
+        if not all(_agreement(stored, running)):
+            raise StoreError(
+                f"{path}: the root's attributes and the copy its model group keeps "
+                f"({ROOT_RECORD}) disagree, and neither is what this study writes; patchwork "
+                "cannot tell which is right — check them (or run with --fresh to start over)"
+            )
         for group, kept in _root_records(path):
             if kept != stored:
                 zarr.open_group(group, mode="r+", zarr_format=3).attrs[ROOT_RECORD] = stored

@@ -661,3 +661,25 @@ def test_readers_list_arrays_by_name_whatever_order_the_store_gives(
     assert names == sorted(names) and len(names) > 2
     code, line = one_line("status", store)
     assert code == 0 and line.index("baseline (run") < line.index("effect (layer")
+
+
+def test_emptied_metadata_checksums_name_the_group_not_every_array(store: Path) -> None:
+    """Fourth campaign, attack 1327: the line listed all 17 arrays as lost."""
+    edit_attributes(store / "random_init" / "zarr.json", GROUP_EDITS["metadata checksums emptied"])
+    code, line = one_line("status", store)
+    assert code == 2 and "the metadata (zarr.json) of 'random_init' is lost" in line
+    assert "'effect'" not in line
+
+
+@pytest.mark.parametrize("edit", ["schema version changed", "an attribute added"])
+def test_a_root_altered_beside_an_emptied_record_is_refused_not_kept(
+    store: Path, edit: str
+) -> None:
+    """Fourth campaign, attacks 1548 and 1550: with the group's copy of the root emptied, the
+    run copied the altered root into it and went on."""
+    edit_attributes(store / "zarr.json", ROOT_EDITS[edit])
+    edit_attributes(store / "random_init" / "zarr.json", GROUP_EDITS["root record emptied"])
+    before = every_file(store)
+    with pytest.raises(StoreError, match="neither is what this study writes"):
+        run_study(parse_study(TEXT), store.parent)
+    assert every_file(store) == before
