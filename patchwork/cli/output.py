@@ -11,7 +11,6 @@ import errno
 import functools
 import os
 import re
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,8 +39,8 @@ errors = Console(stderr=True)
 
 
 class OutputFailed(Exception):
-    """Writing the command's own output (stdout) failed: the reading end of a pipe was closed
-    (``| head``), or the disk behind a redirection is full."""
+    """Writing the command's own output (stdout) failed: the disk behind a redirection is full,
+    say."""
 
     def __init__(self, error: OSError) -> None:
         super().__init__(error.strerror)
@@ -50,7 +49,9 @@ class OutputFailed(Exception):
 
 class _GuardedOutput:
     """stdout, whose failed writes raise :class:`OutputFailed` (one line at the top, not an
-    OSError traceback from wherever the command printed)."""
+    OSError traceback from wherever the command printed). A closed pipe (``| head -1``) is no
+    failure: what is left to print goes nowhere and the command finishes its work (a run, its
+    units)."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -59,13 +60,20 @@ class _GuardedOutput:
         try:
             return self._stream.write(text)
         except OSError as error:
-            raise OutputFailed(error) from None
+            self._failed(error)
+            return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except OSError as error:
+            self._failed(error)
+
+    def _failed(self, error: OSError) -> None:
+        if error.errno != errno.EPIPE:
             raise OutputFailed(error) from None
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # also for what the stream still holds
+        self._stream = open(os.devnull, "w")  # noqa: SIM115 - stdout's stand-in until the exit
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -78,15 +86,8 @@ def guard_output() -> None:
 
 
 def output_failed(failed: OutputFailed) -> int:
-    """One line for output that could not be written, nothing more written to stdout; the exit
-    code: 141 for a closed pipe (as a shell reports a command ended by SIGPIPE), else 2."""
+    """One line for output that could not be written, nothing more written to stdout; exit 2."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stdout: nothing more, the exit's flush too
-    if failed.error.errno == errno.EPIPE:
-        return one_line(
-            "error: the output was closed (broken pipe) before the command finished; a run "
-            "keeps the units it finished",
-            128 + signal.SIGPIPE,
-        )
     return one_line(f"error: cannot write the output ({failed.error.strerror})", EXIT_USER_ERROR)
 
 
