@@ -120,7 +120,7 @@ def unreadable_metadata(path: Path, model: str) -> list[str]:
     return lost + sorted(damaged | (expected - folders))
 
 
-def _records_lost(directory: Path, attributes: dict[str, object]) -> bool:
+def _records_lost(directory: Path, attributes: dict[str, Any]) -> bool:
     """Whether a model group of a store a study run wrote (its root names the study's
     configuration hash; a store other tools wrote keeps no records) that may hold finished units
     (:func:`may_hold_units`) lacks its template's mark, its model's name or any of its
