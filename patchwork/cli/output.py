@@ -80,7 +80,10 @@ class _GuardedOutput:
 
 
 def guard_output() -> None:
-    """Route this process's stdout through :class:`_GuardedOutput`."""
+    """Route this process's stdout through :class:`_GuardedOutput` (a closed one, ``>&-``, to
+    nowhere, as a closed pipe)."""
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout's stand-in until the exit
     if not isinstance(sys.stdout, _GuardedOutput):
         sys.stdout = _GuardedOutput(sys.stdout)  # type: ignore[assignment]
 

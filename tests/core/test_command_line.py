@@ -427,6 +427,18 @@ def test_a_closed_output_pipe_stops_nothing(tmp_path: Path) -> None:
     assert bool(open_results(tmp_path / "tiny.zarr")["done"].all())
 
 
+def test_a_closed_stdout_is_no_error(finished_store: Path) -> None:
+    """Fourth campaign, attack 2453 (`status >&-`): an AttributeError traceback."""
+    result = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m patchwork status "$1" >&-', sys.executable, finished_store],
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
+    assert result.returncode == 0 and result.stderr == ""
+
+
 def test_a_removed_current_folder_is_one_line(tmp_path: Path) -> None:
     """Fourth campaign, attack 2449: torch failed to load with an oneMKL FATAL ERROR."""
     gone = tmp_path / "gone"
