@@ -417,7 +417,7 @@ def main() -> None:
     try:
         _register_subcommands()
         code = app(prog_name="patchwork", standalone_mode=False)
-        sys.stdout.flush()  # a closed pipe is found here, not at the interpreter's exit
+        sys.stdout.flush()  # a full disk is found here, not at the interpreter's exit
     except OutputFailed as failed:
         raise SystemExit(output_failed(failed)) from None
     except (KeyboardInterrupt, typer.Abort):

@@ -72,7 +72,7 @@ class _GuardedOutput:
     def _failed(self, error: OSError) -> None:
         if error.errno != errno.EPIPE:
             raise OutputFailed(error) from None
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # also for what the stream still holds
+        _stdout_to_nowhere()  # also for what the stream still holds
         self._stream = open(os.devnull, "w")  # noqa: SIM115 - stdout's stand-in until the exit
 
     def __getattr__(self, name: str) -> Any:
@@ -88,9 +88,17 @@ def guard_output() -> None:
         sys.stdout = _GuardedOutput(sys.stdout)  # type: ignore[assignment]
 
 
+def _stdout_to_nowhere() -> None:
+    """Point file descriptor 1 at the null device: nothing more is written there, the
+    interpreter's flush at exit included."""
+    nowhere = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(nowhere, 1)
+    os.close(nowhere)
+
+
 def output_failed(failed: OutputFailed) -> int:
     """One line for output that could not be written, nothing more written to stdout; exit 2."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stdout: nothing more, the exit's flush too
+    _stdout_to_nowhere()
     return one_line(f"error: cannot write the output ({failed.error.strerror})", EXIT_USER_ERROR)
 
 
