@@ -435,12 +435,11 @@ class ResultStore:
         ]
 
     def _coordinate_sums(self) -> dict[str, int]:
-        sums = {}
-        for name in self.coordinate_names():
-            values = np.asarray(self._array(name)[:])
-            data = "\x1f".join(map(str, values.ravel())).encode()
-            sums[name] = zlib.crc32(data)
-        return sums
+        return {name: self._coordinate_sum(name) for name in self.coordinate_names()}
+
+    def _coordinate_sum(self, name: str) -> int:
+        values = np.asarray(self._array(name)[:])
+        return zlib.crc32("\x1f".join(map(str, values.ravel())).encode())
 
     def coordinate_names(self) -> list[str]:
         """Dimension coordinates and those a variable names in its ``coordinates``."""
@@ -460,11 +459,17 @@ class ResultStore:
         recorded = self._group.attrs.get(COORDINATE_SUMS)
         if not isinstance(recorded, dict):
             return []
-        try:
-            found = self._coordinate_sums()
-        except DAMAGE:
-            return sorted({*recorded, *self.coordinate_names()})
-        return sorted(name for name in {*recorded, *found} if found.get(name) != recorded.get(name))
+        found: dict[str, int | None] = {}
+        for name in self.coordinate_names():
+            try:
+                found[name] = self._coordinate_sum(name)
+            except DAMAGE:
+                found[name] = None
+        return sorted(
+            name
+            for name in {*recorded, *found}
+            if found.get(name) is None or found[name] != recorded.get(name)
+        )
 
     def repair(self, empty: xr.Dataset, rewrite_coordinates: bool = False) -> list[str]:
         """Rewrite damaged coordinates (all of them with ``rewrite_coordinates``) from the
@@ -641,16 +646,19 @@ def _check_marks(path: Path, model: str) -> None:
 def _check_whole(path: Path, model: str) -> None:
     store = ResultStore(path, model, mode="r")
     coordinates = store.damaged_coordinates()
-    units = store.damaged_units()
-    if coordinates or units:
-        parts = [f"coordinates {coordinates}"] if coordinates else []
-        if units:
-            first, stop = units[0]
-            parts.append(f"{len(units)} finished unit(s) (samples {first}-{stop - 1}…)")
+    if coordinates:  # units are judged with them (where NaN is allowed), so not before
         raise StoreError(
-            f"{path}/{model}: damaged {' and '.join(parts)}: they fail their checksums; run "
-            "patchwork verify, then the study again to recompute them (or read anyway with "
-            "verify=False / --no-verify)"
+            f"{path}/{model}: damaged coordinates {coordinates}: they fail their checksums; run "
+            "the study again to rewrite them from the study, keeping every finished unit (or "
+            "read anyway with verify=False / --no-verify)"
+        )
+    units = store.damaged_units()
+    if units:
+        first, stop = units[0]
+        raise StoreError(
+            f"{path}/{model}: damaged {len(units)} finished unit(s) (samples {first}-{stop - 1}…): "
+            "they fail their checksums; run patchwork verify, then the study again to recompute "
+            "them (or read anyway with verify=False / --no-verify)"
         )
 
 

@@ -683,3 +683,19 @@ def test_a_root_altered_beside_an_emptied_record_is_refused_not_kept(
     with pytest.raises(StoreError, match="neither is what this study writes"):
         run_study(parse_study(TEXT), store.parent)
     assert every_file(store) == before
+
+
+def test_one_unreadable_coordinate_is_named_alone_and_its_units_not_blamed(store: Path) -> None:
+    """Fourth campaign, attack 2703: with one coordinate chunk emptied, status named all nine
+    coordinates and the four intact units as damaged, and the run printed nine repairs."""
+    before = every_file(store)
+    (store / "random_init" / "metric" / "c" / "0").write_bytes(b"")
+    code, line = one_line("status", store)
+    assert code == 2 and "damaged coordinates ['metric']: they fail their checksums" in line
+    assert "unit" not in line.split("keeping")[0]
+    notes: list[str] = []
+    assert run_study(parse_study(TEXT), store.parent, on_note=notes.append).units_run == 0
+    assert [note for note in notes if "was damaged" in note] == [
+        "coordinate 'metric' was damaged: rewritten from the study"
+    ]
+    assert every_file(store) == before
