@@ -70,18 +70,29 @@ DAMAGE = (
 )
 
 
-def readable_json(path: Path, node_type: str | None = None) -> bool:
-    """Whether ``path`` is a file holding a JSON object (what every ``zarr.json`` is), of
-    ``node_type`` ("group", "array") where given; a FIFO or a device there is never opened."""
+def _json_object(path: Path, node_type: str | None = None) -> dict[str, Any] | None:
+    """The JSON object ``path`` holds (what every ``zarr.json`` is), of ``node_type`` ("group",
+    "array") where given, read once and bounded; None otherwise. A FIFO or a device there is
+    never opened."""
     try:
         metadata = json.loads(read_bounded(path, METADATA_LIMIT))
     except (Unreadable, ValueError, RecursionError):
-        return False
-    return isinstance(metadata, dict) and node_type in (None, metadata.get("node_type"))
+        return None
+    if isinstance(metadata, dict) and node_type in (None, metadata.get("node_type")):
+        return metadata
+    return None
 
 
-def _attributes(path: Path) -> dict[str, Any]:
-    attributes = json.loads(path.read_text(encoding="utf-8")).get("attributes")
+def readable_json(path: Path, node_type: str | None = None) -> bool:
+    """Whether ``path`` holds a JSON object, of ``node_type`` where given (:func:`_json_object`)."""
+    return _json_object(path, node_type) is not None
+
+
+def _attributes(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A ``zarr.json`` object's attributes ({} when it has none), None for no object."""
+    if metadata is None:
+        return None
+    attributes = metadata.get("attributes")
     return attributes if isinstance(attributes, dict) else {}
 
 
@@ -94,11 +105,7 @@ def unreadable_metadata(path: Path, model: str) -> list[str]:
     directory = path / model
     if not directory.is_dir():
         return []
-    attributes = (
-        _attributes(directory / "zarr.json")
-        if readable_json(directory / "zarr.json", "group")
-        else None
-    )
+    attributes = _attributes(_json_object(directory / "zarr.json", "group"))
     lost = [model] if attributes is None or _records_lost(directory, attributes) else []
     folders = {entry.name for entry in directory.iterdir() if entry.is_dir()}
     recorded = None if lost or attributes is None else attributes.get(METADATA_SUMS)
@@ -133,13 +140,8 @@ def _records_lost(directory: Path, attributes: dict[str, Any]) -> bool:
         and all(isinstance(attributes[record], dict) for record in RECORDS)
         and set(MARKS) <= set(attributes[METADATA_SUMS])  # every template has its marks
     )
-    root = directory.parent / "zarr.json"
-    return (
-        not whole
-        and may_hold_units(directory)
-        and readable_json(root)
-        and "config_sha256" in _attributes(root)
-    )
+    root = _attributes(_json_object(directory.parent / "zarr.json"))
+    return not whole and may_hold_units(directory) and root is not None and "config_sha256" in root
 
 
 def may_hold_units(directory: Path) -> bool:
@@ -175,9 +177,8 @@ def _root_records(path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     if not path.is_dir():
         return
     for entry in sorted(path.iterdir()):
-        metadata = entry / "zarr.json"
-        if entry.is_dir() and not entry.is_symlink() and readable_json(metadata):
-            record = _attributes(metadata).get(ROOT_RECORD)
+        if entry.is_dir() and not entry.is_symlink():
+            record = (_attributes(_json_object(entry / "zarr.json")) or {}).get(ROOT_RECORD)
             if isinstance(record, dict):
                 yield entry, record
 
@@ -212,7 +213,7 @@ def restore_root(path: Path, running: Mapping[str, object]) -> str | None:
     if record is None:
         return None
     metadata = path / "zarr.json"
-    stored = _attributes(metadata) if root_readable(path) else None
+    stored = _attributes(_json_object(metadata)) if root_readable(path) else None
     if stored == record:
         return None
     if stored is not None and _agreement(stored, running) > _agreement(record, running):
@@ -264,13 +265,13 @@ def _named_by_arrays(directory: Path, folders: set[str]) -> set[str]:
     only these names tell from a user's."""
     named: set[str] = set()
     for name in folders:
-        metadata = directory / name / "zarr.json"
-        if not readable_json(metadata):
+        metadata = _json_object(directory / name / "zarr.json")
+        if metadata is None:
             continue
-        dims = json.loads(metadata.read_text(encoding="utf-8")).get("dimension_names")
+        dims = metadata.get("dimension_names")
         if isinstance(dims, list):
             named.update(str(dim) for dim in dims if dim)
-        named.update(str(_attributes(metadata).get("coordinates", "")).split())
+        named.update(str((_attributes(metadata) or {}).get("coordinates", "")).split())
     return named
 
 
@@ -381,17 +382,16 @@ def restore_metadata(
             empty[arrays].to_zarr(
                 path, group=model, mode="a", compute=False, zarr_format=3, consolidated=False
             )
-    group = zarr.open_group(directory, mode="r+", zarr_format=3)
     if kept is not None:
         partial = group_metadata.with_name("zarr.json.partial")  # verify removes a leftover
         partial.write_bytes(kept)
         os.replace(partial, group_metadata)
-        group = zarr.open_group(directory, mode="r+", zarr_format=3)
-        if group.attrs.get(METADATA_SUMS) != (sums := metadata_sums(directory)):
-            group.attrs[METADATA_SUMS] = sums  # a record altered, or an array it did not name
-            restored = sorted({*restored, model})
-    else:  # the attributes in the order the template wrote them
+    group = zarr.open_group(directory, mode="r+", zarr_format=3)
+    if kept is None:  # the attributes in the order the template wrote them
         group.attrs.update({**empty.attrs, "model_name": model, **records(), TEMPLATE_MARK: True})
+    elif group.attrs.get(METADATA_SUMS) != (sums := metadata_sums(directory)):
+        group.attrs[METADATA_SUMS] = sums  # a record altered, or an array it did not name
+        restored = sorted({*restored, model})
     return restored
 
 

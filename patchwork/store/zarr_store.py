@@ -698,10 +698,10 @@ def root_attributes(path: Path) -> dict[str, object]:
     for store in (path.parent, path.parent.parent):  # a model group, or an array of one
         if store != path and recorded_root(store) is not None:
             raise StoreError(f"{path}: a part of the store {store}, not a store; give {store}")
-    if not (path / "zarr.json").exists() and recorded_root(path) is None:
+    record = recorded_root(path)
+    if not (path / "zarr.json").exists() and record is None:
         raise StoreError(f"{path}: no patchwork store here")
     refuse_special_files(path)  # a FIFO would block the read below
-    record = recorded_root(path)
     try:
         attributes: dict[str, object] = dict(open_store_group(path).attrs)
     except DAMAGE as error:
