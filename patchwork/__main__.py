@@ -1,13 +1,18 @@
 """``patchwork`` and ``python -m patchwork``: the command line.
 
 This module imports nothing but the standard library before :mod:`patchwork.cli`, so that Ctrl-C
-while the command starts gives the same one line and exit code 130 as Ctrl-C later.
+while the command starts gives the same one line and exit code 130 as Ctrl-C later. Once the
+command is over, a Ctrl-C (the second of an impatient user, during the interpreter's shutdown)
+ends the process at once with exit code 130, not with a traceback from an exit callback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+from types import FrameType
 
 
 def main() -> None:
@@ -22,11 +27,23 @@ def main() -> None:
         if reconfigure is not None:
             reconfigure(errors="backslashreplace")
     try:
-        from patchwork.cli import main as cli_main
-    except KeyboardInterrupt:
+        try:
+            from patchwork.cli import main as cli_main
+
+            cli_main()
+        finally:
+            signal.signal(signal.SIGINT, _leave_now)
+    except KeyboardInterrupt:  # while the command starts, or a second while it reports the first
         sys.stderr.write("interrupted\n")
         raise SystemExit(130) from None
-    cli_main()
+
+
+def _leave_now(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C after the command ended: what is written is flushed, nothing else runs."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe, or a write the signal interrupted
+            stream.flush()
+    os._exit(130)
 
 
 if __name__ == "__main__":

@@ -249,11 +249,12 @@ def _done_units(store: Path) -> int:
 
 
 def _interrupt(
-    args: list[str], when: Callable[[int], bool], timeout: float = 240
+    args: list[str], when: Callable[[int], bool], timeout: float = 240, python: bool = False
 ) -> tuple[int, str, str]:
-    """Run ``patchwork ARGS``, send SIGINT once ``when(pid)`` holds; return (code, out, err)."""
+    """Run ``patchwork ARGS`` (``python ARGS``), send SIGINT once ``when(pid)`` holds; return
+    (code, out, err)."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "patchwork", *args],
+        [sys.executable, *args] if python else [sys.executable, "-m", "patchwork", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -303,6 +304,30 @@ def test_ctrl_c_during_the_sweep_keeps_finished_units_and_resumes(tmp_path: Path
     summary = " ".join(resumed.stdout.split())
     assert f"{20 - done_units} units run, {done_units} already done" in summary
     assert bool(open_results(store)["done"].all())
+
+
+SLOW_EXIT = """
+import atexit, signal, sys
+from pathlib import Path
+def slow_exit_callback():  # stands in for a slow one, such as torch's (campaign 4, attack 2533)
+    Path(sys.argv[1]).touch()
+    signal.pause()
+atexit.register(slow_exit_callback)
+sys.argv = ["patchwork", "--version"]
+from patchwork.__main__ import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_interpreter_shuts_down_leaves_at_once_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    shutting_down = tmp_path / "shutting-down"
+    code, out, err = _interrupt(
+        ["-c", SLOW_EXIT, str(shutting_down)], lambda pid: shutting_down.exists(), python=True
+    )
+    assert (code, err) == (130, ""), err
+    assert out.strip(), "the command's own output is kept"
 
 
 def test_run_study_draws_a_progress_bar_in_samples(
