@@ -34,3 +34,17 @@ class TrainingError(PatchworkError):
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run: the message says how many units are done. Finished units stay in the
     store, and running the study again resumes after them."""
+
+
+def ctrl_c_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C that ``error`` is, or was raised while handling (a library's clean-up can fail
+    on the interrupt: nnsight's traceback filter raises a ``TypeError`` for a frame with no line
+    number, and the user still pressed Ctrl-C); ``None`` when there is none."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__context__
+    return None

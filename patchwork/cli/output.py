@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import typer
 from rich.console import Console
 
-from patchwork.errors import PatchworkError
+from patchwork.errors import PatchworkError, ctrl_c_behind
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -148,9 +148,11 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except PatchworkError as error:
             raise fail(f"error: {error}", EXIT_USER_ERROR) from None
-        except KeyboardInterrupt as error:
-            raise fail(
-                f"interrupted: {error}" if str(error) else "interrupted", EXIT_INTERRUPTED
-            ) from None
+        except BaseException as error:
+            interrupt = ctrl_c_behind(error)
+            if interrupt is None:
+                raise
+            said = f"interrupted: {interrupt}" if str(interrupt) else "interrupted"
+            raise fail(said, EXIT_INTERRUPTED) from None
 
     return wrapper

@@ -26,7 +26,7 @@ from patchwork.data.sample import Sample
 from patchwork.data.source import SampleSource
 from patchwork.engine.distributed import workers_alive
 from patchwork.engine.lock import check_unlocked, store_lock
-from patchwork.errors import DataError, PatchworkError, RunInterrupted, StoreError
+from patchwork.errors import DataError, PatchworkError, RunInterrupted, StoreError, ctrl_c_behind
 from patchwork.loading.model import LoadedModel, load_model
 from patchwork.methods.method import Method, method_class
 from patchwork.models.checkpoint import weights_fingerprint
@@ -358,7 +358,9 @@ def _run_units(
                         )
                 else:
                     alone_since = None
-    except KeyboardInterrupt:
+    except BaseException as error:
+        if ctrl_c_behind(error) is None:
+            raise
         done = store.done()
         finished = sum(bool(done[start:stop].all()) for start, stop in prepared.units)
         raise RunInterrupted(

@@ -16,6 +16,7 @@ import pytest
 import zarr
 
 from patchwork import open_results, parse_study, run_study
+from patchwork.errors import RunInterrupted
 from patchwork.study.loader import study_hash
 
 from .helpers import SMOKE, study_text
@@ -304,6 +305,45 @@ def test_ctrl_c_during_the_sweep_keeps_finished_units_and_resumes(tmp_path: Path
     summary = " ".join(resumed.stdout.split())
     assert f"{20 - done_units} units run, {done_units} already done" in summary
     assert bool(open_results(store)["done"].all())
+
+
+def _ctrl_c_the_clean_up_fails_on(*_: object, **__: object) -> None:
+    """A Ctrl-C as nnsight can pass it on: its traceback filter fails on a frame with no line
+    number, and a TypeError leaves in place of the interrupt (campaign 4, attack 2533)."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise TypeError("'NoneType' object cannot be interpreted as an integer") from None
+
+
+def test_a_ctrl_c_a_library_mangles_still_interrupts_the_run_and_it_resumes(
+    tmp_path: Path,
+) -> None:
+    study = parse_study(study_text(layers=2, samples=4, unit_size=2))
+    with pytest.raises(RunInterrupted, match="^1/2 units done; re-run to resume$"):
+        run_study(study, store_root=tmp_path, on_unit=_ctrl_c_the_clean_up_fails_on)
+    assert run_study(study, store_root=tmp_path).units_run == 1
+
+
+def test_a_ctrl_c_a_library_mangles_is_one_line_from_any_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from patchwork.cli import app
+
+    monkeypatch.setattr("patchwork.engine.runner.run_study", _ctrl_c_the_clean_up_fails_on)
+    study = _write(tmp_path, study_text(layers=2, samples=4))
+    result = CliRunner().invoke(app, ["run", study, "--store", str(tmp_path)])
+    assert result.exit_code == 130, result.output
+    assert result.output.splitlines()[-1] == "interrupted", result.output  # after the progress
+
+    def a_bug(*_: object, **__: object) -> None:  # an error with no Ctrl-C behind it stays a bug
+        raise TypeError("a bug")
+
+    monkeypatch.setattr("patchwork.engine.runner.run_study", a_bug)
+    result = CliRunner().invoke(app, ["run", study, "--store", str(tmp_path)])
+    assert isinstance(result.exception, TypeError), result.output
 
 
 SLOW_EXIT = """
