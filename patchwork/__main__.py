@@ -32,7 +32,8 @@ def main() -> None:
 
             cli_main()
         finally:
-            signal.signal(signal.SIGINT, _leave_now)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored
+                signal.signal(signal.SIGINT, _leave_now)
     except KeyboardInterrupt:  # while the command starts, or a second while it reports the first
         sys.stderr.write("interrupted\n")
         raise SystemExit(130) from None

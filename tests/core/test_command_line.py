@@ -349,8 +349,9 @@ def test_a_ctrl_c_a_library_mangles_is_one_line_from_any_command(
 SLOW_EXIT = """
 import atexit, signal, sys
 from pathlib import Path
+shutting_down = Path(sys.argv[1])
 def slow_exit_callback():  # stands in for a slow one, such as torch's (campaign 4, attack 2533)
-    Path(sys.argv[1]).touch()
+    shutting_down.touch()
     signal.pause()
 atexit.register(slow_exit_callback)
 sys.argv = ["patchwork", "--version"]
@@ -366,8 +367,32 @@ def test_ctrl_c_while_the_interpreter_shuts_down_leaves_at_once_without_a_traceb
     code, out, err = _interrupt(
         ["-c", SLOW_EXIT, str(shutting_down)], lambda pid: shutting_down.exists(), python=True
     )
+    assert shutting_down.exists()
     assert (code, err) == (130, ""), err
     assert out.strip(), "the command's own output is kept"
+
+
+IGNORED_AT_EXIT = """
+import atexit, signal, sys
+atexit.register(lambda: print("ignored:", signal.getsignal(signal.SIGINT) is signal.SIG_IGN))
+sys.argv = ["patchwork", "--version"]
+from patchwork.__main__ import main
+main()
+"""
+
+
+def test_a_ctrl_c_the_caller_ignores_stays_ignored_at_exit() -> None:
+    """A command started in the background of a script ignores Ctrl-C, to its end."""
+    result = subprocess.run(
+        [sys.executable, "-c", IGNORED_AT_EXIT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "ignored: True", result.stdout
 
 
 def test_run_study_draws_a_progress_bar_in_samples(
