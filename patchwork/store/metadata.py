@@ -185,11 +185,16 @@ def _root_records(path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
 
 def root_readable(path: Path) -> bool:
     """Whether the store root's ``zarr.json`` opens as a Zarr group."""
+    return _root_object(path) is not None
+
+
+def _root_object(path: Path) -> dict[str, Any] | None:
+    """The store root's ``zarr.json`` object when it opens as a Zarr group; None otherwise."""
     try:
         zarr.open_group(path, mode="r", zarr_format=3)
     except DAMAGE:
-        return False
-    return readable_json(path / "zarr.json")
+        return None
+    return _json_object(path / "zarr.json")
 
 
 def root_line(path: Path) -> str:
@@ -213,7 +218,7 @@ def restore_root(path: Path, running: Mapping[str, object]) -> str | None:
     if record is None:
         return None
     metadata = path / "zarr.json"
-    stored = _attributes(_json_object(metadata)) if root_readable(path) else None
+    stored = _attributes(_root_object(path))
     if stored == record:
         return None
     if stored is not None and _agreement(stored, running) > _agreement(record, running):
